@@ -1,0 +1,140 @@
+#!/usr/bin/env bash
+# Stop exactly what hack/cluster/up.sh started (by pid files), clean up pods, mounts,
+# iptables rules, the CNI bridge and cgroups, then remove the state dir.
+# Safe to run when nothing is up.
+#
+#   BATON_CLUSTER_DIR  state dir (default /var/tmp/baton-cluster)
+#   KEEP_STATE=1       keep the state dir (logs) after stopping
+set -euo pipefail
+# shellcheck source=lib.sh
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+
+crictl_() { timeout 60 "$CRICTL" --runtime-endpoint "unix://$CONTAINERD_SOCK" --timeout 30s "$@"; }
+ctr_() { timeout 60 ctr --address "$CONTAINERD_SOCK" -n k8s.io "$@"; }
+
+# pids of containerd-shim-runc-v2 processes serving our containerd (matched by socket path)
+our_shims() {
+  local p exe
+  for p in /proc/[0-9]*; do
+    exe=$(readlink "$p/exe" 2>/dev/null) || continue
+    [[ ${exe##*/} == containerd-shim-runc-v2* ]] || continue
+    tr '\0' ' ' <"$p/cmdline" 2>/dev/null | grep -qF -- "-address $CONTAINERD_SOCK " && echo "${p#/proc/}"
+  done
+  return 0
+}
+
+stop_pods() {
+  is_running containerd || return 0
+  if [[ -x $CRICTL ]]; then
+    local pods
+    pods=$(crictl_ pods -q 2>/dev/null || true)
+    if [[ -n $pods ]]; then
+      log "stopping and removing $(wc -w <<<"$pods") pod sandbox(es) via CRI (runs CNI DEL)"
+      # shellcheck disable=SC2086
+      crictl_ stopp $pods >/dev/null 2>&1 || true
+      # shellcheck disable=SC2086
+      crictl_ rmp -f $pods >/dev/null 2>&1 || true
+    fi
+  fi
+  local t
+  for t in $(ctr_ tasks ls -q 2>/dev/null || true); do
+    log "killing leftover task $t"
+    ctr_ tasks kill -s SIGKILL "$t" >/dev/null 2>&1 || true
+    ctr_ tasks delete -f "$t" >/dev/null 2>&1 || true
+  done
+}
+
+cleanup_iptables() {
+  if [[ -x $K8S_BIN/kube-proxy ]]; then
+    log "kube-proxy --cleanup (removes KUBE-* iptables chains)"
+    timeout 60 "$K8S_BIN/kube-proxy" --cleanup >"$STATE/logs/kube-proxy-cleanup.log" 2>&1 || true
+  fi
+  # CNI: bridge ipMasq leaves per-pod chains (comment 'name: "baton"') if a pod was not torn
+  # down; portmap keeps its CNI-HOSTPORT-* chains for good. Remove both.
+  local rule chain ours=() pass
+  while read -r rule; do
+    [[ -n $rule ]] || continue
+    log "iptables -t nat -D ${rule#-A }"
+    eval "iptables -t nat -D ${rule#-A }" || true
+  done < <(iptables-save -t nat 2>/dev/null | grep -E '^-A (PREROUTING|OUTPUT|POSTROUTING) ' |
+    grep -E 'name: \\"baton\\"|-j CNI-HOSTPORT-' || true)
+  for chain in $(iptables-save -t nat 2>/dev/null | awk '/^:CNI-/ {print substr($1, 2)}'); do
+    if [[ $chain == CNI-HOSTPORT-* || $chain == CNI-DN-* ]] ||
+      iptables-save -t nat | grep -E "^-A $chain " | grep -q 'name: \\"baton\\"'; then
+      ours+=("$chain"); iptables -t nat -F "$chain" || true
+    fi
+  done
+  for pass in 1 2; do
+    for chain in "${ours[@]}"; do
+      iptables -t nat -X "$chain" 2>/dev/null && log "removed iptables chain nat/$chain" || true
+    done
+  done
+  return 0
+}
+
+mounts_under() { # mount points under $1, deepest first
+  awk -v p="$1/" '{ m=$5; gsub(/\\040/, " ", m); if (index(m, p) == 1) print m }' /proc/self/mountinfo | sort -r
+}
+
+unmount_all() {
+  local m
+  while read -r m; do
+    [[ -n $m ]] || continue
+    log "umount $m"
+    umount "$m" 2>/dev/null || umount -l "$m" 2>/dev/null || true
+  done < <(mounts_under "$STATE")
+  # pod network namespaces left by CRI (cni-<uuid>) under /run/netns
+  for m in /run/netns/cni-*; do
+    [[ -e $m ]] || continue
+    log "removing leftover netns $m"
+    umount "$m" 2>/dev/null || umount -l "$m" 2>/dev/null || true
+    rm -f "$m"
+  done
+}
+
+cleanup_cgroups() {
+  local d
+  for d in /sys/fs/cgroup/*/kubepods /sys/fs/cgroup/unified/kubepods; do
+    [[ -d $d ]] || continue
+    find "$d" -depth -type d -exec rmdir {} + 2>/dev/null || true
+    [[ -d $d ]] && log "warning: cgroup $d still has processes or children"
+  done
+  return 0
+}
+
+main() {
+  if [[ ! -d $STATE ]]; then
+    log "no cluster state at $STATE: nothing is up"
+  else
+    mkdir -p "$STATE/logs"
+    local T0; T0=$(date +%s)
+    stop_daemon kubelet 30
+    stop_pods
+    stop_daemon kube-proxy
+    stop_daemon containerd 30
+    local p
+    for p in $(our_shims); do log "killing leftover shim $p"; kill -KILL "$p" 2>/dev/null || true; done
+    stop_daemon kube-scheduler
+    stop_daemon kube-controller-manager
+    stop_daemon kube-apiserver 30
+    stop_daemon etcd 30
+    cleanup_iptables
+    unmount_all
+  fi
+  if ip link show "$CNI_BRIDGE" >/dev/null 2>&1; then
+    log "deleting bridge $CNI_BRIDGE"; ip link delete "$CNI_BRIDGE"
+  fi
+  cleanup_cgroups
+  if [[ -d $STATE ]]; then
+    if [[ -n $(mounts_under "$STATE") ]]; then
+      die "mounts remain under $STATE, not removing it: $(mounts_under "$STATE" | tr '\n' ' ')"
+    fi
+    find /var/log/containers -maxdepth 1 -type l -lname "$STATE/*" -delete 2>/dev/null || true
+    rm -rf "$HOSTPATH_PV_DIR"
+    if [[ ${KEEP_STATE:-0} == 1 ]]; then log "kept $STATE (KEEP_STATE=1)"
+    else log "removing $STATE"; rm -rf --one-file-system "$STATE"; fi
+  fi
+  log "cluster down"
+}
+
+main "$@"; exit $?
