@@ -1,0 +1,27 @@
+//! Command-line surface of the one `baton` binary.
+
+use clap::{Parser, Subcommand};
+
+/// Baton runs CI/CD jobs on Kubernetes runners, or locally with `baton run`.
+#[derive(Debug, Parser)]
+#[command(name = "baton", version, about, propagate_version = true)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Print the CustomResourceDefinitions as YAML (what config/crd/ holds).
+    Crd,
+}
+
+/// Run a parsed command; returns the process exit code.
+pub async fn run(cli: Cli) -> anyhow::Result<i32> {
+    match cli.command {
+        Command::Crd => {
+            print!("{}", crate::crd::all_yaml()?);
+            Ok(0)
+        }
+    }
+}

@@ -1,0 +1,310 @@
+//! `Job`: work to run — a DAG of steps handed to one runner.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::{EnvVar, ResourceRequirements, Toleration};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, LabelSelector, Time};
+use kube::{CustomResource, KubeSchema};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// The spec of a Job. Immutable once created, except `cancel`.
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[kube(
+    group = "baton.dev",
+    version = "v1alpha1",
+    kind = "Job",
+    namespaced,
+    cel,
+    status = "JobStatus",
+    shortname = "bj",
+    shortname = "bjob",
+    category = "baton",
+    derive = "PartialEq",
+    printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase"),
+    printcolumn(name = "Runner", type_ = "string", json_path = ".status.runner"),
+    printcolumn(name = "Reason", type_ = "string", json_path = ".status.conditions[?(@.type==\"Scheduled\")].reason", priority = 1),
+    printcolumn(name = "Epoch", type_ = "integer", json_path = ".status.epoch", priority = 1),
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+)]
+#[x_kube(
+    cel,
+    validation = Rule::new("size(self.steps) >= 1").message("a Job needs at least one step"),
+    validation = Rule::new("self.steps.all(s, self.steps.exists_one(t, t.name == s.name))")
+        .message("step names must be unique within a Job"),
+    validation = Rule::new("self.steps.all(s, !has(s.dependsOn) || s.dependsOn.all(d, d != s.name))")
+        .message("a step cannot depend on itself"),
+    validation = Rule::new("self.steps.all(s, !has(s.dependsOn) || s.dependsOn.all(d, self.steps.exists(t, t.name == d)))")
+        .message("dependsOn must name other steps of this Job"),
+    validation = Rule::new("!(has(self.runnerSelector) && has(self.onDemand))")
+        .message("set runnerSelector (run on an adopted runner) or onDemand (spawn a runner pod), not both"),
+    validation = Rule::new(IMMUTABLE_SPEC_RULE)
+        .message("a Job's spec is immutable once created, except spec.cancel"),
+    validation = Rule::new("!has(oldSelf.cancel) || !oldSelf.cancel || (has(self.cancel) && self.cancel)")
+        .message("spec.cancel cannot be undone once true"),
+)]
+#[serde(rename_all = "camelCase")]
+pub struct JobSpec {
+    /// Run on an adopted runner whose labels match this selector. When absent, an
+    /// on-demand runner pod is spawned for this Job (see `onDemand`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub runner_selector: Option<LabelSelector>,
+
+    /// Settings for the on-demand runner pod spawned when `runnerSelector` is absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub on_demand: Option<OnDemand>,
+
+    /// The steps to run: a DAG ordered by `dependsOn`, at least one.
+    #[schemars(length(max = 250))]
+    pub steps: Vec<Step>,
+
+    /// A volume mounted at `/workspace` in every step; all step pods then run on one node.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workspace: Option<Workspace>,
+
+    /// Upper bound on the whole Job's run time (e.g. `1h`). Unset: no limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "super::schema::duration")]
+    pub timeout: Option<String>,
+
+    /// How often a step whose pod was lost to infrastructure (eviction, node loss) is
+    /// re-run. A step that failed on its own is never re-run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 10))]
+    pub retries: Option<i32>,
+
+    /// Delete the Job (and its pods) this many seconds after it finished.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0))]
+    pub ttl_seconds_after_finished: Option<i32>,
+
+    /// Set to true to cancel the Job in any phase. Cannot be undone.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cancel: Option<bool>,
+}
+
+/// Every spec field except `cancel` must equal its old value (set or unset alike).
+/// Kept as one rule so the message is one sentence; a unit test checks it names
+/// every field of [`JobSpec`] but `cancel`.
+pub const IMMUTABLE_SPEC_RULE: &str = "\
+has(self.runnerSelector) == has(oldSelf.runnerSelector) && (!has(self.runnerSelector) || self.runnerSelector == oldSelf.runnerSelector) && \
+has(self.onDemand) == has(oldSelf.onDemand) && (!has(self.onDemand) || self.onDemand == oldSelf.onDemand) && \
+self.steps == oldSelf.steps && \
+has(self.workspace) == has(oldSelf.workspace) && (!has(self.workspace) || self.workspace == oldSelf.workspace) && \
+has(self.timeout) == has(oldSelf.timeout) && (!has(self.timeout) || self.timeout == oldSelf.timeout) && \
+has(self.retries) == has(oldSelf.retries) && (!has(self.retries) || self.retries == oldSelf.retries) && \
+has(self.ttlSecondsAfterFinished) == has(oldSelf.ttlSecondsAfterFinished) && (!has(self.ttlSecondsAfterFinished) || self.ttlSecondsAfterFinished == oldSelf.ttlSecondsAfterFinished)";
+
+/// One step of a Job: a container (on a cluster) or a process (locally).
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[x_kube(
+    cel,
+    validation = Rule::new("has(self.command) || has(self.script)")
+        .message("a step needs a command or a script"),
+    validation = Rule::new("!(has(self.command) && has(self.script))")
+        .message("a step has either command/args or script, not both"),
+    validation = Rule::new("!has(self.args) || has(self.command)")
+        .message("args need a command"),
+)]
+#[serde(rename_all = "camelCase")]
+pub struct Step {
+    /// Unique within the Job; a DNS label (it names the step's pod).
+    #[schemars(schema_with = "super::schema::step_name")]
+    pub name: String,
+
+    /// Container image the step runs in. Ignored by `baton run` (local processes).
+    #[schemars(length(min = 1, max = 512))]
+    pub image: String,
+
+    /// Executable and its arguments (no shell). Exclusive with `script`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 64))]
+    pub command: Option<Vec<String>>,
+
+    /// Further arguments appended to `command`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 256))]
+    pub args: Option<Vec<String>>,
+
+    /// A shell script, run with `sh -e`. Exclusive with `command`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 65536))]
+    pub script: Option<String>,
+
+    /// Environment variables, including `valueFrom.secretKeyRef`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 128))]
+    pub env: Option<Vec<EnvVar>>,
+
+    /// Working directory of the step (default: the workspace, else the image's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 1024))]
+    pub working_dir: Option<String>,
+
+    /// Steps that must finish before this one starts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "super::schema::step_names")]
+    pub depends_on: Option<Vec<String>>,
+
+    /// When the step runs, given how its dependencies ended (default `onSuccess`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub when: Option<When>,
+
+    /// Upper bound on this step's run time (e.g. `10m`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "super::schema::duration")]
+    pub timeout: Option<String>,
+
+    /// Compute resources of the step's container.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<ResourceRequirements>,
+}
+
+/// When a step runs, given how the steps it depends on (and the Job so far) ended.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[serde(rename_all = "camelCase")]
+pub enum When {
+    /// Only if nothing before it failed (the default).
+    #[default]
+    OnSuccess,
+    /// Only if something before it failed.
+    OnFailure,
+    /// Whatever happened before it (cleanup).
+    Always,
+}
+
+/// Pod settings of an on-demand runner.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct OnDemand {
+    /// Runner image (default: the controller's configured runner image).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+    /// Resources of the runner container.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<ResourceRequirements>,
+    /// Node selector of the runner pod.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_selector: Option<BTreeMap<String, String>>,
+    /// Tolerations of the runner pod.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tolerations: Option<Vec<Toleration>>,
+    /// Service account of the runner pod (default: one the controller sets up).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service_account_name: Option<String>,
+}
+
+/// The Job's shared volume, mounted at `/workspace`.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Workspace {
+    /// Requested size (default `1Gi`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub size: Option<Quantity>,
+    /// Storage class of the volume (default: the cluster's default class).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub storage_class_name: Option<String>,
+}
+
+/// Where a Job is in its life.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum JobPhase {
+    #[default]
+    Queued,
+    Assigned,
+    Running,
+    Succeeded,
+    Failed,
+    Cancelled,
+}
+
+impl JobPhase {
+    /// Whether the Job has ended for good.
+    pub fn is_finished(self) -> bool {
+        matches!(self, Self::Succeeded | Self::Failed | Self::Cancelled)
+    }
+}
+
+/// Where a step is in its life.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum StepPhase {
+    #[default]
+    Pending,
+    Running,
+    Succeeded,
+    Failed,
+    Skipped,
+    Cancelled,
+}
+
+impl StepPhase {
+    /// Whether the step has ended for good.
+    pub fn is_finished(self) -> bool {
+        matches!(self, Self::Succeeded | Self::Failed | Self::Skipped | Self::Cancelled)
+    }
+}
+
+/// Observed state of a Job, written by the controller and the server.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct JobStatus {
+    /// Queued, Assigned, Running, Succeeded, Failed or Cancelled.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase: Option<JobPhase>,
+    /// Name of the Runner the Job is assigned to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub runner: Option<String>,
+    /// Incremented on each hand-over to a runner; results from older epochs are refused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub epoch: Option<i64>,
+    /// When the first step started.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start_time: Option<Time>,
+    /// When the Job finished.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub completion_time: Option<Time>,
+    /// One entry per step, in spec order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub steps: Vec<StepStatus>,
+    /// What steps wrote as `key=value` lines to `$BATON_OUTPUT`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub outputs: BTreeMap<String, String>,
+    /// `Scheduled`, `Running`, `Complete`, `Failed`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+    /// The spec generation this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+}
+
+/// Observed state of one step.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct StepStatus {
+    /// The step's name.
+    pub name: String,
+    /// Pending, Running, Succeeded, Failed, Skipped or Cancelled.
+    pub phase: StepPhase,
+    /// Exit code of the step's process, once it ended.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exit_code: Option<i32>,
+    /// Why the step ended as it did (e.g. `Timeout`, `Evicted`, `DependencyFailed`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// A human-readable detail of the reason.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    /// When the step started.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start_time: Option<Time>,
+    /// When the step finished.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub completion_time: Option<Time>,
+    /// The step's pod, on a cluster.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod_name: Option<String>,
+    /// How many times the step was re-run after losing its pod to infrastructure.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retries: Option<i32>,
+}

@@ -1,0 +1,96 @@
+//! `Runner`: one runner process, created by the controller when it registers.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use kube::CustomResource;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// Annotation that turns deleting a connected Runner into a `delete` command:
+/// the runner wipes its state directory and exits.
+pub const DECOMMISSION_ANNOTATION: &str = "baton.dev/decommission";
+
+/// What an operator decided about a runner. Unset: undecided.
+#[derive(CustomResource, JsonSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[kube(
+    group = "baton.dev",
+    version = "v1alpha1",
+    kind = "Runner",
+    namespaced,
+    status = "RunnerStatus",
+    shortname = "br",
+    category = "baton",
+    derive = "PartialEq",
+    printcolumn(name = "Adoption", type_ = "string", json_path = ".status.adoption"),
+    printcolumn(name = "Connected", type_ = "string", json_path = ".status.conditions[?(@.type==\"Connected\")].status"),
+    printcolumn(name = "Disabled", type_ = "boolean", json_path = ".spec.disabled"),
+    printcolumn(name = "Active", type_ = "integer", json_path = ".status.activeJobs"),
+    printcolumn(name = "Version", type_ = "string", json_path = ".status.version", priority = 1),
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+)]
+#[serde(rename_all = "camelCase")]
+pub struct RunnerSpec {
+    /// `Adopted` (give it a token and jobs) or `Rejected` (refuse its requests).
+    /// Unset while undecided: the runner waits as Pending.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub adoption: Option<AdoptionDecision>,
+
+    /// Stop giving this runner jobs (it is sent `disable`; `enable` when cleared).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub disabled: bool,
+
+    /// Labels a Job's `runnerSelector` matches against.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+
+    /// How many Jobs the runner runs at once (default 1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 1000))]
+    pub max_concurrent_jobs: Option<i32>,
+}
+
+/// An operator's decision about a runner.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum AdoptionDecision {
+    Adopted,
+    Rejected,
+}
+
+/// The runner's place in the adoption lifecycle.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum AdoptionState {
+    /// Registered without a token; waits for an operator.
+    #[default]
+    Pending,
+    /// Registered with a valid token; usable at once.
+    Preadopted,
+    /// Adopted by an operator; holds a token issued for it.
+    Adopted,
+    /// Refused: listed, but every request is refused and it gets no jobs.
+    Rejected,
+}
+
+/// Observed state of a Runner.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct RunnerStatus {
+    /// Pending, Preadopted, Adopted or Rejected.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub adoption: Option<AdoptionState>,
+    /// The id the runner generated and keeps in its state directory.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub runner_id: Option<String>,
+    /// The runner's version.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
+    /// Jobs the runner is running now.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub active_jobs: Option<i32>,
+    /// `Adopted`, `Connected`, `Ready`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+    /// The spec generation this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+}

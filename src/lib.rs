@@ -1,0 +1,8 @@
+//! Baton: a Kubernetes operator that runs CI/CD jobs on runners.
+//!
+//! Layers, each using only those above it:
+//! `crd` (types, no I/O) → `backend` (where steps run) → `executor` (DAG, `when`,
+//! timeouts, outputs) → `server` / `controller` → `runner` → `cli`.
+
+pub mod cli;
+pub mod crd;
