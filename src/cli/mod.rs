@@ -13,14 +13,27 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Print the CustomResourceDefinitions as YAML (what config/crd/ holds).
-    Crd,
+    Crd {
+        /// Write one file per CRD into this directory instead of printing.
+        #[arg(long, value_name = "DIR")]
+        dir: Option<std::path::PathBuf>,
+    },
 }
 
 /// Run a parsed command; returns the process exit code.
 pub async fn run(cli: Cli) -> anyhow::Result<i32> {
     match cli.command {
-        Command::Crd => {
+        Command::Crd { dir: None } => {
             print!("{}", crate::crd::all_yaml()?);
+            Ok(0)
+        }
+        Command::Crd { dir: Some(dir) } => {
+            for (file, yaml) in crate::crd::files()? {
+                let path = dir.join(file);
+                std::fs::write(&path, yaml)
+                    .map_err(|e| anyhow::anyhow!("write {}: {e}", path.display()))?;
+                eprintln!("wrote {}", path.display());
+            }
             Ok(0)
         }
     }

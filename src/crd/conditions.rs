@@ -16,8 +16,18 @@ pub struct Desired {
 }
 
 impl Desired {
-    pub fn new(type_: &'static str, status: bool, reason: impl Into<String>, message: impl Into<String>) -> Self {
-        Self { type_, status, reason: reason.into(), message: message.into() }
+    pub fn new(
+        type_: &'static str,
+        status: bool,
+        reason: impl Into<String>,
+        message: impl Into<String>,
+    ) -> Self {
+        Self {
+            type_,
+            status,
+            reason: reason.into(),
+            message: message.into(),
+        }
     }
 }
 
@@ -27,7 +37,12 @@ fn status_str(status: bool) -> &'static str {
 
 /// Merge desired conditions into the previous list: a condition keeps its old
 /// `lastTransitionTime` unless its status changed; conditions not desired are dropped.
-pub fn merge(previous: &[Condition], desired: &[Desired], generation: Option<i64>, now: Timestamp) -> Vec<Condition> {
+pub fn merge(
+    previous: &[Condition],
+    desired: &[Desired],
+    generation: Option<i64>,
+    now: Timestamp,
+) -> Vec<Condition> {
     desired
         .iter()
         .map(|d| {
@@ -69,24 +84,42 @@ mod tests {
 
     #[test]
     fn transition_time_moves_only_on_flip() {
-        let first = merge(&[], &[Desired::new("Ready", false, "Pending", "waiting")], Some(1), at(100));
+        let first = merge(
+            &[],
+            &[Desired::new("Ready", false, "Pending", "waiting")],
+            Some(1),
+            at(100),
+        );
         assert_eq!(first[0].last_transition_time, Time(at(100)));
 
         // Same status, new reason and message: time stays.
-        let second = merge(&first, &[Desired::new("Ready", false, "StillPending", "still")], Some(2), at(200));
+        let second = merge(
+            &first,
+            &[Desired::new("Ready", false, "StillPending", "still")],
+            Some(2),
+            at(200),
+        );
         assert_eq!(second[0].last_transition_time, Time(at(100)));
         assert_eq!(second[0].reason, "StillPending");
         assert_eq!(second[0].observed_generation, Some(2));
 
         // Flip: time moves.
-        let third = merge(&second, &[Desired::new("Ready", true, "Ok", "")], Some(2), at(300));
+        let third = merge(
+            &second,
+            &[Desired::new("Ready", true, "Ok", "")],
+            Some(2),
+            at(300),
+        );
         assert_eq!(third[0].last_transition_time, Time(at(300)));
         assert!(is_true(&third, "Ready"));
     }
 
     #[test]
     fn identical_input_gives_identical_output() {
-        let desired = [Desired::new("A", true, "R", "m"), Desired::new("B", false, "R", "m")];
+        let desired = [
+            Desired::new("A", true, "R", "m"),
+            Desired::new("B", false, "R", "m"),
+        ];
         let once = merge(&[], &desired, Some(3), at(10));
         let twice = merge(&once, &desired, Some(3), at(99));
         assert_eq!(once, twice);

@@ -22,7 +22,9 @@ pub struct ParseDurationError {
 /// Parse a positive Go-style duration. Signs are refused: no Baton timeout or TTL
 /// can be negative.
 pub fn parse(input: &str) -> Result<Duration, ParseDurationError> {
-    let err = || ParseDurationError { input: input.to_owned() };
+    let err = || ParseDurationError {
+        input: input.to_owned(),
+    };
     if input.is_empty() {
         return Err(err());
     }
@@ -33,7 +35,11 @@ pub fn parse(input: &str) -> Result<Duration, ParseDurationError> {
             .find(|c: char| !(c.is_ascii_digit() || c == '.'))
             .ok_or_else(err)?;
         let (num, tail) = rest.split_at(num_len);
-        if num.is_empty() || num.starts_with('.') || num.ends_with('.') || num.matches('.').count() > 1 {
+        if num.is_empty()
+            || num.starts_with('.')
+            || num.ends_with('.')
+            || num.matches('.').count() > 1
+        {
             return Err(err());
         }
         let value: f64 = num.parse().map_err(|_| err())?;
@@ -102,7 +108,9 @@ mod tests {
 
     #[test]
     fn refuses_malformed_durations() {
-        for input in ["", "30", "s", "-5s", "5 m", "1d", "1.s", ".5s", "1..5s", "5sm", "h1"] {
+        for input in [
+            "", "30", "s", "-5s", "5 m", "1d", "1.s", ".5s", "1..5s", "5sm", "h1",
+        ] {
             assert!(parse(input).is_err(), "{input:?} should be refused");
         }
     }

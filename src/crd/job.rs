@@ -10,6 +10,8 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 /// The spec of a Job. Immutable once created, except `cancel`.
+// printcolumn(...) repeats keys by design; clippy reads them as duplicated attributes.
+#[allow(clippy::duplicated_attributes)]
 #[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
 #[kube(
     group = "baton.dev",
@@ -24,9 +26,23 @@ use serde::{Deserialize, Serialize};
     derive = "PartialEq",
     printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase"),
     printcolumn(name = "Runner", type_ = "string", json_path = ".status.runner"),
-    printcolumn(name = "Reason", type_ = "string", json_path = ".status.conditions[?(@.type==\"Scheduled\")].reason", priority = 1),
-    printcolumn(name = "Epoch", type_ = "integer", json_path = ".status.epoch", priority = 1),
-    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+    printcolumn(
+        name = "Reason",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Scheduled\")].reason",
+        priority = 1
+    ),
+    printcolumn(
+        name = "Epoch",
+        type_ = "integer",
+        json_path = ".status.epoch",
+        priority = 1
+    ),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
 )]
 #[x_kube(
     cel,
@@ -71,12 +87,12 @@ pub struct JobSpec {
     /// How often a step whose pod was lost to infrastructure (eviction, node loss) is
     /// re-run. A step that failed on its own is never re-run.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(range(min = 0, max = 10))]
+    #[x_kube(validation = Rule::new("self >= 0 && self <= 10").message("retries must be between 0 and 10"))]
     pub retries: Option<i32>,
 
     /// Delete the Job (and its pods) this many seconds after it finished.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(range(min = 0))]
+    #[x_kube(validation = Rule::new("self >= 0").message("ttlSecondsAfterFinished cannot be negative"))]
     pub ttl_seconds_after_finished: Option<i32>,
 
     /// Set to true to cancel the Job in any phase. Cannot be undone.
@@ -241,7 +257,10 @@ pub enum StepPhase {
 impl StepPhase {
     /// Whether the step has ended for good.
     pub fn is_finished(self) -> bool {
-        matches!(self, Self::Succeeded | Self::Failed | Self::Skipped | Self::Cancelled)
+        matches!(
+            self,
+            Self::Succeeded | Self::Failed | Self::Skipped | Self::Cancelled
+        )
     }
 }
 

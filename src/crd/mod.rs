@@ -7,6 +7,7 @@
 pub mod conditions;
 pub mod duration;
 pub mod job;
+pub mod manifest;
 pub mod runner;
 pub mod runner_token;
 mod schema;
@@ -15,8 +16,8 @@ pub use job::{Job, JobSpec, JobStatus, Step, When};
 pub use runner::{Runner, RunnerSpec, RunnerStatus};
 pub use runner_token::{RunnerToken, RunnerTokenSpec, RunnerTokenStatus};
 
-use kube::CustomResourceExt;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::CustomResourceExt;
 
 /// API group of every Baton resource.
 pub const GROUP: &str = "baton.dev";
@@ -28,13 +29,18 @@ pub fn all() -> Vec<CustomResourceDefinition> {
     vec![Job::crd(), Runner::crd(), RunnerToken::crd()]
 }
 
-/// The CRDs as one multi-document YAML stream (what `baton crd` prints and
-/// `config/crd/baton.dev.yaml` holds).
+/// Each CRD as (file name under `config/crd/`, YAML document).
+pub fn files() -> Result<Vec<(String, String)>, serde_saphyr::SerializeError> {
+    all()
+        .into_iter()
+        .map(|crd| {
+            let file = format!("{}.yaml", crd.metadata.name.as_deref().unwrap_or("unnamed"));
+            Ok((file, format!("---\n{}", serde_saphyr::to_string(&crd)?)))
+        })
+        .collect()
+}
+
+/// The CRDs as one multi-document YAML stream: what `baton crd` prints.
 pub fn all_yaml() -> Result<String, serde_saphyr::SerializeError> {
-    let mut out = String::new();
-    for crd in all() {
-        out.push_str("---\n");
-        out.push_str(&serde_saphyr::to_string(&crd)?);
-    }
-    Ok(out)
+    Ok(files()?.into_iter().map(|(_, yaml)| yaml).collect())
 }

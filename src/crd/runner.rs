@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
-use kube::CustomResource;
+use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
@@ -11,23 +11,39 @@ use serde::{Deserialize, Serialize};
 /// the runner wipes its state directory and exits.
 pub const DECOMMISSION_ANNOTATION: &str = "baton.dev/decommission";
 
-/// What an operator decided about a runner. Unset: undecided.
-#[derive(CustomResource, JsonSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+/// What an operator wants of a runner.
+// printcolumn(...) repeats keys by design; clippy reads them as duplicated attributes.
+#[allow(clippy::duplicated_attributes)]
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
 #[kube(
     group = "baton.dev",
     version = "v1alpha1",
     kind = "Runner",
     namespaced,
+    cel,
     status = "RunnerStatus",
     shortname = "br",
     category = "baton",
     derive = "PartialEq",
     printcolumn(name = "Adoption", type_ = "string", json_path = ".status.adoption"),
-    printcolumn(name = "Connected", type_ = "string", json_path = ".status.conditions[?(@.type==\"Connected\")].status"),
+    printcolumn(
+        name = "Connected",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Connected\")].status"
+    ),
     printcolumn(name = "Disabled", type_ = "boolean", json_path = ".spec.disabled"),
     printcolumn(name = "Active", type_ = "integer", json_path = ".status.activeJobs"),
-    printcolumn(name = "Version", type_ = "string", json_path = ".status.version", priority = 1),
-    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+    printcolumn(
+        name = "Version",
+        type_ = "string",
+        json_path = ".status.version",
+        priority = 1
+    ),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
 )]
 #[serde(rename_all = "camelCase")]
 pub struct RunnerSpec {
@@ -46,7 +62,7 @@ pub struct RunnerSpec {
 
     /// How many Jobs the runner runs at once (default 1).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(range(min = 1, max = 1000))]
+    #[x_kube(validation = Rule::new("self >= 1 && self <= 1000").message("maxConcurrentJobs must be between 1 and 1000"))]
     pub max_concurrent_jobs: Option<i32>,
 }
 

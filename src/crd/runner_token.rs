@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
-use kube::CustomResource;
+use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
@@ -15,21 +15,37 @@ pub const SECRET_KEY: &str = "token";
 
 /// A token request. The plaintext token lives only in the Secret named by
 /// `status.secretName` (key `token`) and with the runner.
-#[derive(CustomResource, JsonSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+// printcolumn(...) repeats keys by design; clippy reads them as duplicated attributes.
+#[allow(clippy::duplicated_attributes)]
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
 #[kube(
     group = "baton.dev",
     version = "v1alpha1",
     kind = "RunnerToken",
     namespaced,
+    cel,
     status = "RunnerTokenStatus",
     shortname = "brt",
     category = "baton",
     derive = "PartialEq",
     printcolumn(name = "Runner", type_ = "string", json_path = ".spec.runnerName"),
-    printcolumn(name = "Ready", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].status"),
+    printcolumn(
+        name = "Ready",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].status"
+    ),
     printcolumn(name = "Expires", type_ = "date", json_path = ".status.expiresAt"),
-    printcolumn(name = "Secret", type_ = "string", json_path = ".status.secretName", priority = 1),
-    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+    printcolumn(
+        name = "Secret",
+        type_ = "string",
+        json_path = ".status.secretName",
+        priority = 1
+    ),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
 )]
 #[serde(rename_all = "camelCase")]
 pub struct RunnerTokenSpec {

@@ -49,6 +49,9 @@ mod tests {
     #[test]
     fn duration_rule_escapes_the_pattern_for_cel() {
         let rule = duration_rule();
-        assert!(rule.starts_with("self.matches('^([0-9]+(\\\\.[0-9]+)?"), "{rule}");
+        assert!(
+            rule.starts_with("self.matches('^([0-9]+(\\\\.[0-9]+)?"),
+            "{rule}"
+        );
     }
 }

@@ -1,0 +1,52 @@
+# Baton — every target explains itself: `make help`.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+export BATON_CACHE ?= $(HOME)/.cache/baton
+export BATON_CLUSTER_DIR ?= /var/tmp/baton-cluster
+KUBECONFIG_E2E := $(BATON_CLUSTER_DIR)/kubeconfig
+CARGO ?= cargo
+
+.PHONY: help build release lint fmt unit crd images cluster-up cluster-down e2e test bench-local clean-cache
+
+help: ## List the targets
+	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  %-14s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+
+build: ## Debug build of the baton binary
+	$(CARGO) build
+
+release: ## Release build (what the image ships)
+	$(CARGO) build --release --bin baton
+
+lint: ## cargo fmt --check and clippy with warnings denied
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --all-targets -- -D warnings
+
+fmt: ## Format the code
+	$(CARGO) fmt --all
+
+unit: ## Unit and integration tests that need no cluster
+	$(CARGO) test
+
+crd: ## Regenerate config/crd/ from the Rust types (src/crd/)
+	$(CARGO) run --quiet -- crd --dir config/crd
+
+images: release ## Build the baton, step and pause images and import them into the node
+	hack/images/build.sh
+
+cluster-up: ## Build (once, cached) and start the local Kubernetes cluster
+	hack/cluster/up.sh
+
+cluster-down: ## Stop the local cluster and remove its state
+	hack/cluster/down.sh
+
+e2e: cluster-up images ## End-to-end tests against the real local cluster
+	KUBECONFIG=$(KUBECONFIG_E2E) $(CARGO) test --test e2e -- --test-threads=4
+
+test: lint unit e2e ## Everything CI runs: lint, unit tests, e2e on a real cluster
+
+bench-local: ## Executor benchmark: 200 trivial steps in a wide DAG, local backend
+	$(CARGO) bench --bench executor
+
+clean-cache: ## Remove built cluster binaries and images (next cluster-up is cold)
+	rm -rf $(BATON_CACHE)

@@ -1,0 +1,13 @@
+//! End-to-end tests against a real Kubernetes cluster (`make e2e` brings it up).
+//!
+//! Each test runs in its own temporary namespace (Pod Security `restricted`
+//! enforced), waits on conditions with a bound, and dumps the namespace's objects
+//! and pod logs when it fails.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+#[path = "../support/fixtures.rs"]
+mod fixtures;
+mod support;
+
+mod crds;
+mod pods;

@@ -1,0 +1,228 @@
+//! Shared e2e plumbing: the client, CRD install, per-test namespaces, bounded waits,
+//! and a dump of what was in the namespace when a test failed.
+
+use std::future::Future;
+use std::time::Duration;
+
+use anyhow::{Context, anyhow};
+use k8s_openapi::api::core::v1::{Event, Namespace, Pod};
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::{Api, DeleteParams, ListParams, LogParams, Patch, PatchParams, PostParams};
+use kube::runtime::wait::{Condition, await_condition, conditions};
+use kube::{Client, Resource};
+use serde::de::DeserializeOwned;
+
+pub const STEP_IMAGE: &str = "localhost/baton/step:latest";
+pub const BATON_IMAGE: &str = "localhost/baton/baton:dev";
+pub const FIELD_MANAGER: &str = "baton-e2e";
+
+pub async fn client() -> Client {
+    Client::try_default()
+        .await
+        .expect("a kubeconfig for the e2e cluster (KUBECONFIG; `make e2e` sets it)")
+}
+
+/// Apply Baton's CRDs (server-side, idempotent) and wait until each is Established.
+pub async fn install_crds(client: &Client) -> anyhow::Result<()> {
+    let api: Api<CustomResourceDefinition> = Api::all(client.clone());
+    let pp = PatchParams::apply(FIELD_MANAGER).force();
+    for crd in baton::crd::all() {
+        let name = crd.metadata.name.clone().context("CRD without a name")?;
+        api.patch(&name, &pp, &Patch::Apply(&crd))
+            .await
+            .with_context(|| format!("apply CRD {name}"))?;
+        wait_for(&api, &name, conditions::is_crd_established(), 60).await?;
+    }
+    Ok(())
+}
+
+/// Wait (bounded) until `cond` holds for the named object.
+pub async fn wait_for<K>(
+    api: &Api<K>,
+    name: &str,
+    cond: impl Condition<K>,
+    secs: u64,
+) -> anyhow::Result<K>
+where
+    K: Clone + std::fmt::Debug + Send + DeserializeOwned + Resource + 'static,
+    K::DynamicType: Default,
+{
+    tokio::time::timeout(
+        Duration::from_secs(secs),
+        await_condition(api.clone(), name, cond),
+    )
+    .await
+    .map_err(|_| {
+        anyhow!(
+            "timed out after {secs}s waiting on {} {name}",
+            K::kind(&Default::default())
+        )
+    })?
+    .with_context(|| format!("watch {name}"))?
+    .ok_or_else(|| anyhow!("{name} was deleted while waiting on it"))
+}
+
+/// A pod that ended, successfully or not.
+pub fn pod_finished() -> impl Condition<Pod> {
+    |pod: Option<&Pod>| {
+        pod.and_then(|p| p.status.as_ref()?.phase.as_deref())
+            .is_some_and(|phase| phase == "Succeeded" || phase == "Failed")
+    }
+}
+
+pub fn pod_phase(pod: &Pod) -> &str {
+    pod.status
+        .as_ref()
+        .and_then(|s| s.phase.as_deref())
+        .unwrap_or("")
+}
+
+/// A temporary namespace for one test.
+pub struct TestNs {
+    pub client: Client,
+    pub name: String,
+}
+
+/// Run `body` in a fresh namespace labelled `restricted`; on failure dump the
+/// namespace, always delete it, then fail the test with the error.
+pub async fn in_namespace<F, Fut>(prefix: &str, body: F)
+where
+    F: FnOnce(TestNs) -> Fut,
+    Fut: Future<Output = anyhow::Result<()>>,
+{
+    let client = client().await;
+    install_crds(&client).await.expect("install CRDs");
+    let name = format!("e2e-{prefix}-{:08x}", rand_suffix());
+    let ns_api: Api<Namespace> = Api::all(client.clone());
+    let ns: Namespace = serde_json::from_value(serde_json::json!({
+        "metadata": {
+            "name": name,
+            "labels": {
+                "pod-security.kubernetes.io/enforce": "restricted",
+                "pod-security.kubernetes.io/enforce-version": "latest",
+                "baton.dev/e2e": "true",
+            }
+        }
+    }))
+    .expect("namespace object");
+    ns_api
+        .create(&PostParams::default(), &ns)
+        .await
+        .expect("create test namespace");
+
+    let result = body(TestNs {
+        client: client.clone(),
+        name: name.clone(),
+    })
+    .await;
+    if let Err(err) = &result {
+        eprintln!("=== test in namespace {name} failed: {err:#}");
+        dump_namespace(&client, &name).await;
+    }
+    let _ = ns_api.delete(&name, &DeleteParams::background()).await;
+    if let Err(err) = result {
+        panic!("{err:#}");
+    }
+}
+
+fn rand_suffix() -> u32 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0),
+    );
+    h.finish() as u32
+}
+
+async fn dump_namespace(client: &Client, ns: &str) {
+    let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
+    if let Ok(list) = pods.list(&ListParams::default()).await {
+        for pod in list {
+            let pname = pod.metadata.name.clone().unwrap_or_default();
+            eprintln!("--- pod {pname}: phase {:?}", pod_phase(&pod));
+            if let Some(status) = &pod.status {
+                eprintln!(
+                    "{}",
+                    serde_json::to_string_pretty(status).unwrap_or_default()
+                );
+            }
+            if let Ok(logs) = pods.logs(&pname, &LogParams::default()).await {
+                eprintln!("--- logs of {pname}:\n{logs}");
+            }
+        }
+    }
+    let events: Api<Event> = Api::namespaced(client.clone(), ns);
+    if let Ok(list) = events.list(&ListParams::default()).await {
+        for e in list {
+            eprintln!(
+                "--- event {} {}: {} {}",
+                e.involved_object.kind.unwrap_or_default(),
+                e.involved_object.name.unwrap_or_default(),
+                e.reason.unwrap_or_default(),
+                e.message.unwrap_or_default()
+            );
+        }
+    }
+}
+
+/// The securityContext every e2e pod uses: what Pod Security `restricted` demands.
+pub fn restricted_pod(
+    name: &str,
+    image: &str,
+    command: &[&str],
+    extra: serde_json::Value,
+) -> anyhow::Result<Pod> {
+    let mut pod = serde_json::json!({
+        "metadata": { "name": name },
+        "spec": {
+            "restartPolicy": "Never",
+            "automountServiceAccountToken": false,
+            "securityContext": {
+                "runAsNonRoot": true, "runAsUser": 1000, "runAsGroup": 1000, "fsGroup": 1000,
+                "seccompProfile": { "type": "RuntimeDefault" }
+            },
+            "containers": [{
+                "name": "main",
+                "image": image,
+                "imagePullPolicy": "Never",
+                "command": command,
+                "securityContext": {
+                    "allowPrivilegeEscalation": false,
+                    "capabilities": { "drop": ["ALL"] }
+                }
+            }]
+        }
+    });
+    merge(&mut pod, extra);
+    Ok(serde_json::from_value(pod)?)
+}
+
+/// Deep-merge `extra` into `base` (objects merged, everything else replaced).
+fn merge(base: &mut serde_json::Value, extra: serde_json::Value) {
+    match (base, extra) {
+        (serde_json::Value::Object(b), serde_json::Value::Object(e)) => {
+            for (k, v) in e {
+                merge(b.entry(k).or_insert(serde_json::Value::Null), v);
+            }
+        }
+        (b, e) => *b = e,
+    }
+}
+
+/// Run a pod to completion and return (phase, logs).
+pub async fn run_pod(ns: &TestNs, pod: Pod, secs: u64) -> anyhow::Result<(String, String)> {
+    let api: Api<Pod> = Api::namespaced(ns.client.clone(), &ns.name);
+    let name = pod.metadata.name.clone().context("pod without a name")?;
+    api.create(&PostParams::default(), &pod)
+        .await
+        .with_context(|| format!("create pod {name}"))?;
+    let done = wait_for(&api, &name, pod_finished(), secs).await?;
+    let logs = api
+        .logs(&name, &LogParams::default())
+        .await
+        .with_context(|| format!("logs of {name}"))?;
+    Ok((pod_phase(&done).to_owned(), logs))
+}
