@@ -28,8 +28,8 @@ fmt: ## Format the code
 unit: ## Unit and integration tests that need no cluster
 	$(CARGO) test
 
-crd: ## Regenerate config/crd/ from the Rust types (src/crd/)
-	$(CARGO) run --quiet -- crd --dir config/crd
+crd: ## Regenerate config/crd/ and the chart's crds/ from the Rust types (src/crd/)
+	$(CARGO) run --quiet -- crd --dir config/crd --dir charts/baton/crds
 
 images: release ## Build the baton, step and pause images and import them into the node
 	hack/images/build.sh

@@ -14,9 +14,9 @@ pub struct Cli {
 pub enum Command {
     /// Print the CustomResourceDefinitions as YAML (what config/crd/ holds).
     Crd {
-        /// Write one file per CRD into this directory instead of printing.
+        /// Write one file per CRD into each of these directories instead of printing.
         #[arg(long, value_name = "DIR")]
-        dir: Option<std::path::PathBuf>,
+        dir: Vec<std::path::PathBuf>,
     },
 }
 
