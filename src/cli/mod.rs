@@ -23,16 +23,18 @@ pub enum Command {
 /// Run a parsed command; returns the process exit code.
 pub async fn run(cli: Cli) -> anyhow::Result<i32> {
     match cli.command {
-        Command::Crd { dir: None } => {
+        Command::Crd { dir } if dir.is_empty() => {
             print!("{}", crate::crd::all_yaml()?);
             Ok(0)
         }
-        Command::Crd { dir: Some(dir) } => {
-            for (file, yaml) in crate::crd::files()? {
-                let path = dir.join(file);
-                std::fs::write(&path, yaml)
-                    .map_err(|e| anyhow::anyhow!("write {}: {e}", path.display()))?;
-                eprintln!("wrote {}", path.display());
+        Command::Crd { dir } => {
+            for dir in dir {
+                for (file, yaml) in crate::crd::files()? {
+                    let path = dir.join(file);
+                    std::fs::write(&path, yaml)
+                        .map_err(|e| anyhow::anyhow!("write {}: {e}", path.display()))?;
+                    eprintln!("wrote {}", path.display());
+                }
             }
             Ok(0)
         }
