@@ -4,5 +4,7 @@
 //! `crd` (types, no I/O) → `backend` (where steps run) → `executor` (DAG, `when`,
 //! timeouts, outputs) → `server` / `controller` → `runner` → `cli`.
 
+pub mod backend;
 pub mod cli;
 pub mod crd;
+pub mod executor;

@@ -1,0 +1,398 @@
+//! The local backend: each step is a process on this machine (`baton run`, and a
+//! runner started with `--backend local`). Images are ignored.
+//!
+//! Layout under the backend's root directory, per workflow:
+//! `<root>/<workflow>/workspace/` (stands in for `/workspace`, exported as
+//! `BATON_WORKSPACE`, the default working directory) and
+//! `<root>/<workflow>/steps/<step>/{log,output}` (the merged stdout+stderr, and the
+//! file `$BATON_OUTPUT` names). Steps are remembered in memory, so `discover` and
+//! resuming work for as long as this backend value lives; dropping it kills every
+//! step still running.
+
+mod launch;
+mod process;
+
+use std::collections::{BTreeMap, HashMap};
+use std::ffi::OsString;
+use std::io::SeekFrom;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use futures::StreamExt;
+use nix::sys::signal::Signal;
+use tokio::io::{AsyncReadExt, AsyncSeekExt};
+use tokio::sync::watch;
+
+pub use launch::{SECRET_PREFIX, secret_variable};
+
+use super::{
+    Backend, BackendError, DiscoveredStep, LogChunk, LogStream, StepRequest, StepState, Workflow,
+};
+use process::{Handle, LogProgress};
+
+const LOG_CHUNK: u64 = 64 * 1024;
+
+/// Runs steps as local processes under a root directory it owns.
+#[derive(Debug)]
+pub struct LocalBackend {
+    root: PathBuf,
+    host_env: BTreeMap<OsString, OsString>,
+    /// Keyed by (workflow id, step name): the step identity.
+    steps: Mutex<HashMap<(String, String), Arc<LocalStep>>>,
+}
+
+#[derive(Debug)]
+struct LocalStep {
+    handle: Handle,
+    log_path: PathBuf,
+    output_path: PathBuf,
+}
+
+impl LocalBackend {
+    /// A backend keeping workflows under `root`; steps inherit this process's
+    /// environment (minus `BATON_SECRET_*`, which `secretKeyRef` reads).
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        Self::with_host_env(root, std::env::vars_os().collect())
+    }
+
+    /// Like [`LocalBackend::new`] with an explicit host environment (tests).
+    pub fn with_host_env(root: impl Into<PathBuf>, host_env: BTreeMap<OsString, OsString>) -> Self {
+        Self {
+            root: root.into(),
+            host_env,
+            steps: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The directory standing in for `/workspace` in `workflow`'s steps.
+    pub fn workspace(&self, workflow: &Workflow) -> PathBuf {
+        self.workflow_dir(workflow).join("workspace")
+    }
+
+    /// The process group of a started step (its main process's pid).
+    pub fn process_group(&self, workflow: &Workflow, step: &str) -> Option<i32> {
+        self.lock().get(&key(workflow, step)).map(|s| s.handle.pgid)
+    }
+
+    fn workflow_dir(&self, workflow: &Workflow) -> PathBuf {
+        self.root.join(path_safe(&workflow.id))
+    }
+
+    fn step_dir(&self, workflow: &Workflow, step: &str) -> PathBuf {
+        self.workflow_dir(workflow)
+            .join("steps")
+            .join(path_safe(step))
+    }
+
+    fn lock(&self) -> MutexGuard<'_, HashMap<(String, String), Arc<LocalStep>>> {
+        // A panic elsewhere cannot leave the map half-updated: every change is one insert or remove.
+        self.steps.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn get(&self, workflow: &Workflow, step: &str) -> Result<Arc<LocalStep>, BackendError> {
+        self.lock()
+            .get(&key(workflow, step))
+            .cloned()
+            .ok_or_else(|| BackendError::UnknownStep {
+                workflow: workflow.id.clone(),
+                step: step.to_owned(),
+            })
+    }
+
+    /// Everything `start_step` does; synchronous, so it runs under the lock and two
+    /// starts of one step cannot both spawn.
+    fn start_locked(&self, workflow: &Workflow, request: &StepRequest) -> Result<(), BackendError> {
+        let name = request.step.name.as_str();
+        let mut steps = self.lock();
+        if steps.contains_key(&key(workflow, name)) {
+            return Ok(());
+        }
+        let io_err = |doing: &'static str| {
+            move |source| BackendError::Io {
+                step: name.to_owned(),
+                doing,
+                source,
+            }
+        };
+        let dir = self.step_dir(workflow, name);
+        std::fs::create_dir_all(&dir).map_err(io_err("create the step directory"))?;
+        let output_path = dir.join("output");
+        std::fs::File::create(&output_path).map_err(io_err("create the $BATON_OUTPUT file"))?;
+        let log_path = dir.join("log");
+        let log_file = std::fs::File::create(&log_path).map_err(io_err("create the log file"))?;
+        let launch = launch::plan(
+            &request.step,
+            &request.env,
+            &self.host_env,
+            &self.workspace(workflow),
+            &output_path,
+        )?;
+        tracing::debug!(workflow = %workflow.id, step = name, program = ?launch.program, "start step process");
+        let handle = process::spawn(name, launch, log_file)?;
+        steps.insert(
+            key(workflow, name),
+            Arc::new(LocalStep {
+                handle,
+                log_path,
+                output_path,
+            }),
+        );
+        Ok(())
+    }
+}
+
+impl Drop for LocalBackend {
+    fn drop(&mut self) {
+        for step in self.lock().values() {
+            if step.handle.exit.borrow().is_none() {
+                process::signal_group(step.handle.pgid, Signal::SIGKILL);
+            }
+        }
+    }
+}
+
+fn key(workflow: &Workflow, step: &str) -> (String, String) {
+    (workflow.id.clone(), step.to_owned())
+}
+
+/// A name usable as one path component (step names are DNS labels already).
+fn path_safe(name: &str) -> String {
+    let safe: String = name
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    if safe.is_empty() || safe.chars().all(|c| c == '.') {
+        format!("_{safe}")
+    } else {
+        safe
+    }
+}
+
+impl Backend for LocalBackend {
+    fn name(&self) -> &'static str {
+        "local"
+    }
+
+    async fn setup_workflow(&self, workflow: &Workflow) -> Result<(), BackendError> {
+        let workspace = self.workspace(workflow);
+        tokio::fs::create_dir_all(&workspace)
+            .await
+            .map_err(|source| BackendError::Setup {
+                workflow: workflow.id.clone(),
+                source,
+            })
+    }
+
+    async fn discover(&self, workflow: &Workflow) -> Result<Vec<DiscoveredStep>, BackendError> {
+        let mut found: Vec<DiscoveredStep> = self
+            .lock()
+            .iter()
+            .filter(|((wf, _), _)| *wf == workflow.id)
+            .map(|((_, name), step)| DiscoveredStep {
+                name: name.clone(),
+                state: match &*step.handle.exit.borrow() {
+                    Some(Ok(exit_code)) => StepState::Exited {
+                        exit_code: *exit_code,
+                    },
+                    // We cannot tell how it ended; report it as killed.
+                    Some(Err(_)) => StepState::Exited {
+                        exit_code: 128 + Signal::SIGKILL as i32,
+                    },
+                    None => StepState::Running,
+                },
+            })
+            .collect();
+        found.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(found)
+    }
+
+    async fn start_step(
+        &self,
+        workflow: &Workflow,
+        request: &StepRequest,
+    ) -> Result<(), BackendError> {
+        self.start_locked(workflow, request)
+    }
+
+    async fn tail_step(
+        &self,
+        workflow: &Workflow,
+        step: &str,
+        from_offset: u64,
+    ) -> Result<LogStream, BackendError> {
+        let local = self.get(workflow, step)?;
+        let mut file = tokio::fs::File::open(&local.log_path)
+            .await
+            .map_err(|source| BackendError::Io {
+                step: step.to_owned(),
+                doing: "open the log file",
+                source,
+            })?;
+        file.seek(SeekFrom::Start(from_offset))
+            .await
+            .map_err(|source| BackendError::Io {
+                step: step.to_owned(),
+                doing: "seek in the log file",
+                source,
+            })?;
+        let tail = Tail {
+            step: step.to_owned(),
+            file,
+            offset: from_offset,
+            progress: local.handle.log.clone(),
+        };
+        Ok(futures::stream::unfold(tail, Tail::next).boxed())
+    }
+
+    async fn wait_step(&self, workflow: &Workflow, step: &str) -> Result<i32, BackendError> {
+        let mut exit = self.get(workflow, step)?.handle.exit.clone();
+        process::wait(&mut exit)
+            .await
+            .map_err(|message| BackendError::Failed {
+                step: step.to_owned(),
+                doing: "wait for the step",
+                message,
+            })
+    }
+
+    async fn read_outputs(
+        &self,
+        workflow: &Workflow,
+        step: &str,
+        limit: usize,
+    ) -> Result<Vec<u8>, BackendError> {
+        let local = self.get(workflow, step)?;
+        read_prefix(&local.output_path, limit)
+            .await
+            .map_err(|source| BackendError::Io {
+                step: step.to_owned(),
+                doing: "read $BATON_OUTPUT",
+                source,
+            })
+    }
+
+    async fn stop_step(
+        &self,
+        workflow: &Workflow,
+        step: &str,
+        grace: Duration,
+    ) -> Result<(), BackendError> {
+        let local = self.get(workflow, step)?;
+        process::stop(local.handle.pgid, local.handle.exit.clone(), grace)
+            .await
+            .map(drop)
+            .map_err(|message| BackendError::Failed {
+                step: step.to_owned(),
+                doing: "stop the step",
+                message,
+            })
+    }
+
+    async fn destroy_step(&self, workflow: &Workflow, step: &str) -> Result<(), BackendError> {
+        let Some(local) = self.lock().remove(&key(workflow, step)) else {
+            return Ok(());
+        };
+        // Destroying does not wait for a polite exit.
+        if let Err(message) =
+            process::stop(local.handle.pgid, local.handle.exit.clone(), Duration::ZERO).await
+        {
+            tracing::warn!(step, %message, "stop step while destroying it");
+        }
+        remove_dir(&self.step_dir(workflow, step))
+            .await
+            .map_err(|source| BackendError::Io {
+                step: step.to_owned(),
+                doing: "remove the step directory",
+                source,
+            })
+    }
+
+    async fn destroy_workflow(&self, workflow: &Workflow) -> Result<(), BackendError> {
+        let names: Vec<String> = self
+            .lock()
+            .keys()
+            .filter(|(wf, _)| *wf == workflow.id)
+            .map(|(_, name)| name.clone())
+            .collect();
+        for name in names {
+            self.destroy_step(workflow, &name).await?;
+        }
+        remove_dir(&self.workflow_dir(workflow))
+            .await
+            .map_err(|source| BackendError::Setup {
+                workflow: workflow.id.clone(),
+                source,
+            })
+    }
+}
+
+async fn remove_dir(path: &Path) -> std::io::Result<()> {
+    match tokio::fs::remove_dir_all(path).await {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+        _ => Ok(()),
+    }
+}
+
+async fn read_prefix(path: &Path, limit: usize) -> std::io::Result<Vec<u8>> {
+    let file = tokio::fs::File::open(path).await?;
+    let mut out = Vec::new();
+    file.take(limit as u64).read_to_end(&mut out).await?;
+    Ok(out)
+}
+
+/// State of a log tail: read the file up to what the supervisor has written, wait
+/// for more, end when the log is closed and fully read.
+struct Tail {
+    step: String,
+    file: tokio::fs::File,
+    offset: u64,
+    progress: watch::Receiver<LogProgress>,
+}
+
+impl Tail {
+    async fn next(mut self) -> Option<(Result<LogChunk, BackendError>, Self)> {
+        loop {
+            let progress = *self.progress.borrow_and_update();
+            if self.offset < progress.len {
+                let want = (progress.len - self.offset).min(LOG_CHUNK) as usize;
+                let mut bytes = vec![0u8; want];
+                return match self.file.read(&mut bytes).await {
+                    Ok(0) => None,
+                    Ok(n) => {
+                        bytes.truncate(n);
+                        let chunk = LogChunk {
+                            step: self.step.clone(),
+                            offset: self.offset,
+                            bytes,
+                        };
+                        self.offset += n as u64;
+                        Some((Ok(chunk), self))
+                    }
+                    Err(source) => {
+                        let err = BackendError::Io {
+                            step: self.step.clone(),
+                            doing: "read the log file",
+                            source,
+                        };
+                        // End after reporting: a later read would fail the same way.
+                        self.offset = u64::MAX;
+                        Some((Err(err), self))
+                    }
+                };
+            }
+            if progress.closed || self.offset == u64::MAX {
+                return None;
+            }
+            if self.progress.changed().await.is_err() && self.offset >= self.progress.borrow().len {
+                return None;
+            }
+        }
+    }
+}

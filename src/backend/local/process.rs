@@ -1,0 +1,214 @@
+//! One step as a local process: spawn it in its own process group with stdout and
+//! stderr on one pipe, copy that pipe into the step's log file, and signal the
+//! whole group, so nothing the step started outlives it.
+
+use std::os::fd::OwnedFd;
+use std::os::unix::process::ExitStatusExt;
+use std::process::{ExitStatus, Stdio};
+use std::time::Duration;
+
+use nix::errno::Errno;
+use nix::sys::signal::{Signal, killpg};
+use nix::unistd::Pid;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::unix::pipe;
+use tokio::sync::watch;
+
+use super::launch::Launch;
+use crate::backend::BackendError;
+
+/// How long the pipe is still read after the step's process group was killed: only
+/// a process that left the group (`setsid`) can hold it open that long.
+const DRAIN_AFTER_EXIT: Duration = Duration::from_secs(1);
+
+const READ_BUFFER: usize = 64 * 1024;
+
+/// How much of the step's log is in its file, and whether more can come.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LogProgress {
+    pub len: u64,
+    pub closed: bool,
+}
+
+/// How the step's main process ended: its exit code, or why we cannot tell.
+pub type Exit = Option<Result<i32, String>>;
+
+/// A started step: its process group and what its supervisor publishes.
+#[derive(Debug)]
+pub struct Handle {
+    pub pgid: i32,
+    /// Set once, after the log is closed, so a waiter sees the complete log.
+    pub exit: watch::Receiver<Exit>,
+    pub log: watch::Receiver<LogProgress>,
+}
+
+/// Spawn the step's process and its supervisor task; needs a tokio runtime.
+pub fn spawn(step: &str, launch: Launch, log_file: std::fs::File) -> Result<Handle, BackendError> {
+    let io_err = |doing: &'static str| {
+        move |source| BackendError::Io {
+            step: step.to_owned(),
+            doing,
+            source,
+        }
+    };
+    let (reader, writer) = std::io::pipe().map_err(io_err("create the log pipe"))?;
+    let writer_for_stderr = writer.try_clone().map_err(io_err("create the log pipe"))?;
+    let mut command = tokio::process::Command::new(&launch.program);
+    command
+        .args(&launch.args)
+        .env_clear()
+        .envs(launch.env.iter().map(|(k, v)| (k, v)))
+        .current_dir(&launch.cwd)
+        .stdin(Stdio::null())
+        .stdout(writer)
+        .stderr(writer_for_stderr)
+        // Its own group, so a signal reaches everything the step started.
+        .process_group(0)
+        .kill_on_drop(false);
+    let child = command.spawn().map_err(|source| BackendError::Spawn {
+        step: step.to_owned(),
+        program: launch.program.to_string_lossy().into_owned(),
+        source,
+    })?;
+    // The command holds our copies of the pipe's write end: drop them, or the
+    // log would never reach end-of-file.
+    drop(command);
+    let pid = child.id().ok_or_else(|| BackendError::Failed {
+        step: step.to_owned(),
+        doing: "start",
+        message: "the process ended before its id was known".into(),
+    })?;
+    let pgid = i32::try_from(pid).map_err(|_| BackendError::Failed {
+        step: step.to_owned(),
+        doing: "start",
+        message: format!("process id {pid} out of range"),
+    })?;
+    let pipe = pipe::Receiver::from_owned_fd(OwnedFd::from(reader))
+        .map_err(io_err("watch the log pipe"))?;
+    let (exit_tx, exit) = watch::channel(None);
+    let (log_tx, log) = watch::channel(LogProgress::default());
+    let supervisor = Supervisor {
+        step: step.to_owned(),
+        pgid,
+        exit_tx,
+        log_tx,
+    };
+    tokio::spawn(supervisor.run(child, pipe, tokio::fs::File::from_std(log_file)));
+    Ok(Handle { pgid, exit, log })
+}
+
+struct Supervisor {
+    step: String,
+    pgid: i32,
+    exit_tx: watch::Sender<Exit>,
+    log_tx: watch::Sender<LogProgress>,
+}
+
+impl Supervisor {
+    async fn run(
+        self,
+        mut child: tokio::process::Child,
+        mut pipe: pipe::Receiver,
+        mut log: tokio::fs::File,
+    ) {
+        let mut buf = vec![0u8; READ_BUFFER];
+        let mut exit: Exit = None;
+        let mut drain_until = None;
+        let mut write_failed = false;
+        loop {
+            tokio::select! {
+                read = pipe.read(&mut buf) => match read {
+                    Ok(0) => break,
+                    Ok(n) => {
+                        // Keep reading even when the file fails, or the step would block on a full pipe.
+                        if !write_failed && let Err(error) = log.write_all(&buf[..n]).await {
+                            tracing::warn!(step = %self.step, %error, "write step log");
+                            write_failed = true;
+                        }
+                        if !write_failed {
+                            self.log_tx.send_modify(|p| p.len += n as u64);
+                        }
+                    }
+                    Err(error) => {
+                        tracing::warn!(step = %self.step, %error, "read step output");
+                        break;
+                    }
+                },
+                status = child.wait(), if exit.is_none() => {
+                    exit = Some(status.map(exit_code).map_err(|e| format!("wait for the process: {e}")));
+                    // Like a container whose main process ended: what it left running is killed.
+                    signal_group(self.pgid, Signal::SIGKILL);
+                    drain_until = Some(tokio::time::Instant::now() + DRAIN_AFTER_EXIT);
+                },
+                () = sleep_until(drain_until) => {
+                    tracing::warn!(step = %self.step, "a process outside the step's group holds its output open; log closed");
+                    break;
+                },
+            }
+        }
+        if let Err(error) = log.flush().await {
+            tracing::warn!(step = %self.step, %error, "flush step log");
+        }
+        self.log_tx.send_modify(|p| p.closed = true);
+        let exit = match exit {
+            Some(exit) => exit,
+            // The output closed before the process ended (it closed stdout and stderr).
+            None => {
+                let status = child.wait().await;
+                signal_group(self.pgid, Signal::SIGKILL);
+                status
+                    .map(exit_code)
+                    .map_err(|e| format!("wait for the process: {e}"))
+            }
+        };
+        self.exit_tx.send_replace(Some(exit));
+    }
+}
+
+async fn sleep_until(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Exit code as Kubernetes reports it: the code, or 128 + the signal that killed it.
+pub fn exit_code(status: ExitStatus) -> i32 {
+    status
+        .code()
+        .unwrap_or_else(|| 128 + status.signal().unwrap_or(0))
+}
+
+/// Send `signal` to every process of the group; a group that is gone is fine.
+pub fn signal_group(pgid: i32, signal: Signal) {
+    match killpg(Pid::from_raw(pgid), signal) {
+        Ok(()) | Err(Errno::ESRCH) => {}
+        Err(error) => tracing::warn!(pgid, %signal, %error, "signal step process group"),
+    }
+}
+
+/// Wait until the main process ended.
+pub async fn wait(exit: &mut watch::Receiver<Exit>) -> Result<i32, String> {
+    match exit.wait_for(Option::is_some).await {
+        Ok(exit) => exit.clone().unwrap_or_else(|| Err("no exit status".into())),
+        Err(_) => Err("the step's supervisor ended without an exit status".into()),
+    }
+}
+
+/// SIGTERM the group, SIGKILL it after `grace`, return once the main process ended.
+pub async fn stop(
+    pgid: i32,
+    mut exit: watch::Receiver<Exit>,
+    grace: Duration,
+) -> Result<i32, String> {
+    if exit.borrow().is_some() {
+        return wait(&mut exit).await;
+    }
+    signal_group(pgid, Signal::SIGTERM);
+    if let Ok(code) = tokio::time::timeout(grace, wait(&mut exit)).await {
+        // The supervisor SIGKILLs whatever of the group ignored SIGTERM.
+        return code;
+    }
+    signal_group(pgid, Signal::SIGKILL);
+    wait(&mut exit).await
+}

@@ -1,0 +1,238 @@
+//! Where steps run: the backend trait the executor drives, and its shared types.
+//!
+//! Shaped after Woodpecker's pipeline backend: set up a workflow (one run of one
+//! Job), start, wait for, tail, stop and destroy its steps, destroy the workflow.
+//! A backend that outlives its executor (step pods on a cluster) also *discovers* a
+//! workflow's steps, so a restarted executor resumes watching them instead of
+//! starting them twice. For that, a step's identity is deterministic: the pair
+//! (workflow id, step name), which each backend maps to its own names (a pod name,
+//! a directory); a second `start_step` of the same identity is a no-op.
+//!
+//! Backends know nothing of `dependsOn`, `when`, timeouts or outputs parsing: that
+//! is the executor's job, shared by every backend.
+
+pub mod local;
+
+use std::future::Future;
+use std::time::Duration;
+
+use futures::stream::BoxStream;
+
+use crate::crd::Step;
+
+pub use local::LocalBackend;
+
+/// Upper-case `s` with every character but ASCII letters and digits turned into
+/// `_`: how names become parts of environment variable names.
+pub fn env_token(s: &str) -> String {
+    s.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_uppercase()
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
+/// One run of one Job on a backend. Every step identity derives from `id`.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Workflow {
+    /// Stable for the run: the Job's uid on a cluster, a unique name locally.
+    pub id: String,
+}
+
+impl Workflow {
+    pub fn new(id: impl Into<String>) -> Self {
+        Self { id: id.into() }
+    }
+}
+
+/// What the executor asks a backend to start.
+#[derive(Clone, Debug, PartialEq)]
+pub struct StepRequest {
+    /// The step as the Job spec declares it.
+    pub step: Step,
+    /// Variables the executor adds before the step's own `env` (outputs of the
+    /// steps upstream, as `BATON_OUTPUT_<KEY>`). A step's own `env` may refer to
+    /// them with `$(NAME)`, as on Kubernetes.
+    pub env: Vec<(String, String)>,
+}
+
+/// What a backend knows of a step it was asked to start earlier.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StepState {
+    /// Started and not yet ended: resume watching it, never start it again.
+    Running,
+    /// Ended with this exit code (128 + signal number when killed by a signal).
+    Exited { exit_code: i32 },
+}
+
+/// A step found by [`Backend::discover`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DiscoveredStep {
+    pub name: String,
+    pub state: StepState,
+}
+
+/// A piece of a step's log: `bytes` start at byte `offset` of the step's log, so a
+/// consumer that stored how far it got resumes without duplicates. stdout and
+/// stderr are one stream, in the order the step wrote them.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LogChunk {
+    pub step: String,
+    pub offset: u64,
+    pub bytes: Vec<u8>,
+}
+
+/// A step's log from some offset until the step's output closes.
+pub type LogStream = BoxStream<'static, Result<LogChunk, BackendError>>;
+
+/// Why a backend could not do what it was asked. [`BackendError::reason`] is the
+/// short category a step's status carries when the error failed the step.
+#[derive(Debug, thiserror::Error)]
+pub enum BackendError {
+    #[error("set up workflow {workflow}: {source}")]
+    Setup {
+        workflow: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("step {step}: env {var}: {message}")]
+    Env {
+        step: String,
+        var: String,
+        message: String,
+    },
+    #[error(
+        "step {step}: env {var} comes from secret {secret:?} key {key:?}; locally it is read from the variable {lookup}, which is not set"
+    )]
+    SecretNotFound {
+        step: String,
+        var: String,
+        secret: String,
+        key: String,
+        lookup: String,
+    },
+    #[error("step {step}: workingDir {dir}: {message}")]
+    WorkingDir {
+        step: String,
+        dir: String,
+        message: String,
+    },
+    #[error("step {step}: {message}")]
+    InvalidStep { step: String, message: String },
+    #[error("step {step}: start {program:?}: {source}")]
+    Spawn {
+        step: String,
+        program: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("step {step}: {doing}: {source}")]
+    Io {
+        step: String,
+        doing: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("step {step}: not started in workflow {workflow}")]
+    UnknownStep { workflow: String, step: String },
+    #[error("step {step}: {doing}: {message}")]
+    Failed {
+        step: String,
+        doing: &'static str,
+        message: String,
+    },
+}
+
+impl BackendError {
+    /// Short, stable category (a step's `reason` when this error failed it).
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::Setup { .. } => "SetupFailed",
+            Self::Env { .. } => "InvalidEnv",
+            Self::SecretNotFound { .. } => "SecretNotFound",
+            Self::WorkingDir { .. } => "InvalidWorkingDir",
+            Self::InvalidStep { .. } => "InvalidStep",
+            Self::Spawn { .. } => "StartFailed",
+            Self::Io { .. } | Self::UnknownStep { .. } | Self::Failed { .. } => "BackendError",
+        }
+    }
+}
+
+/// Where steps run. Every method is idempotent where it can be: starting a step
+/// that exists, stopping one that ended, destroying what is gone all succeed.
+///
+/// Futures are `Send` so an executor can run on any tokio worker.
+pub trait Backend: Send + Sync {
+    /// Short name for diagnostics (`local`, `kubernetes`).
+    fn name(&self) -> &'static str;
+
+    /// Prepare what the workflow's steps share (the workspace).
+    fn setup_workflow(
+        &self,
+        workflow: &Workflow,
+    ) -> impl Future<Output = Result<(), BackendError>> + Send;
+
+    /// The steps of `workflow` this backend already started, with their state.
+    fn discover(
+        &self,
+        workflow: &Workflow,
+    ) -> impl Future<Output = Result<Vec<DiscoveredStep>, BackendError>> + Send;
+
+    /// Start a step. A step of the same name already started is left alone.
+    fn start_step(
+        &self,
+        workflow: &Workflow,
+        request: &StepRequest,
+    ) -> impl Future<Output = Result<(), BackendError>> + Send;
+
+    /// The step's log from byte `from_offset` on; the stream ends once the step's
+    /// output is closed (after it exited).
+    fn tail_step(
+        &self,
+        workflow: &Workflow,
+        step: &str,
+        from_offset: u64,
+    ) -> impl Future<Output = Result<LogStream, BackendError>> + Send;
+
+    /// Wait until the step ended; its exit code (128 + signal when killed).
+    fn wait_step(
+        &self,
+        workflow: &Workflow,
+        step: &str,
+    ) -> impl Future<Output = Result<i32, BackendError>> + Send;
+
+    /// What the step wrote to `$BATON_OUTPUT`, at most `limit` bytes (a longer
+    /// file is cut at `limit`; callers ask for one byte more than they accept).
+    fn read_outputs(
+        &self,
+        workflow: &Workflow,
+        step: &str,
+        limit: usize,
+    ) -> impl Future<Output = Result<Vec<u8>, BackendError>> + Send;
+
+    /// Ask the step to end (SIGTERM), force it after `grace` (SIGKILL), and
+    /// return once it ended.
+    fn stop_step(
+        &self,
+        workflow: &Workflow,
+        step: &str,
+        grace: Duration,
+    ) -> impl Future<Output = Result<(), BackendError>> + Send;
+
+    /// Forget a step: kill it if it still runs, remove what it left.
+    fn destroy_step(
+        &self,
+        workflow: &Workflow,
+        step: &str,
+    ) -> impl Future<Output = Result<(), BackendError>> + Send;
+
+    /// Destroy every step of the workflow and what they share.
+    fn destroy_workflow(
+        &self,
+        workflow: &Workflow,
+    ) -> impl Future<Output = Result<(), BackendError>> + Send;
+}

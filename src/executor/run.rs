@@ -1,0 +1,516 @@
+//! One run of one Job: drive the [`Scheduler`] with step tasks on the backend,
+//! and turn how each step ended into its status.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use futures::StreamExt;
+use futures::stream::FuturesUnordered;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::jiff::Timestamp;
+use tokio::time::Instant;
+use tracing::Instrument;
+
+use super::dag::{Dag, Scheduler};
+use super::outputs;
+use super::{
+    CancellationToken, Executor, ExecutorError, JobReport, LogSink, StatusSink, StepReport,
+};
+use crate::backend::{Backend, BackendError, StepRequest, Workflow};
+use crate::crd::duration;
+use crate::crd::job::{JobPhase, JobSpec, StepPhase, StepStatus};
+
+/// Why running steps were stopped before they ended on their own.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum StopCause {
+    Cancelled,
+    JobTimeout,
+}
+
+/// How a step's process ended, as seen by its task.
+enum StepEnd {
+    StartFailed(BackendError),
+    Ended {
+        exit: Result<i32, BackendError>,
+        how: How,
+        outputs: Option<Result<Vec<u8>, BackendError>>,
+    },
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum How {
+    Exited,
+    TimedOut,
+    Stopped,
+}
+
+/// The spec, checked: its DAG and parsed timeouts.
+struct Plan<'s> {
+    spec: &'s JobSpec,
+    step_timeouts: Vec<Option<Duration>>,
+    job_timeout: Option<Duration>,
+}
+
+impl<'s> Plan<'s> {
+    fn new(spec: &'s JobSpec) -> Result<(Self, Dag), ExecutorError> {
+        let dag = Dag::from_steps(&spec.steps).map_err(ExecutorError::InvalidDag)?;
+        let step_timeouts = spec
+            .steps
+            .iter()
+            .map(|s| {
+                s.timeout
+                    .as_deref()
+                    .map(duration::parse)
+                    .transpose()
+                    .map_err(|source| ExecutorError::InvalidTimeout {
+                        step: Some(s.name.clone()),
+                        source,
+                    })
+            })
+            .collect::<Result<_, _>>()?;
+        let job_timeout = spec
+            .timeout
+            .as_deref()
+            .map(duration::parse)
+            .transpose()
+            .map_err(|source| ExecutorError::InvalidTimeout { step: None, source })?;
+        Ok((
+            Self {
+                spec,
+                step_timeouts,
+                job_timeout,
+            },
+            dag,
+        ))
+    }
+}
+
+/// What the run knows of every step.
+struct State {
+    sched: Scheduler,
+    statuses: Vec<StepStatus>,
+    started: Vec<Option<Instant>>,
+    durations: Vec<Option<Duration>>,
+    outputs: Vec<Vec<(String, String)>>,
+    outputs_used: usize,
+}
+
+impl State {
+    /// `BATON_OUTPUT_<KEY>` for every output of the steps upstream of `step`.
+    fn injected_env(&self, step: usize) -> Vec<(String, String)> {
+        let dag = self.sched.dag();
+        let upstream = dag.upstream(step);
+        let mut env = BTreeMap::new();
+        for &u in dag.order().iter().filter(|u| upstream.contains(u)) {
+            for (k, v) in &self.outputs[u] {
+                env.insert(outputs::env_name(k), v.clone());
+            }
+        }
+        env.into_iter().collect()
+    }
+
+    fn mark_running(&mut self, step: usize) {
+        self.started[step] = Some(Instant::now());
+        let status = &mut self.statuses[step];
+        status.phase = StepPhase::Running;
+        status.start_time = Some(now());
+    }
+
+    fn mark_ended(
+        &mut self,
+        step: usize,
+        phase: StepPhase,
+        reason: Option<&str>,
+        message: Option<String>,
+    ) {
+        self.sched.finish(step, phase);
+        if let Some(started) = self.started[step] {
+            self.durations[step] = Some(started.elapsed());
+        }
+        let status = &mut self.statuses[step];
+        status.phase = phase;
+        status.reason = reason.map(str::to_owned);
+        status.message = message;
+        status.completion_time = Some(now());
+    }
+}
+
+fn now() -> Time {
+    Time(Timestamp::now())
+}
+
+impl<B: Backend> Executor<'_, B> {
+    /// Run `spec` as `workflow` to the end. Returns an error only when nothing could
+    /// run (invalid DAG or timeouts, backend setup); step failures are in the report.
+    /// Does not destroy the workflow: the caller decides when (logs, resuming).
+    pub async fn run<S: StatusSink, L: LogSink>(
+        &self,
+        workflow: &Workflow,
+        spec: &JobSpec,
+        status: &S,
+        logs: &L,
+        cancel: &CancellationToken,
+    ) -> Result<JobReport, ExecutorError> {
+        let job_started = Instant::now();
+        let (plan, dag) = Plan::new(spec)?;
+        self.backend
+            .setup_workflow(workflow)
+            .await
+            .map_err(ExecutorError::Setup)?;
+        let discovered = self
+            .backend
+            .discover(workflow)
+            .await
+            .map_err(ExecutorError::Discover)?;
+        let n = spec.steps.len();
+        let mut state = State {
+            sched: Scheduler::new(
+                dag,
+                spec.steps
+                    .iter()
+                    .map(|s| s.when.unwrap_or_default())
+                    .collect(),
+            ),
+            statuses: spec
+                .steps
+                .iter()
+                .map(|s| StepStatus {
+                    name: s.name.clone(),
+                    ..Default::default()
+                })
+                .collect(),
+            started: vec![None; n],
+            durations: vec![None; n],
+            outputs: vec![Vec::new(); n],
+            outputs_used: 0,
+        };
+        status.job_changed(JobPhase::Running, None).await;
+
+        let stop_all = CancellationToken::new();
+        let job_deadline = plan.job_timeout.map(|t| job_started + t);
+        let mut cause = None;
+        let mut running = FuturesUnordered::new();
+
+        for found in discovered {
+            let Some(i) = spec.steps.iter().position(|s| s.name == found.name) else {
+                tracing::warn!(workflow = %workflow.id, step = %found.name, "discovered a step the Job does not have; left alone");
+                continue;
+            };
+            tracing::info!(workflow = %workflow.id, step = %found.name, state = ?found.state, "resuming a step found running or ended");
+            state.sched.adopt(i);
+            state.mark_running(i);
+            status.step_changed(&state.statuses[i]).await;
+            let from = logs.resume_offset(&found.name);
+            running.push(self.step_task(workflow, i, None, &plan, stop_all.clone(), logs, from));
+        }
+
+        loop {
+            if cause.is_none() && cancel.is_cancelled() {
+                cause = Some(StopCause::Cancelled);
+                stop_all.cancel();
+            }
+            if cause.is_none() {
+                let advance = state.sched.advance();
+                for (i, reason) in advance.skipped {
+                    state.mark_ended(
+                        i,
+                        StepPhase::Skipped,
+                        Some(reason.as_str()),
+                        Some(reason.message().to_owned()),
+                    );
+                    status.step_changed(&state.statuses[i]).await;
+                }
+                for i in advance.start {
+                    let request = StepRequest {
+                        step: spec.steps[i].clone(),
+                        env: state.injected_env(i),
+                    };
+                    state.mark_running(i);
+                    status.step_changed(&state.statuses[i]).await;
+                    running.push(self.step_task(
+                        workflow,
+                        i,
+                        Some(request),
+                        &plan,
+                        stop_all.clone(),
+                        logs,
+                        0,
+                    ));
+                }
+            }
+            if running.is_empty() {
+                break;
+            }
+            tokio::select! {
+                Some((i, end)) = running.next() => {
+                    self.record(&mut state, &plan, i, end, cause);
+                    status.step_changed(&state.statuses[i]).await;
+                }
+                () = cancel.cancelled(), if cause.is_none() => {
+                    tracing::info!(workflow = %workflow.id, "job cancelled; stopping its steps");
+                    cause = Some(StopCause::Cancelled);
+                    stop_all.cancel();
+                }
+                () = sleep_until(job_deadline), if cause.is_none() => {
+                    tracing::info!(workflow = %workflow.id, "job timeout; stopping its steps");
+                    cause = Some(StopCause::JobTimeout);
+                    stop_all.cancel();
+                }
+            }
+        }
+
+        for i in state.sched.pending() {
+            let (phase, reason, message) = match cause {
+                Some(StopCause::JobTimeout) => (
+                    StepPhase::Skipped,
+                    "JobTimeout",
+                    "the Job's timeout passed before it could start",
+                ),
+                _ => (
+                    StepPhase::Cancelled,
+                    "Cancelled",
+                    "the Job was cancelled before it started",
+                ),
+            };
+            state.mark_ended(i, phase, Some(reason), Some(message.to_owned()));
+            status.step_changed(&state.statuses[i]).await;
+        }
+
+        let failed: Vec<&str> = state
+            .statuses
+            .iter()
+            .filter(|s| s.phase == StepPhase::Failed)
+            .map(|s| s.name.as_str())
+            .collect();
+        let (phase, reason, message) = match cause {
+            Some(StopCause::Cancelled) => (
+                JobPhase::Cancelled,
+                Some("Cancelled"),
+                Some("the Job was cancelled".to_owned()),
+            ),
+            Some(StopCause::JobTimeout) => (
+                JobPhase::Failed,
+                Some("Timeout"),
+                Some(format!(
+                    "the Job exceeded its timeout of {}",
+                    plan.job_timeout.map(duration::format).unwrap_or_default()
+                )),
+            ),
+            None if failed.is_empty() => (JobPhase::Succeeded, None, None),
+            None => (
+                JobPhase::Failed,
+                Some("StepFailed"),
+                Some(format!("failed: {}", failed.join(", "))),
+            ),
+        };
+        status.job_changed(phase, reason).await;
+
+        let merged = outputs::merge(
+            state
+                .sched
+                .dag()
+                .order()
+                .iter()
+                .map(|&i| state.outputs[i].as_slice()),
+        );
+        let steps = state
+            .statuses
+            .into_iter()
+            .zip(state.durations)
+            .zip(state.outputs)
+            .map(|((status, duration), outputs)| StepReport {
+                status,
+                duration,
+                outputs,
+            })
+            .collect();
+        Ok(JobReport {
+            phase,
+            reason: reason.map(str::to_owned),
+            message,
+            steps,
+            outputs: merged,
+            duration: job_started.elapsed(),
+        })
+    }
+
+    /// Start (unless resuming), tail, and wait for one step; stop it on its timeout
+    /// or when the run stops everything. Ends once its log is fully delivered.
+    #[allow(clippy::too_many_arguments)]
+    async fn step_task<L: LogSink>(
+        &self,
+        workflow: &Workflow,
+        i: usize,
+        request: Option<StepRequest>,
+        plan: &Plan<'_>,
+        stop_all: CancellationToken,
+        logs: &L,
+        log_from: u64,
+    ) -> (usize, StepEnd) {
+        let name = plan.spec.steps[i].name.as_str();
+        let span = tracing::info_span!("step", workflow = %workflow.id, step = name);
+        async move {
+            if let Some(request) = &request
+                && let Err(error) = self.backend.start_step(workflow, request).await
+            {
+                return (i, StepEnd::StartFailed(error));
+            }
+            let forward = async {
+                match self.backend.tail_step(workflow, name, log_from).await {
+                    Ok(mut chunks) => {
+                        while let Some(chunk) = chunks.next().await {
+                            match chunk {
+                                Ok(chunk) => logs.append(chunk).await,
+                                Err(error) => {
+                                    tracing::warn!(%error, "tail step log");
+                                    break;
+                                }
+                            }
+                        }
+                    }
+                    Err(error) => tracing::warn!(%error, "tail step log"),
+                }
+            };
+            let watch = async {
+                let timeout = plan.step_timeouts[i];
+                tokio::select! {
+                    exit = self.backend.wait_step(workflow, name) => (exit, How::Exited),
+                    () = sleep_until(timeout.map(|t| Instant::now() + t)) => (self.stop(workflow, name).await, How::TimedOut),
+                    () = stop_all.cancelled() => (self.stop(workflow, name).await, How::Stopped),
+                }
+            };
+            let ((exit, how), ()) = tokio::join!(watch, forward);
+            let outputs = match exit {
+                Ok(_) => Some(self.backend.read_outputs(workflow, name, self.options.outputs_limit.saturating_add(1)).await),
+                Err(_) => None,
+            };
+            (i, StepEnd::Ended { exit, how, outputs })
+        }
+        .instrument(span)
+        .await
+    }
+
+    async fn stop(&self, workflow: &Workflow, step: &str) -> Result<i32, BackendError> {
+        self.backend
+            .stop_step(workflow, step, self.options.grace)
+            .await?;
+        self.backend.wait_step(workflow, step).await
+    }
+
+    /// Turn how a step ended into its phase, reason, exit code and outputs.
+    fn record(
+        &self,
+        state: &mut State,
+        plan: &Plan<'_>,
+        i: usize,
+        end: StepEnd,
+        cause: Option<StopCause>,
+    ) {
+        let (exit, how, raw_outputs) = match end {
+            StepEnd::StartFailed(error) => {
+                state.mark_ended(
+                    i,
+                    StepPhase::Failed,
+                    Some(error.reason()),
+                    Some(error.to_string()),
+                );
+                return;
+            }
+            StepEnd::Ended { exit, how, outputs } => (exit, how, outputs),
+        };
+        let exit_code = match exit {
+            Ok(code) => code,
+            Err(error) => {
+                state.mark_ended(
+                    i,
+                    StepPhase::Failed,
+                    Some(error.reason()),
+                    Some(error.to_string()),
+                );
+                return;
+            }
+        };
+        state.statuses[i].exit_code = Some(exit_code);
+
+        // Outputs count whatever the exit code: an onFailure step may want them.
+        let mut output_failure: Option<(&str, String)> = None;
+        match raw_outputs {
+            Some(Ok(raw)) => {
+                let left = self
+                    .options
+                    .outputs_limit
+                    .saturating_sub(state.outputs_used);
+                if raw.len() > left {
+                    output_failure = Some((
+                        "OutputsTooLarge",
+                        format!(
+                            "$BATON_OUTPUT holds more than the {left} bytes left of the Job's {} byte limit; its outputs are ignored",
+                            self.options.outputs_limit
+                        ),
+                    ));
+                } else {
+                    state.outputs_used += raw.len();
+                    let parsed = outputs::parse(&raw);
+                    state.outputs[i] = parsed.values;
+                    if !parsed.problems.is_empty() {
+                        let lines: Vec<String> =
+                            parsed.problems.iter().map(ToString::to_string).collect();
+                        output_failure = Some((
+                            "InvalidOutput",
+                            format!("$BATON_OUTPUT: {}", lines.join("; ")),
+                        ));
+                    }
+                }
+            }
+            Some(Err(error)) => output_failure = Some(("InvalidOutput", error.to_string())),
+            None => {}
+        }
+        if let Some((_, message)) = &output_failure {
+            tracing::warn!(step = %plan.spec.steps[i].name, %message, "step outputs");
+        }
+
+        let timeout_text = |t: Option<Duration>| t.map(duration::format).unwrap_or_default();
+        let (phase, reason, message) = match (how, cause) {
+            (How::TimedOut, _) => (
+                StepPhase::Failed,
+                Some("Timeout"),
+                Some(format!(
+                    "exceeded its timeout of {}",
+                    timeout_text(plan.step_timeouts[i])
+                )),
+            ),
+            (How::Stopped, Some(StopCause::JobTimeout)) => (
+                StepPhase::Failed,
+                Some("Timeout"),
+                Some(format!(
+                    "the Job exceeded its timeout of {}",
+                    timeout_text(plan.job_timeout)
+                )),
+            ),
+            (How::Stopped, _) => (
+                StepPhase::Cancelled,
+                Some("Cancelled"),
+                Some("the Job was cancelled".to_owned()),
+            ),
+            (How::Exited, _) if exit_code != 0 => {
+                let mut message = format!("exited with code {exit_code}");
+                if let Some((_, problem)) = &output_failure {
+                    message = format!("{message}; {problem}");
+                }
+                (StepPhase::Failed, Some("Error"), Some(message))
+            }
+            (How::Exited, _) => match output_failure {
+                Some((reason, problem)) => (StepPhase::Failed, Some(reason), Some(problem)),
+                None => (StepPhase::Succeeded, None, None),
+            },
+        };
+        state.mark_ended(i, phase, reason, message);
+    }
+}
+
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
+    }
+}
