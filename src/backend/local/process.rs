@@ -119,14 +119,20 @@ impl Supervisor {
             tokio::select! {
                 read = pipe.read(&mut buf) => match read {
                     Ok(0) => break,
+                    // After a failed write, keep reading (or the step blocks on a full pipe) but drop it.
+                    Ok(_) if write_failed => {}
                     Ok(n) => {
-                        // Keep reading even when the file fails, or the step would block on a full pipe.
-                        if !write_failed && let Err(error) = log.write_all(&buf[..n]).await {
-                            tracing::warn!(step = %self.step, %error, "write step log");
-                            write_failed = true;
-                        }
-                        if !write_failed {
-                            self.log_tx.send_modify(|p| p.len += n as u64);
+                        // tokio's File writes in the background: flush, so what we announce is in the file.
+                        let written = match log.write_all(&buf[..n]).await {
+                            Ok(()) => log.flush().await,
+                            Err(error) => Err(error),
+                        };
+                        match written {
+                            Ok(()) => self.log_tx.send_modify(|p| p.len += n as u64),
+                            Err(error) => {
+                                tracing::warn!(step = %self.step, %error, "write step log; the rest of it is lost");
+                                write_failed = true;
+                            }
                         }
                     }
                     Err(error) => {
