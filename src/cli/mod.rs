@@ -2,6 +2,8 @@
 
 use clap::{Parser, Subcommand};
 
+pub mod local;
+
 /// Baton runs CI/CD jobs on Kubernetes runners, or locally with `baton run`.
 #[derive(Debug, Parser)]
 #[command(name = "baton", version, about, propagate_version = true)]
@@ -18,11 +20,14 @@ pub enum Command {
         #[arg(long, value_name = "DIR")]
         dir: Vec<std::path::PathBuf>,
     },
+    /// Run a Job manifest locally: steps as processes on this machine, no cluster.
+    Run(local::RunArgs),
 }
 
 /// Run a parsed command; returns the process exit code.
 pub async fn run(cli: Cli) -> anyhow::Result<i32> {
     match cli.command {
+        Command::Run(args) => local::run(args).await,
         Command::Crd { dir } if dir.is_empty() => {
             print!("{}", crate::crd::all_yaml()?);
             Ok(0)

@@ -300,7 +300,7 @@ impl<B: Backend> Executor<'_, B> {
             None => (
                 JobPhase::Failed,
                 Some("StepFailed"),
-                Some(format!("failed: {}", failed.join(", "))),
+                Some(format!("{} failed", failed.join(", "))),
             ),
         };
         status.job_changed(phase, reason).await;
