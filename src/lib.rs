@@ -8,3 +8,5 @@ pub mod backend;
 pub mod cli;
 pub mod crd;
 pub mod executor;
+pub mod server;
+pub mod controller;

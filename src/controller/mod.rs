@@ -1,0 +1,283 @@
+//! `baton controller`: the RunnerToken and Runner reconcilers, their watch caches
+//! (shared with the runner API), and the runner API server, under one shutdown.
+
+pub mod backoff;
+pub mod runner;
+pub mod token;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::{FutureExt, StreamExt};
+use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::{Api, DeleteParams};
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Client, Resource, ResourceExt};
+use tracing::{info, warn};
+
+use crate::crd::{Runner, RunnerToken};
+use crate::server::health::Readiness;
+use crate::server::hub::{Hub, RunnerKey};
+use crate::server::{self, ApiConfig, ApiState, adoption};
+
+/// What a reconcile was doing when it failed.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{doing} {name}: {source}")]
+    Kube {
+        doing: &'static str,
+        name: String,
+        #[source]
+        source: kube::Error,
+    },
+    #[error(transparent)]
+    Mint(#[from] server::token::MintError),
+    #[error("object has no namespace")]
+    NoNamespace,
+}
+
+impl Error {
+    /// A stable short category, for logs and metrics.
+    pub fn category(&self) -> &'static str {
+        match self {
+            Error::Kube { .. } => "kube",
+            Error::Mint(_) => "mint",
+            Error::NoNamespace => "invalid",
+        }
+    }
+}
+
+/// Why `baton controller` could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("connect to the cluster (kubeconfig or in-cluster config): {0}")]
+    Client(#[source] kube::Error),
+    #[error(transparent)]
+    Server(#[from] server::ServerError),
+}
+
+/// Everything a reconciler shares.
+pub struct Context {
+    pub client: Client,
+    pub hub: Arc<Hub>,
+    pub tokens: Store<RunnerToken>,
+    pub backoff: backoff::PerObject,
+}
+
+/// `baton controller` settings.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// Where the runner API and the health routes listen.
+    pub listen: SocketAddr,
+    pub api: ApiConfig,
+}
+
+fn error_policy<K: Resource<DynamicType = ()>>(
+    obj: Arc<K>,
+    err: &Error,
+    ctx: Arc<Context>,
+) -> Action {
+    let key = format!(
+        "{}/{}/{}",
+        K::kind(&()),
+        obj.namespace().unwrap_or_default(),
+        obj.name_any()
+    );
+    let delay = ctx.backoff.failed(&key);
+    warn!(object = %key, category = err.category(), retry_in = ?delay, "reconcile failed: {err}");
+    Action::requeue(delay)
+}
+
+fn api<K>(client: &Client, namespace: Option<&str>) -> Api<K>
+where
+    K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>,
+{
+    match namespace {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    }
+}
+
+/// Run until `shutdown` resolves.
+pub async fn run(
+    config: Config,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), StartError> {
+    let client = Client::try_default().await.map_err(StartError::Client)?;
+    let ns = config.api.namespace.clone();
+    let readiness = Readiness::default();
+    readiness.require("crds", "not checked yet");
+    readiness.require("watch/runners", "not synced yet");
+    readiness.require("watch/runnertokens", "not synced yet");
+    let hub = Arc::new(Hub::default());
+    let (runners, runner_writer) = reflector::store::<Runner>();
+    let (tokens, token_writer) = reflector::store::<RunnerToken>();
+
+    let (listener, addr) = server::bind(config.listen).await?;
+    info!(%addr, namespace = ns.as_deref().unwrap_or("*"), "runner API listening");
+
+    let shutdown = shutdown.shared();
+    let state = ApiState {
+        client: client.clone(),
+        runners: runners.clone(),
+        tokens: tokens.clone(),
+        hub: hub.clone(),
+        readiness: readiness.clone(),
+        config: config.api.clone(),
+    };
+    let ctx = Arc::new(Context {
+        client: client.clone(),
+        hub: hub.clone(),
+        tokens: tokens.clone(),
+        backoff: backoff::PerObject::new(Duration::from_millis(500), Duration::from_secs(300)),
+    });
+
+    // Runners: one watch feeds the cache, the reconciler, and the hub's deletions.
+    let forget_hub = hub.clone();
+    let forget_client = client.clone();
+    let runner_events = watcher(
+        api::<Runner>(&client, ns.as_deref()),
+        watcher::Config::default(),
+    )
+    .default_backoff()
+    .reflect(runner_writer)
+    .inspect(move |ev| {
+        if let Ok(watcher::Event::Delete(r)) = ev {
+            runner_deleted(&forget_hub, &forget_client, r);
+        }
+    })
+    .applied_objects();
+    let changes = hub.take_changes().map(|rx| {
+        futures::stream::unfold(rx, |mut rx| async move {
+            let key: RunnerKey = rx.recv().await?;
+            Some((
+                ObjectRef::<Runner>::new(&key.name).within(&key.namespace),
+                rx,
+            ))
+        })
+    });
+    let mut runner_controller = Controller::for_stream(runner_events, runners.clone())
+        .graceful_shutdown_on(shutdown.clone());
+    if let Some(changes) = changes {
+        runner_controller = runner_controller.reconcile_on(changes);
+    }
+    let runner_controller = runner_controller
+        .run(runner::reconcile, error_policy, ctx.clone())
+        .for_each(|res| {
+            if let Ok((obj, _)) = res {
+                ctx.backoff.succeeded(&format!(
+                    "Runner/{}/{}",
+                    obj.namespace.as_deref().unwrap_or(""),
+                    obj.name
+                ));
+            }
+            futures::future::ready(())
+        });
+
+    // RunnerTokens: the cache the server checks tokens against, and their Secrets.
+    let revoke_hub = hub.clone();
+    let token_events = watcher(api::<RunnerToken>(&client, ns.as_deref()), watcher::Config::default())
+        .default_backoff()
+        .reflect(token_writer)
+        .inspect(move |ev| {
+            if let Ok(watcher::Event::Delete(t)) = ev {
+                let ns = t.namespace().unwrap_or_default();
+                info!(namespace = %ns, token = %t.name_any(), "RunnerToken deleted: its token is revoked");
+                revoke_hub.close_token(&ns, &t.name_any(), "the RunnerToken was deleted");
+            }
+        })
+        .applied_objects();
+    let token_controller = Controller::for_stream(token_events, tokens.clone())
+        .owns(
+            api::<Secret>(&client, ns.as_deref()),
+            watcher::Config::default().labels(token::SECRET_LABEL),
+        )
+        .graceful_shutdown_on(shutdown.clone())
+        .run(token::reconcile, error_policy, ctx.clone())
+        .for_each(|res| {
+            if let Ok((obj, _)) = res {
+                ctx.backoff.succeeded(&format!(
+                    "RunnerToken/{}/{}",
+                    obj.namespace.as_deref().unwrap_or(""),
+                    obj.name
+                ));
+            }
+            futures::future::ready(())
+        });
+
+    let ready = track_readiness(client.clone(), readiness.clone(), runners, tokens);
+    let serve = server::serve(listener, state, shutdown.clone());
+    tokio::select! {
+        _ = async { tokio::join!(serve, runner_controller, token_controller) } => {}
+        _ = ready => {}
+    }
+    info!("controller stopped");
+    Ok(())
+}
+
+/// A Runner was deleted: forget it; with the decommission annotation, a connected
+/// runner is told `delete` and its adoption token is revoked.
+fn runner_deleted(hub: &Hub, client: &Client, r: &Runner) {
+    let ns = r.namespace().unwrap_or_default();
+    let key = RunnerKey::new(&ns, r.name_any());
+    let decommission = runner::decommissioned(r);
+    let told = hub.forget(&key, decommission);
+    info!(runner = %key, decommission, told, "Runner deleted: forgotten");
+    if decommission {
+        let tokens: Api<RunnerToken> = Api::namespaced(client.clone(), &ns);
+        let name = adoption::issued_token_name(&key.name);
+        tokio::spawn(async move {
+            if let Err(e) = tokens.delete(&name, &DeleteParams::background()).await
+                && !matches!(&e, kube::Error::Api(s) if s.code == 404)
+            {
+                warn!(token = %name, "delete the token of a decommissioned runner: {e}");
+            }
+        });
+    }
+}
+
+/// `/readyz`: the CRDs exist, then each watch has listed once. Never returns while
+/// the process runs (it keeps the CRD check honest).
+async fn track_readiness(
+    client: Client,
+    readiness: Readiness,
+    runners: Store<Runner>,
+    tokens: Store<RunnerToken>,
+) {
+    let crds: Api<CustomResourceDefinition> = Api::all(client);
+    loop {
+        let mut missing = Vec::new();
+        for name in ["runners.baton.dev", "runnertokens.baton.dev"] {
+            match crds.get_opt(name).await {
+                Ok(Some(_)) => {}
+                Ok(None) => missing.push(format!("CRD {name} is not installed")),
+                Err(e) => missing.push(format!("look up CRD {name}: {e}")),
+            }
+        }
+        if missing.is_empty() {
+            readiness.ok("crds");
+            break;
+        }
+        readiness.fail("crds", missing.join("; "));
+        tokio::time::sleep(Duration::from_secs(5)).await;
+    }
+    tokio::join!(
+        async {
+            if runners.wait_until_ready().await.is_ok() {
+                readiness.ok("watch/runners");
+            }
+        },
+        async {
+            if tokens.wait_until_ready().await.is_ok() {
+                readiness.ok("watch/runnertokens");
+            }
+        }
+    );
+    info!("ready: CRDs present, watches synced");
+    futures::future::pending::<()>().await;
+}

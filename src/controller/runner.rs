@@ -1,0 +1,287 @@
+//! Runner reconciler: status from the spec and the hub's in-memory session, a token
+//! issued when a Pending runner is adopted, and `enable`/`disable`/`close` sent to a
+//! connected runner when the spec asks.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{Api, DeleteParams, ObjectMeta, Patch, PatchParams};
+use kube::runtime::controller::Action;
+use kube::runtime::reflector::ObjectRef;
+use kube::{Resource, ResourceExt};
+use tracing::{info, instrument};
+
+use super::{Context, Error};
+use crate::crd::conditions::{self, Desired};
+use crate::crd::runner::{AdoptionDecision, AdoptionState, DECOMMISSION_ANNOTATION};
+use crate::crd::{Runner, RunnerStatus, RunnerToken, RunnerTokenSpec};
+use crate::server::FIELD_MANAGER;
+use crate::server::adoption::{self, ISSUED_FOR_LABEL};
+use crate::server::hub::{RunnerKey, SessionView};
+use crate::server::token;
+
+/// What to do about the token an adoption issues.
+#[derive(Clone, Debug, PartialEq)]
+pub enum IssuedToken {
+    /// Nothing to do.
+    Keep,
+    /// Create it.
+    Create(Box<RunnerToken>),
+    /// It expired before the runner collected it: delete (a fresh one follows).
+    Replace,
+}
+
+/// Everything the reconciler will write or send, computed without I/O.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Plan {
+    pub status: RunnerStatus,
+    pub issued: IssuedToken,
+    /// Close the runner's control channel with this reason.
+    pub close: Option<&'static str>,
+}
+
+/// The pure middle: spec + previous status + the hub's session + the issued token.
+pub fn plan(
+    runner: &Runner,
+    session: Option<&SessionView>,
+    issued: Option<&RunnerToken>,
+    now: Timestamp,
+) -> Plan {
+    let previous = runner.status.clone().unwrap_or_default();
+    let decision = runner.spec.adoption;
+    let has_token = session.map(|s| s.token.is_some());
+    let adoption = adoption::status_adoption(decision, has_token, previous.adoption);
+    let connected = session.is_some_and(|s| s.connected);
+    let adopted = matches!(adoption, AdoptionState::Preadopted | AdoptionState::Adopted);
+
+    let adopted_cond = match adoption {
+        AdoptionState::Preadopted => Desired::new(
+            "Adopted",
+            true,
+            "Preadopted",
+            "registered with a valid RunnerToken",
+        ),
+        AdoptionState::Adopted if has_token == Some(false) => Desired::new(
+            "Adopted",
+            true,
+            "TokenIssued",
+            "adopted; the runner collects its token on its next poll",
+        ),
+        AdoptionState::Adopted => {
+            Desired::new("Adopted", true, "Adopted", "adopted by spec.adoption")
+        }
+        AdoptionState::Rejected => Desired::new(
+            "Adopted",
+            false,
+            "Rejected",
+            "rejected by spec.adoption: its requests are refused",
+        ),
+        AdoptionState::Pending => Desired::new(
+            "Adopted",
+            false,
+            "Pending",
+            "waiting for an operator to set spec.adoption to Adopted or Rejected",
+        ),
+    };
+    let connected_cond = if connected {
+        Desired::new(
+            "Connected",
+            true,
+            "ControlChannelOpen",
+            "control channel open",
+        )
+    } else {
+        Desired::new(
+            "Connected",
+            false,
+            "Disconnected",
+            "no control channel to this controller",
+        )
+    };
+    let ready_cond = if !adopted {
+        Desired::new("Ready", false, "NotAdopted", "the runner is not adopted")
+    } else if !connected {
+        Desired::new(
+            "Ready",
+            false,
+            "NotConnected",
+            "the runner is not connected",
+        )
+    } else if runner.spec.disabled {
+        Desired::new("Ready", false, "Disabled", "spec.disabled: takes no jobs")
+    } else {
+        Desired::new("Ready", true, "Ready", "adopted, connected and enabled")
+    };
+
+    let generation = runner.metadata.generation;
+    let session_field =
+        |f: fn(&SessionView) -> &String| session.map(f).filter(|v| !v.is_empty()).cloned();
+    let status = RunnerStatus {
+        adoption: Some(adoption),
+        runner_id: session_field(|s| &s.runner_id).or(previous.runner_id),
+        version: session_field(|s| &s.version).or(previous.version),
+        active_jobs: Some(previous.active_jobs.unwrap_or(0)),
+        conditions: conditions::merge(
+            &previous.conditions,
+            &[adopted_cond, connected_cond, ready_cond],
+            generation,
+            now,
+        ),
+        observed_generation: generation,
+    };
+
+    // A Pending runner that was adopted gets a token of its own.
+    let wants_token = decision == Some(AdoptionDecision::Adopted) && has_token == Some(false);
+    let issued = match issued {
+        _ if !wants_token => IssuedToken::Keep,
+        None => {
+            issued_token(runner).map_or(IssuedToken::Keep, |t| IssuedToken::Create(Box::new(t)))
+        }
+        Some(t) => {
+            let expires = t
+                .status
+                .as_ref()
+                .and_then(|s| s.expires_at.as_ref())
+                .map(|e| e.0);
+            let minted = t.status.as_ref().is_some_and(|s| s.token_hash.is_some());
+            if minted && token::is_expired(expires, now) {
+                IssuedToken::Replace
+            } else {
+                IssuedToken::Keep
+            }
+        }
+    };
+    let close = (decision == Some(AdoptionDecision::Rejected) && connected)
+        .then_some("rejected by an operator (spec.adoption: Rejected)");
+    Plan {
+        status,
+        issued,
+        close,
+    }
+}
+
+/// The RunnerToken issued when runner `runner` is adopted: only it may use it, it
+/// carries the Runner's labels, and it is not owned by the Runner, so forgetting the
+/// Runner leaves the runner a token that still works.
+pub fn issued_token(runner: &Runner) -> Option<RunnerToken> {
+    let name = runner.name_any();
+    Some(RunnerToken {
+        metadata: ObjectMeta {
+            name: Some(adoption::issued_token_name(&name)),
+            namespace: Some(runner.namespace()?),
+            labels: Some(BTreeMap::from([(
+                ISSUED_FOR_LABEL.to_owned(),
+                name.clone(),
+            )])),
+            ..Default::default()
+        },
+        spec: RunnerTokenSpec {
+            runner_name: Some(name),
+            labels: runner.spec.labels.clone(),
+            ttl: None,
+        },
+        status: None,
+    })
+}
+
+/// Whether a deleted Runner asked to be decommissioned.
+pub fn decommissioned(runner: &Runner) -> bool {
+    runner
+        .annotations()
+        .get(DECOMMISSION_ANNOTATION)
+        .is_some_and(|v| v == "true")
+}
+
+#[instrument(skip_all, fields(kind = "Runner", namespace = runner.namespace().unwrap_or_default(), name = runner.name_any()))]
+pub async fn reconcile(runner: Arc<Runner>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let ns = runner.namespace().ok_or(Error::NoNamespace)?;
+    let name = runner.name_any();
+    if runner.meta().deletion_timestamp.is_some() {
+        return Ok(Action::await_change());
+    }
+    let key = RunnerKey::new(&ns, &name);
+
+    // Read (all in memory).
+    let session = ctx.hub.view(&key);
+    let issued_name = adoption::issued_token_name(&name);
+    let issued = ctx.tokens.get(&ObjectRef::new(&issued_name).within(&ns));
+
+    // Pure middle.
+    let plan = plan(
+        &runner,
+        session.as_ref(),
+        issued.as_deref(),
+        Timestamp::now(),
+    );
+
+    // Apply.
+    let tokens: Api<RunnerToken> = Api::namespaced(ctx.client.clone(), &ns);
+    let mut requeue = None;
+    match &plan.issued {
+        IssuedToken::Keep => {}
+        IssuedToken::Create(t) => {
+            tokens
+                .patch(
+                    &issued_name,
+                    &PatchParams::apply(FIELD_MANAGER).force(),
+                    &Patch::Apply(t.as_ref()),
+                )
+                .await
+                .map_err(|source| Error::Kube {
+                    doing: "apply the RunnerToken issued by adoption",
+                    name: issued_name.clone(),
+                    source,
+                })?;
+            info!(token = %issued_name, "adopted: issued a token");
+        }
+        IssuedToken::Replace => {
+            tokens
+                .delete(&issued_name, &DeleteParams::background())
+                .await
+                .map_err(|source| Error::Kube {
+                    doing: "delete the expired RunnerToken issued by adoption",
+                    name: issued_name.clone(),
+                    source,
+                })?;
+            requeue = Some(Duration::from_secs(1));
+        }
+    }
+    if ctx.hub.set_disabled(&key, runner.spec.disabled) {
+        info!(disabled = runner.spec.disabled, "told the runner");
+    }
+    if let Some(reason) = plan.close {
+        ctx.hub.close(&key, reason);
+        info!("closed the control channel of a rejected runner");
+    }
+
+    // Status, only when it changed.
+    if runner.status.as_ref() != Some(&plan.status) {
+        let api: Api<Runner> = Api::namespaced(ctx.client.clone(), &ns);
+        let patch = serde_json::json!({
+            "apiVersion": "baton.dev/v1alpha1",
+            "kind": "Runner",
+            "status": plan.status,
+        });
+        api.patch_status(
+            &name,
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(&patch),
+        )
+        .await
+        .map_err(|source| Error::Kube {
+            doing: "write Runner status",
+            name: name.clone(),
+            source,
+        })?;
+        let before = runner.status.as_ref().and_then(|s| s.adoption);
+        if before != plan.status.adoption {
+            info!(adoption = ?plan.status.adoption, "runner adoption changed");
+        }
+    }
+    Ok(requeue.map_or_else(Action::await_change, Action::requeue))
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,170 @@
+//! The HTTP side of `baton controller`: the runner API (register, SSE control
+//! channel), the connected-runner hub, tokens, and the health routes.
+//!
+//! The server reads the controller's watch caches ([`Store`]s) but never imports the
+//! controller: the controller builds an [`ApiState`] and hands it in.
+
+pub mod adoption;
+pub mod api;
+pub mod health;
+pub mod hub;
+pub mod input;
+pub mod token;
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use kube::runtime::reflector::Store;
+use tokio::net::TcpListener;
+use warp::Filter;
+use warp::http::StatusCode;
+
+use crate::crd::{Runner, RunnerToken};
+use health::Readiness;
+use hub::Hub;
+use input::ApiError;
+
+/// Field manager of everything the controller and its server write.
+pub const FIELD_MANAGER: &str = "baton-controller";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error("bind the runner API listener on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("read the runner API listener's address: {0}")]
+    LocalAddr(#[source] std::io::Error),
+}
+
+/// Tunables of the runner API.
+#[derive(Clone, Debug)]
+pub struct ApiConfig {
+    /// How often the control channel carries a `ping` (default 10 s).
+    pub ping_interval: Duration,
+    /// How often a Pending runner is told to poll (default 5 s).
+    pub poll_interval: Duration,
+    /// Serve only this namespace (the controller watches only it).
+    pub namespace: Option<String>,
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        Self {
+            ping_interval: Duration::from_secs(10),
+            poll_interval: Duration::from_secs(5),
+            namespace: None,
+        }
+    }
+}
+
+/// Everything a request handler reads.
+#[derive(Clone)]
+pub struct ApiState {
+    pub client: kube::Client,
+    pub runners: Store<Runner>,
+    pub tokens: Store<RunnerToken>,
+    pub hub: Arc<Hub>,
+    pub readiness: Readiness,
+    pub config: ApiConfig,
+}
+
+/// Health routes plus the runner API, with every rejection turned into a JSON 4xx.
+pub fn routes(
+    state: ApiState,
+) -> impl Filter<Extract = (impl warp::Reply,), Error = Infallible> + Clone {
+    use warp::Reply;
+    health::routes(state.readiness.clone())
+        .map(Reply::into_response)
+        .or(api::routes(state))
+        .unify()
+        .recover(recover)
+        .unify()
+        .with(warp::trace::request())
+}
+
+/// Map warp's own rejections (no route, wrong method, body limits, bad query) to a
+/// JSON answer with a reason.
+pub async fn recover(err: warp::Rejection) -> Result<warp::reply::Response, Infallible> {
+    use warp::reject;
+    let e = if err.is_not_found() {
+        ApiError::new(StatusCode::NOT_FOUND, "NotFound", "no such route")
+    } else if err.find::<reject::MethodNotAllowed>().is_some() {
+        ApiError::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "MethodNotAllowed",
+            "wrong HTTP method for this route",
+        )
+    } else if err.find::<reject::LengthRequired>().is_some() {
+        ApiError::new(
+            StatusCode::LENGTH_REQUIRED,
+            "LengthRequired",
+            "a Content-Length header is required",
+        )
+    } else if err.find::<reject::PayloadTooLarge>().is_some() {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "PayloadTooLarge",
+            format!("the body may be at most {} bytes", input::MAX_BODY),
+        )
+    } else if err.find::<reject::UnsupportedMediaType>().is_some() {
+        ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "UnsupportedMediaType",
+            "Content-Type must be application/json",
+        )
+    } else if let Some(q) = err.find::<reject::InvalidQuery>() {
+        ApiError::bad_request(
+            "InvalidQuery",
+            format!("{q}: expected ?name=NAME[&namespace=NS]"),
+        )
+    } else if let Some(h) = err.find::<reject::InvalidHeader>() {
+        ApiError::bad_request("InvalidHeader", h.to_string())
+    } else if let Some(h) = err.find::<reject::MissingHeader>() {
+        ApiError::bad_request("MissingHeader", h.to_string())
+    } else {
+        tracing::warn!(rejection = ?err, "unhandled rejection");
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "Internal",
+            format!("{err:?}"),
+        )
+    };
+    Ok(e.into_response())
+}
+
+/// Bind the listener ourselves, so a taken port is an error, not a panic.
+pub async fn bind(addr: SocketAddr) -> Result<(TcpListener, SocketAddr), ServerError> {
+    let listener = TcpListener::bind(addr)
+        .await
+        .map_err(|source| ServerError::Bind { addr, source })?;
+    let local = listener.local_addr().map_err(ServerError::LocalAddr)?;
+    Ok((listener, local))
+}
+
+/// Serve until `shutdown` resolves; open control channels are closed first so the
+/// graceful shutdown does not wait on them.
+pub async fn serve(
+    listener: TcpListener,
+    state: ApiState,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) {
+    let hub = state.hub.clone();
+    let shutdown = async move {
+        shutdown.await;
+        hub.close_all("the server is shutting down");
+    };
+    warp::serve(routes(state))
+        .incoming(listener)
+        .graceful(shutdown)
+        .run()
+        .await;
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,490 @@
+//! Route tests through `warp::test`: no cluster. The kube client points at a closed
+//! port (any request that reaches it fails), the watch caches are filled by hand.
+#![allow(clippy::unwrap_used)]
+
+use std::sync::Arc;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::jiff::Timestamp;
+use kube::runtime::reflector::{self, store::Writer};
+use kube::runtime::watcher::Event;
+
+use super::*;
+use crate::crd::runner::{AdoptionDecision, RunnerStatus};
+use crate::crd::{RunnerSpec, RunnerTokenSpec, RunnerTokenStatus};
+
+const ID: &str = "0123456789abcdef";
+
+struct Fixture {
+    state: ApiState,
+    runners: Writer<Runner>,
+    tokens: Writer<RunnerToken>,
+}
+
+fn fixture() -> Fixture {
+    let config = kube::Config::new("http://127.0.0.1:9".parse().unwrap());
+    let client = kube::Client::try_from(config).unwrap();
+    let (runners_r, mut runners) = reflector::store::<Runner>();
+    let (tokens_r, mut tokens) = reflector::store::<RunnerToken>();
+    runners.apply_watcher_event(&Event::InitDone);
+    tokens.apply_watcher_event(&Event::InitDone);
+    let readiness = Readiness::default();
+    Fixture {
+        state: ApiState {
+            client,
+            runners: runners_r,
+            tokens: tokens_r,
+            hub: Arc::new(Hub::default()),
+            readiness,
+            config: ApiConfig {
+                namespace: Some("ns".into()),
+                ..Default::default()
+            },
+        },
+        runners,
+        tokens,
+    }
+}
+
+impl Fixture {
+    fn token(&mut self, name: &str, plaintext: &str, runner: Option<&str>, expires_in: i64) {
+        let mut rt = RunnerToken::new(
+            name,
+            RunnerTokenSpec {
+                runner_name: runner.map(str::to_owned),
+                ..Default::default()
+            },
+        );
+        rt.metadata.namespace = Some("ns".into());
+        let at = Timestamp::now().as_second() + expires_in;
+        rt.status = Some(RunnerTokenStatus {
+            token_hash: Some(token::hash(plaintext)),
+            expires_at: Some(Time(Timestamp::from_second(at).unwrap())),
+            ..Default::default()
+        });
+        self.tokens.apply_watcher_event(&Event::Apply(rt));
+    }
+
+    fn runner(&mut self, name: &str, decision: Option<AdoptionDecision>) {
+        let mut r = Runner::new(
+            name,
+            RunnerSpec {
+                adoption: decision,
+                ..Default::default()
+            },
+        );
+        r.metadata.namespace = Some("ns".into());
+        r.status = Some(RunnerStatus {
+            runner_id: Some(ID.into()),
+            ..Default::default()
+        });
+        self.runners.apply_watcher_event(&Event::Apply(r));
+    }
+}
+
+fn register_body(name: &str) -> String {
+    format!(r#"{{"name":"{name}","runnerId":"{ID}","namespace":"ns"}}"#)
+}
+
+async fn reason_of(res: &warp::http::Response<warp::hyper::body::Bytes>) -> String {
+    serde_json::from_slice::<input::ErrorBody>(res.body())
+        .map(|b| b.error)
+        .unwrap_or_else(|_| String::from_utf8_lossy(res.body()).into_owned())
+}
+
+/// Bad input of every kind gets a 4xx with a reason, never a panic or a 5xx.
+#[tokio::test]
+async fn bad_input_table() {
+    let mut f = fixture();
+    f.token("good", "tok-good", None, 3600);
+    f.token("old", "tok-old", None, -10);
+    f.token("other", "tok-other", Some("someone-else"), 3600);
+    f.runner("rejected", Some(AdoptionDecision::Rejected));
+    let routes = routes(f.state.clone());
+    let big = format!(
+        r#"{{"name":"r1","runnerId":"{ID}","version":"{}"}}"#,
+        "x".repeat(20_000)
+    );
+    let json = "application/json";
+    // (what, method, path, content-type, authorization, body, status, reason)
+    type Case<'a> = (
+        &'a str,
+        &'a str,
+        &'a str,
+        Option<&'a str>,
+        Option<&'a str>,
+        String,
+        u16,
+        &'a str,
+    );
+    let cases: Vec<Case> = vec![
+        (
+            "malformed JSON",
+            "POST",
+            "/v1/register",
+            Some(json),
+            None,
+            "{\"name\":".into(),
+            400,
+            "MalformedJson",
+        ),
+        (
+            "not an object",
+            "POST",
+            "/v1/register",
+            Some(json),
+            None,
+            "42".into(),
+            400,
+            "MalformedJson",
+        ),
+        (
+            "empty body",
+            "POST",
+            "/v1/register",
+            Some(json),
+            None,
+            String::new(),
+            400,
+            "MalformedJson",
+        ),
+        (
+            "unknown field",
+            "POST",
+            "/v1/register",
+            Some(json),
+            None,
+            format!(r#"{{"name":"r1","runnerId":"{ID}","admin":true}}"#),
+            400,
+            "UnknownField",
+        ),
+        (
+            "missing field",
+            "POST",
+            "/v1/register",
+            Some(json),
+            None,
+            r#"{"name":"r1"}"#.into(),
+            400,
+            "MalformedJson",
+        ),
+        (
+            "bad name",
+            "POST",
+            "/v1/register",
+            Some(json),
+            None,
+            format!(r#"{{"name":"../etc","runnerId":"{ID}"}}"#),
+            400,
+            "InvalidName",
+        ),
+        (
+            "oversized body",
+            "POST",
+            "/v1/register",
+            Some(json),
+            None,
+            big,
+            413,
+            "PayloadTooLarge",
+        ),
+        (
+            "wrong content type",
+            "POST",
+            "/v1/register",
+            Some("text/plain"),
+            None,
+            register_body("r1"),
+            415,
+            "UnsupportedMediaType",
+        ),
+        (
+            "no content type",
+            "POST",
+            "/v1/register",
+            None,
+            None,
+            register_body("r1"),
+            415,
+            "UnsupportedMediaType",
+        ),
+        (
+            "garbage token",
+            "POST",
+            "/v1/register",
+            Some(json),
+            Some("Bearer nonsense"),
+            register_body("r1"),
+            401,
+            "TokenUnknown",
+        ),
+        (
+            "not a bearer token",
+            "POST",
+            "/v1/register",
+            Some(json),
+            Some("Basic dXNlcjpwdw=="),
+            register_body("r1"),
+            401,
+            "MalformedToken",
+        ),
+        (
+            "expired token",
+            "POST",
+            "/v1/register",
+            Some(json),
+            Some("Bearer tok-old"),
+            register_body("r1"),
+            401,
+            "TokenExpired",
+        ),
+        (
+            "token for another runner",
+            "POST",
+            "/v1/register",
+            Some(json),
+            Some("Bearer tok-other"),
+            register_body("r1"),
+            401,
+            "TokenForAnotherRunner",
+        ),
+        (
+            "rejected runner",
+            "POST",
+            "/v1/register",
+            Some(json),
+            Some("Bearer tok-good"),
+            register_body("rejected"),
+            403,
+            "Rejected",
+        ),
+        (
+            "rejected runner, no token",
+            "POST",
+            "/v1/register",
+            Some(json),
+            None,
+            register_body("rejected"),
+            403,
+            "Rejected",
+        ),
+        (
+            "namespace not served",
+            "POST",
+            "/v1/register",
+            Some(json),
+            None,
+            format!(r#"{{"name":"r1","runnerId":"{ID}","namespace":"elsewhere"}}"#),
+            403,
+            "NamespaceNotServed",
+        ),
+        (
+            "wrong method",
+            "GET",
+            "/v1/register",
+            None,
+            None,
+            String::new(),
+            405,
+            "MethodNotAllowed",
+        ),
+        (
+            "no such route",
+            "GET",
+            "/v1/nothing",
+            None,
+            None,
+            String::new(),
+            404,
+            "NotFound",
+        ),
+        (
+            "control without token",
+            "GET",
+            "/v1/control?name=r1",
+            None,
+            None,
+            String::new(),
+            401,
+            "TokenMissing",
+        ),
+        (
+            "control with garbage token",
+            "GET",
+            "/v1/control?name=r1",
+            None,
+            Some("Bearer nonsense"),
+            String::new(),
+            401,
+            "TokenUnknown",
+        ),
+        (
+            "control, missing name",
+            "GET",
+            "/v1/control",
+            None,
+            Some("Bearer tok-good"),
+            String::new(),
+            400,
+            "InvalidQuery",
+        ),
+        (
+            "control, unknown query field",
+            "GET",
+            "/v1/control?name=r1&x=1",
+            None,
+            Some("Bearer tok-good"),
+            String::new(),
+            400,
+            "InvalidQuery",
+        ),
+        (
+            "control, bad name",
+            "GET",
+            "/v1/control?name=R%201",
+            None,
+            Some("Bearer tok-good"),
+            String::new(),
+            400,
+            "InvalidName",
+        ),
+        (
+            "control, never registered",
+            "GET",
+            "/v1/control?name=r1",
+            None,
+            Some("Bearer tok-good"),
+            String::new(),
+            404,
+            "NotRegistered",
+        ),
+        (
+            "control, rejected",
+            "GET",
+            "/v1/control?name=rejected",
+            None,
+            Some("Bearer tok-good"),
+            String::new(),
+            403,
+            "Rejected",
+        ),
+        (
+            "control, expired token",
+            "GET",
+            "/v1/control?name=rejected",
+            None,
+            Some("Bearer tok-old"),
+            String::new(),
+            403,
+            "Rejected",
+        ),
+    ];
+    for (what, method, path, ct, auth, body, status, reason) in cases {
+        let mut req = warp::test::request().method(method).path(path);
+        if let Some(ct) = ct {
+            req = req.header("content-type", ct);
+        }
+        if let Some(auth) = auth {
+            req = req.header("authorization", auth);
+        }
+        let res = req.body(body).reply(&routes).await;
+        assert_eq!(
+            (res.status().as_u16(), reason_of(&res).await.as_str()),
+            (status, reason),
+            "{what}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn register_waits_for_readiness() {
+    let f = fixture();
+    f.state.readiness.require("watch/runners", "not synced yet");
+    let res = warp::test::request()
+        .method("POST")
+        .path("/v1/register")
+        .header("content-type", "application/json")
+        .body(register_body("r1"))
+        .reply(&routes(f.state.clone()))
+        .await;
+    assert_eq!(res.status(), 503);
+    let res = warp::test::request()
+        .path("/readyz")
+        .reply(&routes(f.state))
+        .await;
+    assert_eq!(res.status(), 503);
+}
+
+#[tokio::test]
+async fn a_valid_token_opens_the_control_channel_with_hello() {
+    let mut f = fixture();
+    f.token("good", "tok-good", None, 3600);
+    f.runner("r1", None);
+    let routes = routes(f.state.clone());
+    let hub = f.state.hub.clone();
+    let request = warp::test::request()
+        .path("/v1/control?name=r1&namespace=ns")
+        .header("authorization", "Bearer tok-good")
+        .reply(&routes);
+    // warp::test collects the whole body: end the stream from the hub once open.
+    let closer = async {
+        for _ in 0..500 {
+            if hub.connected() == 1 {
+                hub.set_disabled(&hub::RunnerKey::new("ns", "r1"), true);
+                hub.close_all("test over");
+                return true;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        false
+    };
+    let (res, closed) = tokio::join!(request, closer);
+    assert!(closed, "the control channel never opened");
+    assert_eq!(res.status(), 200);
+    let body = String::from_utf8_lossy(res.body()).into_owned();
+    let events: Vec<&str> = body
+        .lines()
+        .filter_map(|l| l.strip_prefix("event:"))
+        .collect();
+    assert_eq!(events, ["hello", "disable", "close"], "{body}");
+    assert_eq!(hub.connected(), 0);
+    assert!(
+        !hub.view(&hub::RunnerKey::new("ns", "r1"))
+            .unwrap()
+            .connected
+    );
+}
+
+#[tokio::test]
+async fn pending_registration_of_a_known_runner_answers_202() {
+    let mut f = fixture();
+    f.runner("r1", None);
+    let res = warp::test::request()
+        .method("POST")
+        .path("/v1/register")
+        .header("content-type", "application/json")
+        .body(register_body("r1"))
+        .reply(&routes(f.state.clone()))
+        .await;
+    assert_eq!(res.status(), 202);
+    let body: input::RegisterResponse = serde_json::from_slice(res.body()).unwrap();
+    assert_eq!(body.state, "Pending");
+    assert_eq!(body.namespace, "ns");
+    assert!(body.token.is_none());
+
+    // Registered with a valid token: Preadopted, no Runner to create.
+    f.token("good", "tok-good", None, 3600);
+    let res = warp::test::request()
+        .method("POST")
+        .path("/v1/register")
+        .header("content-type", "application/json")
+        .header("authorization", "Bearer tok-good")
+        .body(register_body("r1"))
+        .reply(&routes(f.state.clone()))
+        .await;
+    assert_eq!(res.status(), 200);
+    let body: input::RegisterResponse = serde_json::from_slice(res.body()).unwrap();
+    assert_eq!(body.state, "Preadopted");
+    let view = f.state.hub.view(&hub::RunnerKey::new("ns", "r1")).unwrap();
+    assert_eq!(view.token.as_deref(), Some("good"));
+}
