@@ -140,3 +140,20 @@ fn config_crd_matches_the_rust_types() {
         );
     }
 }
+
+#[test]
+fn a_wide_job_of_the_maximum_size_is_valid() {
+    // 1 root -> 198 parallel -> 1 join: the largest Job the CRD admits (200 steps,
+    // the join depending on 198) must pass the rules the API server runs.
+    let mut steps = vec![step("root")];
+    for i in 0..198 {
+        let mut s = step(&format!("leaf-{i}"));
+        s.depends_on = Some(vec!["root".into()]);
+        steps.push(s);
+    }
+    let mut join = step("join");
+    join.depends_on = Some((0..198).map(|i| format!("leaf-{i}")).collect());
+    steps.push(join);
+    let job = job(steps);
+    assert!(job.validate_cel().is_ok(), "{:?}", job.validate_cel());
+}

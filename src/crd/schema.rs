@@ -36,7 +36,7 @@ pub fn step_name(_: &mut SchemaGenerator) -> Schema {
 pub fn step_names(generator: &mut SchemaGenerator) -> Schema {
     json_schema!({
         "type": "array",
-        "maxItems": 32,
+        "maxItems": 200,
         "items": step_name(generator),
         "x-kubernetes-list-type": "set"
     })
