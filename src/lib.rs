@@ -6,7 +6,8 @@
 
 pub mod backend;
 pub mod cli;
+pub mod controller;
 pub mod crd;
 pub mod executor;
+pub mod runner;
 pub mod server;
-pub mod controller;

@@ -1,13 +1,11 @@
 //! The `baton` binary: parse arguments, start tracing, hand over to the library.
 
-use clap::Parser;
-
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let cli = baton::cli::Cli::parse();
+    let cli = baton::cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info,warp::filters::trace=warn".into()),
         )
         .with_writer(std::io::stderr)
         .init();

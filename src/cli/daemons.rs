@@ -1,0 +1,129 @@
+//! `baton controller` and `baton runner` (the agent): flags, then the library.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Args;
+
+use crate::controller;
+use crate::crd::duration;
+use crate::runner::{self, BackendKind};
+use crate::server::ApiConfig;
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    duration::parse(s).map_err(|e| e.to_string())
+}
+
+/// `baton controller`.
+#[derive(Debug, Args)]
+pub struct ControllerArgs {
+    /// Where the runner API and /healthz, /livez, /readyz listen.
+    #[arg(
+        long,
+        value_name = "ADDR",
+        default_value = "0.0.0.0:8080",
+        env = "BATON_LISTEN"
+    )]
+    pub listen: SocketAddr,
+    /// Watch and serve only this namespace (default: all namespaces).
+    #[arg(long, short = 'n', env = "BATON_NAMESPACE")]
+    pub namespace: Option<String>,
+    /// How often the control channel carries a ping.
+    #[arg(long, value_parser = parse_duration, default_value = "10s", env = "BATON_PING_INTERVAL")]
+    pub ping_interval: Duration,
+    /// How often a Pending runner polls.
+    #[arg(long, value_parser = parse_duration, default_value = "5s", env = "BATON_POLL_INTERVAL")]
+    pub poll_interval: Duration,
+}
+
+/// `baton runner --server URL --name NAME --state-dir DIR`: the agent.
+#[derive(Debug, Args)]
+pub struct AgentArgs {
+    /// The controller's runner API, e.g. http://baton.baton-system:8080.
+    #[arg(long, value_name = "URL", env = "BATON_SERVER")]
+    pub server: String,
+    /// This runner's name (its Runner's name; a DNS label).
+    #[arg(long, env = "BATON_RUNNER_NAME")]
+    pub name: String,
+    /// Holds the runner id and the token.
+    #[arg(long, value_name = "DIR", env = "BATON_STATE_DIR")]
+    pub state_dir: PathBuf,
+    /// Where its Runner lives (a token's own namespace wins).
+    #[arg(long, short = 'n', env = "BATON_NAMESPACE")]
+    pub namespace: Option<String>,
+    /// Labels for its Runner: k=v,k2=v2.
+    #[arg(long, value_parser = runner::parse_labels, default_value = "")]
+    pub labels: std::collections::BTreeMap<String, String>,
+    #[arg(long, value_enum, default_value = "kubernetes")]
+    pub backend: BackendKind,
+    /// Where /livez and /readyz listen.
+    #[arg(long, value_name = "HOST:PORT", default_value = "127.0.0.1:9090")]
+    pub health_addr: SocketAddr,
+    /// Reconnect when the control channel is quiet this long.
+    #[arg(long, value_parser = parse_duration, default_value = "30s", env = "BATON_RUNNER_PING_TIMEOUT")]
+    pub ping_timeout: Duration,
+    /// First retry delay; doubles per failure, with jitter.
+    #[arg(long, value_parser = parse_duration, default_value = "500ms", env = "BATON_RUNNER_BACKOFF_BASE")]
+    pub backoff_base: Duration,
+    /// Longest retry delay.
+    #[arg(long, value_parser = parse_duration, default_value = "30s", env = "BATON_RUNNER_BACKOFF_MAX")]
+    pub backoff_max: Duration,
+}
+
+/// Resolves on SIGTERM or Ctrl-C.
+pub async fn shutdown_signal() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => futures::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term => {}
+    }
+    tracing::info!("shutdown signal received");
+}
+
+pub async fn controller(args: ControllerArgs) -> anyhow::Result<i32> {
+    let config = controller::Config {
+        listen: args.listen,
+        api: ApiConfig {
+            ping_interval: args.ping_interval,
+            poll_interval: args.poll_interval,
+            namespace: args.namespace,
+        },
+    };
+    controller::run(config, shutdown_signal()).await?;
+    Ok(0)
+}
+
+pub async fn agent(args: AgentArgs) -> anyhow::Result<i32> {
+    if !crate::server::input::is_dns_label(&args.name) {
+        anyhow::bail!(
+            "--name {:?} must be a DNS label: 1 to 63 of a-z, 0-9 and '-'",
+            args.name
+        );
+    }
+    let env_token = std::env::var("BATON_RUNNER_TOKEN")
+        .ok()
+        .map(|t| t.trim().to_owned())
+        .filter(|t| !t.is_empty());
+    let config = runner::Config {
+        server: args.server,
+        name: args.name,
+        state_dir: args.state_dir,
+        namespace: args.namespace,
+        labels: args.labels,
+        backend: args.backend,
+        health_addr: args.health_addr,
+        env_token,
+        ping_timeout: args.ping_timeout,
+        backoff_base: args.backoff_base,
+        backoff_max: args.backoff_max,
+    };
+    Ok(runner::run(config, shutdown_signal()).await?)
+}

@@ -1,0 +1,254 @@
+//! The runner's side of the API: registration and the control channel (a
+//! server-sent-events stream, parsed here).
+
+use std::time::Duration;
+
+use futures::{Stream, StreamExt};
+use serde::Deserialize;
+
+use crate::server::input::{ErrorBody, RegisterRequest, RegisterResponse};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("build the HTTP client: {0}")]
+    Build(#[source] reqwest::Error),
+    #[error("{doing}: cannot reach the server: {source}")]
+    Unreachable {
+        doing: &'static str,
+        #[source]
+        source: reqwest::Error,
+    },
+    /// The server answered, and said no.
+    #[error("{doing}: the server answered {status} {reason}: {message}")]
+    Refused {
+        doing: &'static str,
+        status: u16,
+        reason: String,
+        message: String,
+    },
+}
+
+impl ClientError {
+    pub fn status(&self) -> Option<u16> {
+        match self {
+            ClientError::Refused { status, .. } => Some(*status),
+            _ => None,
+        }
+    }
+}
+
+/// What a registration came back with.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Registration {
+    /// 200: registered (Preadopted or Adopted), or handed a token (`token`).
+    Registered(RegisterResponse),
+    /// 202: wait, then poll again.
+    Pending(RegisterResponse),
+}
+
+/// HTTP client of one server.
+#[derive(Clone)]
+pub struct Client {
+    http: reqwest::Client,
+    base: String,
+}
+
+impl Client {
+    pub fn new(server: &str) -> Result<Self, ClientError> {
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(5))
+            .build()
+            .map_err(ClientError::Build)?;
+        Ok(Self {
+            http,
+            base: server.trim_end_matches('/').to_owned(),
+        })
+    }
+
+    pub async fn register(
+        &self,
+        req: &RegisterRequest,
+        token: Option<&str>,
+    ) -> Result<Registration, ClientError> {
+        const DOING: &str = "register";
+        let mut r = self
+            .http
+            .post(format!("{}/v1/register", self.base))
+            .timeout(Duration::from_secs(15))
+            .json(req);
+        if let Some(t) = token {
+            r = r.bearer_auth(t);
+        }
+        let res = r.send().await.map_err(|source| ClientError::Unreachable {
+            doing: DOING,
+            source,
+        })?;
+        let status = res.status().as_u16();
+        if status == 200 || status == 202 {
+            let body: RegisterResponse =
+                res.json()
+                    .await
+                    .map_err(|source| ClientError::Unreachable {
+                        doing: DOING,
+                        source,
+                    })?;
+            return Ok(if status == 200 {
+                Registration::Registered(body)
+            } else {
+                Registration::Pending(body)
+            });
+        }
+        Err(refused(DOING, res).await)
+    }
+
+    /// Open the control channel; the stream yields events until the server ends it
+    /// or the connection breaks.
+    pub async fn control(
+        &self,
+        name: &str,
+        namespace: &str,
+        token: &str,
+    ) -> Result<impl Stream<Item = Result<SseEvent, ClientError>> + use<>, ClientError> {
+        const DOING: &str = "open the control channel";
+        let res = self
+            .http
+            .get(format!("{}/v1/control", self.base))
+            .query(&[("name", name), ("namespace", namespace)])
+            .header("accept", "text/event-stream")
+            .bearer_auth(token)
+            .send()
+            .await
+            .map_err(|source| ClientError::Unreachable {
+                doing: DOING,
+                source,
+            })?;
+        if res.status().as_u16() != 200 {
+            return Err(refused(DOING, res).await);
+        }
+        let mut parser = SseParser::default();
+        Ok(res
+            .bytes_stream()
+            .map(move |chunk| match chunk {
+                Ok(bytes) => Ok(parser.push(&bytes)),
+                Err(source) => Err(ClientError::Unreachable {
+                    doing: "read the control channel",
+                    source,
+                }),
+            })
+            .flat_map(|r| match r {
+                Ok(events) => futures::stream::iter(events.into_iter().map(Ok).collect::<Vec<_>>()),
+                Err(e) => futures::stream::iter(vec![Err(e)]),
+            }))
+    }
+}
+
+async fn refused(doing: &'static str, res: reqwest::Response) -> ClientError {
+    let status = res.status().as_u16();
+    let text = res.text().await.unwrap_or_default();
+    let (reason, message) = match serde_json::from_str::<ErrorBody>(&text) {
+        Ok(b) => (b.error, b.message),
+        Err(_) => (String::new(), text.chars().take(200).collect()),
+    };
+    ClientError::Refused {
+        doing,
+        status,
+        reason,
+        message,
+    }
+}
+
+/// One server-sent event.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SseEvent {
+    pub event: String,
+    pub data: String,
+}
+
+impl SseEvent {
+    /// The `reason` field of a `close` event's data.
+    pub fn reason(&self) -> String {
+        #[derive(Deserialize)]
+        struct R {
+            reason: Option<String>,
+        }
+        serde_json::from_str::<R>(&self.data)
+            .ok()
+            .and_then(|r| r.reason)
+            .unwrap_or_default()
+    }
+}
+
+/// Incremental SSE parser: feed it chunks as they come, get whole events out.
+#[derive(Default)]
+pub struct SseParser {
+    buf: Vec<u8>,
+    current: SseEvent,
+}
+
+impl SseParser {
+    pub fn push(&mut self, chunk: &[u8]) -> Vec<SseEvent> {
+        self.buf.extend_from_slice(chunk);
+        let mut out = Vec::new();
+        while let Some(pos) = self.buf.iter().position(|b| *b == b'\n') {
+            let line: Vec<u8> = self.buf.drain(..=pos).collect();
+            let line = String::from_utf8_lossy(&line);
+            let line = line.trim_end_matches(['\n', '\r']);
+            if line.is_empty() {
+                let ev = std::mem::take(&mut self.current);
+                if !ev.event.is_empty() || !ev.data.is_empty() {
+                    out.push(ev);
+                }
+                continue;
+            }
+            let (field, value) = line.split_once(':').unwrap_or((line, ""));
+            let value = value.strip_prefix(' ').unwrap_or(value);
+            match field {
+                "event" => self.current.event = value.to_owned(),
+                "data" => {
+                    if !self.current.data.is_empty() {
+                        self.current.data.push('\n');
+                    }
+                    self.current.data.push_str(value);
+                }
+                _ => {} // comments (":..."), id, retry
+            }
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_events_split_across_chunks() {
+        let mut p = SseParser::default();
+        assert!(p.push(b"event:hello\ndata:{\"disabled\":").is_empty());
+        let evs = p.push(b"false}\n\n: keep-alive\n\nevent: ping\r\ndata: {}\r\n\r\nevent:cl");
+        assert_eq!(
+            evs,
+            vec![
+                SseEvent {
+                    event: "hello".into(),
+                    data: "{\"disabled\":false}".into()
+                },
+                SseEvent {
+                    event: "ping".into(),
+                    data: "{}".into()
+                },
+            ]
+        );
+        let evs = p.push(b"ose\ndata:{\"event\":\"close\",\"reason\":\"bye\"}\n\n");
+        assert_eq!(evs.len(), 1);
+        assert_eq!(evs[0].event, "close");
+        assert_eq!(evs[0].reason(), "bye");
+    }
+
+    #[test]
+    fn multi_line_data_is_joined() {
+        let mut p = SseParser::default();
+        let evs = p.push(b"data:a\ndata:b\n\n");
+        assert_eq!(evs[0].data, "a\nb");
+    }
+}

@@ -1,0 +1,312 @@
+//! `baton runner`: the agent. Registers (retrying with capped exponential backoff
+//! and jitter), waits while Pending, collects a token on adoption, holds the control
+//! channel (reconnecting when pings stop), obeys `enable`/`disable`, and on `delete`
+//! wipes its state directory and exits 0. Serves `/livez` and `/readyz`.
+
+pub mod client;
+pub mod state;
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use futures::StreamExt;
+use tracing::{debug, info, warn};
+
+use crate::controller::backoff;
+use crate::server::health::{self, Readiness};
+use crate::server::input::RegisterRequest;
+use client::{Client, ClientError, Registration};
+use state::StateDir;
+
+/// Where the runner would run steps (job execution arrives with the job issue).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum BackendKind {
+    Kubernetes,
+    Local,
+}
+
+/// `baton runner` settings.
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub server: String,
+    pub name: String,
+    pub state_dir: PathBuf,
+    pub namespace: Option<String>,
+    pub labels: BTreeMap<String, String>,
+    pub backend: BackendKind,
+    pub health_addr: SocketAddr,
+    /// `BATON_RUNNER_TOKEN`: used when the state directory holds no token.
+    pub env_token: Option<String>,
+    /// No event for this long on the control channel: reconnect (default 30 s).
+    pub ping_timeout: Duration,
+    pub backoff_base: Duration,
+    pub backoff_max: Duration,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RunnerError {
+    #[error(transparent)]
+    State(#[from] state::StateError),
+    #[error(transparent)]
+    Client(#[from] ClientError),
+    #[error(transparent)]
+    Health(#[from] crate::server::ServerError),
+}
+
+/// Where the token in use came from: a refused file token is removed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Source {
+    StateDir,
+    Env,
+}
+
+/// How a held control channel ended.
+enum Ended {
+    /// Told to `delete`: state wiped, exit 0.
+    Deleted,
+    /// Reconnect (server closed it, connection broke, pings stopped); whether the
+    /// channel was open at all.
+    Reconnect(String, bool),
+}
+
+const READY: &str = "runner";
+
+/// Parse `k=v,k2=v2`.
+pub fn parse_labels(s: &str) -> Result<BTreeMap<String, String>, String> {
+    s.split(',')
+        .map(str::trim)
+        .filter(|kv| !kv.is_empty())
+        .map(|kv| {
+            kv.split_once('=')
+                .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
+                .filter(|(k, _)| !k.is_empty())
+                .ok_or_else(|| format!("label {kv:?} is not key=value"))
+        })
+        .collect()
+}
+
+/// Run the agent until it is told `delete` (returns 0) or `shutdown` resolves (0).
+pub async fn run(
+    config: Config,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<i32, RunnerError> {
+    let dir = StateDir::open(&config.state_dir)?;
+    let runner_id = dir.runner_id()?;
+    let readiness = Readiness::default();
+    readiness.require(READY, "starting: not registered yet");
+    let (listener, health_addr) = crate::server::bind(config.health_addr).await?;
+    info!(addr = %health_addr, name = %config.name, runner_id = %runner_id, backend = ?config.backend, "runner health listening");
+    let health = warp::serve(health::routes(readiness.clone()))
+        .incoming(listener)
+        .run();
+    let health = tokio::spawn(health);
+
+    let agent = Agent {
+        client: Client::new(&config.server)?,
+        dir,
+        readiness,
+        req: RegisterRequest {
+            name: config.name.clone(),
+            runner_id,
+            namespace: config.namespace.clone(),
+            labels: config.labels.clone(),
+            version: Some(env!("CARGO_PKG_VERSION").to_owned()),
+        },
+        config,
+        state: String::new(),
+    };
+    let code = tokio::select! {
+        r = agent.run() => r?,
+        () = shutdown => { info!("shutting down"); 0 }
+    };
+    health.abort();
+    Ok(code)
+}
+
+struct Agent {
+    client: Client,
+    dir: StateDir,
+    readiness: Readiness,
+    req: RegisterRequest,
+    config: Config,
+    /// Last state logged, so each change is one log line and repeats are quiet.
+    state: String,
+}
+
+impl Agent {
+    fn enter(&mut self, state: &str, ready: bool, detail: &str) {
+        if ready {
+            self.readiness.ok(READY);
+        } else {
+            self.readiness.fail(READY, format!("{state}: {detail}"));
+        }
+        if self.state != state {
+            info!(state, "{detail}");
+            self.state = state.to_owned();
+        } else {
+            debug!(state, "{detail}");
+        }
+    }
+
+    fn pause(&self, attempt: u32) -> Duration {
+        backoff::delay(
+            attempt,
+            self.config.backoff_base,
+            self.config.backoff_max,
+            backoff::jitter(),
+        )
+    }
+
+    async fn run(mut self) -> Result<i32, RunnerError> {
+        let mut token = match self.dir.token()? {
+            Some(t) => Some((t, Source::StateDir)),
+            None => self.config.env_token.clone().map(|t| (t, Source::Env)),
+        };
+        let mut attempt: u32 = 0;
+        loop {
+            let presented = token.as_ref().map(|(t, _)| t.as_str());
+            match self.client.register(&self.req, presented).await {
+                Ok(Registration::Registered(r)) if r.token.is_some() => {
+                    if let Some(t) = r.token {
+                        self.dir.save_token(&t)?;
+                        info!(namespace = %r.namespace, "adopted: token received and stored in the state directory");
+                        token = Some((t, Source::StateDir));
+                    }
+                    attempt = 0;
+                }
+                Ok(Registration::Registered(r)) => {
+                    attempt = 0;
+                    let Some((t, _)) = token.clone() else {
+                        continue;
+                    };
+                    self.enter(
+                        "Registered",
+                        false,
+                        &format!("registered as {} in {}", r.state, r.namespace),
+                    );
+                    match self.hold(&r.namespace, &t).await? {
+                        Ended::Deleted => return Ok(0),
+                        Ended::Reconnect(why, was_open) => {
+                            self.enter(
+                                "Idle",
+                                false,
+                                &format!("control channel ended ({why}); reconnecting"),
+                            );
+                            // A channel that never opened counts as a failed attempt.
+                            attempt = if was_open {
+                                0
+                            } else {
+                                attempt.saturating_add(1)
+                            };
+                        }
+                    }
+                    tokio::time::sleep(self.pause(attempt)).await;
+                }
+                Ok(Registration::Pending(r)) => {
+                    attempt = 0;
+                    self.enter("Pending", false, &r.message);
+                    let poll = Duration::from_secs(r.poll_seconds.unwrap_or(5).clamp(1, 300));
+                    tokio::time::sleep(poll).await;
+                }
+                Err(ClientError::Refused {
+                    status: 401,
+                    reason,
+                    message,
+                    ..
+                }) if token.is_some() => {
+                    warn!(
+                        reason,
+                        "token refused ({message}); registering without it, as Pending"
+                    );
+                    if let Some((_, Source::StateDir)) = token {
+                        self.dir.remove_token()?;
+                    }
+                    token = None;
+                }
+                Err(e @ ClientError::Refused { status: 403, .. }) => {
+                    self.enter("Rejected", false, &e.to_string());
+                    tokio::time::sleep(self.pause(attempt)).await;
+                    attempt = attempt.saturating_add(1);
+                }
+                Err(e) => {
+                    self.enter("Idle", false, &format!("cannot register: {e}"));
+                    tokio::time::sleep(self.pause(attempt)).await;
+                    attempt = attempt.saturating_add(1);
+                }
+            }
+        }
+    }
+
+    /// Hold the control channel until it ends.
+    async fn hold(&mut self, namespace: &str, token: &str) -> Result<Ended, RunnerError> {
+        let stream = match self.client.control(&self.req.name, namespace, token).await {
+            Ok(s) => s,
+            Err(e) => return Ok(Ended::Reconnect(e.to_string(), false)),
+        };
+        let mut open = false;
+        let mut stream = std::pin::pin!(stream);
+        loop {
+            let next = tokio::time::timeout(self.config.ping_timeout, stream.next()).await;
+            let ev = match next {
+                Err(_) => {
+                    return Ok(Ended::Reconnect(
+                        format!("no ping for {:?}", self.config.ping_timeout),
+                        open,
+                    ));
+                }
+                Ok(None) => {
+                    return Ok(Ended::Reconnect(
+                        "the server closed the stream".into(),
+                        open,
+                    ));
+                }
+                Ok(Some(Err(e))) => return Ok(Ended::Reconnect(e.to_string(), open)),
+                Ok(Some(Ok(ev))) => ev,
+            };
+            match ev.event.as_str() {
+                "hello" => {
+                    open = true;
+                    let disabled = ev.data.contains("\"disabled\":true");
+                    let state = if disabled { "Disabled" } else { "Connected" };
+                    self.enter(state, true, "control channel open");
+                }
+                "ping" => debug!("ping"),
+                "disable" => self.enter("Disabled", true, "disabled: taking no new jobs"),
+                "enable" => self.enter("Connected", true, "enabled: taking jobs"),
+                "delete" => {
+                    info!(dir = %self.dir.path().display(), "decommissioned: wiping the state directory and exiting");
+                    self.dir.wipe()?;
+                    return Ok(Ended::Deleted);
+                }
+                "close" => {
+                    return Ok(Ended::Reconnect(
+                        format!("server closed it: {}", ev.reason()),
+                        open,
+                    ));
+                }
+                "assign" | "cancel" => {
+                    warn!(event = %ev.event, "job commands are not handled by this runner version");
+                }
+                other => debug!(event = other, "unknown control event ignored"),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn labels_parse() {
+        let l = parse_labels("pool=a, os=linux").unwrap_or_default();
+        assert_eq!(l.get("pool").map(String::as_str), Some("a"));
+        assert_eq!(l.len(), 2);
+        assert_eq!(parse_labels("").map(|l| l.len()), Ok(0));
+        assert!(parse_labels("novalue").is_err());
+        assert!(parse_labels("=v").is_err());
+    }
+}
