@@ -5,7 +5,8 @@ async fn main() -> anyhow::Result<()> {
     let cli = baton::cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info,warp::filters::trace=warn".into()),
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info,warp::filters::trace=warn".into()),
         )
         .with_writer(std::io::stderr)
         .init();
