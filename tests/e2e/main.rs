@@ -11,3 +11,5 @@ mod support;
 
 mod crds;
 mod pods;
+mod procs;
+mod runners;

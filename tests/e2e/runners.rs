@@ -1,0 +1,528 @@
+//! The runner lifecycle on the real cluster, with a real `baton controller` (one per
+//! test, restricted to the test's namespace) and real `baton runner` processes.
+
+use std::os::unix::fs::PermissionsExt;
+
+use anyhow::{Context, ensure};
+use baton::crd::conditions;
+use baton::crd::runner::AdoptionState;
+use baton::crd::{Runner, RunnerToken};
+use k8s_openapi::api::core::v1::Secret;
+use kube::ResourceExt;
+use kube::api::{Api, ListParams, Patch, PatchParams};
+use kube::runtime::wait::Condition;
+
+use crate::procs::{Agent, Controller, TempDir, baton, baton_ok, http};
+use crate::support::{TestNs, in_namespace, wait_for};
+
+/// A Runner whose status shows `adoption`, and `Connected` as given.
+fn runner_is(adoption: AdoptionState, connected: bool) -> impl Condition<Runner> {
+    move |r: Option<&Runner>| {
+        r.and_then(|r| r.status.as_ref()).is_some_and(|s| {
+            s.adoption == Some(adoption)
+                && conditions::is_true(&s.conditions, "Connected") == connected
+        })
+    }
+}
+
+/// A Runner whose `type` condition has `reason`.
+fn runner_reason(type_: &'static str, reason: &'static str) -> impl Condition<Runner> {
+    move |r: Option<&Runner>| {
+        r.and_then(|r| r.status.as_ref())
+            .and_then(|s| conditions::find(&s.conditions, type_))
+            .is_some_and(|c| c.reason == reason)
+    }
+}
+
+fn runners(ns: &TestNs) -> Api<Runner> {
+    Api::namespaced(ns.client.clone(), &ns.name)
+}
+
+fn tokens(ns: &TestNs) -> Api<RunnerToken> {
+    Api::namespaced(ns.client.clone(), &ns.name)
+}
+
+/// `kubectl baton token create` through the binary: the printed token.
+async fn create_token(ns: &TestNs, name: &str, extra: &[&str]) -> anyhow::Result<String> {
+    let mut args = vec!["token", "create", name, "-n", &ns.name];
+    args.extend_from_slice(extra);
+    let out = baton_ok(&args).await?;
+    let token = out.trim().to_owned();
+    ensure!(
+        token.starts_with("baton_") && !token.contains('\n'),
+        "printed {out:?}"
+    );
+    Ok(token)
+}
+
+async fn register_raw(
+    url: &str,
+    body: &str,
+    content_type: Option<&str>,
+    token: Option<&str>,
+) -> anyhow::Result<(u16, String)> {
+    let mut r = http()
+        .post(format!("{url}/v1/register"))
+        .body(body.to_owned());
+    if let Some(ct) = content_type {
+        r = r.header("content-type", ct);
+    }
+    if let Some(t) = token {
+        r = r.bearer_auth(t);
+    }
+    let res = r.send().await?;
+    Ok((res.status().as_u16(), res.text().await?))
+}
+
+fn body_for(name: &str, ns: &str) -> String {
+    format!(r#"{{"name":"{name}","runnerId":"e2e-0123456789","namespace":"{ns}"}}"#)
+}
+
+#[tokio::test]
+async fn pending_runner_is_adopted_and_stores_its_token() {
+    in_namespace("adopt", |ns| async move {
+        let ctl = Controller::start(&ns.name, "127.0.0.1:0").await?;
+        let dir = TempDir::new(&ns.name);
+        let agent =
+            Agent::start(&ctl.url, &ns.name, "r1", &dir.join("r1"), None, "pool=e2e").await?;
+        let api = runners(&ns);
+
+        let pending = wait_for(&api, "r1", runner_is(AdoptionState::Pending, false), 30).await?;
+        ensure!(pending.spec.labels.get("pool").map(String::as_str) == Some("e2e"));
+        agent.wait_ready(503, 5).await?;
+        ensure!(
+            !dir.join("r1").join("token").exists(),
+            "no token before adoption"
+        );
+
+        baton_ok(&["runner", "adopt", "r1", "-n", &ns.name]).await?;
+        wait_for(&api, "r1", runner_is(AdoptionState::Adopted, true), 30).await?;
+        wait_for(&api, "r1", runner_reason("Ready", "Ready"), 10).await?;
+        agent.wait_ready(200, 10).await?;
+
+        let token_file = dir.join("r1").join("token");
+        let mode = std::fs::metadata(&token_file)?.permissions().mode() & 0o777;
+        ensure!(mode == 0o600, "token file mode {mode:o}");
+        let issued = tokens(&ns).get("r1-adopted").await?;
+        ensure!(issued.spec.runner_name.as_deref() == Some("r1"));
+        let stored = std::fs::read_to_string(&token_file)?;
+        ensure!(
+            issued.status.and_then(|s| s.token_hash)
+                == Some(baton::server::token::hash(stored.trim())),
+            "the stored token is the one issued"
+        );
+        Ok(())
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn runner_token_preadopts_and_binds_to_its_runner_name() {
+    in_namespace("preadopt", |ns| async move {
+        let ctl = Controller::start(&ns.name, "127.0.0.1:0").await?;
+        let token = create_token(&ns, "t1", &["--runner", "r1", "--labels", "pool=gpu"]).await?;
+
+        // Only a hash outside the Secret.
+        let rt = tokens(&ns).get("t1").await?;
+        let status = rt.status.clone().context("status")?;
+        ensure!(status.token_hash.as_deref() == Some(baton::server::token::hash(&token).as_str()));
+        ensure!(
+            !serde_json::to_string(&rt)?.contains(&token),
+            "plaintext outside the Secret"
+        );
+        let secret: Secret = Api::namespaced(ns.client.clone(), &ns.name)
+            .get(status.secret_name.as_deref().context("secretName")?)
+            .await?;
+        ensure!(
+            secret
+                .owner_references()
+                .iter()
+                .any(|o| o.kind == "RunnerToken" && o.name == "t1"),
+            "the Secret is owned by the RunnerToken"
+        );
+
+        let dir = TempDir::new(&ns.name);
+        let r1 = Agent::start(&ctl.url, &ns.name, "r1", &dir.join("r1"), Some(&token), "").await?;
+        let api = runners(&ns);
+        let r = wait_for(&api, "r1", runner_is(AdoptionState::Preadopted, true), 30).await?;
+        ensure!(
+            r.spec.labels.get("pool").map(String::as_str) == Some("gpu"),
+            "token labels"
+        );
+        r1.wait_ready(200, 10).await?;
+
+        // The same token for another runner name is refused; that runner waits Pending.
+        let r2 = Agent::start(&ctl.url, &ns.name, "r2", &dir.join("r2"), Some(&token), "").await?;
+        r2.proc.wait_for_log("TokenForAnotherRunner", 20).await?;
+        wait_for(&api, "r2", runner_is(AdoptionState::Pending, false), 30).await?;
+        r2.wait_ready(503, 5).await?;
+        Ok(())
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn rejected_runner_is_refused_and_listed_then_forgotten_and_back() {
+    in_namespace("reject", |ns| async move {
+        let ctl = Controller::start(&ns.name, "127.0.0.1:0").await?;
+        let token = create_token(&ns, "shared", &[]).await?;
+        let dir = TempDir::new(&ns.name);
+        let agent =
+            Agent::start(&ctl.url, &ns.name, "r1", &dir.join("r1"), Some(&token), "").await?;
+        let api = runners(&ns);
+        let before = wait_for(&api, "r1", runner_is(AdoptionState::Preadopted, true), 30).await?;
+
+        baton_ok(&["runner", "reject", "r1", "-n", &ns.name]).await?;
+        wait_for(&api, "r1", runner_is(AdoptionState::Rejected, false), 30).await?;
+        agent.proc.wait_for_log("state=\"Rejected\"", 20).await?;
+        agent.wait_ready(503, 10).await?;
+        let (status, body) = register_raw(
+            &ctl.url,
+            &body_for("r1", &ns.name),
+            Some("application/json"),
+            Some(&token),
+        )
+        .await?;
+        ensure!(
+            status == 403 && body.contains("Rejected"),
+            "{status} {body}"
+        );
+        let list = baton_ok(&["runner", "list", "-n", &ns.name]).await?;
+        ensure!(
+            list.lines()
+                .any(|l| l.starts_with("r1") && l.contains("Rejected")),
+            "listed: {list}"
+        );
+
+        // Forget: the runner's token is still valid, so it comes back as if never rejected.
+        baton_ok(&["runner", "forget", "r1", "-n", &ns.name]).await?;
+        let old_uid = before.uid();
+        let back = wait_for(
+            &api,
+            "r1",
+            |r: Option<&Runner>| {
+                r.is_some_and(|r| r.uid() != old_uid)
+                    && runner_is(AdoptionState::Preadopted, true).matches_object(r)
+            },
+            30,
+        )
+        .await?;
+        ensure!(back.spec.adoption.is_none());
+        agent.wait_ready(200, 10).await?;
+        Ok(())
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn expired_token_is_refused_and_the_runner_waits_pending() {
+    in_namespace("expired", |ns| async move {
+        let ctl = Controller::start(&ns.name, "127.0.0.1:0").await?;
+        let (code, _, err) =
+            baton(&["token", "create", "bad", "-n", &ns.name, "--ttl", "3 days"]).await?;
+        ensure!(
+            code != 0 && err.contains("invalid duration"),
+            "bad ttl: {code} {err}"
+        );
+        let token = create_token(&ns, "short", &["--ttl", "3s"]).await?;
+        // Flips to Expired on time, with no other event.
+        wait_for(
+            &tokens(&ns),
+            "short",
+            |t: Option<&RunnerToken>| {
+                t.and_then(|t| t.status.as_ref()).is_some_and(|s| {
+                    conditions::is_true(&s.conditions, "Expired")
+                        && !conditions::is_true(&s.conditions, "Ready")
+                })
+            },
+            15,
+        )
+        .await?;
+        let (status, body) = register_raw(
+            &ctl.url,
+            &body_for("r1", &ns.name),
+            Some("application/json"),
+            Some(&token),
+        )
+        .await?;
+        ensure!(
+            status == 401 && body.contains("TokenExpired"),
+            "{status} {body}"
+        );
+
+        let dir = TempDir::new(&ns.name);
+        let agent =
+            Agent::start(&ctl.url, &ns.name, "r1", &dir.join("r1"), Some(&token), "").await?;
+        agent.proc.wait_for_log("token refused", 20).await?;
+        wait_for(
+            &runners(&ns),
+            "r1",
+            runner_is(AdoptionState::Pending, false),
+            30,
+        )
+        .await?;
+        agent.wait_ready(503, 5).await?;
+        Ok(())
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn deleting_the_runner_token_revokes_it_at_once() {
+    in_namespace("revoke", |ns| async move {
+        let ctl = Controller::start(&ns.name, "127.0.0.1:0").await?;
+        let token = create_token(&ns, "t1", &[]).await?;
+        let dir = TempDir::new(&ns.name);
+        let agent =
+            Agent::start(&ctl.url, &ns.name, "r1", &dir.join("r1"), Some(&token), "").await?;
+        let api = runners(&ns);
+        wait_for(&api, "r1", runner_is(AdoptionState::Preadopted, true), 30).await?;
+
+        tokens(&ns).delete("t1", &Default::default()).await?;
+        agent.proc.wait_for_log("token refused", 20).await?;
+        wait_for(&api, "r1", runner_is(AdoptionState::Pending, false), 30).await?;
+        let (status, _) = register_raw(
+            &ctl.url,
+            &body_for("r9", &ns.name),
+            Some("application/json"),
+            Some(&token),
+        )
+        .await?;
+        ensure!(status == 401, "deleted token answered {status}");
+        Ok(())
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn decommission_wipes_the_state_dir_and_exits_zero() {
+    in_namespace("decom", |ns| async move {
+        let ctl = Controller::start(&ns.name, "127.0.0.1:0").await?;
+        let dir = TempDir::new(&ns.name);
+        let mut agent = Agent::start(&ctl.url, &ns.name, "r1", &dir.join("r1"), None, "").await?;
+        let api = runners(&ns);
+        wait_for(&api, "r1", runner_is(AdoptionState::Pending, false), 30).await?;
+        baton_ok(&["runner", "adopt", "r1", "-n", &ns.name]).await?;
+        wait_for(&api, "r1", runner_is(AdoptionState::Adopted, true), 30).await?;
+        ensure!(dir.join("r1").join("token").exists());
+
+        baton_ok(&["runner", "decommission", "r1", "-n", &ns.name]).await?;
+        let status = agent.proc.wait_exit(30).await?;
+        ensure!(status.code() == Some(0), "runner exited {status:?}");
+        ensure!(!agent.state_dir.exists(), "state directory still there");
+        ensure!(api.get_opt("r1").await?.is_none(), "Runner still there");
+        // Its adoption token goes with it.
+        let gone = kube::runtime::wait::await_condition(
+            tokens(&ns),
+            "r1-adopted",
+            |t: Option<&RunnerToken>| t.is_none(),
+        );
+        tokio::time::timeout(std::time::Duration::from_secs(30), gone)
+            .await
+            .context("the adoption token of a decommissioned runner was not deleted")??;
+        Ok(())
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn controller_restart_while_runners_are_connected() {
+    in_namespace("restart", |ns| async move {
+        let mut ctl = Controller::start(&ns.name, "127.0.0.1:0").await?;
+        let token = create_token(&ns, "t1", &[]).await?;
+        let dir = TempDir::new(&ns.name);
+        let r1 = Agent::start(&ctl.url, &ns.name, "r1", &dir.join("r1"), Some(&token), "").await?;
+        let r2 = Agent::start(&ctl.url, &ns.name, "r2", &dir.join("r2"), None, "").await?;
+        let api = runners(&ns);
+        wait_for(&api, "r2", runner_is(AdoptionState::Pending, false), 30).await?;
+        baton_ok(&["runner", "adopt", "r2", "-n", &ns.name]).await?;
+        let a = wait_for(&api, "r1", runner_is(AdoptionState::Preadopted, true), 30).await?;
+        let b = wait_for(&api, "r2", runner_is(AdoptionState::Adopted, true), 30).await?;
+        r1.wait_ready(200, 10).await?;
+        r2.wait_ready(200, 10).await?;
+        let r2_token = std::fs::read_to_string(dir.join("r2").join("token"))?;
+
+        // Crash the controller: the runners go Idle.
+        ctl.proc.kill().await;
+        r1.wait_ready(503, 20).await?;
+        r2.wait_ready(503, 20).await?;
+
+        // A new controller on the same address: both reconnect, nothing lost.
+        let ctl2 = Controller::start(&ns.name, &ctl.addr).await?;
+        ctl2.proc
+            .wait_for_log("control channel opened runner=", 30)
+            .await?;
+        ctl2.proc
+            .wait_for_logs("control channel opened runner=", 2, 30)
+            .await?;
+        r1.wait_ready(200, 20).await?;
+        r2.wait_ready(200, 20).await?;
+        let a2 = wait_for(&api, "r1", runner_is(AdoptionState::Preadopted, true), 30).await?;
+        let b2 = wait_for(&api, "r2", runner_is(AdoptionState::Adopted, true), 30).await?;
+        ensure!(
+            a.uid() == a2.uid() && b.uid() == b2.uid(),
+            "Runners were re-created"
+        );
+        ensure!(
+            a.status.and_then(|s| s.runner_id) == a2.status.and_then(|s| s.runner_id),
+            "runner id changed"
+        );
+        ensure!(
+            std::fs::read_to_string(dir.join("r2").join("token"))? == r2_token,
+            "token changed"
+        );
+        ensure!(api.list(&ListParams::default()).await?.items.len() == 2);
+        let (mut r1, mut r2) = (r1, r2);
+        ensure!(r1.proc.running() && r2.proc.running(), "a runner exited");
+        ensure!(
+            tokens(&ns).list(&ListParams::default()).await?.items.len() == 2,
+            "t1 and r2-adopted"
+        );
+        Ok(())
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn disable_and_enable_reach_the_runner_and_show_in_status() {
+    in_namespace("disable", |ns| async move {
+        let ctl = Controller::start(&ns.name, "127.0.0.1:0").await?;
+        let token = create_token(&ns, "t1", &[]).await?;
+        let dir = TempDir::new(&ns.name);
+        let agent =
+            Agent::start(&ctl.url, &ns.name, "r1", &dir.join("r1"), Some(&token), "").await?;
+        let api = runners(&ns);
+        wait_for(&api, "r1", runner_reason("Ready", "Ready"), 30).await?;
+
+        let pp = PatchParams::default();
+        api.patch(
+            "r1",
+            &pp,
+            &Patch::Merge(serde_json::json!({"spec": {"disabled": true}})),
+        )
+        .await?;
+        wait_for(&api, "r1", runner_reason("Ready", "Disabled"), 20).await?;
+        agent
+            .proc
+            .wait_for_log("disabled: taking no new jobs", 20)
+            .await?;
+
+        api.patch(
+            "r1",
+            &pp,
+            &Patch::Merge(serde_json::json!({"spec": {"disabled": false}})),
+        )
+        .await?;
+        wait_for(&api, "r1", runner_reason("Ready", "Ready"), 20).await?;
+        agent.proc.wait_for_log("enabled: taking jobs", 20).await?;
+        Ok(())
+    })
+    .await;
+}
+
+/// Bad input over real HTTP: a clear 4xx, and the server keeps serving.
+#[tokio::test]
+async fn bad_input_to_the_api_gets_a_clear_4xx() {
+    in_namespace("badinput", |ns| async move {
+        let ctl = Controller::start(&ns.name, "127.0.0.1:0").await?;
+        let ok = body_for("r1", &ns.name);
+        let json = Some("application/json");
+        let big = format!(
+            r#"{{"name":"r1","runnerId":"e2e-0123456789","version":"{}"}}"#,
+            "x".repeat(40_000)
+        );
+        // (what, body, content type, token, status, reason)
+        type Case<'a> = (
+            &'a str,
+            String,
+            Option<&'a str>,
+            Option<&'a str>,
+            u16,
+            &'a str,
+        );
+        let cases: Vec<Case> = vec![
+            (
+                "malformed JSON",
+                "{\"name\":".into(),
+                json,
+                None,
+                400,
+                "MalformedJson",
+            ),
+            (
+                "unknown field",
+                ok.replace('}', r#","admin":true}"#),
+                json,
+                None,
+                400,
+                "UnknownField",
+            ),
+            ("oversized body", big, json, None, 413, "PayloadTooLarge"),
+            (
+                "wrong content type",
+                ok.clone(),
+                Some("text/plain"),
+                None,
+                415,
+                "UnsupportedMediaType",
+            ),
+            (
+                "garbage token",
+                ok.clone(),
+                json,
+                Some("garbage"),
+                401,
+                "TokenUnknown",
+            ),
+            (
+                "bad name",
+                body_for("Not_A_Name", &ns.name),
+                json,
+                None,
+                400,
+                "InvalidName",
+            ),
+        ];
+        for (what, body, ct, token, status, reason) in cases {
+            let (got, text) = register_raw(&ctl.url, &body, ct, token).await?;
+            ensure!(
+                got == status && text.contains(reason),
+                "{what}: {got} {text}"
+            );
+        }
+        // No token on the control channel.
+        let res = http()
+            .get(format!("{}/v1/control?name=r1", ctl.url))
+            .send()
+            .await?;
+        ensure!(
+            res.status().as_u16() == 401,
+            "control without token: {}",
+            res.status()
+        );
+        // A streamed body with no Content-Length.
+        let chunks = futures::stream::iter(vec![Ok::<_, std::io::Error>(ok.clone())]);
+        let res = http()
+            .post(format!("{}/v1/register", ctl.url))
+            .header("content-type", "application/json")
+            .body(reqwest::Body::wrap_stream(chunks))
+            .send()
+            .await?;
+        ensure!(
+            res.status().as_u16() == 411,
+            "chunked body: {}",
+            res.status()
+        );
+        // Still healthy, and nothing was created by any of it.
+        crate::procs::wait_status(&format!("{}/readyz", ctl.url), 200, 5).await?;
+        ensure!(
+            runners(&ns)
+                .list(&ListParams::default())
+                .await?
+                .items
+                .is_empty()
+        );
+        Ok(())
+    })
+    .await;
+}
