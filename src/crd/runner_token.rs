@@ -34,7 +34,8 @@ pub const SECRET_KEY: &str = "token";
         type_ = "string",
         json_path = ".status.conditions[?(@.type==\"Ready\")].status"
     ),
-    printcolumn(name = "Expires", type_ = "date", json_path = ".status.expiresAt"),
+    // A string: kubectl shows a future `date` as "<invalid>".
+    printcolumn(name = "Expires", type_ = "string", json_path = ".status.expiresAt"),
     printcolumn(
         name = "Secret",
         type_ = "string",
