@@ -3,7 +3,7 @@
 # cache outside the repo, and install the Debian packages it runs on.
 #
 #   BATON_CACHE   cache root (default ~/.cache/baton)
-#   BUILD_ONLY    optional space-separated subset: apt k8s etcd coredns helm crictl
+#   BUILD_ONLY    optional space-separated subset: apt k8s etcd coredns helm
 #
 # Each binary is built into a temp name and renamed into place, so an interrupted build
 # never leaves a broken cached binary. Re-running with everything built is a no-op.
@@ -92,6 +92,22 @@ build_k8s() {
   rm -rf "$tmp"
 }
 
+# cri-cleanup (hack/cluster/cri-cleanup): a tiny CRI client for down.sh, built in the k8s
+# wrapper module; cached by the hash of its source.
+build_cri_cleanup() {
+  local here; here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+  local sum; sum=$(sha256sum "$here/cri-cleanup/main.go" | cut -c1-12)
+  local out=$CACHE/cri-cleanup-$sum/bin
+  if have "$out" cri-cleanup; then log "cri-cleanup $sum cached"; return; fi
+  local src=$CACHE/src/k8s-$K8S_VERSION
+  mkdir -p "$src/cri-cleanup"; cp "$here/cri-cleanup/main.go" "$src/cri-cleanup/main.go"
+  local tmp; tmp=$(mktemp -d "$CACHE/.build.XXXXXX")
+  log "go build cri-cleanup"
+  (cd "$src" && CGO_ENABLED=0 go build -mod=mod -trimpath -ldflags '-s -w' -o "$tmp/cri-cleanup" ./cri-cleanup)
+  publish "$tmp" "$out" cri-cleanup
+  rm -rf "$tmp"
+}
+
 build_etcd() {
   local out=$CACHE/etcd-$ETCD_VERSION/bin
   if have "$out" etcd; then log "etcd $ETCD_VERSION cached"; return; fi
@@ -132,7 +148,7 @@ main() {
   want etcd && build_etcd
   want coredns && go_install coredns github.com/coredns/coredns "$COREDNS_VERSION" coredns
   want helm && go_install helm helm.sh/helm/v3/cmd/helm "$HELM_VERSION" helm
-  want crictl && go_install crictl sigs.k8s.io/cri-tools/cmd/crictl "$CRICTL_VERSION" crictl
+  want k8s && build_cri_cleanup
   log "done in $(( $(date +%s) - start ))s (cache: $CACHE)"
 }
 

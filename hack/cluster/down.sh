@@ -9,7 +9,6 @@ set -euo pipefail
 # shellcheck source=lib.sh
 . "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
-crictl_() { timeout 60 "$CRICTL" --runtime-endpoint "unix://$CONTAINERD_SOCK" --timeout 30s "$@"; }
 ctr_() { timeout 60 ctr --address "$CONTAINERD_SOCK" -n k8s.io "$@"; }
 
 # pids of containerd-shim-runc-v2 processes serving our containerd (matched by socket path)
@@ -25,16 +24,9 @@ our_shims() {
 
 stop_pods() {
   is_running containerd || return 0
-  if [[ -x $CRICTL ]]; then
-    local pods
-    pods=$(crictl_ pods -q 2>/dev/null || true)
-    if [[ -n $pods ]]; then
-      log "stopping and removing $(wc -w <<<"$pods") pod sandbox(es) via CRI (runs CNI DEL)"
-      # shellcheck disable=SC2086
-      crictl_ stopp $pods >/dev/null 2>&1 || true
-      # shellcheck disable=SC2086
-      crictl_ rmp -f $pods >/dev/null 2>&1 || true
-    fi
+  if [[ -x $CRI_CLEANUP ]]; then
+    log "stopping and removing all pod sandboxes via CRI (runs CNI DEL)"
+    timeout 120 "$CRI_CLEANUP" -endpoint "$CONTAINERD_SOCK" stop-all >&2 || log "warning: cri-cleanup failed"
   fi
   local t
   for t in $(ctr_ tasks ls -q 2>/dev/null || true); do

@@ -7,6 +7,7 @@
 #   BATON_CLUSTER_DIR  state dir (default /var/tmp/baton-cluster); kubeconfig at $BATON_CLUSTER_DIR/kubeconfig
 #   BATON_CACHE        binary/image cache (default ~/.cache/baton)
 #   UP_TIMEOUT         seconds to wait for each readiness step (default 180)
+#   BATON_RUNC         OCI runtime binary for containerd (default /usr/bin/runc)
 set -euo pipefail
 # shellcheck source=lib.sh
 . "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
@@ -40,7 +41,7 @@ start_daemon() {
   if pid=$(pid_of "$name"); then log "$name already running (pid $pid)"; return; fi
   log "starting $name"
   echo "=== $(date -Is) $bin $*" >>"$STATE/logs/$name.log"
-  (exec setsid "$bin" "$@" >>"$STATE/logs/$name.log" 2>&1 </dev/null) &
+  (exec setsid "$bin" "$@" >>"$STATE/logs/$name.log" 2>&1 </dev/null 8>&-) &
   echo $! >"$(pidfile "$name")"
   sleep 0.2
   is_running "$name" || { tail -n 30 "$STATE/logs/$name.log" >&2; die "$name exited at once (log: $STATE/logs/$name.log)"; }
@@ -142,6 +143,10 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
   sandbox_image = "$PAUSE_IMAGE"
   enable_unprivileged_ports = false
   netns_mounts_under_state_dir = true
+  # This VM withholds CAP_SYS_RESOURCE, so nothing here may lower oom_score_adj below 0;
+  # kubelet asks for -998 for pause containers (runc: "failed to update
+  # /proc/self/oom_score_adj: Permission denied"). Clamp to containerd's own value.
+  restrict_oom_score_adj = true
   [plugins."io.containerd.grpc.v1.cri".containerd]
     snapshotter = "overlayfs"
     default_runtime_name = "runc"
@@ -149,6 +154,7 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
       runtime_type = "io.containerd.runc.v2"
       [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc.options]
         SystemdCgroup = false
+        BinaryName = "${BATON_RUNC:-/usr/bin/runc}"
   [plugins."io.containerd.grpc.v1.cri".cni]
     bin_dir = "/usr/lib/cni"
     conf_dir = "$STATE/cni/net.d"
@@ -324,7 +330,7 @@ main() {
 
   local mode=warm b
   for b in "$K8S_BIN"/{kube-apiserver,kube-controller-manager,kube-scheduler,kubelet,kube-proxy,kubectl} \
-    "$ETCD_BIN/etcd" "$BATON_CACHE/coredns-$COREDNS_VERSION/bin/coredns" "$CRICTL"; do
+    "$ETCD_BIN/etcd" "$BATON_CACHE/coredns-$COREDNS_VERSION/bin/coredns" "$CRI_CLEANUP"; do
     [[ -x $b ]] || mode=cold
   done
   log "== building/installing dependencies ($mode)"
