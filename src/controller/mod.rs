@@ -241,8 +241,8 @@ fn runner_deleted(hub: &Hub, client: &Client, r: &Runner) {
     }
 }
 
-/// `/readyz`: the CRDs exist, then each watch has listed once. Never returns while
-/// the process runs (it keeps the CRD check honest).
+/// `/readyz`: the CRDs exist (checked every 5 s until they do), then each watch
+/// has listed once. Then it idles: it never returns while the process runs.
 async fn track_readiness(
     client: Client,
     readiness: Readiness,

@@ -117,6 +117,13 @@ impl Proc {
         matches!(self.child.try_wait(), Ok(None))
     }
 
+    /// Send a signal (SIGSTOP freezes it with its connections open).
+    pub fn signal(&self, sig: nix::sys::signal::Signal) -> anyhow::Result<()> {
+        let pid = self.child.id().context("the child has exited")?;
+        let pid = nix::unistd::Pid::from_raw(i32::try_from(pid)?);
+        nix::sys::signal::kill(pid, sig).with_context(|| format!("send {sig} to {}", self.name))
+    }
+
     /// Kill at once (SIGKILL): a crash, not a shutdown.
     pub async fn kill(&mut self) {
         let _ = self.child.kill().await;

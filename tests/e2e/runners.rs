@@ -383,6 +383,50 @@ async fn controller_restart_while_runners_are_connected() {
     .await;
 }
 
+/// A server that stops talking but keeps the connection open: no ping within the
+/// ping timeout (5 s here, 30 s by default), so the runner goes Idle and reconnects.
+#[tokio::test]
+async fn a_silent_server_makes_the_runner_idle_until_it_reconnects() {
+    use nix::sys::signal::Signal;
+    in_namespace("silent", |ns| async move {
+        let ctl = Controller::start(&ns.name, "127.0.0.1:0").await?;
+        let token = create_token(&ns, "t1", &[]).await?;
+        let dir = TempDir::new(&ns.name);
+        let agent =
+            Agent::start(&ctl.url, &ns.name, "r1", &dir.join("r1"), Some(&token), "").await?;
+        wait_for(
+            &runners(&ns),
+            "r1",
+            runner_is(AdoptionState::Preadopted, true),
+            30,
+        )
+        .await?;
+        agent.wait_ready(200, 10).await?;
+
+        ctl.proc.signal(Signal::SIGSTOP)?;
+        let frozen = async {
+            agent.proc.wait_for_log("no ping for 5s", 20).await?;
+            agent.wait_ready(503, 10).await
+        }
+        .await;
+        ctl.proc.signal(Signal::SIGCONT)?;
+        frozen?;
+        ctl.proc
+            .wait_for_logs("control channel opened runner=", 2, 30)
+            .await?;
+        agent.wait_ready(200, 30).await?;
+        wait_for(
+            &runners(&ns),
+            "r1",
+            runner_is(AdoptionState::Preadopted, true),
+            30,
+        )
+        .await?;
+        Ok(())
+    })
+    .await;
+}
+
 #[tokio::test]
 async fn disable_and_enable_reach_the_runner_and_show_in_status() {
     in_namespace("disable", |ns| async move {
