@@ -3,13 +3,17 @@
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = baton::cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "info,warp::filters::trace=warn".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| "info,warp::filters::trace=warn".into());
+    // One line per event; BATON_LOG_FORMAT=json for machines.
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if std::env::var("BATON_LOG_FORMAT").is_ok_and(|f| f == "json") {
+        logs.json().init();
+    } else {
+        logs.init();
+    }
     let code = baton::cli::run(cli).await?;
     std::process::exit(code);
 }
