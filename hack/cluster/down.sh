@@ -61,6 +61,22 @@ cleanup_iptables() {
       iptables -t nat -X "$chain" 2>/dev/null && log "removed iptables chain nat/$chain" || true
     done
   done
+  # kubelet's own chains (kube-proxy --cleanup leaves them): KUBE-FIREWALL,
+  # KUBE-KUBELET-CANARY, KUBE-IPTABLES-HINT, in IPv4 and IPv6
+  local ipt table
+  for ipt in iptables ip6tables; do
+    command -v "$ipt" >/dev/null || continue
+    for chain in INPUT OUTPUT; do
+      while "$ipt" -t filter -D "$chain" -j KUBE-FIREWALL 2>/dev/null; do :; done
+    done
+    for table in filter nat mangle; do
+      for chain in KUBE-FIREWALL KUBE-KUBELET-CANARY KUBE-IPTABLES-HINT; do
+        if "$ipt" -t "$table" -F "$chain" 2>/dev/null; then
+          "$ipt" -t "$table" -X "$chain" 2>/dev/null && log "removed $ipt chain $table/$chain" || true
+        fi
+      done
+    done
+  done
   return 0
 }
 
@@ -117,6 +133,9 @@ main() {
     log "deleting bridge $CNI_BRIDGE"; ip link delete "$CNI_BRIDGE"
   fi
   cleanup_cgroups
+  # runc/shim dirs containerd creates under /run/containerd (removed only when empty)
+  rmdir /run/containerd/runc/k8s.io /run/containerd/runc /run/containerd/fifo /run/containerd/s \
+    /run/containerd 2>/dev/null || true
   if [[ -d $STATE ]]; then
     if [[ -n $(mounts_under "$STATE") ]]; then
       die "mounts remain under $STATE, not removing it: $(mounts_under "$STATE" | tr '\n' ' ')"
