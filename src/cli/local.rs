@@ -26,7 +26,9 @@ pub const EXIT_INVALID: i32 = 2;
 pub enum ColorChoice {
     /// Colour when stdout is a terminal and NO_COLOR is unset.
     Auto,
+    /// Always colour.
     Always,
+    /// Never colour.
     Never,
 }
 
@@ -45,6 +47,7 @@ pub struct RunArgs {
     /// Keep the temporary directory (workspaces, logs, output files).
     #[arg(long)]
     pub keep: bool,
+    /// When to colour the output.
     #[arg(long, value_enum, default_value = "auto")]
     pub color: ColorChoice,
 }
