@@ -488,3 +488,11 @@ async fn pending_registration_of_a_known_runner_answers_202() {
     let view = f.state.hub.view(&hub::RunnerKey::new("ns", "r1")).unwrap();
     assert_eq!(view.token.as_deref(), Some("good"));
 }
+
+#[tokio::test]
+async fn a_taken_port_is_an_error_not_a_panic() {
+    let (_held, addr) = bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
+    let err = bind(addr).await.err().unwrap();
+    assert!(matches!(err, ServerError::Bind { .. }));
+    assert!(err.to_string().contains(&addr.to_string()), "{err}");
+}
