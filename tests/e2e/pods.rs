@@ -5,7 +5,12 @@ use anyhow::Context;
 use k8s_openapi::api::core::v1::PersistentVolumeClaim;
 use kube::api::{Api, PostParams};
 
-use crate::support::{BATON_IMAGE, STEP_IMAGE, in_namespace, restricted_pod, run_pod, wait_for};
+/// The StorageClass backed by kube-controller-manager's `kubernetes.io/host-path` provisioner.
+const HOST_PATH_CLASS: &str = "standard";
+
+use crate::support::{
+    BATON_IMAGE, STEP_IMAGE, in_namespace, in_namespace_with_pss, restricted_pod, run_pod, wait_for,
+};
 
 #[tokio::test]
 async fn baton_image_prints_its_version() {
@@ -28,17 +33,25 @@ async fn baton_image_prints_its_version() {
     .await;
 }
 
+/// The in-tree host-path provisioner creates each volume's directory root-owned with
+/// mode 0750 and applies no fsGroup, so only a root container can write to it: this
+/// test runs its pods as root, in a `baseline` namespace (`restricted` forbids root).
 #[tokio::test]
-async fn a_volume_written_by_one_pod_is_read_by_the_next() {
-    in_namespace("volume", |ns| async move {
+async fn a_host_path_volume_written_by_one_pod_is_read_by_the_next() {
+    in_namespace_with_pss("volume", "baseline", |ns| async move {
         let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(ns.client.clone(), &ns.name);
         let pvc: PersistentVolumeClaim = serde_json::from_value(serde_json::json!({
             "metadata": { "name": "workspace" },
-            "spec": { "accessModes": ["ReadWriteOnce"], "resources": { "requests": { "storage": "64Mi" } } }
+            "spec": {
+                "storageClassName": HOST_PATH_CLASS,
+                "accessModes": ["ReadWriteOnce"],
+                "resources": { "requests": { "storage": "64Mi" } }
+            }
         }))?;
         pvcs.create(&PostParams::default(), &pvc).await.context("create PVC")?;
 
         let volume = serde_json::json!({ "spec": {
+            "securityContext": { "runAsNonRoot": false, "runAsUser": 0, "runAsGroup": 0 },
             "volumes": [{ "name": "ws", "persistentVolumeClaim": { "claimName": "workspace" } }],
             "containers": [{ "name": "main", "volumeMounts": [{ "name": "ws", "mountPath": "/workspace" }] }]
         }});
@@ -55,7 +68,8 @@ async fn a_volume_written_by_one_pod_is_read_by_the_next() {
             p.and_then(|p| p.status.as_ref()?.phase.as_deref()) == Some("Bound")
         }, 30)
         .await?;
-        anyhow::ensure!(bound.spec.and_then(|s| s.storage_class_name).is_some(), "PVC bound without the default StorageClass");
+        let pv = bound.spec.and_then(|s| s.volume_name).context("bound PVC names no volume")?;
+        anyhow::ensure!(pv.starts_with("pvc-"), "PVC bound to {pv}, not a provisioned volume");
 
         let read = restricted_pod("reader", STEP_IMAGE, &["cat", "/workspace/out.txt"], volume)?;
         let (phase, logs) = run_pod(&ns, read, 120).await?;

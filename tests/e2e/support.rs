@@ -5,7 +5,7 @@ use std::future::Future;
 use std::time::Duration;
 
 use anyhow::{Context, anyhow};
-use k8s_openapi::api::core::v1::{Event, Namespace, Pod};
+use k8s_openapi::api::core::v1::{Event, Namespace, Pod, ServiceAccount};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Api, DeleteParams, ListParams, LogParams, Patch, PatchParams, PostParams};
 use kube::runtime::wait::{Condition, await_condition, conditions};
@@ -83,9 +83,18 @@ pub struct TestNs {
     pub name: String,
 }
 
-/// Run `body` in a fresh namespace labelled `restricted`; on failure dump the
-/// namespace, always delete it, then fail the test with the error.
+/// Run `body` in a fresh namespace enforcing Pod Security `restricted`; on failure
+/// dump the namespace, always delete it, then fail the test with the error.
 pub async fn in_namespace<F, Fut>(prefix: &str, body: F)
+where
+    F: FnOnce(TestNs) -> Fut,
+    Fut: Future<Output = anyhow::Result<()>>,
+{
+    in_namespace_with_pss(prefix, "restricted", body).await
+}
+
+/// [`in_namespace`] with another Pod Security level (`baseline`, `privileged`).
+pub async fn in_namespace_with_pss<F, Fut>(prefix: &str, pss_level: &str, body: F)
 where
     F: FnOnce(TestNs) -> Fut,
     Fut: Future<Output = anyhow::Result<()>>,
@@ -98,7 +107,7 @@ where
         "metadata": {
             "name": name,
             "labels": {
-                "pod-security.kubernetes.io/enforce": "restricted",
+                "pod-security.kubernetes.io/enforce": pss_level,
                 "pod-security.kubernetes.io/enforce-version": "latest",
                 "baton.dev/e2e": "true",
             }
@@ -109,6 +118,16 @@ where
         .create(&PostParams::default(), &ns)
         .await
         .expect("create test namespace");
+    // Pods are refused until the service-account controller made `default`.
+    let accounts: Api<ServiceAccount> = Api::namespaced(client.clone(), &name);
+    wait_for(
+        &accounts,
+        "default",
+        |sa: Option<&ServiceAccount>| sa.is_some(),
+        60,
+    )
+    .await
+    .expect("the namespace's default service account");
 
     let result = body(TestNs {
         client: client.clone(),
@@ -200,12 +219,22 @@ pub fn restricted_pod(
     Ok(serde_json::from_value(pod)?)
 }
 
-/// Deep-merge `extra` into `base` (objects merged, everything else replaced).
+/// Deep-merge `extra` into `base`: objects key by key, arrays item by item (so
+/// `containers[0]` gains fields), anything else replaced.
 fn merge(base: &mut serde_json::Value, extra: serde_json::Value) {
+    use serde_json::Value;
     match (base, extra) {
-        (serde_json::Value::Object(b), serde_json::Value::Object(e)) => {
+        (Value::Object(b), Value::Object(e)) => {
             for (k, v) in e {
-                merge(b.entry(k).or_insert(serde_json::Value::Null), v);
+                merge(b.entry(k).or_insert(Value::Null), v);
+            }
+        }
+        (Value::Array(b), Value::Array(e)) => {
+            for (i, v) in e.into_iter().enumerate() {
+                match b.get_mut(i) {
+                    Some(slot) => merge(slot, v),
+                    None => b.push(v),
+                }
             }
         }
         (b, e) => *b = e,
