@@ -43,7 +43,7 @@ cleanup_iptables() {
   fi
   # CNI: bridge ipMasq leaves per-pod chains (comment 'name: "baton"') if a pod was not torn
   # down; portmap keeps its CNI-HOSTPORT-* chains for good. Remove both.
-  local rule chain ours=() pass
+  local rule chain ours=()
   while read -r rule; do
     [[ -n $rule ]] || continue
     log "iptables -t nat -D ${rule#-A }"
@@ -56,7 +56,7 @@ cleanup_iptables() {
       ours+=("$chain"); iptables -t nat -F "$chain" || true
     fi
   done
-  for pass in 1 2; do
+  for _ in 1 2; do
     for chain in "${ours[@]}"; do
       iptables -t nat -X "$chain" 2>/dev/null && log "removed iptables chain nat/$chain" || true
     done
@@ -111,11 +111,11 @@ cleanup_cgroups() {
 }
 
 main() {
+  local t0; t0=$(date +%s)
   if [[ ! -d $STATE ]]; then
     log "no cluster state at $STATE: nothing is up"
   else
     mkdir -p "$STATE/logs"
-    local T0; T0=$(date +%s)
     stop_daemon kubelet 30
     stop_pods
     stop_daemon kube-proxy
@@ -145,7 +145,7 @@ main() {
     if [[ ${KEEP_STATE:-0} == 1 ]]; then log "kept $STATE (KEEP_STATE=1)"
     else log "removing $STATE"; rm -rf --one-file-system "$STATE"; fi
   fi
-  log "cluster down"
+  log "cluster down ($(($(date +%s) - t0))s)"
 }
 
 main "$@"; exit $?

@@ -1,5 +1,5 @@
 # Shared helpers for hack/cluster/{up,down}.sh. Sourced, not executed.
-# shellcheck shell=bash
+# shellcheck shell=bash disable=SC2034
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 REPO=$(cd "$HERE/../.." && pwd)
 # shellcheck source=versions.env

@@ -37,7 +37,7 @@ main() {
   kc label namespace "$NSR" --overwrite pod-security.kubernetes.io/enforce=restricted \
     pod-security.kubernetes.io/enforce-version=latest >/dev/null
   # the default ServiceAccount appears asynchronously in a new namespace
-  local i; for i in $(seq 60); do kc -n "$NS" get sa default >/dev/null 2>&1 && kc -n "$NSR" get sa default >/dev/null 2>&1 && break; sleep 0.5; done
+  local _; for _ in $(seq 60); do kc -n "$NS" get sa default >/dev/null 2>&1 && kc -n "$NSR" get sa default >/dev/null 2>&1 && break; sleep 0.5; done
 
   log "1. step image + cluster DNS"
   local out
