@@ -3,7 +3,7 @@
 # cache outside the repo, and install the Debian packages it runs on.
 #
 #   BATON_CACHE   cache root (default ~/.cache/baton)
-#   BUILD_ONLY    optional space-separated subset: apt k8s etcd coredns helm
+#   BUILD_ONLY    optional space-separated subset: apt k8s etcd coredns helm local-path
 #
 # Each binary is built into a temp name and renamed into place, so an interrupted build
 # never leaves a broken cached binary. Re-running with everything built is a no-op.
@@ -148,6 +148,8 @@ main() {
   want etcd && build_etcd
   want coredns && go_install coredns github.com/coredns/coredns "$COREDNS_VERSION" coredns
   want helm && go_install helm helm.sh/helm/v3/cmd/helm "$HELM_VERSION" helm
+  want local-path && go_install local-path github.com/rancher/local-path-provisioner \
+    "$LOCAL_PATH_VERSION" local-path-provisioner
   want k8s && build_cri_cleanup
   log "done in $(( $(date +%s) - start ))s (cache: $CACHE)"
 }

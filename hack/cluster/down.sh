@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Stop exactly what hack/cluster/up.sh started (by pid files), clean up pods, mounts,
-# iptables rules, the CNI bridge and cgroups, then remove the state dir.
+# iptables rules, the CNI bridge and cgroups, the volume dirs of both provisioners
+# (/tmp/hostpath_pv, $BATON_CLUSTER_DIR/local-path), then remove the state dir.
 # Safe to run when nothing is up.
 #
 #   BATON_CLUSTER_DIR  state dir (default /var/tmp/baton-cluster)
@@ -116,6 +117,8 @@ main() {
     log "no cluster state at $STATE: nothing is up"
   else
     mkdir -p "$STATE/logs"
+    # first: it creates helper pods, and would try to while pods are torn down
+    stop_daemon local-path-provisioner
     stop_daemon kubelet 30
     stop_pods
     stop_daemon kube-proxy
@@ -142,6 +145,8 @@ main() {
     fi
     find /var/log/containers -maxdepth 1 -type l -lname "$STATE/*" -delete 2>/dev/null || true
     rm -rf "$HOSTPATH_PV_DIR"
+    # local-path volumes go even with KEEP_STATE=1, like the host-path ones
+    [[ -d $LOCAL_PATH_DIR ]] && { log "removing $LOCAL_PATH_DIR"; rm -rf --one-file-system "$LOCAL_PATH_DIR"; }
     if [[ ${KEEP_STATE:-0} == 1 ]]; then log "kept $STATE (KEEP_STATE=1)"
     else log "removing $STATE"; rm -rf --one-file-system "$STATE"; fi
   fi

@@ -8,6 +8,7 @@ REPO=$(cd "$HERE/../.." && pwd)
 STATE=$BATON_CLUSTER_DIR
 K8S_BIN=$BATON_CACHE/k8s-$K8S_VERSION/bin
 ETCD_BIN=$BATON_CACHE/etcd-$ETCD_VERSION/bin
+LOCAL_PATH_BIN=$BATON_CACHE/local-path-$LOCAL_PATH_VERSION/bin
 CRI_CLEANUP=$BATON_CACHE/cri-cleanup-$(sha256sum "$HERE/cri-cleanup/main.go" | cut -c1-12)/bin/cri-cleanup
 KUBECTL=$K8S_BIN/kubectl
 KUBECONFIG_ADMIN=$STATE/kubeconfig
@@ -25,9 +26,12 @@ POD_SUBNET=10.244.0.0/24
 POD_GATEWAY=10.244.0.1
 CNI_BRIDGE=baton0
 HOSTPATH_PV_DIR=/tmp/hostpath_pv   # fixed by the in-tree kubernetes.io/host-path provisioner
+LOCAL_PATH_DIR=$STATE/local-path   # volumes of StorageClass local-path (rancher.io/local-path)
+LOCAL_PATH_NS=local-path-storage   # its helper pods, ServiceAccount and ConfigMap
 
 # daemons in start order; down.sh stops them in reverse
-DAEMONS=(etcd kube-apiserver kube-controller-manager kube-scheduler containerd kubelet kube-proxy)
+DAEMONS=(etcd kube-apiserver kube-controller-manager kube-scheduler containerd kubelet kube-proxy
+  local-path-provisioner)
 
 log() { printf '[cluster %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 die() { log "ERROR: $*"; exit 1; }

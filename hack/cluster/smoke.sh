@@ -2,10 +2,14 @@
 # End-to-end checks against a cluster started by hack/cluster/up.sh:
 #  1. a pod from localhost/baton/step:latest (imagePullPolicy Never) prints and resolves
 #     kubernetes.default.svc.cluster.local through CoreDNS
-#  2. a PVC on the default StorageClass binds; one pod writes a file, a second reads it
+#  2. a PVC on StorageClass `standard` (in-tree host-path, 0750 root dirs) binds; one root
+#     pod writes a file, a second reads it
 #  3. a restricted-PSS pod (uid 1000, seccomp RuntimeDefault, drop ALL) runs in a
 #     namespace enforcing pod-security `restricted`
 #  4. a pod reaches the apiserver through the `kubernetes` Service ClusterIP
+#  5. a PVC without storageClassName gets the default class `local-path`; a restricted
+#     pod (uid 1000) writes a file, a second restricted pod reads it; deleting the PVC
+#     removes the PV and its directory on the host
 # Uses namespaces baton-smoke and baton-smoke-restricted, deleted at the end.
 set -euo pipefail
 # shellcheck source=lib.sh
@@ -51,12 +55,13 @@ main() {
   grep -q '^hello$' <<<"$out" || fail "no hello in output"
   grep -q "Address: $KUBERNETES_SVC_IP" <<<"$out" || fail "nslookup did not return $KUBERNETES_SVC_IP"
 
-  log "2. PVC on the default StorageClass, write then read from a second pod"
+  log "2. PVC on StorageClass standard (host-path), write then read from a second pod"
   kc -n "$NS" apply -f - >/dev/null <<EOF
 apiVersion: v1
 kind: PersistentVolumeClaim
 metadata: {name: data}
 spec:
+  storageClassName: standard
   accessModes: [ReadWriteOnce]
   resources: {requests: {storage: 10Mi}}
 EOF
@@ -116,6 +121,58 @@ $vol")
   echo "$out"
   grep -q tcp-ok <<<"$out" || fail "no TCP connection to $KUBERNETES_SVC_IP:443"
   grep -q "\"gitVersion\": \"$K8S_VERSION\"" <<<"$out" || fail "/version via ClusterIP did not report $K8S_VERSION"
+
+  log "5. PVC on the default StorageClass (local-path) shared by two restricted uid-1000 pods"
+  kc -n "$NSR" apply -f - >/dev/null <<EOF
+apiVersion: v1
+kind: PersistentVolumeClaim
+metadata: {name: workspace}
+spec:
+  accessModes: [ReadWriteOnce]
+  resources: {requests: {storage: 10Mi}}
+EOF
+  local sc
+  sc=$(kc -n "$NSR" get pvc workspace -o jsonpath='{.spec.storageClassName}')
+  [[ $sc == local-path ]] || fail "PVC without storageClassName got class '$sc', not local-path"
+  local rvol="    volumeMounts: [{name: w, mountPath: /workspace}]
+    securityContext:
+      allowPrivilegeEscalation: false
+      capabilities: {drop: [ALL]}
+  volumes: [{name: w, persistentVolumeClaim: {claimName: workspace}}]"
+  local rsec="  restartPolicy: Never
+  securityContext:
+    runAsNonRoot: true
+    runAsUser: 1000
+    runAsGroup: 1000
+    seccompProfile: {type: RuntimeDefault}"
+  out=$(run_pod "$NSR" lp-writer "$rsec
+  containers:
+  - name: c
+    image: $STEP_IMAGE
+    imagePullPolicy: Never
+    command: [sh, -c, 'id -u; echo workspace-\$(date +%s) > /workspace/file && cat /workspace/file']
+$rvol")
+  echo "$out"
+  grep -q '^workspace-' <<<"$out" || fail "restricted pod could not write to the local-path PVC"
+  out=$(run_pod "$NSR" lp-reader "$rsec
+  containers:
+  - name: c
+    image: $STEP_IMAGE
+    imagePullPolicy: Never
+    command: [sh, -c, 'cat /workspace/file']
+$rvol")
+  echo "read back: $out"
+  grep -q '^workspace-' <<<"$out" || fail "second restricted pod did not read the file"
+  local pv dir
+  pv=$(kc -n "$NSR" get pvc workspace -o jsonpath='{.spec.volumeName}')
+  dir=$(kc get pv "$pv" -o jsonpath='{.spec.hostPath.path}')
+  [[ -n $pv && $dir == "$LOCAL_PATH_DIR"/* && -d $dir ]] || fail "PV '$pv' path '$dir' is not a directory under $LOCAL_PATH_DIR"
+  log "   $pv -> $dir ($(stat -c '%a %u:%g' "$dir"); file $(stat -c '%u:%g' "$dir/file"))"
+  kc -n "$NSR" delete pod lp-writer lp-reader --wait=true >/dev/null
+  kc -n "$NSR" delete pvc workspace --wait=true --timeout="$TIMEOUT" >/dev/null || fail "PVC not deleted"
+  kc wait --for=delete "pv/$pv" --timeout="$TIMEOUT" >/dev/null 2>&1 || fail "PV $pv not deleted"
+  [[ ! -e $dir ]] || fail "PV $pv deleted but $dir is still on the host"
+  log "   PVC deleted: PV and $dir removed"
 
   kc delete namespace "$NS" "$NSR" --wait=false >/dev/null
   log "smoke: all checks passed"

@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Bring up a real single-node Kubernetes cluster on this machine (no Docker, no registry):
 # etcd, kube-apiserver, kube-controller-manager, kube-scheduler, containerd, kubelet,
-# kube-proxy as host processes, CoreDNS as a Deployment, a default `standard`
-# StorageClass. Idempotent: returns quickly when the cluster is already up and healthy.
+# kube-proxy and local-path-provisioner as host processes, CoreDNS as a Deployment, the
+# default StorageClass `local-path` and the host-path class `standard`.
+# Idempotent: returns quickly when the cluster is already up and healthy; on a running
+# cluster with a daemon missing (e.g. one added later) it starts only what is missing.
 #
 #   BATON_CLUSTER_DIR  state dir (default /var/tmp/baton-cluster); kubeconfig at $BATON_CLUSTER_DIR/kubeconfig
 #   BATON_CACHE        binary/image cache (default ~/.cache/baton)
@@ -58,8 +60,14 @@ coredns_ready() {
 dns_answers() {
   [[ $(dig +short +time=1 +tries=1 @"$DNS_SVC_IP" kubernetes.default.svc.cluster.local A) == "$KUBERNETES_SVC_IP" ]]
 }
+# the provisioner has no health endpoint: ready once its controller logged that it
+# started, in the log section of the current run (up.sh writes a '=== ' line per start)
+local_path_ready() {
+  is_running local-path-provisioner &&
+    awk '/^=== /{s=0} /Started provisioner controller/{s=1} END{exit !s}' "$STATE/logs/local-path-provisioner.log"
+}
 all_running() { local d; for d in "${DAEMONS[@]}"; do is_running "$d" || return 1; done; }
-healthy() { all_running && apiserver_ready && node_ready && coredns_ready && dns_answers; }
+healthy() { all_running && local_path_ready && apiserver_ready && node_ready && coredns_ready && dns_answers; }
 
 # ---------------------------------------------------------------- PKI
 # mkcert NAME CN O "SAN list or empty" serverAuth|clientAuth|both
@@ -125,9 +133,17 @@ kubeconfig() {
 }
 
 # ---------------------------------------------------------------- configs
+# put FILE: stdin into FILE, which is only replaced when the content differs. kube-proxy
+# watches its --config file and exits on any write to it, even of the same content, so
+# re-running up.sh on a running cluster must leave unchanged files alone.
+put() {
+  cat >"$1.tmp"
+  if cmp -s "$1.tmp" "$1"; then rm -f "$1.tmp"; else mv -f "$1.tmp" "$1"; fi
+}
+
 write_configs() {
   local c=$STATE/config
-  cat >"$c/containerd.toml" <<EOF
+  put "$c/containerd.toml" <<EOF
 version = 2
 root = "$STATE/containerd/root"
 state = "$STATE/containerd/state"
@@ -160,7 +176,7 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
     conf_dir = "$STATE/cni/net.d"
 EOF
 
-  cat >"$STATE/cni/net.d/10-baton.conflist" <<EOF
+  put "$STATE/cni/net.d/10-baton.conflist" <<EOF
 {
   "cniVersion": "1.0.0",
   "name": "baton",
@@ -184,9 +200,9 @@ EOF
 EOF
 
   # Pods never get the host's upstream resolver: no traffic may leave this machine.
-  echo "nameserver $DNS_SVC_IP" >"$c/resolv.conf"
+  echo "nameserver $DNS_SVC_IP" | put "$c/resolv.conf"
 
-  cat >"$c/kubelet.yaml" <<EOF
+  put "$c/kubelet.yaml" <<EOF
 apiVersion: kubelet.config.k8s.io/v1beta1
 kind: KubeletConfiguration
 address: $NODE_IP
@@ -221,7 +237,37 @@ imageGCLowThresholdPercent: 99
 maxPods: 110
 EOF
 
-  cat >"$c/kube-proxy.yaml" <<EOF
+  # local-path-provisioner: --config must end in .json (else it is parsed as JSON text);
+  # re-read every 30 s. One node, so every node uses $LOCAL_PATH_DIR.
+  mkdir -p "$c/local-path"
+  put "$c/local-path/config.json" <<EOF
+{
+  "nodePathMap": [
+    {"node": "DEFAULT_PATH_FOR_NON_LISTED_NODES", "paths": ["$LOCAL_PATH_DIR"]}
+  ],
+  "cmdTimeoutSeconds": 120
+}
+EOF
+  # helper-pod template (--helper-pod-file): the provisioner adds the hostPath volume,
+  # the /script ConfigMap volume, command, env, nodeName and serviceAccountName. The image
+  # comes only from here (v0.0.30 validates --helper-image but never uses it).
+  put "$c/local-path/helperPod.yaml" <<EOF
+apiVersion: v1
+kind: Pod
+metadata:
+  name: helper-pod
+spec:
+  priorityClassName: system-node-critical
+  automountServiceAccountToken: false
+  tolerations:
+  - {key: node.kubernetes.io/disk-pressure, operator: Exists, effect: NoSchedule}
+  containers:
+  - name: helper-pod
+    image: $STEP_IMAGE
+    imagePullPolicy: Never
+EOF
+
+  put "$c/kube-proxy.yaml" <<EOF
 apiVersion: kubeproxy.config.k8s.io/v1alpha1
 kind: KubeProxyConfiguration
 clientConnection:
@@ -310,10 +356,29 @@ start_node() {
   start_daemon kube-proxy "$K8S_BIN/kube-proxy" --config "$STATE/config/kube-proxy.yaml" --v=1
 }
 
+# local-path-provisioner on the host with the admin kubeconfig; helper pods (step image,
+# root, hostPath) in $LOCAL_PATH_NS. Needs the addons applied (namespace, ConfigMap with the
+# setup/teardown scripts, ServiceAccount) and a kubelet to run the helper pods.
+start_local_path() {
+  mkdir -p "$LOCAL_PATH_DIR"
+  start_daemon local-path-provisioner "$LOCAL_PATH_BIN/local-path-provisioner" --debug start \
+    --kubeconfig "$KUBECONFIG_ADMIN" \
+    --provisioner-name rancher.io/local-path \
+    --namespace "$LOCAL_PATH_NS" \
+    --configmap-name local-path-config \
+    --service-account-name local-path-provisioner-service-account \
+    --config "$STATE/config/local-path/config.json" \
+    --helper-pod-file "$STATE/config/local-path/helperPod.yaml" \
+    --helper-image "$STEP_IMAGE" \
+    --worker-threads 4
+  wait_for "local-path-provisioner controller started" local-path-provisioner local_path_ready
+}
+
 apply_addons() {
-  log "applying addons: CoreDNS, StorageClass standard"
+  log "applying addons: CoreDNS, local-path objects, StorageClasses local-path (default) + standard"
   sed -e "s|@COREDNS_IMAGE@|$COREDNS_IMAGE|g" -e "s|@DNS_SVC_IP@|$DNS_SVC_IP|g" \
     "$HERE/addons/coredns.yaml" | kc apply -f - >/dev/null
+  sed -e "s|@LOCAL_PATH_DIR@|$LOCAL_PATH_DIR|g" "$HERE/addons/local-path.yaml" | kc apply -f - >/dev/null
   kc apply -f "$HERE/addons/storageclass.yaml" >/dev/null
 }
 
@@ -330,7 +395,8 @@ main() {
 
   local mode=warm b
   for b in "$K8S_BIN"/{kube-apiserver,kube-controller-manager,kube-scheduler,kubelet,kube-proxy,kubectl} \
-    "$ETCD_BIN/etcd" "$BATON_CACHE/coredns-$COREDNS_VERSION/bin/coredns" "$CRI_CLEANUP"; do
+    "$ETCD_BIN/etcd" "$BATON_CACHE/coredns-$COREDNS_VERSION/bin/coredns" "$CRI_CLEANUP" \
+    "$LOCAL_PATH_BIN/local-path-provisioner"; do
     [[ -x $b ]] || mode=cold
   done
   log "== building/installing dependencies ($mode)"
@@ -351,6 +417,7 @@ main() {
   start_control_plane
   apply_addons
   start_node
+  start_local_path
 
   wait_for "node $NODE_NAME Ready" "kubelet containerd" node_ready
   wait_for "CoreDNS Ready" "kubelet containerd kube-proxy" coredns_ready
