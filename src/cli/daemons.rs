@@ -35,6 +35,12 @@ pub struct ControllerArgs {
     /// How often a Pending runner polls.
     #[arg(long, value_parser = parse_duration, default_value = "5s", env = "BATON_POLL_INTERVAL")]
     pub poll_interval: Duration,
+    /// Where step logs are stored (default: a directory under the system temp dir).
+    #[arg(long, value_name = "DIR", env = "BATON_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Cap on one step's stored log, in bytes; past it a marker line says so.
+    #[arg(long, value_name = "BYTES", default_value_t = crate::server::logs::DEFAULT_CAP, env = "BATON_LOG_CAP")]
+    pub log_cap: u64,
 }
 
 /// `baton runner --server URL --name NAME --state-dir DIR`: the agent.
@@ -96,6 +102,8 @@ pub async fn controller(args: ControllerArgs) -> anyhow::Result<i32> {
             poll_interval: args.poll_interval,
             namespace: args.namespace,
         },
+        data_dir: args.data_dir,
+        log_cap: args.log_cap,
     };
     controller::run(config, shutdown_signal()).await?;
     Ok(0)

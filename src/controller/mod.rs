@@ -2,6 +2,7 @@
 //! (shared with the runner API), and the runner API server, under one shutdown.
 
 pub mod backoff;
+pub mod job;
 pub mod runner;
 pub mod token;
 
@@ -20,7 +21,7 @@ use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, Resource, ResourceExt};
 use tracing::{info, warn};
 
-use crate::crd::{Runner, RunnerToken};
+use crate::crd::{Job, Runner, RunnerToken};
 use crate::server::health::Readiness;
 use crate::server::hub::{Hub, RunnerKey};
 use crate::server::{self, ApiConfig, ApiState, adoption};
@@ -66,6 +67,12 @@ pub struct Context {
     pub client: Client,
     pub hub: Arc<Hub>,
     pub tokens: Store<RunnerToken>,
+    pub runners: Store<Runner>,
+    pub jobs: Store<Job>,
+    pub logs: Arc<server::logs::LogStore>,
+    /// Held while a Job is assigned, with the assignments the cache may not show yet.
+    pub recent: tokio::sync::Mutex<job::Recent>,
+    pub kick: job::Kick,
     pub backoff: backoff::PerObject,
 }
 
@@ -75,6 +82,10 @@ pub struct Config {
     /// Where the runner API and the health routes listen.
     pub listen: SocketAddr,
     pub api: ApiConfig,
+    /// Where step logs are stored (default: a directory under the system temp dir).
+    pub data_dir: Option<std::path::PathBuf>,
+    /// Cap on one step's stored log, in bytes.
+    pub log_cap: u64,
 }
 
 fn error_policy<K: Resource<DynamicType = ()>>(
@@ -117,6 +128,17 @@ pub async fn run(
     let hub = Arc::new(Hub::default());
     let (runners, runner_writer) = reflector::store::<Runner>();
     let (tokens, token_writer) = reflector::store::<RunnerToken>();
+    let (jobs, job_writer) = reflector::store::<Job>();
+    readiness.require("watch/jobs", "not synced yet");
+    let data_dir = config
+        .data_dir
+        .clone()
+        .unwrap_or_else(|| std::env::temp_dir().join("baton-data"));
+    let logs = Arc::new(server::logs::LogStore::new(
+        data_dir.join("logs"),
+        config.log_cap,
+    ));
+    info!(dir = %logs.root().display(), cap = config.log_cap, "step logs stored here");
 
     let (listener, addr) = server::bind(config.listen).await?;
     info!(%addr, namespace = ns.as_deref().unwrap_or("*"), "runner API listening");
@@ -126,14 +148,22 @@ pub async fn run(
         client: client.clone(),
         runners: runners.clone(),
         tokens: tokens.clone(),
+        jobs: jobs.clone(),
+        logs: logs.clone(),
         hub: hub.clone(),
         readiness: readiness.clone(),
         config: config.api.clone(),
     };
+    let (kick, kicks) = job::Kick::new(jobs.clone());
     let ctx = Arc::new(Context {
         client: client.clone(),
         hub: hub.clone(),
         tokens: tokens.clone(),
+        runners: runners.clone(),
+        jobs: jobs.clone(),
+        logs: logs.clone(),
+        recent: tokio::sync::Mutex::default(),
+        kick,
         backoff: backoff::PerObject::new(Duration::from_millis(500), Duration::from_secs(300)),
     });
 
@@ -210,10 +240,37 @@ pub async fn run(
             futures::future::ready(())
         });
 
-    let ready = track_readiness(client.clone(), readiness.clone(), runners, tokens);
+    // Jobs: the queue, assignment, cancellation, TTL; the cache the server fences with.
+    let job_events = watcher(
+        api::<Job>(&client, ns.as_deref()),
+        watcher::Config::default(),
+    )
+    .default_backoff()
+    .reflect(job_writer)
+    .applied_objects();
+    let kicks = futures::stream::unfold(kicks, |mut rx| async move {
+        let r = rx.recv().await?;
+        Some((r, rx))
+    });
+    let job_controller = Controller::for_stream(job_events, jobs.clone())
+        .reconcile_on(kicks)
+        .graceful_shutdown_on(shutdown.clone())
+        .run(job::reconcile, error_policy, ctx.clone())
+        .for_each(|res| {
+            if let Ok((obj, _)) = res {
+                ctx.backoff.succeeded(&format!(
+                    "Job/{}/{}",
+                    obj.namespace.as_deref().unwrap_or(""),
+                    obj.name
+                ));
+            }
+            futures::future::ready(())
+        });
+
+    let ready = track_readiness(client.clone(), readiness.clone(), runners, tokens, jobs);
     let serve = server::serve(listener, state, shutdown.clone());
     tokio::select! {
-        _ = async { tokio::join!(serve, runner_controller, token_controller) } => {}
+        _ = async { tokio::join!(serve, runner_controller, token_controller, job_controller) } => {}
         _ = ready => {}
     }
     info!("controller stopped");
@@ -248,11 +305,16 @@ async fn track_readiness(
     readiness: Readiness,
     runners: Store<Runner>,
     tokens: Store<RunnerToken>,
+    jobs: Store<Job>,
 ) {
     let crds: Api<CustomResourceDefinition> = Api::all(client);
     loop {
         let mut missing = Vec::new();
-        for name in ["runners.baton.dev", "runnertokens.baton.dev"] {
+        for name in [
+            "runners.baton.dev",
+            "runnertokens.baton.dev",
+            "jobs.baton.dev",
+        ] {
             match crds.get_opt(name).await {
                 Ok(Some(_)) => {}
                 Ok(None) => missing.push(format!("CRD {name} is not installed")),
@@ -275,6 +337,11 @@ async fn track_readiness(
         async {
             if tokens.wait_until_ready().await.is_ok() {
                 readiness.ok("watch/runnertokens");
+            }
+        },
+        async {
+            if jobs.wait_until_ready().await.is_ok() {
+                readiness.ok("watch/jobs");
             }
         }
     );

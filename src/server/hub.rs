@@ -44,10 +44,14 @@ pub enum Control {
     Disable,
     /// Wipe the state directory and exit.
     Delete,
-    /// A job handed to the runner (issue 5 fills in the payload).
-    Assign { job: String },
-    /// Cancel a job the runner holds.
-    Cancel { job: String },
+    /// A Job handed to the runner at `epoch`: claim it, then run it.
+    Assign {
+        namespace: String,
+        name: String,
+        epoch: i64,
+    },
+    /// Cancel a Job the runner holds.
+    Cancel { namespace: String, name: String },
     /// The server ends the channel (rejected, token revoked, forgotten, replaced).
     Close { reason: String },
 }

@@ -9,6 +9,9 @@ pub mod api;
 pub mod health;
 pub mod hub;
 pub mod input;
+pub mod job_api;
+pub mod jobs;
+pub mod logs;
 pub mod token;
 
 use std::convert::Infallible;
@@ -22,7 +25,7 @@ use tokio::net::TcpListener;
 use warp::Filter;
 use warp::http::StatusCode;
 
-use crate::crd::{Runner, RunnerToken};
+use crate::crd::{Job, Runner, RunnerToken};
 use health::Readiness;
 use hub::Hub;
 use input::ApiError;
@@ -69,6 +72,8 @@ pub struct ApiState {
     pub client: kube::Client,
     pub runners: Store<Runner>,
     pub tokens: Store<RunnerToken>,
+    pub jobs: Store<Job>,
+    pub logs: Arc<logs::LogStore>,
     pub hub: Arc<Hub>,
     pub readiness: Readiness,
     pub config: ApiConfig,
@@ -81,7 +86,9 @@ pub fn routes(
     use warp::Reply;
     health::routes(state.readiness.clone())
         .map(Reply::into_response)
-        .or(api::routes(state))
+        .or(api::routes(state.clone()))
+        .unify()
+        .or(job_api::routes(state))
         .unify()
         .recover(recover)
         .unify()

@@ -26,6 +26,8 @@ fn fixture() -> Fixture {
     let client = kube::Client::try_from(config).unwrap();
     let (runners_r, mut runners) = reflector::store::<Runner>();
     let (tokens_r, mut tokens) = reflector::store::<RunnerToken>();
+    let (jobs_r, mut jobs) = reflector::store::<Job>();
+    jobs.apply_watcher_event(&Event::InitDone);
     runners.apply_watcher_event(&Event::InitDone);
     tokens.apply_watcher_event(&Event::InitDone);
     let readiness = Readiness::default();
@@ -34,6 +36,11 @@ fn fixture() -> Fixture {
             client,
             runners: runners_r,
             tokens: tokens_r,
+            jobs: jobs_r,
+            logs: Arc::new(logs::LogStore::new(
+                std::env::temp_dir().join(format!("baton-server-tests-{}", std::process::id())),
+                logs::DEFAULT_CAP,
+            )),
             hub: Arc::new(Hub::default()),
             readiness,
             config: ApiConfig {

@@ -1,0 +1,688 @@
+//! Job reconciler: the queue, assignment to runners, cancellation and TTL cleanup.
+//!
+//! Pipeline: read the Job, the Jobs queued in its namespace and the Runners (watch
+//! caches) and the hub's sessions → decide ([`plan_queue`], pure: FIFO by
+//! creationTimestamp, each Job to a usable matching runner with free capacity) →
+//! write the status (an assignment with optimistic concurrency: the status is
+//! replaced at the resourceVersion that was read, so of two controllers racing for
+//! one Job exactly one write lands) → tell the runner over its control channel.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, Time};
+use k8s_openapi::jiff::Timestamp;
+use kube::ResourceExt;
+use kube::api::{Api, DeleteParams, PostParams};
+use kube::runtime::controller::Action;
+use tracing::{info, instrument, warn};
+
+use super::{Context, Error};
+use crate::crd::conditions::{self, Desired};
+use crate::crd::job::{JobPhase, JobStatus};
+use crate::crd::runner::{AdoptionDecision, AdoptionState};
+use crate::crd::{Job, Runner};
+use crate::executor::dag::Dag;
+use crate::server::FIELD_MANAGER;
+use crate::server::hub::{Control, Hub, RunnerKey};
+use crate::server::jobs::{initial_steps, phase_conditions};
+
+/// How often a Job that waits for a runner looks again (a runner may connect or
+/// free up without the Job itself changing).
+pub const QUEUE_RECHECK: Duration = Duration::from_secs(2);
+/// How often an Assigned Job not yet Running is re-sent to its runner.
+pub const ASSIGN_RESEND: Duration = Duration::from_secs(10);
+
+/// A runner as the scheduler sees it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RunnerView {
+    pub name: String,
+    pub labels: BTreeMap<String, String>,
+    /// Adopted or Preadopted, connected, enabled.
+    pub usable: bool,
+    /// `maxConcurrentJobs` minus its active Jobs.
+    pub free: usize,
+}
+
+/// A queued Job, in queue order.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Queued {
+    pub name: String,
+    pub selector: Option<LabelSelector>,
+    /// Why its spec cannot run, if it cannot.
+    pub invalid: Option<String>,
+}
+
+/// What to do with a queued Job.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Decision {
+    Assign {
+        runner: String,
+    },
+    /// Stay Queued with `Scheduled=False` and this reason.
+    Wait {
+        reason: &'static str,
+        message: String,
+    },
+}
+
+/// Whether `labels` satisfy `sel` (matchLabels and matchExpressions).
+pub fn selector_matches(sel: &LabelSelector, labels: &BTreeMap<String, String>) -> bool {
+    let by_labels = sel
+        .match_labels
+        .iter()
+        .flatten()
+        .all(|(k, v)| labels.get(k) == Some(v));
+    let by_exprs = sel.match_expressions.iter().flatten().all(|e| {
+        let values = e.values.as_deref().unwrap_or_default();
+        let have = labels.get(&e.key);
+        match e.operator.as_str() {
+            "In" => have.is_some_and(|v| values.contains(v)),
+            "NotIn" => have.is_none_or(|v| !values.contains(v)),
+            "Exists" => have.is_some(),
+            "DoesNotExist" => have.is_none(),
+            _ => false,
+        }
+    });
+    by_labels && by_exprs
+}
+
+/// The pure middle: FIFO over `queue`, each Job to the matching usable runner with
+/// the most free capacity (ties by name); capacity given out is gone for later Jobs.
+pub fn plan_queue(queue: &[Queued], runners: &[RunnerView]) -> BTreeMap<String, Decision> {
+    let mut free: Vec<(usize, &RunnerView)> = runners.iter().map(|r| (r.free, r)).collect();
+    let mut out = BTreeMap::new();
+    for job in queue {
+        let decision = if let Some(why) = &job.invalid {
+            Decision::Wait {
+                reason: "InvalidSpec",
+                message: why.clone(),
+            }
+        } else if let Some(sel) = &job.selector {
+            let matching: Vec<usize> = free
+                .iter()
+                .enumerate()
+                .filter(|(_, (_, r))| r.usable && selector_matches(sel, &r.labels))
+                .map(|(i, _)| i)
+                .collect();
+            let best = matching
+                .iter()
+                .copied()
+                .filter(|&i| free[i].0 > 0)
+                .max_by(|&a, &b| {
+                    free[a]
+                        .0
+                        .cmp(&free[b].0)
+                        .then_with(|| free[b].1.name.cmp(&free[a].1.name))
+                });
+            match best {
+                Some(i) => {
+                    free[i].0 -= 1;
+                    Decision::Assign {
+                        runner: free[i].1.name.clone(),
+                    }
+                }
+                None if matching.is_empty() => Decision::Wait {
+                    reason: "NoMatchingRunner",
+                    message: "no adopted, connected and enabled runner matches runnerSelector"
+                        .into(),
+                },
+                None => Decision::Wait {
+                    reason: "RunnersBusy",
+                    message: format!(
+                        "{} matching runner(s), all at maxConcurrentJobs",
+                        matching.len()
+                    ),
+                },
+            }
+        } else {
+            Decision::Wait {
+                reason: "OnDemandNotSupported",
+                message: "on-demand runner pods are not implemented yet: set runnerSelector".into(),
+            }
+        };
+        out.insert(job.name.clone(), decision);
+    }
+    out
+}
+
+/// Why a spec cannot run (a DAG cycle), if it cannot.
+pub fn invalid_spec(job: &Job) -> Option<String> {
+    Dag::from_steps(&job.spec.steps).err().map(|errors| {
+        errors
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join("; ")
+    })
+}
+
+/// Status of a Job that stays Queued.
+pub fn queued_status(job: &Job, reason: &str, message: &str, now: Timestamp) -> JobStatus {
+    let mut s = job.status.clone().unwrap_or_default();
+    s.phase = Some(JobPhase::Queued);
+    s.observed_generation = job.metadata.generation;
+    s.conditions = conditions::merge(
+        &s.conditions,
+        &[Desired::new("Scheduled", false, reason, message)],
+        job.metadata.generation,
+        now,
+    );
+    s
+}
+
+/// Status of a Job handed to `runner`: the epoch moves on.
+pub fn assigned_status(job: &Job, runner: &str, now: Timestamp) -> JobStatus {
+    let mut s = job.status.clone().unwrap_or_default();
+    s.phase = Some(JobPhase::Assigned);
+    s.runner = Some(runner.to_owned());
+    s.epoch = Some(s.epoch.unwrap_or(0) + 1);
+    s.observed_generation = job.metadata.generation;
+    s.steps = initial_steps(&job.spec);
+    s.conditions = conditions::merge(
+        &s.conditions,
+        &[Desired::new(
+            "Scheduled",
+            true,
+            "Assigned",
+            format!("assigned to runner {runner}"),
+        )],
+        job.metadata.generation,
+        now,
+    );
+    s
+}
+
+/// Status of a Queued Job cancelled before it started.
+pub fn cancelled_status(job: &Job, now: Timestamp) -> JobStatus {
+    let mut s = job.status.clone().unwrap_or_default();
+    s.phase = Some(JobPhase::Cancelled);
+    s.completion_time = Some(Time(now));
+    s.observed_generation = job.metadata.generation;
+    s.steps = initial_steps(&job.spec)
+        .into_iter()
+        .map(|mut st| {
+            st.phase = crate::crd::job::StepPhase::Cancelled;
+            st.reason = Some("Cancelled".into());
+            st
+        })
+        .collect();
+    s.conditions = conditions::merge(
+        &s.conditions,
+        &[Desired::new(
+            "Scheduled",
+            false,
+            "Cancelled",
+            "cancelled before it started",
+        )],
+        job.metadata.generation,
+        now,
+    );
+    s.conditions = phase_conditions(
+        &s.conditions,
+        JobPhase::Cancelled,
+        Some("Cancelled"),
+        Some("spec.cancel was set before the Job started"),
+        job.metadata.generation,
+        now,
+    );
+    s
+}
+
+/// When a finished Job is due for deletion, if it has a TTL.
+pub fn ttl_due(job: &Job) -> Option<Timestamp> {
+    let ttl = job.spec.ttl_seconds_after_finished?;
+    let s = job.status.as_ref()?;
+    if !s.phase.unwrap_or_default().is_finished() {
+        return None;
+    }
+    let done = s.completion_time.as_ref()?.0;
+    done.checked_add(k8s_openapi::jiff::SignedDuration::from_secs(i64::from(ttl)))
+        .ok()
+}
+
+/// Assignments this process made that the watch cache may not show yet, so the
+/// capacity they take is not given out twice.
+#[derive(Debug, Default)]
+pub struct Recent(HashMap<(String, String), (String, i64)>);
+
+fn is_usable(runner: &Runner, hub: &Hub, ns: &str) -> bool {
+    let adopted = matches!(
+        runner.status.as_ref().and_then(|s| s.adoption),
+        Some(AdoptionState::Adopted | AdoptionState::Preadopted)
+    );
+    let rejected = runner.spec.adoption == Some(AdoptionDecision::Rejected);
+    let connected = hub
+        .view(&RunnerKey::new(ns, runner.name_any()))
+        .is_some_and(|v| v.connected);
+    adopted && !rejected && connected && !runner.spec.disabled
+}
+
+fn runner_views(ctx: &Context, ns: &str, recent: &mut Recent) -> Vec<RunnerView> {
+    let jobs = ctx.jobs.state();
+    let mut active: HashMap<String, usize> = HashMap::new();
+    for j in jobs.iter().filter(|j| j.namespace().as_deref() == Some(ns)) {
+        let Some(s) = j.status.as_ref() else { continue };
+        if matches!(s.phase, Some(JobPhase::Assigned | JobPhase::Running))
+            && let Some(r) = &s.runner
+        {
+            *active.entry(r.clone()).or_default() += 1;
+        }
+    }
+    // Assignments not in the cache yet count too; those it shows are forgotten.
+    recent.0.retain(|(rns, name), (runner, epoch)| {
+        let seen = jobs
+            .iter()
+            .find(|j| j.namespace().as_deref() == Some(rns) && &j.name_any() == name)
+            .and_then(|j| j.status.as_ref())
+            .is_some_and(|s| s.epoch.unwrap_or(0) >= *epoch);
+        if !seen && rns == ns {
+            *active.entry(runner.clone()).or_default() += 1;
+        }
+        !seen
+    });
+    ctx.runners
+        .state()
+        .iter()
+        .filter(|r| r.namespace().as_deref() == Some(ns))
+        .map(|r| {
+            let max = usize::try_from(r.spec.max_concurrent_jobs.unwrap_or(1).max(1)).unwrap_or(1);
+            let used = active.get(&r.name_any()).copied().unwrap_or(0);
+            RunnerView {
+                name: r.name_any(),
+                labels: r.spec.labels.clone(),
+                usable: is_usable(r, &ctx.hub, ns),
+                free: max.saturating_sub(used),
+            }
+        })
+        .collect()
+}
+
+fn queue(ctx: &Context, ns: &str) -> Vec<Queued> {
+    let mut q: Vec<Arc<Job>> = ctx
+        .jobs
+        .state()
+        .into_iter()
+        .filter(|j| j.namespace().as_deref() == Some(ns))
+        .filter(|j| j.metadata.deletion_timestamp.is_none() && j.spec.cancel != Some(true))
+        .filter(|j| j.status.as_ref().and_then(|s| s.phase).unwrap_or_default() == JobPhase::Queued)
+        .collect();
+    q.sort_by(|a, b| {
+        let ta = a.metadata.creation_timestamp.as_ref().map(|t| t.0);
+        let tb = b.metadata.creation_timestamp.as_ref().map(|t| t.0);
+        ta.cmp(&tb).then_with(|| a.name_any().cmp(&b.name_any()))
+    });
+    q.iter()
+        .map(|j| Queued {
+            name: j.name_any(),
+            selector: j.spec.runner_selector.clone(),
+            invalid: invalid_spec(j),
+        })
+        .collect()
+}
+
+/// Replace the status at the resourceVersion `job` was read at. `Ok(false)`: it
+/// changed meanwhile (someone else wrote first).
+async fn write_status(ctx: &Context, job: &Job, status: JobStatus) -> Result<bool, Error> {
+    let ns = job.namespace().ok_or(Error::NoNamespace)?;
+    let name = job.name_any();
+    let api: Api<Job> = Api::namespaced(ctx.client.clone(), &ns);
+    let mut next = job.clone();
+    next.status = Some(status);
+    let pp = PostParams {
+        field_manager: Some(FIELD_MANAGER.into()),
+        ..Default::default()
+    };
+    match api.replace_status(&name, &pp, &next).await {
+        Ok(_) => Ok(true),
+        Err(kube::Error::Api(s)) if s.code == 409 => Ok(false),
+        Err(kube::Error::Api(s)) if s.code == 404 => Ok(false),
+        Err(source) => Err(Error::Kube {
+            doing: "write the status of Job",
+            name,
+            source,
+        }),
+    }
+}
+
+#[instrument(skip_all, fields(kind = "Job", namespace = job.namespace().unwrap_or_default(), name = job.name_any()))]
+pub async fn reconcile(job: Arc<Job>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let ns = job.namespace().ok_or(Error::NoNamespace)?;
+    let name = job.name_any();
+    if job.metadata.deletion_timestamp.is_some() {
+        return Ok(Action::await_change());
+    }
+    let status = job.status.clone().unwrap_or_default();
+    let phase = status.phase.unwrap_or_default();
+    let now = Timestamp::now();
+    let cancel = job.spec.cancel == Some(true);
+
+    if phase.is_finished() {
+        // Its runner has room again: the queue may move.
+        ctx.kick.kick_namespace(&ns);
+        let Some(due) = ttl_due(&job) else {
+            return Ok(Action::await_change());
+        };
+        if due > now {
+            let wait = (due.as_second() - now.as_second()).max(1);
+            return Ok(Action::requeue(Duration::from_secs(
+                u64::try_from(wait).unwrap_or(1),
+            )));
+        }
+        let api: Api<Job> = Api::namespaced(ctx.client.clone(), &ns);
+        match api.delete(&name, &DeleteParams::background()).await {
+            Ok(_) => {}
+            Err(kube::Error::Api(s)) if s.code == 404 => {}
+            Err(source) => {
+                return Err(Error::Kube {
+                    doing: "delete finished Job",
+                    name,
+                    source,
+                });
+            }
+        }
+        info!("ttlSecondsAfterFinished passed: Job deleted");
+        if let Some(uid) = job.uid() {
+            ctx.logs.remove_job(&ns, &name, &uid).await;
+        }
+        return Ok(Action::await_change());
+    }
+
+    match phase {
+        JobPhase::Queued if cancel => {
+            if write_status(&ctx, &job, cancelled_status(&job, now)).await? {
+                info!("cancelled while Queued: it never starts");
+                ctx.kick.kick_namespace(&ns);
+            }
+            Ok(Action::await_change())
+        }
+        JobPhase::Queued => {
+            // One assignment at a time per process, so capacity is counted once.
+            let mut recent = ctx.recent.lock().await;
+            let runners = runner_views(&ctx, &ns, &mut recent);
+            let mut q = queue(&ctx, &ns);
+            if !q.iter().any(|j| j.name == name) {
+                // Not in the cache yet (just created): plan it last.
+                q.push(Queued {
+                    name: name.clone(),
+                    selector: job.spec.runner_selector.clone(),
+                    invalid: invalid_spec(&job),
+                });
+            }
+            let decision = plan_queue(&q, &runners).remove(&name);
+            match decision {
+                Some(Decision::Assign { runner }) => {
+                    let next = assigned_status(&job, &runner, now);
+                    let epoch = next.epoch.unwrap_or(1);
+                    if !write_status(&ctx, &job, next).await? {
+                        // Someone else wrote first: look again with fresh data.
+                        return Ok(Action::requeue(Duration::from_millis(200)));
+                    }
+                    recent
+                        .0
+                        .insert((ns.clone(), name.clone()), (runner.clone(), epoch));
+                    drop(recent);
+                    let told = ctx.hub.send(
+                        &RunnerKey::new(&ns, &runner),
+                        Control::Assign {
+                            namespace: ns.clone(),
+                            name: name.clone(),
+                            epoch,
+                        },
+                    );
+                    info!(runner = %runner, epoch, told, "Job assigned");
+                    Ok(Action::requeue(ASSIGN_RESEND))
+                }
+                Some(Decision::Wait { reason, message }) => {
+                    drop(recent);
+                    let next = queued_status(&job, reason, &message, now);
+                    if job.status.as_ref() != Some(&next) {
+                        write_status(&ctx, &job, next).await?;
+                        info!(reason, "Job waits: {message}");
+                    }
+                    if reason == "InvalidSpec" {
+                        // Only an edit can change that (and the spec is immutable).
+                        Ok(Action::await_change())
+                    } else {
+                        Ok(Action::requeue(QUEUE_RECHECK))
+                    }
+                }
+                None => Ok(Action::requeue(QUEUE_RECHECK)),
+            }
+        }
+        JobPhase::Assigned | JobPhase::Running => {
+            let Some(runner) = status.runner.clone() else {
+                warn!("active Job without a runner");
+                return Ok(Action::await_change());
+            };
+            let key = RunnerKey::new(&ns, &runner);
+            if cancel {
+                let told = ctx.hub.send(
+                    &key,
+                    Control::Cancel {
+                        namespace: ns.clone(),
+                        name: name.clone(),
+                    },
+                );
+                info!(runner = %runner, told, "cancel sent to the runner");
+                return Ok(Action::requeue(ASSIGN_RESEND));
+            }
+            if phase == JobPhase::Assigned {
+                // The runner may have missed it (reconnecting): say it again; a
+                // runner already on it ignores the repeat.
+                ctx.hub.send(
+                    &key,
+                    Control::Assign {
+                        namespace: ns.clone(),
+                        name: name.clone(),
+                        epoch: status.epoch.unwrap_or(0),
+                    },
+                );
+                return Ok(Action::requeue(ASSIGN_RESEND));
+            }
+            Ok(Action::await_change())
+        }
+        _ => Ok(Action::await_change()),
+    }
+}
+
+/// Triggers reconciles of other Jobs (queued ones, when capacity frees up).
+pub struct Kick {
+    tx: tokio::sync::mpsc::UnboundedSender<kube::runtime::reflector::ObjectRef<Job>>,
+    jobs: kube::runtime::reflector::Store<Job>,
+}
+
+impl Kick {
+    pub fn new(
+        jobs: kube::runtime::reflector::Store<Job>,
+    ) -> (
+        Self,
+        tokio::sync::mpsc::UnboundedReceiver<kube::runtime::reflector::ObjectRef<Job>>,
+    ) {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        (Self { tx, jobs }, rx)
+    }
+
+    /// Reconcile every Queued Job of `ns` again.
+    pub fn kick_namespace(&self, ns: &str) {
+        for j in self.jobs.state() {
+            if j.namespace().as_deref() == Some(ns)
+                && j.status.as_ref().and_then(|s| s.phase).unwrap_or_default() == JobPhase::Queued
+            {
+                let _ = self
+                    .tx
+                    .send(kube::runtime::reflector::ObjectRef::from_obj(&*j));
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelectorRequirement;
+
+    fn sel(k: &str, v: &str) -> Option<LabelSelector> {
+        Some(LabelSelector {
+            match_labels: Some([(k.to_owned(), v.to_owned())].into()),
+            ..Default::default()
+        })
+    }
+
+    fn runner(name: &str, pool: &str, usable: bool, free: usize) -> RunnerView {
+        RunnerView {
+            name: name.into(),
+            labels: [("pool".to_owned(), pool.to_owned())].into(),
+            usable,
+            free,
+        }
+    }
+
+    fn q(name: &str, selector: Option<LabelSelector>) -> Queued {
+        Queued {
+            name: name.into(),
+            selector,
+            invalid: None,
+        }
+    }
+
+    fn reason(d: Option<&Decision>) -> &str {
+        match d {
+            Some(Decision::Wait { reason, .. }) => reason,
+            Some(Decision::Assign { runner }) => runner,
+            None => "none",
+        }
+    }
+
+    #[test]
+    fn selectors() {
+        let labels: BTreeMap<String, String> = [
+            ("pool".to_owned(), "a".to_owned()),
+            ("os".to_owned(), "linux".to_owned()),
+        ]
+        .into();
+        assert!(selector_matches(&LabelSelector::default(), &labels));
+        assert!(selector_matches(&sel("pool", "a").unwrap(), &labels));
+        assert!(!selector_matches(&sel("pool", "b").unwrap(), &labels));
+        let expr = |op: &str, vals: &[&str]| LabelSelector {
+            match_expressions: Some(vec![LabelSelectorRequirement {
+                key: "os".into(),
+                operator: op.into(),
+                values: Some(vals.iter().map(|v| (*v).to_owned()).collect()),
+            }]),
+            ..Default::default()
+        };
+        assert!(selector_matches(&expr("In", &["linux", "mac"]), &labels));
+        assert!(!selector_matches(&expr("NotIn", &["linux"]), &labels));
+        assert!(selector_matches(&expr("Exists", &[]), &labels));
+        assert!(!selector_matches(&expr("DoesNotExist", &[]), &labels));
+        assert!(!selector_matches(&expr("Bogus", &[]), &labels));
+    }
+
+    #[test]
+    fn fifo_capacity_and_reasons() {
+        let runners = vec![
+            runner("r1", "a", true, 1),
+            runner("r2", "a", true, 2),
+            runner("off", "b", false, 5),
+        ];
+        let queue = vec![
+            q("j1", sel("pool", "a")),
+            q("j2", sel("pool", "a")),
+            q("j3", sel("pool", "a")),
+            q("j4", sel("pool", "a")),
+            q("j5", sel("pool", "b")),
+            q("j6", sel("pool", "zzz")),
+            q("j7", None),
+            Queued {
+                name: "j8".into(),
+                selector: sel("pool", "a"),
+                invalid: Some("cycle".into()),
+            },
+        ];
+        let plan = plan_queue(&queue, &runners);
+        // Most free capacity first: r2 (2), then r1 and r2 tie at 1 -> r1 by name.
+        assert_eq!(reason(plan.get("j1")), "r2");
+        assert_eq!(reason(plan.get("j2")), "r1");
+        assert_eq!(reason(plan.get("j3")), "r2");
+        assert_eq!(reason(plan.get("j4")), "RunnersBusy");
+        assert_eq!(
+            reason(plan.get("j5")),
+            "NoMatchingRunner",
+            "unusable runner"
+        );
+        assert_eq!(reason(plan.get("j6")), "NoMatchingRunner");
+        assert_eq!(reason(plan.get("j7")), "OnDemandNotSupported");
+        assert_eq!(reason(plan.get("j8")), "InvalidSpec");
+    }
+
+    fn job(name: &str) -> Job {
+        let mut j = Job::new(
+            name,
+            crate::crd::JobSpec {
+                steps: vec![crate::crd::Step {
+                    name: "a".into(),
+                    image: "busybox".into(),
+                    script: Some("true".into()),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            },
+        );
+        j.metadata.namespace = Some("ns".into());
+        j.metadata.generation = Some(1);
+        j
+    }
+
+    #[test]
+    fn statuses_are_computed_and_stable() {
+        let now = Timestamp::now();
+        let mut j = job("j");
+        let s = queued_status(&j, "NoMatchingRunner", "m", now);
+        j.status = Some(s.clone());
+        assert_eq!(
+            queued_status(&j, "NoMatchingRunner", "m", now),
+            s,
+            "no rewrite"
+        );
+        let later = now + k8s_openapi::jiff::SignedDuration::from_secs(5);
+        assert_eq!(
+            queued_status(&j, "RunnersBusy", "m2", later).conditions[0].last_transition_time,
+            s.conditions[0].last_transition_time,
+            "reason change keeps the transition time"
+        );
+        let a = assigned_status(&j, "r1", later);
+        assert_eq!(a.epoch, Some(1));
+        assert_eq!(a.phase, Some(JobPhase::Assigned));
+        assert_eq!(a.conditions[0].status, "True");
+        j.status = Some(a);
+        assert_eq!(
+            assigned_status(&j, "r2", later).epoch,
+            Some(2),
+            "each hand-over moves the epoch"
+        );
+
+        let c = cancelled_status(&job("k"), now);
+        assert_eq!(c.phase, Some(JobPhase::Cancelled));
+        assert!(
+            c.steps
+                .iter()
+                .all(|s| s.phase == crate::crd::job::StepPhase::Cancelled)
+        );
+    }
+
+    #[test]
+    fn ttl() {
+        let now = Timestamp::now();
+        let mut j = job("j");
+        j.spec.ttl_seconds_after_finished = Some(30);
+        assert_eq!(ttl_due(&j), None, "not finished");
+        j.status = Some(cancelled_status(&j, now));
+        assert_eq!(
+            ttl_due(&j),
+            Some(now + k8s_openapi::jiff::SignedDuration::from_secs(30))
+        );
+    }
+}

@@ -1,0 +1,609 @@
+//! The job routes of the runner API (see [`super::jobs`] for the contract and the
+//! pure rules): runner-authenticated claim, status and log appends, and the
+//! RBAC-checked log reads of users.
+
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use k8s_openapi::api::authentication::v1::{TokenReview, TokenReviewSpec};
+use k8s_openapi::api::authorization::v1::{
+    ResourceAttributes, SubjectAccessReview, SubjectAccessReviewSpec,
+};
+use k8s_openapi::jiff::Timestamp;
+use kube::ResourceExt;
+use kube::api::{Api, PostParams};
+use kube::runtime::reflector::ObjectRef;
+use tracing::{debug, info, warn};
+use warp::Filter;
+use warp::http::StatusCode;
+
+use super::input::{self, ApiError};
+use super::jobs::{
+    self, AppendQuery, AppendResponse, Assignment, ClaimRequest, ClaimResponse, ListQuery,
+    ReadQuery, StatusReport,
+};
+use super::logs::{LogError, LogKey};
+use super::token::{self, TokenCheck};
+use super::{ApiState, FIELD_MANAGER};
+use crate::crd::Job;
+use crate::crd::job::JobPhase;
+
+type Response = warp::reply::Response;
+type Bytes = warp::hyper::body::Bytes;
+
+fn reply_json<T: serde::Serialize>(status: StatusCode, body: &T) -> Response {
+    use warp::Reply;
+    warp::reply::with_status(warp::reply::json(body), status).into_response()
+}
+
+/// The job routes.
+pub fn routes(
+    state: ApiState,
+) -> impl Filter<Extract = (Response,), Error = warp::Rejection> + Clone {
+    let with_state = warp::any().map(move || state.clone());
+    let auth = warp::header::optional::<String>("authorization");
+    let list = warp::path!("v1" / "jobs")
+        .and(warp::get())
+        .and(with_state.clone())
+        .and(warp::query::<ListQuery>())
+        .and(auth)
+        .then(
+            |state: ApiState, q: ListQuery, auth: Option<String>| async move {
+                list(&state, &q, auth.as_deref()).unwrap_or_else(ApiError::into_response)
+            },
+        );
+    let claim = warp::path!("v1" / "jobs" / String / String / "claim")
+        .and(warp::post())
+        .and(with_state.clone())
+        .and(warp::header::optional::<String>("content-type"))
+        .and(auth)
+        .and(warp::body::content_length_limit(input::MAX_BODY))
+        .and(warp::body::bytes())
+        .then(
+            |ns: String,
+             name: String,
+             state: ApiState,
+             ct: Option<String>,
+             auth: Option<String>,
+             body: Bytes| async move {
+                claim(&state, &ns, &name, ct.as_deref(), auth.as_deref(), &body)
+                    .await
+                    .unwrap_or_else(ApiError::into_response)
+            },
+        );
+    let status = warp::path!("v1" / "jobs" / String / String / "status")
+        .and(warp::post())
+        .and(with_state.clone())
+        .and(warp::header::optional::<String>("content-type"))
+        .and(auth)
+        .and(warp::body::content_length_limit(jobs::MAX_STATUS_BODY))
+        .and(warp::body::bytes())
+        .then(
+            |ns: String,
+             name: String,
+             state: ApiState,
+             ct: Option<String>,
+             auth: Option<String>,
+             body: Bytes| async move {
+                report(&state, &ns, &name, ct.as_deref(), auth.as_deref(), &body)
+                    .await
+                    .unwrap_or_else(ApiError::into_response)
+            },
+        );
+    let append = warp::path!("v1" / "jobs" / String / String / "logs")
+        .and(warp::post())
+        .and(with_state.clone())
+        .and(warp::query::<AppendQuery>())
+        .and(auth)
+        .and(warp::body::content_length_limit(jobs::MAX_LOG_BODY))
+        .and(warp::body::bytes())
+        .then(
+            |ns: String,
+             name: String,
+             state: ApiState,
+             q: AppendQuery,
+             auth: Option<String>,
+             body: Bytes| async move {
+                append(&state, &ns, &name, &q, auth.as_deref(), &body)
+                    .await
+                    .unwrap_or_else(ApiError::into_response)
+            },
+        );
+    let read = warp::path!("v1" / "jobs" / String / String / "logs")
+        .and(warp::get())
+        .and(with_state)
+        .and(warp::query::<ReadQuery>())
+        .and(auth)
+        .then(
+            |ns: String, name: String, state: ApiState, q: ReadQuery, auth: Option<String>| async move {
+                read(&state, &ns, &name, &q, auth.as_deref())
+                    .await
+                    .unwrap_or_else(ApiError::into_response)
+            },
+        );
+    list.or(claim)
+        .unify()
+        .or(status)
+        .unify()
+        .or(append)
+        .unify()
+        .or(read)
+        .unify()
+}
+
+fn names(ns: &str, name: &str) -> Result<(), ApiError> {
+    for (field, v) in [("namespace", ns), ("job name", name)] {
+        // Job names are DNS subdomains; a label check would refuse dots.
+        if v.is_empty()
+            || v.len() > 253
+            || !v
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.')
+        {
+            return Err(ApiError::bad_request(
+                "InvalidName",
+                format!("{field} {v:?} is not a valid name"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The bearer token must be a valid runner token for `runner`, from namespace `ns`.
+fn runner_auth(
+    state: &ApiState,
+    authorization: Option<&str>,
+    runner: &str,
+    ns: &str,
+) -> Result<(), ApiError> {
+    let presented = input::bearer(authorization)?.ok_or_else(|| {
+        ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "TokenMissing",
+            "job routes need the runner's token",
+        )
+    })?;
+    let tokens = state.tokens.state();
+    match token::check(
+        Some(&presented),
+        runner,
+        tokens.iter().map(|t| t.as_ref()),
+        Timestamp::now(),
+    ) {
+        TokenCheck::Valid(v) if v.namespace == ns => Ok(()),
+        TokenCheck::Valid(v) => Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "WrongNamespace",
+            format!("the token belongs to namespace {}, not {ns}", v.namespace),
+        )),
+        TokenCheck::WrongRunner { runner_name, .. } => Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "TokenForAnotherRunner",
+            format!("the token is for runner {runner_name}"),
+        )),
+        TokenCheck::Expired { .. } => Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "TokenExpired",
+            "the token has expired",
+        )),
+        TokenCheck::Absent | TokenCheck::Unknown => Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "TokenUnknown",
+            "the token is not known",
+        )),
+    }
+}
+
+fn unavailable(doing: &str, e: impl std::fmt::Display) -> ApiError {
+    ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "Unavailable",
+        format!("{doing}: {e}"),
+    )
+}
+
+async fn fresh(state: &ApiState, ns: &str, name: &str) -> Result<Job, ApiError> {
+    let api: Api<Job> = Api::namespaced(state.client.clone(), ns);
+    api.get_opt(name)
+        .await
+        .map_err(|e| unavailable("read the Job", e))?
+        .ok_or_else(|| {
+            ApiError::new(
+                StatusCode::NOT_FOUND,
+                "JobNotFound",
+                format!("no Job {ns}/{name}"),
+            )
+        })
+}
+
+fn cached(state: &ApiState, ns: &str, name: &str) -> Option<std::sync::Arc<Job>> {
+    state.jobs.get(&ObjectRef::new(name).within(ns))
+}
+
+fn list(
+    state: &ApiState,
+    q: &ListQuery,
+    authorization: Option<&str>,
+) -> Result<Response, ApiError> {
+    let ns = q
+        .namespace
+        .clone()
+        .or_else(|| state.config.namespace.clone())
+        .unwrap_or_else(|| "default".to_owned());
+    runner_auth(state, authorization, &q.runner, &ns)?;
+    let mut out: Vec<Assignment> = state
+        .jobs
+        .state()
+        .iter()
+        .filter(|j| j.namespace().as_deref() == Some(ns.as_str()))
+        .filter_map(|j| {
+            let s = j.status.as_ref()?;
+            let active = matches!(s.phase, Some(JobPhase::Assigned | JobPhase::Running));
+            (active && s.runner.as_deref() == Some(q.runner.as_str())).then(|| Assignment {
+                namespace: ns.clone(),
+                name: j.name_any(),
+                epoch: s.epoch.unwrap_or(0),
+                cancel: j.spec.cancel == Some(true),
+            })
+        })
+        .collect();
+    out.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(reply_json(StatusCode::OK, &out))
+}
+
+fn parse_json<T: serde::de::DeserializeOwned>(
+    content_type: Option<&str>,
+    body: &[u8],
+    what: &str,
+) -> Result<T, ApiError> {
+    let essence = content_type
+        .and_then(|ct| ct.split(';').next())
+        .map(|s| s.trim().to_ascii_lowercase());
+    if essence.as_deref() != Some("application/json") {
+        return Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "UnsupportedMediaType",
+            "Content-Type must be application/json",
+        ));
+    }
+    serde_json::from_slice(body).map_err(|e| {
+        let reason = if e.to_string().contains("unknown field") {
+            "UnknownField"
+        } else {
+            "MalformedJson"
+        };
+        ApiError::bad_request(reason, format!("{what}: {e}"))
+    })
+}
+
+fn log_key(job: &Job, step: &str) -> LogKey {
+    LogKey {
+        namespace: job.namespace().unwrap_or_default(),
+        name: job.name_any(),
+        uid: job.uid().unwrap_or_default(),
+        step: step.to_owned(),
+    }
+}
+
+fn log_error(e: LogError) -> ApiError {
+    match e {
+        LogError::Gap { offset, stored } => ApiError::new(
+            StatusCode::CONFLICT,
+            "LogGap",
+            format!(
+                "chunk at offset {offset}, but {stored} bytes are stored: resend from {stored}"
+            ),
+        ),
+        e => unavailable("log store", e),
+    }
+}
+
+async fn claim(
+    state: &ApiState,
+    ns: &str,
+    name: &str,
+    content_type: Option<&str>,
+    authorization: Option<&str>,
+    body: &[u8],
+) -> Result<Response, ApiError> {
+    names(ns, name)?;
+    let req: ClaimRequest = parse_json(content_type, body, "claim body")?;
+    runner_auth(state, authorization, &req.runner, ns)?;
+    let job = fresh(state, ns, name).await?;
+    jobs::fence(job.status.as_ref(), &req.runner, req.epoch)?;
+    let mut log_offsets = std::collections::BTreeMap::new();
+    for step in &job.spec.steps {
+        let n = state
+            .logs
+            .length(&log_key(&job, &step.name))
+            .await
+            .map_err(log_error)?;
+        log_offsets.insert(step.name.clone(), n);
+    }
+    info!(namespace = ns, job = name, runner = %req.runner, epoch = req.epoch, "job claimed");
+    Ok(reply_json(
+        StatusCode::OK,
+        &ClaimResponse {
+            namespace: ns.to_owned(),
+            name: name.to_owned(),
+            uid: job.uid().unwrap_or_default(),
+            epoch: req.epoch,
+            spec: job.spec.clone(),
+            log_offsets,
+        },
+    ))
+}
+
+async fn report(
+    state: &ApiState,
+    ns: &str,
+    name: &str,
+    content_type: Option<&str>,
+    authorization: Option<&str>,
+    body: &[u8],
+) -> Result<Response, ApiError> {
+    names(ns, name)?;
+    let req: StatusReport = parse_json(content_type, body, "status report")?;
+    runner_auth(state, authorization, &req.runner, ns)?;
+    let api: Api<Job> = Api::namespaced(state.client.clone(), ns);
+    // Optimistic concurrency: the replace carries the resourceVersion the fence
+    // check read; a conflict means someone wrote in between: read and check again.
+    for _ in 0..5 {
+        let mut job = fresh(state, ns, name).await?;
+        jobs::fence(job.status.as_ref(), &req.runner, req.epoch)?;
+        let current = job.status.clone().unwrap_or_default();
+        let next = jobs::apply_report(
+            &current,
+            &job.spec,
+            &req,
+            job.metadata.generation,
+            Timestamp::now(),
+        );
+        if next == current {
+            return Ok(reply_json(
+                StatusCode::OK,
+                &serde_json::json!({ "changed": false }),
+            ));
+        }
+        job.status = Some(next);
+        let pp = PostParams {
+            field_manager: Some(FIELD_MANAGER.into()),
+            ..Default::default()
+        };
+        match api.replace_status(name, &pp, &job).await {
+            Ok(_) => {
+                debug!(namespace = ns, job = name, step = ?req.step.as_ref().map(|s| &s.name), phase = ?req.phase, "job status written");
+                return Ok(reply_json(
+                    StatusCode::OK,
+                    &serde_json::json!({ "changed": true }),
+                ));
+            }
+            Err(kube::Error::Api(s)) if s.code == 409 => continue,
+            Err(e) => return Err(unavailable("write the Job status", e)),
+        }
+    }
+    Err(ApiError::new(
+        StatusCode::CONFLICT,
+        "Conflict",
+        "the Job kept changing; retry",
+    ))
+}
+
+async fn append(
+    state: &ApiState,
+    ns: &str,
+    name: &str,
+    q: &AppendQuery,
+    authorization: Option<&str>,
+    body: &[u8],
+) -> Result<Response, ApiError> {
+    names(ns, name)?;
+    runner_auth(state, authorization, &q.runner, ns)?;
+    // The watch cache first; a hand-over it has not seen yet is checked for real.
+    let job = match cached(state, ns, name) {
+        Some(j) if jobs::fence(j.status.as_ref(), &q.runner, q.epoch).is_ok() => (*j).clone(),
+        _ => {
+            let j = fresh(state, ns, name).await?;
+            jobs::fence(j.status.as_ref(), &q.runner, q.epoch)?;
+            j
+        }
+    };
+    if !job.spec.steps.iter().any(|s| s.name == q.step) {
+        return Err(ApiError::bad_request(
+            "UnknownStep",
+            format!("the Job has no step {:?}", q.step),
+        ));
+    }
+    let done = state
+        .logs
+        .append(&log_key(&job, &q.step), q.offset, body)
+        .await
+        .map_err(log_error)?;
+    Ok(reply_json(
+        StatusCode::OK,
+        &AppendResponse {
+            length: done.length,
+            accepted: done.accepted,
+        },
+    ))
+}
+
+/// Whether the user behind a Kubernetes bearer token may `get` Job `ns/name`.
+async fn user_may_get(
+    state: &ApiState,
+    authorization: Option<&str>,
+    ns: &str,
+    name: &str,
+) -> Result<(), ApiError> {
+    let token = input::bearer(authorization)?.ok_or_else(|| {
+        ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "TokenMissing",
+            "reading logs needs a Kubernetes bearer token (Authorization: Bearer ...)",
+        )
+    })?;
+    let pp = PostParams::default();
+    let review = TokenReview {
+        spec: TokenReviewSpec {
+            token: Some(token),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let reviewed = Api::<TokenReview>::all(state.client.clone())
+        .create(&pp, &review)
+        .await
+        .map_err(|e| unavailable("TokenReview", e))?;
+    let status = reviewed.status.unwrap_or_default();
+    let user = match (status.authenticated, status.user) {
+        (Some(true), Some(user)) => user,
+        _ => {
+            return Err(ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "Unauthenticated",
+                status
+                    .error
+                    .unwrap_or_else(|| "the token was not accepted by Kubernetes".into()),
+            ));
+        }
+    };
+    let sar = SubjectAccessReview {
+        spec: SubjectAccessReviewSpec {
+            user: user.username.clone(),
+            groups: user.groups.clone(),
+            uid: user.uid.clone(),
+            extra: user.extra.clone(),
+            resource_attributes: Some(ResourceAttributes {
+                namespace: Some(ns.to_owned()),
+                verb: Some("get".into()),
+                group: Some("baton.dev".into()),
+                resource: Some("jobs".into()),
+                name: Some(name.to_owned()),
+                ..Default::default()
+            }),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let decided = Api::<SubjectAccessReview>::all(state.client.clone())
+        .create(&pp, &sar)
+        .await
+        .map_err(|e| unavailable("SubjectAccessReview", e))?;
+    if decided.status.is_some_and(|s| s.allowed) {
+        Ok(())
+    } else {
+        info!(user = ?user.username, namespace = ns, job = name, "log read refused by RBAC");
+        Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "Forbidden",
+            format!(
+                "{} may not get jobs.baton.dev {name} in namespace {ns}",
+                user.username.unwrap_or_default()
+            ),
+        ))
+    }
+}
+
+/// A channel's receiving end as a `Sync` stream (what warp's streaming body needs).
+struct Chunks(tokio::sync::mpsc::Receiver<Result<Bytes, std::io::Error>>);
+
+impl futures::Stream for Chunks {
+    type Item = Result<Bytes, std::io::Error>;
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        self.0.poll_recv(cx)
+    }
+}
+
+/// Whether a step's log can still grow: its Job and the step are still going.
+fn still_going(state: &ApiState, ns: &str, name: &str, uid: &str, step: &str) -> bool {
+    let Some(job) = cached(state, ns, name) else {
+        return false;
+    };
+    if job.uid().as_deref() != Some(uid) {
+        return false;
+    }
+    let Some(status) = job.status.as_ref() else {
+        return true;
+    };
+    if status.phase.unwrap_or_default().is_finished() {
+        return false;
+    }
+    !status
+        .steps
+        .iter()
+        .any(|s| s.name == step && s.phase.is_finished())
+}
+
+async fn read(
+    state: &ApiState,
+    ns: &str,
+    name: &str,
+    q: &ReadQuery,
+    authorization: Option<&str>,
+) -> Result<Response, ApiError> {
+    names(ns, name)?;
+    user_may_get(state, authorization, ns, name).await?;
+    let job = match cached(state, ns, name) {
+        Some(j) => (*j).clone(),
+        None => fresh(state, ns, name).await?,
+    };
+    if !job.spec.steps.iter().any(|s| s.name == q.step) {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "UnknownStep",
+            format!("the Job has no step {:?}", q.step),
+        ));
+    }
+    let key = log_key(&job, &q.step);
+    if !q.follow {
+        let bytes = state.logs.read_from(&key, 0).await.map_err(log_error)?;
+        let mut res = warp::reply::Response::new(bytes.into());
+        res.headers_mut().insert(
+            warp::http::header::CONTENT_TYPE,
+            warp::http::HeaderValue::from_static("text/plain; charset=utf-8"),
+        );
+        return Ok(res);
+    }
+    let (tx, rx) = tokio::sync::mpsc::channel(16);
+    let state = state.clone();
+    let (ns, name, uid, step) = (
+        ns.to_owned(),
+        name.to_owned(),
+        job.uid().unwrap_or_default(),
+        q.step.clone(),
+    );
+    tokio::spawn(async move {
+        let mut pos = 0u64;
+        loop {
+            let changed = state.logs.changed();
+            // Decide before reading: a step seen finished has its whole log stored.
+            let going = still_going(&state, &ns, &name, &uid, &step);
+            match state.logs.read_from(&key, pos).await {
+                Ok(bytes) if !bytes.is_empty() => {
+                    pos += bytes.len() as u64;
+                    if tx.send(Ok(Bytes::from(bytes))).await.is_err() {
+                        return;
+                    }
+                    continue;
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    warn!(job = %name, step = %step, "follow logs: {e}");
+                    return;
+                }
+            }
+            if !going {
+                return;
+            }
+            let _ = tokio::time::timeout(Duration::from_secs(1), changed).await;
+        }
+    });
+    use warp::Reply;
+    let mut res = warp::reply::stream(Chunks(rx)).into_response();
+    res.headers_mut().insert(
+        warp::http::header::CONTENT_TYPE,
+        warp::http::HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    Ok(res)
+}
