@@ -7,6 +7,9 @@ use futures::{Stream, StreamExt};
 use serde::Deserialize;
 
 use crate::server::input::{ErrorBody, RegisterRequest, RegisterResponse};
+use crate::server::jobs::{
+    AppendQuery, AppendResponse, Assignment, ClaimRequest, ClaimResponse, StatusReport,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
@@ -139,6 +142,102 @@ impl Client {
                 Ok(events) => futures::stream::iter(events.into_iter().map(Ok).collect::<Vec<_>>()),
                 Err(e) => futures::stream::iter(vec![Err(e)]),
             }))
+    }
+}
+
+/// The job calls of the runner API (see `server::jobs`).
+impl Client {
+    async fn json_or_refused<T: serde::de::DeserializeOwned>(
+        doing: &'static str,
+        res: Result<reqwest::Response, reqwest::Error>,
+    ) -> Result<T, ClientError> {
+        let res = res.map_err(|source| ClientError::Unreachable { doing, source })?;
+        if res.status().as_u16() != 200 {
+            return Err(refused(doing, res).await);
+        }
+        res.json()
+            .await
+            .map_err(|source| ClientError::Unreachable { doing, source })
+    }
+
+    /// Jobs assigned to this runner.
+    pub async fn assignments(
+        &self,
+        runner: &str,
+        namespace: &str,
+        token: &str,
+    ) -> Result<Vec<Assignment>, ClientError> {
+        let res = self
+            .http
+            .get(format!("{}/v1/jobs", self.base))
+            .query(&[("runner", runner), ("namespace", namespace)])
+            .timeout(Duration::from_secs(15))
+            .bearer_auth(token)
+            .send()
+            .await;
+        Self::json_or_refused("list assigned jobs", res).await
+    }
+
+    /// Claim an assigned Job: its spec and the log lengths already stored.
+    pub async fn claim(
+        &self,
+        namespace: &str,
+        name: &str,
+        req: &ClaimRequest,
+        token: &str,
+    ) -> Result<ClaimResponse, ClientError> {
+        let res = self
+            .http
+            .post(format!("{}/v1/jobs/{namespace}/{name}/claim", self.base))
+            .timeout(Duration::from_secs(15))
+            .bearer_auth(token)
+            .json(req)
+            .send()
+            .await;
+        Self::json_or_refused("claim the job", res).await
+    }
+
+    /// Report a step's or the Job's change.
+    pub async fn report(
+        &self,
+        namespace: &str,
+        name: &str,
+        report: &StatusReport,
+        token: &str,
+    ) -> Result<(), ClientError> {
+        let res = self
+            .http
+            .post(format!("{}/v1/jobs/{namespace}/{name}/status", self.base))
+            .timeout(Duration::from_secs(30))
+            .bearer_auth(token)
+            .json(report)
+            .send()
+            .await;
+        Self::json_or_refused::<serde_json::Value>("report job status", res)
+            .await
+            .map(|_| ())
+    }
+
+    /// Append a chunk of a step's log at `q.offset`.
+    pub async fn append_log(
+        &self,
+        namespace: &str,
+        name: &str,
+        q: &AppendQuery,
+        bytes: Vec<u8>,
+        token: &str,
+    ) -> Result<AppendResponse, ClientError> {
+        let res = self
+            .http
+            .post(format!("{}/v1/jobs/{namespace}/{name}/logs", self.base))
+            .query(q)
+            .timeout(Duration::from_secs(30))
+            .bearer_auth(token)
+            .header("content-type", "application/octet-stream")
+            .body(bytes)
+            .send()
+            .await;
+        Self::json_or_refused("append a step log", res).await
     }
 }
 

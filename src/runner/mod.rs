@@ -4,6 +4,7 @@
 //! wipes its state directory and exits 0. Serves `/livez` and `/readyz`.
 
 pub mod client;
+pub mod jobs;
 pub mod state;
 
 use std::collections::BTreeMap;
@@ -21,7 +22,7 @@ use crate::server::input::RegisterRequest;
 use client::{Client, ClientError, Registration};
 use state::StateDir;
 
-/// Where the runner would run steps (job execution arrives with the job issue).
+/// Where the runner runs steps.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum BackendKind {
     Kubernetes,
@@ -74,6 +75,15 @@ enum Ended {
 
 const READY: &str = "runner";
 
+/// The payload of `assign` and `cancel` events.
+#[derive(serde::Deserialize)]
+struct JobRef {
+    namespace: String,
+    name: String,
+    #[serde(default)]
+    epoch: i64,
+}
+
 /// Parse `k=v,k2=v2`.
 pub fn parse_labels(s: &str) -> Result<BTreeMap<String, String>, String> {
     s.split(',')
@@ -104,8 +114,16 @@ pub async fn run(
         .run();
     let health = tokio::spawn(health);
 
+    let client = Client::new(&config.server)?;
+    let jobs = jobs::JobRunner::new(
+        client.clone(),
+        config.name.clone(),
+        config.backend,
+        config.state_dir.join("work"),
+    );
     let agent = Agent {
-        client: Client::new(&config.server)?,
+        client,
+        jobs,
         dir,
         readiness,
         req: RegisterRequest {
@@ -128,6 +146,7 @@ pub async fn run(
 
 struct Agent {
     client: Client,
+    jobs: jobs::JobRunner,
     dir: StateDir,
     readiness: Readiness,
     req: RegisterRequest,
@@ -272,6 +291,21 @@ impl Agent {
                     let disabled = ev.data.contains("\"disabled\":true");
                     let state = if disabled { "Disabled" } else { "Connected" };
                     self.enter(state, true, "control channel open");
+                    // Jobs assigned while we were away (or before a restart).
+                    match self
+                        .client
+                        .assignments(&self.req.name, namespace, token)
+                        .await
+                    {
+                        Ok(list) => {
+                            for a in list {
+                                info!(namespace = %a.namespace, job = %a.name, epoch = a.epoch, "resuming an assigned job");
+                                self.jobs
+                                    .start(&a.namespace, &a.name, a.epoch, a.cancel, token);
+                            }
+                        }
+                        Err(e) => warn!("list assigned jobs: {e}"),
+                    }
                 }
                 "ping" => debug!("ping"),
                 "disable" => self.enter("Disabled", true, "disabled: taking no new jobs"),
@@ -287,9 +321,21 @@ impl Agent {
                         open,
                     ));
                 }
-                "assign" | "cancel" => {
-                    warn!(event = %ev.event, "job commands are not handled by this runner version");
-                }
+                "assign" => match serde_json::from_str::<JobRef>(&ev.data) {
+                    Ok(j) => {
+                        info!(namespace = %j.namespace, job = %j.name, epoch = j.epoch, "job assigned");
+                        self.jobs
+                            .start(&j.namespace, &j.name, j.epoch, false, token);
+                    }
+                    Err(e) => warn!(data = %ev.data, "malformed assign event: {e}"),
+                },
+                "cancel" => match serde_json::from_str::<JobRef>(&ev.data) {
+                    Ok(j) => {
+                        let found = self.jobs.cancel(&j.namespace, &j.name);
+                        info!(namespace = %j.namespace, job = %j.name, found, "job cancel requested");
+                    }
+                    Err(e) => warn!(data = %ev.data, "malformed cancel event: {e}"),
+                },
                 other => debug!(event = other, "unknown control event ignored"),
             }
         }

@@ -1,0 +1,278 @@
+//! Running assigned Jobs: claim, run the shared executor with sinks that post to
+//! the server, report the end. One task per Job; `cancel` cancels its token.
+//!
+//! A runner that restarts asks the server for the Jobs assigned to it and runs them
+//! again from their claim: the log sink resumes at the lengths the server holds, so
+//! nothing is sent twice. A server that refuses a report with `StaleEpoch` (the Job
+//! was handed to another runner) makes the run stop at once.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tracing::{info, warn};
+
+use super::BackendKind;
+use super::client::{Client, ClientError};
+use crate::backend::{LocalBackend, LogChunk, Workflow};
+use crate::crd::job::{JobPhase, StepStatus};
+use crate::executor::{CancellationToken, Executor, ExecutorOptions, LogSink, StatusSink};
+use crate::server::jobs::{AppendQuery, ClaimRequest, ClaimResponse, StatusReport};
+
+/// Jobs in progress: (namespace, name) -> (epoch, its cancel token).
+type Running = HashMap<(String, String), (i64, CancellationToken)>;
+
+/// What a runner needs to run Jobs.
+#[derive(Clone)]
+pub struct JobRunner {
+    pub client: Client,
+    pub runner: String,
+    pub backend: BackendKind,
+    /// Local backend: workspaces live under here.
+    pub work_dir: PathBuf,
+    running: Arc<Mutex<Running>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+impl JobRunner {
+    pub fn new(client: Client, runner: String, backend: BackendKind, work_dir: PathBuf) -> Self {
+        Self {
+            client,
+            runner,
+            backend,
+            work_dir,
+            running: Arc::default(),
+        }
+    }
+
+    /// How many Jobs this runner is running.
+    pub fn active(&self) -> usize {
+        lock(&self.running).len()
+    }
+
+    /// Start a Job at `epoch` unless it already runs at that epoch (a repeated
+    /// `assign`); a newer epoch replaces an older run.
+    pub fn start(&self, namespace: &str, name: &str, epoch: i64, cancel: bool, token: &str) {
+        let key = (namespace.to_owned(), name.to_owned());
+        let token_c = CancellationToken::new();
+        {
+            let mut running = lock(&self.running);
+            if let Some((e, t)) = running.get(&key) {
+                if *e >= epoch {
+                    if cancel {
+                        t.cancel();
+                    }
+                    return;
+                }
+                t.cancel();
+            }
+            running.insert(key.clone(), (epoch, token_c.clone()));
+        }
+        if cancel {
+            token_c.cancel();
+        }
+        let this = self.clone();
+        let token = token.to_owned();
+        tokio::spawn(async move {
+            this.run_job(&key.0, &key.1, epoch, &token, token_c).await;
+            let mut running = lock(&this.running);
+            if running.get(&key).is_some_and(|(e, _)| *e == epoch) {
+                running.remove(&key);
+            }
+        });
+    }
+
+    /// Cancel a running Job.
+    pub fn cancel(&self, namespace: &str, name: &str) -> bool {
+        match lock(&self.running).get(&(namespace.to_owned(), name.to_owned())) {
+            Some((_, t)) => {
+                t.cancel();
+                true
+            }
+            None => false,
+        }
+    }
+
+    async fn run_job(
+        &self,
+        ns: &str,
+        name: &str,
+        epoch: i64,
+        token: &str,
+        cancel: CancellationToken,
+    ) {
+        let req = ClaimRequest {
+            runner: self.runner.clone(),
+            epoch,
+        };
+        let mut attempt = 0u32;
+        let claim = loop {
+            match self.client.claim(ns, name, &req, token).await {
+                Ok(c) => break c,
+                Err(e @ ClientError::Refused { .. }) if e.status() != Some(503) => {
+                    warn!(namespace = ns, job = name, epoch, "claim refused: {e}");
+                    return;
+                }
+                Err(e) => {
+                    attempt += 1;
+                    if attempt > 10 || cancel.is_cancelled() {
+                        warn!(namespace = ns, job = name, "claim failed: {e}");
+                        return;
+                    }
+                    tokio::time::sleep(Duration::from_millis(200 * u64::from(attempt))).await;
+                }
+            }
+        };
+        info!(namespace = ns, job = name, epoch, uid = %claim.uid, "job claimed; running");
+        let sink = Sink {
+            client: self.client.clone(),
+            runner: self.runner.clone(),
+            token: token.to_owned(),
+            claim: claim.clone(),
+            cancel: cancel.clone(),
+        };
+        let workflow = Workflow::new(claim.uid.clone());
+        let outcome = match self.backend {
+            BackendKind::Local => {
+                let backend = LocalBackend::new(self.work_dir.join(ns).join(name));
+                Executor::new(&backend, ExecutorOptions::default())
+                    .run(&workflow, &claim.spec, &sink, &sink, &cancel)
+                    .await
+                    .map_err(|e| e.to_string())
+            }
+            BackendKind::Kubernetes => Err(
+                "the kubernetes backend is not wired into the runner yet: run with --backend local"
+                    .to_owned(),
+            ),
+        };
+        let report = match outcome {
+            Ok(r) => StatusReport {
+                runner: self.runner.clone(),
+                epoch,
+                phase: Some(r.phase),
+                reason: r.reason,
+                message: r.message,
+                outputs: Some(r.outputs),
+                ..Default::default()
+            },
+            Err(message) => StatusReport {
+                runner: self.runner.clone(),
+                epoch,
+                phase: Some(JobPhase::Failed),
+                reason: Some("RunFailed".into()),
+                message: Some(message),
+                ..Default::default()
+            },
+        };
+        info!(namespace = ns, job = name, phase = ?report.phase, reason = ?report.reason, "job ended");
+        sink.post(&report).await;
+    }
+}
+
+/// Status and log sink of one run: everything goes to the server.
+struct Sink {
+    client: Client,
+    runner: String,
+    token: String,
+    claim: ClaimResponse,
+    cancel: CancellationToken,
+}
+
+impl Sink {
+    /// Post with retries; a fencing refusal stops the run.
+    async fn post(&self, report: &StatusReport) {
+        for attempt in 0u64..20 {
+            match self
+                .client
+                .report(&self.claim.namespace, &self.claim.name, report, &self.token)
+                .await
+            {
+                Ok(()) => return,
+                Err(e @ ClientError::Refused { status: 409, .. }) => {
+                    warn!(job = %self.claim.name, "fenced off, stopping the run: {e}");
+                    self.cancel.cancel();
+                    return;
+                }
+                Err(e) => {
+                    warn!(job = %self.claim.name, attempt, "report failed, retrying: {e}");
+                    tokio::time::sleep(Duration::from_millis(250 * (attempt + 1).min(8))).await;
+                }
+            }
+        }
+    }
+}
+
+impl StatusSink for Sink {
+    async fn step_changed(&self, status: &StepStatus) {
+        self.post(&StatusReport {
+            runner: self.runner.clone(),
+            epoch: self.claim.epoch,
+            step: Some(status.clone()),
+            ..Default::default()
+        })
+        .await;
+    }
+
+    async fn job_changed(&self, phase: JobPhase, reason: Option<&str>) {
+        // The end is reported once, with the outputs, after the run.
+        if phase.is_finished() {
+            return;
+        }
+        self.post(&StatusReport {
+            runner: self.runner.clone(),
+            epoch: self.claim.epoch,
+            phase: Some(phase),
+            reason: reason.map(str::to_owned),
+            ..Default::default()
+        })
+        .await;
+    }
+}
+
+impl LogSink for Sink {
+    async fn append(&self, chunk: LogChunk) {
+        let q = AppendQuery {
+            step: chunk.step.clone(),
+            offset: chunk.offset,
+            runner: self.runner.clone(),
+            epoch: self.claim.epoch,
+        };
+        for attempt in 0u64..20 {
+            match self
+                .client
+                .append_log(
+                    &self.claim.namespace,
+                    &self.claim.name,
+                    &q,
+                    chunk.bytes.clone(),
+                    &self.token,
+                )
+                .await
+            {
+                Ok(_) => return,
+                Err(ClientError::Refused {
+                    status: 409,
+                    reason,
+                    message,
+                    ..
+                }) if reason == "StaleEpoch" || reason == "NotActive" => {
+                    warn!(job = %self.claim.name, "fenced off, stopping the run: {message}");
+                    self.cancel.cancel();
+                    return;
+                }
+                Err(e) => {
+                    warn!(job = %self.claim.name, step = %chunk.step, attempt, "log append failed, retrying: {e}");
+                    tokio::time::sleep(Duration::from_millis(250 * (attempt + 1).min(8))).await;
+                }
+            }
+        }
+    }
+
+    fn resume_offset(&self, step: &str) -> u64 {
+        self.claim.log_offsets.get(step).copied().unwrap_or(0)
+    }
+}
