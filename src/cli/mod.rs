@@ -3,6 +3,7 @@
 use clap::{Parser, Subcommand};
 
 pub mod daemons;
+pub mod job;
 pub mod local;
 pub mod plugin;
 
@@ -32,6 +33,11 @@ pub enum Command {
     Token {
         #[command(subcommand)]
         verb: plugin::TokenVerb,
+    },
+    /// Run, follow and cancel Jobs on the cluster.
+    Job {
+        #[command(subcommand)]
+        verb: job::JobVerb,
     },
 }
 
@@ -77,6 +83,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
             )
         }
         Command::Token { verb } => plugin::token(verb).await,
+        Command::Job { verb } => job::job(verb).await,
         Command::Crd { dir } if dir.is_empty() => {
             print!("{}", crate::crd::all_yaml()?);
             Ok(0)

@@ -436,13 +436,26 @@ async fn user_may_get(
     ns: &str,
     name: &str,
 ) -> Result<(), ApiError> {
-    let token = input::bearer(authorization)?.ok_or_else(|| {
-        ApiError::new(
-            StatusCode::UNAUTHORIZED,
-            "TokenMissing",
-            "reading logs needs a Kubernetes bearer token (Authorization: Bearer ...)",
-        )
-    })?;
+    // Kubernetes tokens (JWTs) are longer than runner tokens: their own bound.
+    let token = authorization
+        .ok_or_else(|| {
+            ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "TokenMissing",
+                "reading logs needs a Kubernetes bearer token (Authorization: Bearer ...)",
+            )
+        })?
+        .strip_prefix("Bearer ")
+        .map(str::trim)
+        .filter(|t| !t.is_empty() && t.len() <= 8192 && t.chars().all(|c| c.is_ascii_graphic()))
+        .ok_or_else(|| {
+            ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "MalformedToken",
+                "Authorization must be `Bearer <token>`, at most 8 KiB of printable ASCII",
+            )
+        })?
+        .to_owned();
     let pp = PostParams::default();
     let review = TokenReview {
         spec: TokenReviewSpec {

@@ -10,6 +10,7 @@ mod fixtures;
 mod support;
 
 mod crds;
+mod jobs;
 mod pods;
 mod procs;
 mod runners;

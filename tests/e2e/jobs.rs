@@ -1,0 +1,382 @@
+//! Jobs end to end on the real cluster: a real `baton controller` and a real static
+//! `baton runner` (local backend) per test; Jobs applied through the API server,
+//! logs read through the controller's server with Kubernetes tokens.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, ensure};
+use baton::crd::Job;
+use baton::crd::conditions;
+use baton::crd::job::{JobPhase, StepPhase};
+use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
+use k8s_openapi::api::core::v1::ServiceAccount;
+use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
+use kube::api::{Api, Patch, PatchParams, PostParams};
+use kube::runtime::wait::Condition;
+
+use crate::procs::{Agent, Controller, TempDir, baton_ok, http};
+use crate::support::{TestNs, in_namespace, wait_for};
+
+fn jobs(ns: &TestNs) -> Api<Job> {
+    Api::namespaced(ns.client.clone(), &ns.name)
+}
+
+fn phase_is(phase: JobPhase) -> impl Condition<Job> {
+    move |j: Option<&Job>| j.and_then(|j| j.status.as_ref()?.phase) == Some(phase)
+}
+
+fn scheduled_reason(reason: &'static str) -> impl Condition<Job> {
+    move |j: Option<&Job>| {
+        j.and_then(|j| j.status.as_ref())
+            .and_then(|s| conditions::find(&s.conditions, "Scheduled"))
+            .is_some_and(|c| c.status == "False" && c.reason == reason)
+    }
+}
+
+/// A controller and one preadopted static runner `r1` labelled `pool=e2e`.
+struct Setup {
+    ctl: Controller,
+    _runner: Agent,
+    token: String,
+    _dir: TempDir,
+}
+
+async fn setup(ns: &TestNs) -> anyhow::Result<Setup> {
+    let ctl = Controller::start(&ns.name, "127.0.0.1:0").await?;
+    let out = baton_ok(&[
+        "token", "create", "t1", "-n", &ns.name, "--runner", "r1", "--labels", "pool=e2e",
+    ])
+    .await?;
+    let token = out.trim().to_owned();
+    let dir = TempDir::new(&ns.name);
+    let runner = Agent::start(&ctl.url, &ns.name, "r1", &dir.join("r1"), Some(&token), "").await?;
+    runner.wait_ready(200, 30).await?;
+    Ok(Setup {
+        ctl,
+        _runner: runner,
+        token,
+        _dir: dir,
+    })
+}
+
+fn job(name: &str, selector: &str, steps: serde_json::Value) -> anyhow::Result<Job> {
+    let (k, v) = selector.split_once('=').context("selector k=v")?;
+    Ok(serde_json::from_value(serde_json::json!({
+        "apiVersion": "baton.dev/v1alpha1",
+        "kind": "Job",
+        "metadata": { "name": name },
+        "spec": {
+            "runnerSelector": { "matchLabels": { k: v } },
+            "steps": steps,
+        }
+    }))?)
+}
+
+async fn apply(ns: &TestNs, job: &Job) -> anyhow::Result<()> {
+    jobs(ns).create(&PostParams::default(), job).await?;
+    Ok(())
+}
+
+/// A ServiceAccount token; with `may_get`, the account may `get` Jobs here.
+async fn sa_token(ns: &TestNs, name: &str, may_get: bool) -> anyhow::Result<String> {
+    let pp = PostParams::default();
+    let sas: Api<ServiceAccount> = Api::namespaced(ns.client.clone(), &ns.name);
+    sas.create(
+        &pp,
+        &serde_json::from_value(serde_json::json!({ "metadata": { "name": name } }))?,
+    )
+    .await?;
+    if may_get {
+        let role: Role = serde_json::from_value(serde_json::json!({
+            "metadata": { "name": name },
+            "rules": [{ "apiGroups": ["baton.dev"], "resources": ["jobs"], "verbs": ["get"] }]
+        }))?;
+        Api::<Role>::namespaced(ns.client.clone(), &ns.name)
+            .create(&pp, &role)
+            .await?;
+        let binding: RoleBinding = serde_json::from_value(serde_json::json!({
+            "metadata": { "name": name },
+            "roleRef": { "apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": name },
+            "subjects": [{ "kind": "ServiceAccount", "name": name, "namespace": ns.name }]
+        }))?;
+        Api::<RoleBinding>::namespaced(ns.client.clone(), &ns.name)
+            .create(&pp, &binding)
+            .await?;
+    }
+    let tr = TokenRequest {
+        spec: TokenRequestSpec {
+            expiration_seconds: Some(600),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let tr = sas.create_token_request(name, &pp, &tr).await?;
+    tr.status.map(|s| s.token).context("token request status")
+}
+
+/// GET a step's log through the server: (status, body).
+async fn read_log(
+    url: &str,
+    ns: &str,
+    job: &str,
+    step: &str,
+    token: Option<&str>,
+) -> anyhow::Result<(u16, String)> {
+    let mut r = http().get(format!("{url}/v1/jobs/{ns}/{job}/logs?step={step}"));
+    if let Some(t) = token {
+        r = r.bearer_auth(t);
+    }
+    let res = r.send().await?;
+    Ok((res.status().as_u16(), res.text().await?))
+}
+
+#[tokio::test]
+async fn one_step_job_on_a_static_runner_succeeds_with_rbac_checked_logs() {
+    in_namespace("job-one", |ns| async move {
+        let s = setup(&ns).await?;
+        let script = "for i in $(seq 1 20); do echo line $i; done";
+        let started = Instant::now();
+        apply(
+            &ns,
+            &job(
+                "one",
+                "pool=e2e",
+                serde_json::json!([
+                    { "name": "count", "image": "busybox", "script": script }
+                ]),
+            )?,
+        )
+        .await?;
+        wait_for(&jobs(&ns), "one", phase_is(JobPhase::Running), 30)
+            .await
+            .ok();
+        let to_running = started.elapsed();
+        let j = wait_for(&jobs(&ns), "one", phase_is(JobPhase::Succeeded), 60).await?;
+        let to_done = started.elapsed();
+        println!("TIMING apply->Running {to_running:?} apply->Succeeded {to_done:?}");
+        let st = j.status.context("status")?;
+        ensure!(
+            st.runner.as_deref() == Some("r1") && st.epoch == Some(1),
+            "{st:?}"
+        );
+        ensure!(
+            st.steps.len() == 1 && st.steps[0].phase == StepPhase::Succeeded,
+            "{st:?}"
+        );
+        ensure!(conditions::is_true(&st.conditions, "Scheduled"));
+        ensure!(conditions::is_true(&st.conditions, "Complete"));
+        ensure!(st.start_time.is_some() && st.completion_time.is_some());
+
+        let allowed = sa_token(&ns, "reader", true).await?;
+        let denied = sa_token(&ns, "stranger", false).await?;
+        let want: String = (1..=20).map(|i| format!("line {i}\n")).collect();
+        let (code, body) = read_log(&s.ctl.url, &ns.name, "one", "count", Some(&allowed)).await?;
+        ensure!(code == 200 && body == want, "allowed: {code} {body:?}");
+        let (code, body) = read_log(&s.ctl.url, &ns.name, "one", "count", Some(&denied)).await?;
+        ensure!(
+            code == 403 && body.contains("Forbidden"),
+            "denied: {code} {body}"
+        );
+        let (code, _) = read_log(&s.ctl.url, &ns.name, "one", "count", None).await?;
+        ensure!(code == 401, "no token: {code}");
+        let (code, _) = read_log(&s.ctl.url, &ns.name, "one", "count", Some("garbage")).await?;
+        ensure!(code == 401, "garbage token: {code}");
+
+        // The runner's token cannot write to a finished Job, nor claim it.
+        let res = http()
+            .post(format!("{}/v1/jobs/{}/one/claim", s.ctl.url, ns.name))
+            .bearer_auth(&s.token)
+            .json(&serde_json::json!({ "runner": "r1", "epoch": 1 }))
+            .send()
+            .await?;
+        ensure!(
+            res.status().as_u16() == 409,
+            "claim of a finished job: {}",
+            res.status()
+        );
+        Ok(())
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn diamond_dag_with_outputs_and_a_failing_step_with_on_failure_and_always() {
+    in_namespace("job-dag", |ns| async move {
+        let _s = setup(&ns).await?;
+        apply(&ns, &job("diamond", "pool=e2e", serde_json::json!([
+            { "name": "a", "image": "busybox", "script": "echo a=1 >> $BATON_OUTPUT" },
+            { "name": "b", "image": "busybox", "dependsOn": ["a"], "script": "echo b=$BATON_OUTPUT_A >> $BATON_OUTPUT" },
+            { "name": "c", "image": "busybox", "dependsOn": ["a"], "script": "echo c=2 >> $BATON_OUTPUT" },
+            { "name": "d", "image": "busybox", "dependsOn": ["b", "c"], "script": "echo d=done >> $BATON_OUTPUT" }
+        ]))?)
+        .await?;
+        apply(&ns, &job("failing", "pool=e2e", serde_json::json!([
+            { "name": "build", "image": "busybox", "script": "echo boom; exit 3" },
+            { "name": "deploy", "image": "busybox", "dependsOn": ["build"], "script": "echo never" },
+            { "name": "notify", "image": "busybox", "dependsOn": ["build"], "when": "onFailure", "script": "echo notified" },
+            { "name": "cleanup", "image": "busybox", "dependsOn": ["build"], "when": "always", "script": "echo cleaned" }
+        ]))?)
+        .await?;
+        let j = wait_for(&jobs(&ns), "diamond", phase_is(JobPhase::Succeeded), 60).await?;
+        let st = j.status.context("status")?;
+        let outputs: Vec<(String, String)> = st.outputs.clone().into_iter().collect();
+        ensure!(
+            outputs == [("a", "1"), ("b", "1"), ("c", "2"), ("d", "done")]
+                .map(|(k, v)| (k.to_owned(), v.to_owned())),
+            "outputs {:?}",
+            st.outputs
+        );
+        ensure!(st.steps.iter().all(|s| s.phase == StepPhase::Succeeded), "{:?}", st.steps);
+
+        let j = wait_for(&jobs(&ns), "failing", phase_is(JobPhase::Failed), 60).await?;
+        let st = j.status.context("status")?;
+        let phase = |n: &str| st.steps.iter().find(|s| s.name == n).map(|s| s.phase);
+        ensure!(phase("build") == Some(StepPhase::Failed), "{:?}", st.steps);
+        ensure!(phase("deploy") == Some(StepPhase::Skipped), "{:?}", st.steps);
+        ensure!(phase("notify") == Some(StepPhase::Succeeded), "{:?}", st.steps);
+        ensure!(phase("cleanup") == Some(StepPhase::Succeeded), "{:?}", st.steps);
+        ensure!(conditions::is_true(&st.conditions, "Failed"));
+        Ok(())
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn unmatched_selector_waits_and_cancel_works_queued_and_running() {
+    in_namespace("job-cancel", |ns| async move {
+        let s = setup(&ns).await?;
+        apply(
+            &ns,
+            &job(
+                "nomatch",
+                "pool=nowhere",
+                serde_json::json!([
+                    { "name": "x", "image": "busybox", "script": "echo should-not-run" }
+                ]),
+            )?,
+        )
+        .await?;
+        wait_for(
+            &jobs(&ns),
+            "nomatch",
+            scheduled_reason("NoMatchingRunner"),
+            30,
+        )
+        .await?;
+        let j = jobs(&ns).get("nomatch").await?;
+        ensure!(j.status.and_then(|s| s.phase) == Some(JobPhase::Queued));
+
+        // Cancel it while Queued: it ends Cancelled, never assigned.
+        baton_ok(&["job", "cancel", "nomatch", "-n", &ns.name]).await?;
+        let j = wait_for(&jobs(&ns), "nomatch", phase_is(JobPhase::Cancelled), 30).await?;
+        let st = j.status.context("status")?;
+        ensure!(
+            st.runner.is_none() && st.epoch.is_none(),
+            "never assigned: {st:?}"
+        );
+        ensure!(st.steps.iter().all(|s| s.phase == StepPhase::Cancelled));
+
+        // Cancel a running one.
+        apply(&ns, &job("long", "pool=e2e", serde_json::json!([
+            { "name": "sleep", "image": "busybox", "script": "echo started; sleep 300" },
+            { "name": "after", "image": "busybox", "dependsOn": ["sleep"], "script": "echo never" }
+        ]))?)
+        .await?;
+        wait_for(
+            &jobs(&ns),
+            "long",
+            |j: Option<&Job>| {
+                j.and_then(|j| j.status.as_ref()).is_some_and(|s| {
+                    s.steps
+                        .iter()
+                        .any(|st| st.name == "sleep" && st.phase == StepPhase::Running)
+                })
+            },
+            60,
+        )
+        .await?;
+        let started = Instant::now();
+        jobs(&ns)
+            .patch(
+                "long",
+                &PatchParams::default(),
+                &Patch::Merge(serde_json::json!({ "spec": { "cancel": true } })),
+            )
+            .await?;
+        let j = wait_for(&jobs(&ns), "long", phase_is(JobPhase::Cancelled), 60).await?;
+        ensure!(
+            started.elapsed() < Duration::from_secs(30),
+            "cancel took {:?}",
+            started.elapsed()
+        );
+        let st = j.status.context("status")?;
+        let phase = |n: &str| st.steps.iter().find(|s| s.name == n).map(|s| s.phase);
+        ensure!(
+            phase("sleep") == Some(StepPhase::Cancelled),
+            "{:?}",
+            st.steps
+        );
+        ensure!(
+            phase("after") == Some(StepPhase::Cancelled),
+            "{:?}",
+            st.steps
+        );
+
+        // A report at a stale epoch is refused (the Job is held at epoch 1).
+        apply(
+            &ns,
+            &job(
+                "held",
+                "pool=e2e",
+                serde_json::json!([
+                    { "name": "sleep", "image": "busybox", "script": "sleep 300" }
+                ]),
+            )?,
+        )
+        .await?;
+        wait_for(&jobs(&ns), "held", phase_is(JobPhase::Running), 60).await?;
+        for (path, body) in [
+            (
+                "status",
+                serde_json::json!({ "runner": "r1", "epoch": 0, "phase": "Succeeded" }),
+            ),
+            ("claim", serde_json::json!({ "runner": "r1", "epoch": 7 })),
+        ] {
+            let res = http()
+                .post(format!("{}/v1/jobs/{}/held/{path}", s.ctl.url, ns.name))
+                .bearer_auth(&s.token)
+                .json(&body)
+                .send()
+                .await?;
+            let code = res.status().as_u16();
+            let text = res.text().await?;
+            ensure!(
+                code == 409 && text.contains("StaleEpoch"),
+                "{path}: {code} {text}"
+            );
+        }
+        let res = http()
+            .post(format!(
+                "{}/v1/jobs/{}/held/logs?step=sleep&offset=0&runner=r1&epoch=0",
+                s.ctl.url, ns.name
+            ))
+            .bearer_auth(&s.token)
+            .body("forged\n")
+            .send()
+            .await?;
+        ensure!(
+            res.status().as_u16() == 409,
+            "stale log append: {}",
+            res.status()
+        );
+        let j = jobs(&ns).get("held").await?;
+        ensure!(
+            j.status.and_then(|s| s.phase) == Some(JobPhase::Running),
+            "unchanged"
+        );
+        baton_ok(&["job", "cancel", "held", "-n", &ns.name]).await?;
+        wait_for(&jobs(&ns), "held", phase_is(JobPhase::Cancelled), 60).await?;
+        Ok(())
+    })
+    .await;
+}
