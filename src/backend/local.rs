@@ -207,6 +207,8 @@ impl Backend for LocalBackend {
                     },
                     None => StepState::Running,
                 },
+                // Local processes are never lost, so never re-run.
+                retry: 0,
             })
             .collect();
         found.sort_by(|a, b| a.name.cmp(&b.name));

@@ -58,6 +58,25 @@ pub struct StepRequest {
     /// steps upstream, as `BATON_OUTPUT_<KEY>`). A step's own `env` may refer to
     /// them with `$(NAME)`, as on Kubernetes.
     pub env: Vec<(String, String)>,
+    /// Which attempt: 0 first, +1 for each re-run after the step's pod was lost
+    /// ([`BackendError::Lost`]). A new attempt is a new identity (a new pod); a
+    /// backend that never loses steps may ignore it.
+    pub retry: u32,
+    /// Where this attempt's log continues the step's log (the bytes earlier
+    /// attempts left): its [`LogChunk`] offsets start here.
+    pub log_offset: u64,
+}
+
+impl StepRequest {
+    /// The first attempt of `step`.
+    pub fn new(step: Step, env: Vec<(String, String)>) -> Self {
+        Self {
+            step,
+            env,
+            retry: 0,
+            log_offset: 0,
+        }
+    }
 }
 
 /// What a backend knows of a step it was asked to start earlier.
@@ -74,6 +93,8 @@ pub enum StepState {
 pub struct DiscoveredStep {
     pub name: String,
     pub state: StepState,
+    /// The attempt found (the latest, when a lost step was re-run).
+    pub retry: u32,
 }
 
 /// A piece of a step's log: `bytes` start at byte `offset` of the step's log, so a
@@ -145,6 +166,32 @@ pub enum BackendError {
         doing: &'static str,
         message: String,
     },
+    /// The step's pod (or process) was lost to infrastructure or someone else:
+    /// evicted, preempted, deleted, its node gone. The step did not fail on its
+    /// own; the executor re-runs it while `spec.retries` allows.
+    #[error("step {step}: {message}")]
+    Lost {
+        step: String,
+        /// `PodLost` or `Evicted`.
+        reason: &'static str,
+        message: String,
+    },
+    /// The step could not start and will not by waiting: an image that cannot be
+    /// pulled, a missing Secret.
+    #[error("step {step}: cannot start: {message}")]
+    CannotStart {
+        step: String,
+        /// `ImagePullFailed`, `SecretNotFound`, `InvalidEnv`, `StartFailed`.
+        reason: &'static str,
+        message: String,
+    },
+    #[error("step {step}: {doing}: {source}")]
+    Kube {
+        step: String,
+        doing: &'static str,
+        #[source]
+        source: Box<kube::Error>,
+    },
 }
 
 impl BackendError {
@@ -157,8 +204,17 @@ impl BackendError {
             Self::WorkingDir { .. } => "InvalidWorkingDir",
             Self::InvalidStep { .. } => "InvalidStep",
             Self::Spawn { .. } => "StartFailed",
-            Self::Io { .. } | Self::UnknownStep { .. } | Self::Failed { .. } => "BackendError",
+            Self::Lost { reason, .. } | Self::CannotStart { reason, .. } => reason,
+            Self::Io { .. }
+            | Self::UnknownStep { .. }
+            | Self::Failed { .. }
+            | Self::Kube { .. } => "BackendError",
         }
+    }
+
+    /// Whether the step was lost rather than failed: re-run it if retries allow.
+    pub fn is_lost(&self) -> bool {
+        matches!(self, Self::Lost { .. })
     }
 }
 
@@ -169,6 +225,13 @@ impl BackendError {
 pub trait Backend: Send + Sync {
     /// Short name for diagnostics (`local`, `kubernetes`).
     fn name(&self) -> &'static str;
+
+    /// The name an attempt of a step has on this backend, for the step's status
+    /// (`podName`): deterministic, known before the step starts. `None` where
+    /// attempts have no such name.
+    fn step_ref(&self, _workflow: &Workflow, _step: &str, _retry: u32) -> Option<String> {
+        None
+    }
 
     /// Prepare what the workflow's steps share (the workspace).
     fn setup_workflow(

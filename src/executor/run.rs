@@ -11,6 +11,8 @@ use k8s_openapi::jiff::Timestamp;
 use tokio::time::Instant;
 use tracing::Instrument;
 
+mod retry;
+
 use super::dag::{Dag, Scheduler};
 use super::outputs;
 use super::{
@@ -34,7 +36,16 @@ enum StepEnd {
         exit: Result<i32, BackendError>,
         how: How,
         outputs: Option<Result<Vec<u8>, BackendError>>,
+        log: LogEnd,
     },
+}
+
+/// Where a step's log stood when its task ended: the next attempt continues it.
+#[derive(Clone, Copy, Debug)]
+struct LogEnd {
+    offset: u64,
+    /// The last byte delivered, if this task delivered any.
+    last: Option<u8>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -93,6 +104,8 @@ struct State {
     durations: Vec<Option<Duration>>,
     outputs: Vec<Vec<(String, String)>>,
     outputs_used: usize,
+    /// The attempt each step is at (re-runs after lost pods).
+    retries: Vec<u32>,
 }
 
 impl State {
@@ -114,6 +127,11 @@ impl State {
         let status = &mut self.statuses[step];
         status.phase = StepPhase::Running;
         status.start_time = Some(now());
+    }
+
+    fn set_retry(&mut self, step: usize, retry: u32) {
+        self.retries[step] = retry;
+        self.statuses[step].retries = (retry > 0).then(|| i32::try_from(retry).unwrap_or(i32::MAX));
     }
 
     fn mark_ended(
@@ -183,6 +201,7 @@ impl<B: Backend> Executor<'_, B> {
             durations: vec![None; n],
             outputs: vec![Vec::new(); n],
             outputs_used: 0,
+            retries: vec![0; n],
         };
         status.job_changed(JobPhase::Running, None).await;
 
@@ -199,6 +218,8 @@ impl<B: Backend> Executor<'_, B> {
             tracing::info!(workflow = %workflow.id, step = %found.name, state = ?found.state, "resuming a step found running or ended");
             state.sched.adopt(i);
             state.mark_running(i);
+            state.set_retry(i, found.retry);
+            self.name_attempt(&mut state, workflow, i);
             status.step_changed(&state.statuses[i]).await;
             let from = logs.resume_offset(&found.name);
             running.push(self.step_task(workflow, i, None, &plan, stop_all.clone(), logs, from));
@@ -221,11 +242,9 @@ impl<B: Backend> Executor<'_, B> {
                     status.step_changed(&state.statuses[i]).await;
                 }
                 for i in advance.start {
-                    let request = StepRequest {
-                        step: spec.steps[i].clone(),
-                        env: state.injected_env(i),
-                    };
+                    let request = StepRequest::new(spec.steps[i].clone(), state.injected_env(i));
                     state.mark_running(i);
+                    self.name_attempt(&mut state, workflow, i);
                     status.step_changed(&state.statuses[i]).await;
                     running.push(self.step_task(
                         workflow,
@@ -243,8 +262,15 @@ impl<B: Backend> Executor<'_, B> {
             }
             tokio::select! {
                 Some((i, end)) = running.next() => {
-                    self.record(&mut state, &plan, i, end, cause);
-                    status.step_changed(&state.statuses[i]).await;
+                    if let Some(request) = self.rerun(&mut state, &plan, i, &end, cause, logs).await {
+                        self.name_attempt(&mut state, workflow, i);
+                        status.step_changed(&state.statuses[i]).await;
+                        let from = request.log_offset;
+                        running.push(self.step_task(workflow, i, Some(request), &plan, stop_all.clone(), logs, from));
+                    } else {
+                        self.record(&mut state, &plan, i, end, cause);
+                        status.step_changed(&state.statuses[i]).await;
+                    }
                 }
                 () = cancel.cancelled(), if cause.is_none() => {
                     tracing::info!(workflow = %workflow.id, "job cancelled; stopping its steps");
@@ -356,11 +382,17 @@ impl<B: Backend> Executor<'_, B> {
                 return (i, StepEnd::StartFailed(error));
             }
             let forward = async {
+                let mut end = LogEnd { offset: log_from, last: None };
                 match self.backend.tail_step(workflow, name, log_from).await {
                     Ok(mut chunks) => {
                         while let Some(chunk) = chunks.next().await {
                             match chunk {
-                                Ok(chunk) => logs.append(chunk).await,
+                                Ok(chunk) => {
+                                    if let Some(&last) = chunk.bytes.last() {
+                                        end = LogEnd { offset: chunk.offset + chunk.bytes.len() as u64, last: Some(last) };
+                                    }
+                                    logs.append(chunk).await;
+                                }
                                 Err(error) => {
                                     tracing::warn!(%error, "tail step log");
                                     break;
@@ -370,6 +402,7 @@ impl<B: Backend> Executor<'_, B> {
                     }
                     Err(error) => tracing::warn!(%error, "tail step log"),
                 }
+                end
             };
             let watch = async {
                 let timeout = plan.step_timeouts[i];
@@ -379,15 +412,23 @@ impl<B: Backend> Executor<'_, B> {
                     () = stop_all.cancelled() => (self.stop(workflow, name).await, How::Stopped),
                 }
             };
-            let ((exit, how), ()) = tokio::join!(watch, forward);
+            let ((exit, how), log) = tokio::join!(watch, forward);
             let outputs = match exit {
                 Ok(_) => Some(self.backend.read_outputs(workflow, name, self.options.outputs_limit.saturating_add(1)).await),
                 Err(_) => None,
             };
-            (i, StepEnd::Ended { exit, how, outputs })
+            (i, StepEnd::Ended { exit, how, outputs, log })
         }
         .instrument(span)
         .await
+    }
+
+    /// The step's status names its current attempt as the backend calls it.
+    fn name_attempt(&self, state: &mut State, workflow: &Workflow, i: usize) {
+        let status = &mut state.statuses[i];
+        status.pod_name = self
+            .backend
+            .step_ref(workflow, &status.name, state.retries[i]);
     }
 
     async fn stop(&self, workflow: &Workflow, step: &str) -> Result<i32, BackendError> {
@@ -416,7 +457,9 @@ impl<B: Backend> Executor<'_, B> {
                 );
                 return;
             }
-            StepEnd::Ended { exit, how, outputs } => (exit, how, outputs),
+            StepEnd::Ended {
+                exit, how, outputs, ..
+            } => (exit, how, outputs),
         };
         let exit_code = match exit {
             Ok(code) => code,
