@@ -94,7 +94,7 @@ pub fn routes(
     let append = warp::path!("v1" / "jobs" / String / String / "logs")
         .and(warp::post())
         .and(with_state.clone())
-        .and(warp::query::<AppendQuery>())
+        .and(query_map())
         .and(auth)
         .and(warp::body::content_length_limit(jobs::MAX_LOG_BODY))
         .and(warp::body::bytes())
@@ -102,24 +102,28 @@ pub fn routes(
             |ns: String,
              name: String,
              state: ApiState,
-             q: AppendQuery,
+             q: Query,
              auth: Option<String>,
              body: Bytes| async move {
-                append(&state, &ns, &name, &q, auth.as_deref(), &body)
-                    .await
-                    .unwrap_or_else(ApiError::into_response)
+                let res = match append_query(&q) {
+                    Ok(q) => append(&state, &ns, &name, &q, auth.as_deref(), &body).await,
+                    Err(e) => Err(e),
+                };
+                res.unwrap_or_else(ApiError::into_response)
             },
         );
     let read = warp::path!("v1" / "jobs" / String / String / "logs")
         .and(warp::get())
         .and(with_state)
-        .and(warp::query::<ReadQuery>())
+        .and(query_map())
         .and(auth)
         .then(
-            |ns: String, name: String, state: ApiState, q: ReadQuery, auth: Option<String>| async move {
-                read(&state, &ns, &name, &q, auth.as_deref())
-                    .await
-                    .unwrap_or_else(ApiError::into_response)
+            |ns: String, name: String, state: ApiState, q: Query, auth: Option<String>| async move {
+                let res = match read_query(&q) {
+                    Ok(q) => read(&state, &ns, &name, &q, auth.as_deref()).await,
+                    Err(e) => Err(e),
+                };
+                res.unwrap_or_else(ApiError::into_response)
             },
         );
     list.or(claim)
@@ -130,6 +134,65 @@ pub fn routes(
         .unify()
         .or(read)
         .unify()
+}
+
+type Query = std::collections::HashMap<String, String>;
+
+/// The query as a map: never rejects, so a bad query is answered by its route.
+fn query_map() -> impl Filter<Extract = (Query,), Error = std::convert::Infallible> + Clone {
+    warp::query::<Query>()
+        .or(warp::any().map(Query::new))
+        .unify()
+}
+
+fn field<T: std::str::FromStr>(q: &Query, key: &str, expected: &str) -> Result<T, ApiError> {
+    q.get(key)
+        .ok_or_else(|| {
+            ApiError::bad_request(
+                "InvalidQuery",
+                format!("missing {key}: expected {expected}"),
+            )
+        })?
+        .parse()
+        .map_err(|_| {
+            ApiError::bad_request("InvalidQuery", format!("bad {key}: expected {expected}"))
+        })
+}
+
+fn append_query(q: &Query) -> Result<AppendQuery, ApiError> {
+    const EXPECTED: &str = "?step=S&offset=N&runner=R&epoch=E";
+    if let Some(k) = q
+        .keys()
+        .find(|k| !matches!(k.as_str(), "step" | "offset" | "runner" | "epoch"))
+    {
+        return Err(ApiError::bad_request(
+            "InvalidQuery",
+            format!("unknown parameter {k}: expected {EXPECTED}"),
+        ));
+    }
+    Ok(AppendQuery {
+        step: field(q, "step", EXPECTED)?,
+        offset: field(q, "offset", EXPECTED)?,
+        runner: field(q, "runner", EXPECTED)?,
+        epoch: field(q, "epoch", EXPECTED)?,
+    })
+}
+
+fn read_query(q: &Query) -> Result<ReadQuery, ApiError> {
+    const EXPECTED: &str = "?step=S[&follow=true]";
+    if let Some(k) = q.keys().find(|k| !matches!(k.as_str(), "step" | "follow")) {
+        return Err(ApiError::bad_request(
+            "InvalidQuery",
+            format!("unknown parameter {k}: expected {EXPECTED}"),
+        ));
+    }
+    Ok(ReadQuery {
+        step: field(q, "step", EXPECTED)?,
+        follow: match q.get("follow") {
+            Some(_) => field(q, "follow", EXPECTED)?,
+            None => false,
+        },
+    })
 }
 
 fn names(ns: &str, name: &str) -> Result<(), ApiError> {
@@ -400,9 +463,14 @@ async fn append(
 ) -> Result<Response, ApiError> {
     names(ns, name)?;
     runner_auth(state, authorization, &q.runner, ns)?;
-    // The watch cache first; a hand-over it has not seen yet is checked for real.
+    // The watch cache first. Epochs only grow, so a cache at this epoch or later
+    // decides; only a cache behind the presented epoch is checked for real.
     let job = match cached(state, ns, name) {
         Some(j) if jobs::fence(j.status.as_ref(), &q.runner, q.epoch).is_ok() => (*j).clone(),
+        Some(j) if j.status.as_ref().and_then(|s| s.epoch).unwrap_or(0) >= q.epoch => {
+            jobs::fence(j.status.as_ref(), &q.runner, q.epoch)?;
+            (*j).clone()
+        }
         _ => {
             let j = fresh(state, ns, name).await?;
             jobs::fence(j.status.as_ref(), &q.runner, q.epoch)?;
@@ -620,3 +688,7 @@ async fn read(
     );
     Ok(res)
 }
+
+#[cfg(test)]
+#[path = "job_tests.rs"]
+mod tests;

@@ -1,0 +1,345 @@
+//! Job route tests through `warp::test`: no cluster. The kube client points at a
+//! closed port; the watch caches (tokens, Jobs) are filled by hand, so everything
+//! the cache decides is tested here, and what needs the API server gives 503.
+#![allow(clippy::unwrap_used)]
+
+use std::sync::Arc;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::jiff::Timestamp;
+use kube::runtime::reflector::{self, store::Writer};
+use kube::runtime::watcher::Event;
+
+use crate::crd::job::{JobPhase, JobStatus};
+use crate::crd::{Job, JobSpec, RunnerTokenSpec, RunnerTokenStatus, Step};
+use crate::server::health::Readiness;
+use crate::server::hub::Hub;
+use crate::server::input::ErrorBody;
+use crate::server::jobs::{AppendResponse, Assignment};
+use crate::server::logs::LogStore;
+use crate::server::{ApiConfig, ApiState, routes, token};
+
+struct Fixture {
+    state: ApiState,
+    jobs: Writer<Job>,
+}
+
+fn fixture(name: &str) -> Fixture {
+    let config = kube::Config::new("http://127.0.0.1:9".parse().unwrap());
+    let client = kube::Client::try_from(config).unwrap();
+    let (runners, mut rw) = reflector::store();
+    let (tokens, mut tw) = reflector::store();
+    let (jobs_r, mut jobs) = reflector::store();
+    rw.apply_watcher_event(&Event::InitDone);
+    jobs.apply_watcher_event(&Event::InitDone);
+    // InitDone swaps in what was listed: it comes first, the tokens after.
+    tw.apply_watcher_event(&Event::InitDone);
+    for (t, plain, runner) in [("t1", "tok-r1", "r1"), ("t2", "tok-r2", "r2")] {
+        let mut rt = crate::crd::RunnerToken::new(
+            t,
+            RunnerTokenSpec {
+                runner_name: Some(runner.into()),
+                ..Default::default()
+            },
+        );
+        rt.metadata.namespace = Some("ns".into());
+        rt.status = Some(RunnerTokenStatus {
+            token_hash: Some(token::hash(plain)),
+            expires_at: Some(Time(
+                Timestamp::from_second(Timestamp::now().as_second() + 3600).unwrap(),
+            )),
+            ..Default::default()
+        });
+        tw.apply_watcher_event(&Event::Apply(rt));
+    }
+    let dir = std::env::temp_dir().join(format!("baton-job-routes-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    Fixture {
+        state: ApiState {
+            client,
+            runners,
+            tokens,
+            jobs: jobs_r,
+            logs: Arc::new(LogStore::new(dir, 1024)),
+            hub: Arc::new(Hub::default()),
+            readiness: Readiness::default(),
+            config: ApiConfig {
+                namespace: Some("ns".into()),
+                ..Default::default()
+            },
+        },
+        jobs,
+    }
+}
+
+impl Fixture {
+    fn job(&mut self, name: &str, runner: &str, epoch: i64, phase: JobPhase) {
+        let mut j = Job::new(
+            name,
+            JobSpec {
+                steps: vec![Step {
+                    name: "s".into(),
+                    image: "busybox".into(),
+                    script: Some("true".into()),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            },
+        );
+        j.metadata.namespace = Some("ns".into());
+        j.metadata.uid = Some(format!("uid-{name}"));
+        j.status = Some(JobStatus {
+            phase: Some(phase),
+            runner: Some(runner.into()),
+            epoch: Some(epoch),
+            ..Default::default()
+        });
+        self.jobs.apply_watcher_event(&Event::Apply(j));
+    }
+}
+
+fn reason(body: &[u8]) -> String {
+    serde_json::from_slice::<ErrorBody>(body)
+        .map(|b| b.error)
+        .unwrap_or_else(|_| String::from_utf8_lossy(body).into_owned())
+}
+
+#[tokio::test]
+async fn assignments_are_listed_for_their_runner_only() {
+    let mut f = fixture("list");
+    f.job("a", "r1", 1, JobPhase::Assigned);
+    f.job("b", "r1", 3, JobPhase::Running);
+    f.job("c", "r1", 1, JobPhase::Succeeded);
+    f.job("d", "r2", 1, JobPhase::Running);
+    let routes = routes(f.state.clone());
+    let res = warp::test::request()
+        .path("/v1/jobs?runner=r1&namespace=ns")
+        .header("authorization", "Bearer tok-r1")
+        .reply(&routes)
+        .await;
+    assert_eq!(res.status(), 200);
+    let list: Vec<Assignment> = serde_json::from_slice(res.body()).unwrap();
+    let names: Vec<(&str, i64)> = list.iter().map(|a| (a.name.as_str(), a.epoch)).collect();
+    assert_eq!(names, [("a", 1), ("b", 3)]);
+
+    for (auth, status, why) in [
+        (None, 401, "TokenMissing"),
+        (Some("Bearer nope"), 401, "TokenUnknown"),
+        (Some("Bearer tok-r2"), 403, "TokenForAnotherRunner"),
+    ] {
+        let mut req = warp::test::request().path("/v1/jobs?runner=r1&namespace=ns");
+        if let Some(a) = auth {
+            req = req.header("authorization", a);
+        }
+        let res = req.reply(&routes).await;
+        assert_eq!(
+            (res.status().as_u16(), reason(res.body()).as_str()),
+            (status, why)
+        );
+    }
+}
+
+#[tokio::test]
+async fn log_appends_are_fenced_idempotent_and_gap_free() {
+    let mut f = fixture("append");
+    f.job("j", "r1", 2, JobPhase::Running);
+    let routes = routes(f.state.clone());
+    let append = |q: &str, token: &str, body: &'static str| {
+        warp::test::request()
+            .method("POST")
+            .path(&format!("/v1/jobs/ns/j/logs?{q}"))
+            .header("authorization", format!("Bearer {token}"))
+            .body(body)
+    };
+    // (what, query, token, body, status, reason or the resulting length)
+    let cases: &[(&str, &str, &str, &str, u16, &str)] = &[
+        (
+            "first chunk",
+            "step=s&offset=0&runner=r1&epoch=2",
+            "tok-r1",
+            "1\n2\n",
+            200,
+            "4",
+        ),
+        (
+            "resent overlap",
+            "step=s&offset=2&runner=r1&epoch=2",
+            "tok-r1",
+            "2\n3\n",
+            200,
+            "6",
+        ),
+        (
+            "all duplicate",
+            "step=s&offset=0&runner=r1&epoch=2",
+            "tok-r1",
+            "1\n",
+            200,
+            "6",
+        ),
+        (
+            "gap",
+            "step=s&offset=9&runner=r1&epoch=2",
+            "tok-r1",
+            "x",
+            409,
+            "LogGap",
+        ),
+        (
+            "older epoch",
+            "step=s&offset=6&runner=r1&epoch=1",
+            "tok-r1",
+            "x",
+            409,
+            "StaleEpoch",
+        ),
+        (
+            "other runner",
+            "step=s&offset=6&runner=r2&epoch=2",
+            "tok-r2",
+            "x",
+            409,
+            "StaleEpoch",
+        ),
+        (
+            "token of another runner",
+            "step=s&offset=6&runner=r1&epoch=2",
+            "tok-r2",
+            "x",
+            403,
+            "TokenForAnotherRunner",
+        ),
+        (
+            "unknown step",
+            "step=zz&offset=0&runner=r1&epoch=2",
+            "tok-r1",
+            "x",
+            400,
+            "UnknownStep",
+        ),
+        (
+            "bad query",
+            "step=s&offset=-1&runner=r1&epoch=2",
+            "tok-r1",
+            "x",
+            400,
+            "InvalidQuery",
+        ),
+        // The cache is behind a newer epoch: checked against the API (down here).
+        (
+            "newer epoch than the cache",
+            "step=s&offset=6&runner=r1&epoch=3",
+            "tok-r1",
+            "x",
+            503,
+            "Unavailable",
+        ),
+    ];
+    for (what, q, token, body, status, want) in cases {
+        let res = append(q, token, body).reply(&routes).await;
+        let got = if res.status() == 200 {
+            serde_json::from_slice::<AppendResponse>(res.body())
+                .unwrap()
+                .length
+                .to_string()
+        } else {
+            reason(res.body())
+        };
+        assert_eq!(
+            (res.status().as_u16(), got.as_str()),
+            (*status, *want),
+            "{what}"
+        );
+    }
+    // A finished Job takes no more logs.
+    f.job("j", "r1", 2, JobPhase::Succeeded);
+    let res = append("step=s&offset=6&runner=r1&epoch=2", "tok-r1", "x")
+        .reply(&routes)
+        .await;
+    assert_eq!(
+        (res.status().as_u16(), reason(res.body()).as_str()),
+        (409, "NotActive")
+    );
+}
+
+#[tokio::test]
+async fn claims_and_reports_check_their_input_first() {
+    let f = fixture("input");
+    let routes = routes(f.state.clone());
+    let post = |path: &str, ct: &str, body: &'static str| {
+        warp::test::request()
+            .method("POST")
+            .path(path)
+            .header("authorization", "Bearer tok-r1")
+            .header("content-type", ct)
+            .body(body)
+    };
+    let json = "application/json";
+    let cases: &[(&str, &str, &str, &str, u16, &str)] = &[
+        (
+            "claim: text",
+            "/v1/jobs/ns/j/claim",
+            "text/plain",
+            "{}",
+            415,
+            "UnsupportedMediaType",
+        ),
+        (
+            "claim: malformed",
+            "/v1/jobs/ns/j/claim",
+            json,
+            "{",
+            400,
+            "MalformedJson",
+        ),
+        (
+            "claim: unknown field",
+            "/v1/jobs/ns/j/claim",
+            json,
+            r#"{"runner":"r1","epoch":1,"x":1}"#,
+            400,
+            "UnknownField",
+        ),
+        (
+            "status: malformed",
+            "/v1/jobs/ns/j/status",
+            json,
+            "[]",
+            400,
+            "MalformedJson",
+        ),
+        (
+            "status: bad name",
+            "/v1/jobs/ns/J_J/status",
+            json,
+            "{}",
+            400,
+            "InvalidName",
+        ),
+        (
+            "claim: API down",
+            "/v1/jobs/ns/j/claim",
+            json,
+            r#"{"runner":"r1","epoch":1}"#,
+            503,
+            "Unavailable",
+        ),
+    ];
+    for (what, path, ct, body, status, want) in cases {
+        let res = post(path, ct, body).reply(&routes).await;
+        assert_eq!(
+            (res.status().as_u16(), reason(res.body()).as_str()),
+            (*status, *want),
+            "{what}"
+        );
+    }
+    // Reading logs needs a Kubernetes bearer token.
+    let res = warp::test::request()
+        .path("/v1/jobs/ns/j/logs?step=s")
+        .reply(&routes)
+        .await;
+    assert_eq!(
+        (res.status().as_u16(), reason(res.body()).as_str()),
+        (401, "TokenMissing")
+    );
+}
