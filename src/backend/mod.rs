@@ -11,6 +11,7 @@
 //! Backends know nothing of `dependsOn`, `when`, timeouts or outputs parsing: that
 //! is the executor's job, shared by every backend.
 
+pub mod kubernetes;
 pub mod local;
 
 use std::future::Future;
@@ -20,6 +21,7 @@ use futures::stream::BoxStream;
 
 use crate::crd::Step;
 
+pub use kubernetes::{JobTarget, KubernetesBackend};
 pub use local::LocalBackend;
 
 /// Upper-case `s` with every character but ASCII letters and digits turned into

@@ -1,0 +1,573 @@
+//! The Kubernetes backend: each step attempt is one pod (a "step pod") in the Job's
+//! namespace. One backend value serves one run of one Job ([`JobTarget`]); the
+//! workflow id is the Job's uid.
+//!
+//! - **Pods** ([`pod`]): deterministic names `<job>-<step>-<hash8>` (hash of job
+//!   uid, step, retry), so a second start of a step finds the pod it created and
+//!   never runs it twice; labels `baton.dev/job-uid`, `job-name`, `step`, `retry`;
+//!   an owner reference to the Job; `restartPolicy: Never`; no service account
+//!   token; the `restricted` Pod Security Standard.
+//! - **Workspace**: `spec.workspace` becomes a claim `<job>-workspace` mounted at
+//!   `/workspace`. Every step pod after the first scheduled one is pinned (required
+//!   node affinity on the node's name) to that node; the first pod's start waits
+//!   (bounded) until it is scheduled, so parallel first steps do not split.
+//! - **Outputs** ([`outputs`]): `$BATON_OUTPUT` is `/baton/output` on a per-pod
+//!   `emptyDir`; a small `sh` wrapper frames the file into the log after the
+//!   user's command ended (base64, between markers carrying a per-attempt nonce),
+//!   and the backend strips the frame from the log it yields. No 4 KiB
+//!   termination-message ceiling; one log read serves logs and outputs.
+//!   **Limitation**: the step image needs `sh` (to run the wrapper) and `base64`
+//!   (to frame outputs; without it the wrapper says so and outputs are lost) —
+//!   busybox, alpine, debian and ubuntu images all have both. An image without a
+//!   shell cannot be a step.
+//! - **Logs**: the pod log API has no byte offsets, so a tail follows the log from
+//!   its start and skips the bytes the caller already holds; offsets count the
+//!   stripped log, which is the same on every read. A dropped connection is
+//!   re-opened the same way. Logs beyond the kubelet's rotation size
+//!   (`containerLogMaxSize`, 10 MiB by default) are not re-readable from the start.
+//! - **Lost pods**: a pod deleted by someone else, evicted, preempted or failed by
+//!   its node before its container ended is [`BackendError::Lost`]; the executor
+//!   re-runs the step as a new attempt (`retry` + 1, a new pod) if the Job allows.
+//! - **Stopping** deletes the pod with the grace period and waits until it is gone.
+
+mod outputs;
+mod pod;
+mod state;
+mod tail;
+mod watch;
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod};
+use kube::api::{Api, DeleteParams, ListParams, PostParams};
+use kube::{Client, ResourceExt};
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+pub use pod::{LABEL_JOB_NAME, LABEL_JOB_UID, LABEL_RETRY, LABEL_STEP, pod_name};
+
+use super::{Backend, BackendError, DiscoveredStep, LogStream, StepRequest, StepState, Workflow};
+use crate::crd::Job;
+use crate::crd::job::Workspace;
+use outputs::Frame;
+use state::PodView;
+
+/// The Job one backend runs steps for.
+#[derive(Clone, Debug, PartialEq)]
+pub struct JobTarget {
+    pub namespace: String,
+    pub job_name: String,
+    pub job_uid: String,
+    /// `spec.workspace`: a claim mounted at `/workspace` in every step pod.
+    pub workspace: Option<Workspace>,
+    /// The uid and gid step containers run as (default 1000: non-root, as the
+    /// `restricted` Pod Security Standard requires).
+    pub run_as_user: i64,
+    pub run_as_group: i64,
+}
+
+impl JobTarget {
+    pub fn new(
+        namespace: impl Into<String>,
+        job_name: impl Into<String>,
+        job_uid: impl Into<String>,
+    ) -> Self {
+        Self {
+            namespace: namespace.into(),
+            job_name: job_name.into(),
+            job_uid: job_uid.into(),
+            workspace: None,
+            run_as_user: 1000,
+            run_as_group: 1000,
+        }
+    }
+
+    /// The target of a Job read from the API (`None` without namespace or uid).
+    pub fn for_job(job: &Job) -> Option<Self> {
+        let mut target = Self::new(job.namespace()?, job.name_any(), job.uid()?);
+        target.workspace = job.spec.workspace.clone();
+        Some(target)
+    }
+}
+
+/// Tunables of the backend.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KubernetesOptions {
+    /// How long a step pod may wait for a reason that will not fix itself (image
+    /// pull failures, a missing Secret) before the step fails.
+    pub cannot_start_after: Duration,
+    /// How long the first step pod of a Job with a workspace is waited for to be
+    /// scheduled, before later pods are created without pinning.
+    pub schedule_wait: Duration,
+}
+
+impl Default for KubernetesOptions {
+    fn default() -> Self {
+        Self {
+            cannot_start_after: Duration::from_secs(30),
+            schedule_wait: Duration::from_secs(60),
+        }
+    }
+}
+
+/// Runs a Job's steps as pods.
+#[derive(Debug)]
+pub struct KubernetesBackend {
+    target: JobTarget,
+    pods: Api<Pod>,
+    claims: Api<PersistentVolumeClaim>,
+    options: KubernetesOptions,
+    /// The latest attempt of each step this backend started or found.
+    attempts: Mutex<HashMap<String, Arc<AttemptState>>>,
+    /// The node the Job's pods are pinned to (with a workspace). Held while the
+    /// first pod is being scheduled.
+    node: tokio::sync::Mutex<Option<String>>,
+}
+
+/// What the backend knows of one step attempt (one pod).
+#[derive(Debug)]
+pub(crate) struct AttemptState {
+    step: String,
+    pod: String,
+    retry: u32,
+    nonce: String,
+    log_offset: u64,
+    /// Baton deletes the pod (stop): its end is expected, not a loss.
+    stopping: AtomicBool,
+    /// How it ended when stopped, once known.
+    stopped_exit: Mutex<Option<i32>>,
+    /// The outputs frame, once a tail read the complete log.
+    frame: Mutex<Option<Frame>>,
+    /// Cancelled when waiting gave up on the pod (it cannot start): tails end.
+    abandoned: CancellationToken,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // Every critical section is one read or one assignment: never half-updated.
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl AttemptState {
+    fn from_pod(pod: &Pod) -> Option<Self> {
+        let labels = pod.metadata.labels.as_ref()?;
+        let annotations = pod.metadata.annotations.as_ref()?;
+        Some(Self {
+            step: labels.get(pod::LABEL_STEP)?.clone(),
+            pod: pod.metadata.name.clone()?,
+            retry: labels.get(pod::LABEL_RETRY)?.parse().ok()?,
+            nonce: annotations.get(pod::ANNOTATION_NONCE)?.clone(),
+            log_offset: annotations
+                .get(pod::ANNOTATION_LOG_OFFSET)
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0),
+            stopping: AtomicBool::new(false),
+            stopped_exit: Mutex::new(None),
+            frame: Mutex::new(None),
+            abandoned: CancellationToken::new(),
+        })
+    }
+
+    fn is_stopping(&self) -> bool {
+        self.stopping.load(Ordering::SeqCst)
+    }
+}
+
+fn kube_err(step: &str, doing: &'static str) -> impl FnOnce(kube::Error) -> BackendError {
+    let step = step.to_owned();
+    move |source| BackendError::Kube {
+        step,
+        doing,
+        source: Box::new(source),
+    }
+}
+
+fn is_status(err: &kube::Error, check: fn(&kube::core::Status) -> bool) -> bool {
+    matches!(err, kube::Error::Api(status) if check(status))
+}
+
+/// 128 bits of randomness, hex: the outputs frame nonce of one attempt.
+fn new_nonce(step: &str) -> Result<String, BackendError> {
+    let mut bytes = [0u8; 16];
+    getrandom::fill(&mut bytes).map_err(|e| BackendError::Failed {
+        step: step.to_owned(),
+        doing: "draw the outputs nonce",
+        message: e.to_string(),
+    })?;
+    Ok(hex::encode(bytes))
+}
+
+impl KubernetesBackend {
+    pub fn new(client: Client, target: JobTarget) -> Self {
+        Self::with_options(client, target, KubernetesOptions::default())
+    }
+
+    pub fn with_options(client: Client, target: JobTarget, options: KubernetesOptions) -> Self {
+        Self {
+            pods: Api::namespaced(client.clone(), &target.namespace),
+            claims: Api::namespaced(client, &target.namespace),
+            target,
+            options,
+            attempts: Mutex::new(HashMap::new()),
+            node: tokio::sync::Mutex::new(None),
+        }
+    }
+
+    pub fn target(&self) -> &JobTarget {
+        &self.target
+    }
+
+    /// The pod of the latest attempt of `step` this backend knows.
+    pub fn step_pod_name(&self, step: &str) -> Option<String> {
+        lock(&self.attempts).get(step).map(|a| a.pod.clone())
+    }
+
+    fn check(&self, workflow: &Workflow, step: &str) -> Result<(), BackendError> {
+        if workflow.id == self.target.job_uid {
+            return Ok(());
+        }
+        Err(BackendError::Failed {
+            step: step.to_owned(),
+            doing: "check the workflow",
+            message: format!(
+                "this backend runs Job {} (uid {}), not workflow {}",
+                self.target.job_name, self.target.job_uid, workflow.id
+            ),
+        })
+    }
+
+    /// Remember `pod` as its step's attempt unless a later attempt is known.
+    fn remember(&self, pod: &Pod) -> Option<Arc<AttemptState>> {
+        let found = AttemptState::from_pod(pod)?;
+        let mut attempts = lock(&self.attempts);
+        match attempts.get(&found.step) {
+            Some(known) if known.retry > found.retry || known.pod == found.pod => {
+                Some(known.clone())
+            }
+            _ => {
+                let found = Arc::new(found);
+                attempts.insert(found.step.clone(), found.clone());
+                Some(found)
+            }
+        }
+    }
+
+    /// The latest attempt of `step`: remembered, or found by label.
+    async fn attempt(&self, step: &str) -> Result<Arc<AttemptState>, BackendError> {
+        if let Some(known) = lock(&self.attempts).get(step) {
+            return Ok(known.clone());
+        }
+        let selector = pod::step_selector(&self.target.job_uid, step);
+        let list = self
+            .pods
+            .list(&ListParams::default().labels(&selector))
+            .await
+            .map_err(kube_err(step, "list the step's pods"))?;
+        list.items
+            .iter()
+            .filter_map(|p| self.remember(p))
+            .max_by_key(|a| a.retry)
+            .ok_or_else(|| BackendError::UnknownStep {
+                workflow: self.target.job_uid.clone(),
+                step: step.to_owned(),
+            })
+    }
+
+    /// Create the pod of an attempt; an existing one (a second start) is returned.
+    async fn create(
+        &self,
+        attempt: &pod::Attempt<'_>,
+        node: Option<&str>,
+    ) -> Result<Pod, BackendError> {
+        let step = attempt.step.name.as_str();
+        let desired = pod::step_pod(&self.target, attempt, node)?;
+        let name = desired.metadata.name.clone().unwrap_or_default();
+        match self.pods.create(&PostParams::default(), &desired).await {
+            Ok(created) => {
+                tracing::info!(pod = %name, retry = attempt.retry, "created step pod");
+                Ok(created)
+            }
+            Err(e) if is_status(&e, kube::core::Status::is_already_exists) => {
+                tracing::info!(pod = %name, "step pod exists already; adopting it");
+                self.pods
+                    .get(&name)
+                    .await
+                    .map_err(kube_err(step, "read the existing step pod"))
+            }
+            Err(e) => Err(kube_err(step, "create the step pod")(e)),
+        }
+    }
+
+    /// With a workspace: pin to the node of the Job's pods; the first pod is
+    /// waited for until it is scheduled, so every later one follows it.
+    async fn create_pinned(&self, attempt: &pod::Attempt<'_>) -> Result<Pod, BackendError> {
+        let mut node = self.node.lock().await;
+        if node.is_none() {
+            *node = self.scheduled_node(&attempt.step.name).await?;
+        }
+        let created = self.create(attempt, node.as_deref()).await?;
+        if node.is_none() {
+            let name = created.metadata.name.clone().unwrap_or_default();
+            *node = match state::node_of(&created) {
+                Some(n) => Some(n.to_owned()),
+                None => watch::scheduled_node(&self.pods, &name, self.options.schedule_wait).await,
+            };
+            tracing::info!(node = ?*node, "the Job's step pods run on this node");
+        }
+        Ok(created)
+    }
+
+    async fn scheduled_node(&self, step: &str) -> Result<Option<String>, BackendError> {
+        let list = self
+            .pods
+            .list(&ListParams::default().labels(&pod::job_selector(&self.target.job_uid)))
+            .await
+            .map_err(kube_err(step, "list the Job's pods"))?;
+        Ok(list
+            .items
+            .iter()
+            .find_map(|p| state::node_of(p).map(str::to_owned)))
+    }
+
+    fn span(&self, step: &str) -> tracing::Span {
+        tracing::info_span!("step_pod", namespace = %self.target.namespace, job = %self.target.job_name, step)
+    }
+}
+
+impl Backend for KubernetesBackend {
+    fn name(&self) -> &'static str {
+        "kubernetes"
+    }
+
+    fn step_ref(&self, _workflow: &Workflow, step: &str, retry: u32) -> Option<String> {
+        Some(pod::pod_name(
+            &self.target.job_name,
+            &self.target.job_uid,
+            step,
+            retry,
+        ))
+    }
+
+    async fn setup_workflow(&self, workflow: &Workflow) -> Result<(), BackendError> {
+        self.check(workflow, "")?;
+        let Some(claim) = pod::workspace_claim(&self.target) else {
+            return Ok(());
+        };
+        match self.claims.create(&PostParams::default(), &claim).await {
+            Ok(_) => Ok(()),
+            Err(e) if is_status(&e, kube::core::Status::is_already_exists) => Ok(()),
+            Err(e) => Err(kube_err("", "create the workspace claim")(e)),
+        }
+    }
+
+    async fn discover(&self, workflow: &Workflow) -> Result<Vec<DiscoveredStep>, BackendError> {
+        self.check(workflow, "")?;
+        let list = self
+            .pods
+            .list(&ListParams::default().labels(&pod::job_selector(&self.target.job_uid)))
+            .await
+            .map_err(kube_err("", "list the Job's step pods"))?;
+        let mut latest: BTreeMap<String, (u32, &Pod)> = BTreeMap::new();
+        for p in &list.items {
+            let Some(found) = AttemptState::from_pod(p) else {
+                tracing::warn!(pod = %p.name_any(), "a pod with the Job's label but not a step pod's labels; ignored");
+                continue;
+            };
+            if latest
+                .get(&found.step)
+                .is_none_or(|(r, _)| *r < found.retry)
+            {
+                latest.insert(found.step, (found.retry, p));
+            }
+        }
+        if self.target.workspace.is_some() {
+            let mut node = self.node.lock().await;
+            if node.is_none() {
+                *node = list
+                    .items
+                    .iter()
+                    .find_map(|p| state::node_of(p).map(str::to_owned));
+            }
+        }
+        let mut found = Vec::new();
+        for (step, (retry, p)) in latest {
+            self.remember(p);
+            let state = match state::view(p, false) {
+                PodView::Exited { exit_code } => StepState::Exited { exit_code },
+                // Lost or pending ones too: waiting on them tells how they end.
+                _ => StepState::Running,
+            };
+            found.push(DiscoveredStep {
+                name: step,
+                state,
+                retry,
+            });
+        }
+        Ok(found)
+    }
+
+    async fn start_step(
+        &self,
+        workflow: &Workflow,
+        request: &StepRequest,
+    ) -> Result<(), BackendError> {
+        let step = request.step.name.as_str();
+        self.check(workflow, step)?;
+        let known = lock(&self.attempts).get(step).map(|a| a.retry);
+        if known.is_some_and(|retry| retry >= request.retry) {
+            return Ok(());
+        }
+        let nonce = new_nonce(step)?;
+        let attempt = pod::Attempt {
+            step: &request.step,
+            retry: request.retry,
+            injected: &request.env,
+            nonce: &nonce,
+            log_offset: request.log_offset,
+        };
+        let created = if self.target.workspace.is_some() {
+            self.create_pinned(&attempt)
+                .instrument(self.span(step))
+                .await?
+        } else {
+            self.create(&attempt, None)
+                .instrument(self.span(step))
+                .await?
+        };
+        self.remember(&created)
+            .ok_or_else(|| BackendError::Failed {
+                step: step.to_owned(),
+                doing: "read the step pod's labels",
+                message: format!(
+                    "pod {} lacks Baton's labels or annotations",
+                    created.name_any()
+                ),
+            })?;
+        Ok(())
+    }
+
+    async fn tail_step(
+        &self,
+        workflow: &Workflow,
+        step: &str,
+        from_offset: u64,
+    ) -> Result<LogStream, BackendError> {
+        self.check(workflow, step)?;
+        let attempt = self.attempt(step).await?;
+        Ok(tail::follow(
+            self.pods.clone(),
+            attempt,
+            from_offset,
+            self.span(step),
+        ))
+    }
+
+    async fn wait_step(&self, workflow: &Workflow, step: &str) -> Result<i32, BackendError> {
+        self.check(workflow, step)?;
+        let attempt = self.attempt(step).await?;
+        if let Some(code) = *lock(&attempt.stopped_exit) {
+            return Ok(code);
+        }
+        let result = watch::wait_end(&self.pods, &attempt, self.options.cannot_start_after)
+            .instrument(self.span(step))
+            .await;
+        if matches!(result, Err(BackendError::CannotStart { .. })) {
+            attempt.abandoned.cancel();
+        }
+        result
+    }
+
+    async fn read_outputs(
+        &self,
+        workflow: &Workflow,
+        step: &str,
+        limit: usize,
+    ) -> Result<Vec<u8>, BackendError> {
+        self.check(workflow, step)?;
+        let attempt = self.attempt(step).await?;
+        let cached = lock(&attempt.frame).clone();
+        let frame = match cached {
+            Some(frame) => Some(frame),
+            None => tail::read_frame(&self.pods, &attempt).await?,
+        };
+        let Some(frame) = frame else {
+            return Ok(Vec::new());
+        };
+        if frame.is_cut() {
+            tracing::warn!(parent: &self.span(step), pod = %attempt.pod, "the outputs in the step log end early; reading what is there");
+        }
+        frame.decode(limit).map_err(|e| BackendError::Failed {
+            step: step.to_owned(),
+            doing: "decode $BATON_OUTPUT from the step's log",
+            message: e.to_string(),
+        })
+    }
+
+    async fn stop_step(
+        &self,
+        workflow: &Workflow,
+        step: &str,
+        grace: Duration,
+    ) -> Result<(), BackendError> {
+        self.check(workflow, step)?;
+        let attempt = self.attempt(step).await?;
+        attempt.stopping.store(true, Ordering::SeqCst);
+        // Zero would be a forced delete that does not wait for the kubelet.
+        let secs = u32::try_from(grace.as_secs_f64().ceil() as u64)
+            .unwrap_or(u32::MAX)
+            .max(1);
+        tracing::info!(parent: &self.span(step), pod = %attempt.pod, grace = secs, "stopping: deleting the step pod");
+        match self
+            .pods
+            .delete(&attempt.pod, &DeleteParams::background().grace_period(secs))
+            .await
+        {
+            Ok(_) => {}
+            Err(e) if is_status(&e, kube::core::Status::is_not_found) => {}
+            Err(e) => return Err(kube_err(step, "delete the step pod")(e)),
+        }
+        let bound = Duration::from_secs(u64::from(secs)) + Duration::from_secs(60);
+        let exit = watch::until_gone(&self.pods, &attempt.pod, bound).await;
+        // No exit code seen: it was killed before or while it started.
+        *lock(&attempt.stopped_exit) = Some(exit.unwrap_or(128 + 15));
+        Ok(())
+    }
+
+    async fn destroy_step(&self, workflow: &Workflow, step: &str) -> Result<(), BackendError> {
+        self.check(workflow, step)?;
+        lock(&self.attempts).remove(step);
+        let selector = pod::step_selector(&self.target.job_uid, step);
+        self.pods
+            .delete_collection(
+                &DeleteParams::background(),
+                &ListParams::default().labels(&selector),
+            )
+            .await
+            .map_err(kube_err(step, "delete the step's pods"))?;
+        Ok(())
+    }
+
+    async fn destroy_workflow(&self, workflow: &Workflow) -> Result<(), BackendError> {
+        self.check(workflow, "")?;
+        lock(&self.attempts).clear();
+        let selector = pod::job_selector(&self.target.job_uid);
+        self.pods
+            .delete_collection(
+                &DeleteParams::background(),
+                &ListParams::default().labels(&selector),
+            )
+            .await
+            .map_err(kube_err("", "delete the Job's step pods"))?;
+        if self.target.workspace.is_some() {
+            let name = pod::workspace_claim_name(&self.target.job_name, &self.target.job_uid);
+            match self.claims.delete(&name, &DeleteParams::background()).await {
+                Ok(_) => {}
+                Err(e) if is_status(&e, kube::core::Status::is_not_found) => {}
+                Err(e) => return Err(kube_err("", "delete the workspace claim")(e)),
+            }
+        }
+        Ok(())
+    }
+}

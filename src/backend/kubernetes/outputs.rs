@@ -1,0 +1,440 @@
+//! `$BATON_OUTPUT` through the log: framing in the pod, unframing in the backend.
+//!
+//! A termination message holds 4 KiB; outputs may be 1 MiB. So the step's
+//! command runs under [`WRAPPER`], which keeps the user's exit code and, when the
+//! outputs file is not empty, prints one framed block to stdout after the user's
+//! command ended:
+//!
+//! ```text
+//! \n::baton-outputs-begin NONCE::\n<the file, base64, in lines>\n::baton-outputs-end NONCE::\n
+//! ```
+//!
+//! The nonce is random per attempt (in the pod's command and an annotation), so no
+//! log line can forge or break a frame by accident. [`Unframer`] strips the block,
+//! leading newline included, from the log it passes on and keeps the block for
+//! `read_outputs`. What it passes on is a deterministic function of the whole log,
+//! however the log is cut into chunks, so byte offsets into the stripped log mean
+//! the same thing on every read of it (resuming re-reads and re-strips).
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
+
+/// Runs `"$@"` (after the nonce in `$1`), forwarding SIGTERM/SIGINT to it, then
+/// frames `$BATON_OUTPUT` into stdout and exits with the command's exit code. The
+/// user's command runs in the background so the wrapper (PID 1, where unhandled
+/// signals are ignored) can pass a stop request on.
+pub const WRAPPER: &str = r#"nonce=$1
+shift
+: > "$BATON_OUTPUT" || exit 126
+"$@" &
+pid=$!
+trap 'kill -TERM $pid 2>/dev/null' TERM INT
+while :; do
+  wait $pid
+  code=$?
+  kill -0 $pid 2>/dev/null || break
+done
+trap - TERM INT
+if [ -s "$BATON_OUTPUT" ]; then
+  if command -v base64 >/dev/null 2>&1; then
+    printf '\n::baton-outputs-begin %s::\n' "$nonce"
+    base64 "$BATON_OUTPUT"
+    printf '::baton-outputs-end %s::\n' "$nonce"
+  else
+    echo "baton: no base64 in this image; \$BATON_OUTPUT is lost" >&2
+  fi
+fi
+exit $code
+"#;
+
+/// Most base64 text kept of a frame: beyond it the outputs are reported as cut
+/// (they are far over any Job's outputs limit by then).
+const MAX_FRAME_TEXT: usize = 8 * 1024 * 1024;
+
+fn begin_sequence(nonce: &str) -> Vec<u8> {
+    format!("\n::baton-outputs-begin {nonce}::\n").into_bytes()
+}
+
+fn end_marker(nonce: &str) -> Vec<u8> {
+    format!("::baton-outputs-end {nonce}::").into_bytes()
+}
+
+/// The base64 text of one frame.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Frame {
+    text: Vec<u8>,
+    /// The frame was longer than [`MAX_FRAME_TEXT`] or ended before its end marker.
+    cut: bool,
+}
+
+impl Frame {
+    /// The outputs file, at most `limit` bytes of it.
+    pub fn decode(&self, limit: usize) -> Result<Vec<u8>, base64::DecodeError> {
+        let mut clean: Vec<u8> = self
+            .text
+            .iter()
+            .copied()
+            .filter(|b| !b.is_ascii_whitespace())
+            .collect();
+        if self.cut {
+            clean.truncate(clean.len() - clean.len() % 4);
+        }
+        let mut bytes = STANDARD.decode(&clean)?;
+        bytes.truncate(limit);
+        Ok(bytes)
+    }
+
+    pub fn is_cut(&self) -> bool {
+        self.cut
+    }
+}
+
+enum State {
+    /// Passing bytes on; `held` may be the start of the begin sequence.
+    Pass { held: Vec<u8> },
+    /// Inside the frame.
+    Capture { text: Vec<u8>, cut: bool },
+    /// The frame is over; everything else passes.
+    Done,
+}
+
+/// Strips the outputs frame out of a log fed to it in chunks of any size.
+pub struct Unframer {
+    begin: Vec<u8>,
+    end: Vec<u8>,
+    state: State,
+    frame: Option<Frame>,
+}
+
+impl Unframer {
+    pub fn new(nonce: &str) -> Self {
+        Self {
+            begin: begin_sequence(nonce),
+            end: end_marker(nonce),
+            state: State::Pass { held: Vec::new() },
+            frame: None,
+        }
+    }
+
+    /// Feed the next bytes of the log; returns the log bytes that are final.
+    pub fn push(&mut self, input: &[u8]) -> Vec<u8> {
+        let mut out = Vec::new();
+        let mut input = input.to_vec();
+        loop {
+            match &mut self.state {
+                State::Done => {
+                    out.extend_from_slice(&input);
+                    return out;
+                }
+                State::Pass { held } => {
+                    held.extend_from_slice(&input);
+                    if let Some(at) = find(held, &self.begin) {
+                        out.extend_from_slice(&held[..at]);
+                        input = held[at + self.begin.len()..].to_vec();
+                        self.state = State::Capture {
+                            text: Vec::new(),
+                            cut: false,
+                        };
+                        continue;
+                    }
+                    let keep = longest_prefix_suffix(held, &self.begin);
+                    let pass = held.len() - keep;
+                    out.extend(held.drain(..pass));
+                    return out;
+                }
+                State::Capture { text, cut } => {
+                    // Search from where a marker could begin that the previous bytes did not hold.
+                    let from = text.len().saturating_sub(self.end.len() + 1);
+                    text.extend_from_slice(&input);
+                    if let Some(at) = find(&text[from..], &self.end).map(|i| i + from) {
+                        let after = at + self.end.len();
+                        // The marker line's own newline belongs to the frame.
+                        let rest = match text.get(after) {
+                            Some(b'\n') => text[after + 1..].to_vec(),
+                            Some(_) => text[after..].to_vec(),
+                            // The newline may still come: wait for it.
+                            None => return out,
+                        };
+                        text.truncate(at);
+                        self.frame = Some(Frame {
+                            text: std::mem::take(text),
+                            cut: *cut,
+                        });
+                        self.state = State::Done;
+                        input = rest;
+                        continue;
+                    }
+                    if text.len() > MAX_FRAME_TEXT {
+                        // Keep the start (what is decoded) and the tail (where the end marker may begin).
+                        let tail = text.split_off(text.len() - self.end.len());
+                        text.truncate(MAX_FRAME_TEXT - self.end.len());
+                        text.extend_from_slice(&tail);
+                        *cut = true;
+                    }
+                    return out;
+                }
+            }
+        }
+    }
+
+    /// The log has ended: the bytes still held back, and the frame if there was one.
+    pub fn finish(mut self) -> (Vec<u8>, Option<Frame>) {
+        match std::mem::replace(&mut self.state, State::Done) {
+            State::Pass { held } => (held, self.frame),
+            State::Done => (Vec::new(), self.frame),
+            State::Capture { mut text, .. } => {
+                // The end marker without its newline, or no end marker at all.
+                let complete = text.ends_with(&self.end);
+                if complete {
+                    text.truncate(text.len() - self.end.len());
+                }
+                (
+                    Vec::new(),
+                    Some(Frame {
+                        text,
+                        cut: !complete,
+                    }),
+                )
+            }
+        }
+    }
+}
+
+/// Unframe a whole log at once.
+pub fn unframe(nonce: &str, log: &[u8]) -> (Vec<u8>, Option<Frame>) {
+    let mut unframer = Unframer::new(nonce);
+    let mut out = unframer.push(log);
+    let (rest, frame) = unframer.finish();
+    out.extend(rest);
+    (out, frame)
+}
+
+fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    if needle.is_empty() || haystack.len() < needle.len() {
+        return None;
+    }
+    haystack.windows(needle.len()).position(|w| w == needle)
+}
+
+/// The length of the longest proper prefix of `needle` that `haystack` ends with.
+fn longest_prefix_suffix(haystack: &[u8], needle: &[u8]) -> usize {
+    let max = needle.len().saturating_sub(1).min(haystack.len());
+    (1..=max)
+        .rev()
+        .find(|&n| haystack.ends_with(&needle[..n]))
+        .unwrap_or(0)
+}
+
+/// The frame the wrapper prints for `file`.
+#[cfg(test)]
+pub fn frame_for(nonce: &str, file: &[u8]) -> Vec<u8> {
+    let mut out = begin_sequence(nonce);
+    let encoded = STANDARD.encode(file);
+    for line in encoded.as_bytes().chunks(76) {
+        out.extend_from_slice(line);
+        out.push(b'\n');
+    }
+    out.extend(end_marker(nonce));
+    out.push(b'\n');
+    out
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    const NONCE: &str = "0123456789abcdef";
+
+    fn log_with_frame(before: &[u8], file: &[u8], after: &[u8]) -> Vec<u8> {
+        let mut log = before.to_vec();
+        log.extend(frame_for(NONCE, file));
+        log.extend_from_slice(after);
+        log
+    }
+
+    /// Feed `log` in chunks of `size`; what passes, and the decoded frame.
+    fn chunked(log: &[u8], size: usize) -> (Vec<u8>, Option<Vec<u8>>) {
+        let mut u = Unframer::new(NONCE);
+        let mut out = Vec::new();
+        for chunk in log.chunks(size) {
+            out.extend(u.push(chunk));
+        }
+        let (rest, frame) = u.finish();
+        out.extend(rest);
+        (out, frame.map(|f| f.decode(usize::MAX).unwrap()))
+    }
+
+    #[test]
+    fn the_frame_is_stripped_with_its_leading_newline_and_decoded() {
+        let file = b"a=1\nb<<EOF\nx\nEOF\n";
+        let log = log_with_frame(b"line-1\nline-2\n", file, b"");
+        let (out, frame) = unframe(NONCE, &log);
+        assert_eq!(out, b"line-1\nline-2\n");
+        assert_eq!(frame.unwrap().decode(usize::MAX).unwrap(), file);
+    }
+
+    #[test]
+    fn a_log_without_trailing_newline_is_kept_as_is() {
+        let log = log_with_frame(b"no newline", b"k=v\n", b"");
+        let (out, frame) = chunked(&log, 7);
+        assert_eq!(out, b"no newline");
+        assert_eq!(frame.unwrap(), b"k=v\n");
+    }
+
+    #[test]
+    fn every_chunking_gives_the_same_bytes() {
+        let file: Vec<u8> = (0..100 * 1024).map(|i| b"abcdefghij\n"[i % 11]).collect();
+        let log = log_with_frame(b"start\n", &file, b"late background line\n");
+        let (whole, frame) = chunked(&log, log.len());
+        assert_eq!(whole, b"start\nlate background line\n");
+        assert_eq!(frame.as_deref(), Some(file.as_slice()));
+        for size in [1, 2, 3, 5, 16, 17, 40, 41, 76, 77, 4096] {
+            let (out, f) = chunked(&log, size);
+            assert_eq!(out, whole, "chunk size {size}");
+            assert_eq!(f.as_deref(), Some(file.as_slice()), "chunk size {size}");
+        }
+    }
+
+    #[test]
+    fn a_partial_marker_is_held_back_until_it_is_decided() {
+        let mut u = Unframer::new(NONCE);
+        assert_eq!(u.push(b"text\n::baton-outp"), b"text");
+        // Not a marker after all: released.
+        // Not a marker after all: released, but for a newline that might start one.
+        assert_eq!(
+            u.push(b"ut is what we call it\n"),
+            b"\n::baton-output is what we call it"
+        );
+        let (rest, frame) = u.finish();
+        assert_eq!(rest, b"\n");
+        assert!(frame.is_none());
+    }
+
+    #[test]
+    fn a_marker_with_another_nonce_is_log() {
+        let other = frame_for("ffffffffffffffff", b"k=v\n");
+        let (out, frame) = unframe(NONCE, &other);
+        assert_eq!(out, other);
+        assert!(frame.is_none());
+    }
+
+    #[test]
+    fn held_bytes_come_out_at_the_end() {
+        let (out, frame) = chunked(b"tail\n::baton-outputs-begin 0123", 4);
+        assert_eq!(out, b"tail\n::baton-outputs-begin 0123");
+        assert!(frame.is_none());
+    }
+
+    #[test]
+    fn a_frame_cut_off_is_decoded_as_far_as_it_goes() {
+        let full = log_with_frame(b"", &[b'x'; 300], b"");
+        let cut = &full[..full.len() / 2];
+        let (out, frame) = unframe(NONCE, cut);
+        assert!(out.is_empty());
+        let frame = frame.unwrap();
+        assert!(frame.is_cut());
+        let decoded = frame.decode(usize::MAX).unwrap();
+        assert!(!decoded.is_empty() && decoded.iter().all(|&b| b == b'x'));
+    }
+
+    #[test]
+    fn decode_respects_the_limit() {
+        let (_, frame) = unframe(NONCE, &log_with_frame(b"", b"0123456789", b""));
+        assert_eq!(frame.unwrap().decode(4).unwrap(), b"0123");
+    }
+
+    /// Run the wrapper with this machine's `sh` and `base64`: (exit code, log).
+    fn run_wrapper(user: &[&str], dir: &std::path::Path) -> (i32, Vec<u8>) {
+        let out = std::process::Command::new("sh")
+            .args(["-c", WRAPPER, "baton-step", NONCE])
+            .args(user)
+            .env("BATON_OUTPUT", dir.join("output"))
+            .output()
+            .unwrap();
+        let mut log = out.stdout;
+        log.extend(out.stderr);
+        (out.status.code().unwrap_or(-1), log)
+    }
+
+    fn temp_dir(name: &str) -> std::path::PathBuf {
+        let dir = std::env::temp_dir().join(format!("baton-wrapper-{name}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    #[test]
+    fn the_wrapper_keeps_the_exit_code_and_frames_the_outputs() {
+        let dir = temp_dir("frame");
+        let script = "echo hi; printf 'k=v\\nbig<<EOF\\n%s\\nEOF\\n' \"$(seq 1 2000)\" >> \"$BATON_OUTPUT\"; exit 3";
+        let (code, log) = run_wrapper(&["sh", "-e", "-c", script, "step"], &dir);
+        assert_eq!(code, 3);
+        let (out, frame) = unframe(NONCE, &log);
+        assert_eq!(String::from_utf8_lossy(&out), "hi\n");
+        let decoded = String::from_utf8(frame.unwrap().decode(usize::MAX).unwrap()).unwrap();
+        assert!(
+            decoded.starts_with("k=v\nbig<<EOF\n1\n2\n"),
+            "{decoded:.40}"
+        );
+        assert!(decoded.ends_with("\n2000\nEOF\n"));
+
+        // Nothing written: no frame; a command, not a script.
+        let (code, log) = run_wrapper(&["echo", "plain"], &dir);
+        assert_eq!((code, log.as_slice()), (0, &b"plain\n"[..]));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn the_wrapper_passes_a_stop_on_to_the_command() {
+        let dir = temp_dir("term");
+        let child = std::process::Command::new("sh")
+            .args([
+                "-c",
+                WRAPPER,
+                "baton-step",
+                NONCE,
+                "sh",
+                "-c",
+                "echo k=v > \"$BATON_OUTPUT\"; exec sleep 30",
+            ])
+            .env("BATON_OUTPUT", dir.join("output"))
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let started = std::time::Instant::now();
+        while std::fs::read(dir.join("output"))
+            .map(|b| b.is_empty())
+            .unwrap_or(true)
+        {
+            assert!(
+                started.elapsed().as_secs() < 10,
+                "the command never started"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id()).unwrap());
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert!(
+            started.elapsed().as_secs() < 10,
+            "the stop was not passed on"
+        );
+        assert_eq!(out.status.code(), Some(143), "128 + SIGTERM");
+        let (_, frame) = unframe(NONCE, &out.stdout);
+        assert_eq!(
+            frame.unwrap().decode(usize::MAX).unwrap(),
+            b"k=v\n",
+            "outputs still framed"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn the_wrapper_prints_what_the_unframer_expects() {
+        // Same text as the shell's printf lines, without running a shell.
+        assert!(WRAPPER.contains(r"printf '\n::baton-outputs-begin %s::\n' "));
+        assert!(WRAPPER.contains("printf '::baton-outputs-end %s::\\n' "));
+        assert_eq!(begin_sequence("N"), b"\n::baton-outputs-begin N::\n");
+        assert_eq!(end_marker("N"), b"::baton-outputs-end N::");
+    }
+}

@@ -1,0 +1,381 @@
+//! The step pod, and the workspace claim, as pure functions of the Job's identity
+//! and one step attempt. Everything the contract demands of a step pod is decided
+//! here (name, labels, owner, security, volumes, placement), so it is tested
+//! without a cluster.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::Affinity;
+use k8s_openapi::api::core::v1::{
+    Capabilities, Container, EmptyDirVolumeSource, EnvVar, NodeAffinity, NodeSelector,
+    NodeSelectorRequirement, NodeSelectorTerm, PersistentVolumeClaim, PersistentVolumeClaimSpec,
+    PersistentVolumeClaimVolumeSource, Pod, PodSecurityContext, PodSpec, SeccompProfile,
+    SecurityContext, Volume, VolumeMount, VolumeResourceRequirements,
+};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
+use sha2::{Digest, Sha256};
+
+use super::JobTarget;
+use super::outputs;
+use crate::backend::BackendError;
+use crate::crd::Step;
+
+/// The step's container; the only one in a step pod.
+pub const CONTAINER: &str = "step";
+pub const LABEL_JOB_UID: &str = "baton.dev/job-uid";
+pub const LABEL_JOB_NAME: &str = "baton.dev/job-name";
+pub const LABEL_STEP: &str = "baton.dev/step";
+pub const LABEL_RETRY: &str = "baton.dev/retry";
+/// The per-attempt nonce of the outputs frame (see [`outputs`]).
+pub const ANNOTATION_NONCE: &str = "baton.dev/outputs-nonce";
+/// Where this attempt's log starts within the step's log (earlier attempts before it).
+pub const ANNOTATION_LOG_OFFSET: &str = "baton.dev/log-offset";
+/// Where every step sees the Job's workspace.
+pub const WORKSPACE_DIR: &str = "/workspace";
+/// A per-pod scratch volume holding the `$BATON_OUTPUT` file.
+pub const BATON_DIR: &str = "/baton";
+pub const OUTPUT_FILE: &str = "/baton/output";
+const DEFAULT_WORKSPACE_SIZE: &str = "1Gi";
+/// Kubernetes' limit on a pod name that is also a hostname (a DNS label).
+const MAX_NAME: usize = 63;
+
+/// One attempt of one step, as the executor asked for it.
+#[derive(Clone, Copy, Debug)]
+pub struct Attempt<'a> {
+    pub step: &'a Step,
+    /// 0 for the first run; +1 for each re-run after a lost pod.
+    pub retry: u32,
+    /// Variables the executor adds before the step's own `env`.
+    pub injected: &'a [(String, String)],
+    /// Frames this attempt's outputs in its log (random per attempt).
+    pub nonce: &'a str,
+    /// Where this attempt's log continues the step's log.
+    pub log_offset: u64,
+}
+
+/// The deterministic pod name of a step attempt: `<job>-<step>-<hash8>`, the hash
+/// over (job uid, step, retry), the readable part cut so the whole is a DNS label.
+pub fn pod_name(job_name: &str, job_uid: &str, step: &str, retry: u32) -> String {
+    let mut hasher = Sha256::new();
+    for part in [job_uid, step, &retry.to_string()] {
+        hasher.update(part.as_bytes());
+        hasher.update([0]);
+    }
+    let hash = hex::encode(hasher.finalize());
+    let readable = dns_label_prefix(&format!("{job_name}-{step}"), MAX_NAME - 9);
+    format!("{readable}-{}", &hash[..8])
+}
+
+/// The Job's workspace claim: `<job>-workspace` (cut and hashed like pod names).
+pub fn workspace_claim_name(job_name: &str, job_uid: &str) -> String {
+    let name = format!("{job_name}-workspace");
+    if name.len() <= MAX_NAME && !name.contains('.') {
+        return name;
+    }
+    let hash = hex::encode(Sha256::digest(job_uid.as_bytes()));
+    let readable = dns_label_prefix(job_name, MAX_NAME - 19);
+    format!("{readable}-workspace-{}", &hash[..8])
+}
+
+/// `s` with every character outside `[a-z0-9-]` turned into `-`, cut to `max`
+/// characters, without leading or trailing `-` (never empty).
+fn dns_label_prefix(s: &str, max: usize) -> String {
+    let cleaned: String = s
+        .chars()
+        .map(|c| {
+            let c = c.to_ascii_lowercase();
+            if c.is_ascii_lowercase() || c.is_ascii_digit() {
+                c
+            } else {
+                '-'
+            }
+        })
+        .take(max)
+        .collect();
+    let trimmed = cleaned.trim_matches('-');
+    if trimmed.is_empty() {
+        "step".to_owned()
+    } else {
+        trimmed.to_owned()
+    }
+}
+
+/// A label value for a name that may be longer than 63 characters or hold dots.
+fn label_value(s: &str) -> String {
+    let cut: String = s.chars().take(MAX_NAME).collect();
+    cut.trim_matches(|c: char| !c.is_ascii_alphanumeric())
+        .to_owned()
+}
+
+/// Selects every step pod of the Job.
+pub fn job_selector(job_uid: &str) -> String {
+    format!("{LABEL_JOB_UID}={job_uid}")
+}
+
+/// Selects every attempt of one step of the Job.
+pub fn step_selector(job_uid: &str, step: &str) -> String {
+    format!("{LABEL_JOB_UID}={job_uid},{LABEL_STEP}={step}")
+}
+
+/// The owner reference every object of the Job carries (garbage collected with it).
+pub fn owner_reference(target: &JobTarget) -> OwnerReference {
+    OwnerReference {
+        api_version: "baton.dev/v1alpha1".into(),
+        kind: "Job".into(),
+        name: target.job_name.clone(),
+        uid: target.job_uid.clone(),
+        controller: Some(true),
+        block_owner_deletion: Some(false),
+    }
+}
+
+/// Kubernetes expands `$(NAME)` (and turns `$$` into `$`) in a container's command
+/// and args; doubling every `$` makes it hand a shell script over unchanged.
+pub fn escape_dollars(s: &str) -> String {
+    s.replace('$', "$$")
+}
+
+/// The claim behind `/workspace`: size default 1Gi, the class from the spec or the
+/// cluster's default, owned by the Job.
+pub fn workspace_claim(target: &JobTarget) -> Option<PersistentVolumeClaim> {
+    let workspace = target.workspace.as_ref()?;
+    let size = workspace
+        .size
+        .clone()
+        .unwrap_or_else(|| Quantity(DEFAULT_WORKSPACE_SIZE.into()));
+    Some(PersistentVolumeClaim {
+        metadata: ObjectMeta {
+            name: Some(workspace_claim_name(&target.job_name, &target.job_uid)),
+            namespace: Some(target.namespace.clone()),
+            labels: Some(job_labels(target)),
+            owner_references: Some(vec![owner_reference(target)]),
+            ..Default::default()
+        },
+        spec: Some(PersistentVolumeClaimSpec {
+            access_modes: Some(vec!["ReadWriteOnce".into()]),
+            storage_class_name: workspace.storage_class_name.clone(),
+            resources: Some(VolumeResourceRequirements {
+                requests: Some(BTreeMap::from([("storage".into(), size)])),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    })
+}
+
+fn job_labels(target: &JobTarget) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        (LABEL_JOB_UID.into(), target.job_uid.clone()),
+        (LABEL_JOB_NAME.into(), label_value(&target.job_name)),
+        ("app.kubernetes.io/managed-by".into(), "baton".into()),
+    ])
+}
+
+/// The pod of one step attempt. `node` pins it to the node of the Job's earlier
+/// pods (set when the Job has a workspace and a pod of it was scheduled).
+pub fn step_pod(
+    target: &JobTarget,
+    attempt: &Attempt<'_>,
+    node: Option<&str>,
+) -> Result<Pod, BackendError> {
+    let step = attempt.step;
+    let mut labels = job_labels(target);
+    labels.insert(LABEL_STEP.into(), step.name.clone());
+    labels.insert(LABEL_RETRY.into(), attempt.retry.to_string());
+    let annotations = BTreeMap::from([
+        (ANNOTATION_NONCE.into(), attempt.nonce.to_owned()),
+        (ANNOTATION_LOG_OFFSET.into(), attempt.log_offset.to_string()),
+    ]);
+
+    let mut volumes = vec![Volume {
+        name: "baton".into(),
+        empty_dir: Some(EmptyDirVolumeSource::default()),
+        ..Default::default()
+    }];
+    let mut mounts = vec![VolumeMount {
+        name: "baton".into(),
+        mount_path: BATON_DIR.into(),
+        ..Default::default()
+    }];
+    if target.workspace.is_some() {
+        volumes.push(Volume {
+            name: "workspace".into(),
+            persistent_volume_claim: Some(PersistentVolumeClaimVolumeSource {
+                claim_name: workspace_claim_name(&target.job_name, &target.job_uid),
+                read_only: None,
+            }),
+            ..Default::default()
+        });
+        mounts.push(VolumeMount {
+            name: "workspace".into(),
+            mount_path: WORKSPACE_DIR.into(),
+            ..Default::default()
+        });
+    }
+
+    let container = Container {
+        name: CONTAINER.into(),
+        image: Some(step.image.clone()),
+        image_pull_policy: Some("IfNotPresent".into()),
+        command: Some(command(attempt)?),
+        env: Some(env(target, attempt)),
+        working_dir: working_dir(target, step),
+        resources: step.resources.clone(),
+        volume_mounts: Some(mounts),
+        security_context: Some(SecurityContext {
+            allow_privilege_escalation: Some(false),
+            capabilities: Some(Capabilities {
+                drop: Some(vec!["ALL".into()]),
+                add: None,
+            }),
+            run_as_non_root: Some(true),
+            seccomp_profile: Some(runtime_default()),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+
+    Ok(Pod {
+        metadata: ObjectMeta {
+            name: Some(pod_name(
+                &target.job_name,
+                &target.job_uid,
+                &step.name,
+                attempt.retry,
+            )),
+            namespace: Some(target.namespace.clone()),
+            labels: Some(labels),
+            annotations: Some(annotations),
+            owner_references: Some(vec![owner_reference(target)]),
+            ..Default::default()
+        },
+        spec: Some(PodSpec {
+            restart_policy: Some("Never".into()),
+            automount_service_account_token: Some(false),
+            enable_service_links: Some(false),
+            security_context: Some(PodSecurityContext {
+                run_as_non_root: Some(true),
+                run_as_user: Some(target.run_as_user),
+                run_as_group: Some(target.run_as_group),
+                fs_group: Some(target.run_as_group),
+                seccomp_profile: Some(runtime_default()),
+                ..Default::default()
+            }),
+            affinity: node.map(pin_to_node),
+            containers: vec![container],
+            volumes: Some(volumes),
+            ..Default::default()
+        }),
+        status: None,
+    })
+}
+
+fn runtime_default() -> SeccompProfile {
+    SeccompProfile {
+        type_: "RuntimeDefault".into(),
+        localhost_profile: None,
+    }
+}
+
+/// Required node affinity on the node's name (as DaemonSets pin their pods):
+/// independent of how the node's `kubernetes.io/hostname` label is spelled.
+fn pin_to_node(node: &str) -> Affinity {
+    Affinity {
+        node_affinity: Some(NodeAffinity {
+            required_during_scheduling_ignored_during_execution: Some(NodeSelector {
+                node_selector_terms: vec![NodeSelectorTerm {
+                    match_fields: Some(vec![NodeSelectorRequirement {
+                        key: "metadata.name".into(),
+                        operator: "In".into(),
+                        values: Some(vec![node.to_owned()]),
+                    }]),
+                    match_expressions: None,
+                }],
+            }),
+            preferred_during_scheduling_ignored_during_execution: None,
+        }),
+        ..Default::default()
+    }
+}
+
+/// `sh -c WRAPPER baton-step NONCE <user argv>`: the wrapper runs the user's
+/// command, then frames `$BATON_OUTPUT` into the log (see [`outputs::WRAPPER`]).
+/// A script runs as `sh -e -c SCRIPT STEP`, its `$` escaped so Kubernetes leaves
+/// it alone; a command's words keep Kubernetes' `$(NAME)` expansion.
+fn command(attempt: &Attempt<'_>) -> Result<Vec<String>, BackendError> {
+    let step = attempt.step;
+    let mut argv = vec![
+        "sh".to_owned(),
+        "-c".to_owned(),
+        escape_dollars(outputs::WRAPPER),
+        "baton-step".to_owned(),
+        attempt.nonce.to_owned(),
+    ];
+    if let Some(script) = &step.script {
+        argv.extend([
+            "sh".to_owned(),
+            "-e".to_owned(),
+            "-c".to_owned(),
+            escape_dollars(script),
+            step.name.clone(),
+        ]);
+        return Ok(argv);
+    }
+    let words: Vec<String> = step
+        .command
+        .iter()
+        .flatten()
+        .chain(step.args.iter().flatten())
+        .cloned()
+        .collect();
+    if words.is_empty() {
+        return Err(BackendError::InvalidStep {
+            step: step.name.clone(),
+            message: "needs a command or a script".into(),
+        });
+    }
+    argv.extend(words);
+    Ok(argv)
+}
+
+/// Injected variables, then the step's own `env` (passed as is: Kubernetes
+/// resolves `secretKeyRef` and `$(NAME)`), then `BATON_OUTPUT` and
+/// `BATON_WORKSPACE`, which the step cannot override. A name given twice keeps
+/// its last definition only.
+fn env(target: &JobTarget, attempt: &Attempt<'_>) -> Vec<EnvVar> {
+    let plain = |name: &str, value: &str| EnvVar {
+        name: name.to_owned(),
+        value: Some(value.to_owned()),
+        value_from: None,
+    };
+    let mut all: Vec<EnvVar> = attempt.injected.iter().map(|(k, v)| plain(k, v)).collect();
+    all.extend(attempt.step.env.iter().flatten().cloned());
+    all.push(plain("BATON_OUTPUT", OUTPUT_FILE));
+    if target.workspace.is_some() {
+        all.push(plain("BATON_WORKSPACE", WORKSPACE_DIR));
+    }
+    let mut out: Vec<EnvVar> = Vec::with_capacity(all.len());
+    for (i, var) in all.iter().enumerate() {
+        if !all[i + 1..].iter().any(|later| later.name == var.name) {
+            out.push(var.clone());
+        }
+    }
+    out
+}
+
+/// The step's `workingDir`; with a workspace, `/workspace` by default and relative
+/// paths inside it. Without one, the image's own directory by default.
+fn working_dir(target: &JobTarget, step: &Step) -> Option<String> {
+    match (&step.working_dir, target.workspace.is_some()) {
+        (Some(dir), true) if !dir.starts_with('/') => Some(format!("{WORKSPACE_DIR}/{dir}")),
+        (Some(dir), _) => Some(dir.clone()),
+        (None, true) => Some(WORKSPACE_DIR.into()),
+        (None, false) => None,
+    }
+}
+
+#[cfg(test)]
+#[path = "pod_tests.rs"]
+mod tests;

@@ -1,0 +1,323 @@
+//! What a step pod's object says about the step: a pure reading of its status,
+//! shared by `wait_step`, `tail_step` and `discover`.
+
+use k8s_openapi::api::core::v1::{ContainerStateWaiting, Pod};
+
+use super::pod::CONTAINER;
+
+/// Where a step attempt is, as its pod tells.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PodView {
+    /// Not started yet. `trouble` is set while it waits for a reason that will not
+    /// fix itself (an image that cannot be pulled, a missing Secret).
+    Pending { trouble: Option<Trouble> },
+    /// The container runs.
+    Running,
+    /// The container ended on its own, or because Baton stopped it.
+    Exited { exit_code: i32 },
+    /// The pod was lost to infrastructure or to someone else: evicted, preempted,
+    /// deleted, its node gone. The step did not fail on its own.
+    Lost {
+        reason: &'static str,
+        message: String,
+    },
+}
+
+/// Why a pending container cannot start, with the step reason it fails with.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Trouble {
+    pub reason: &'static str,
+    pub message: String,
+}
+
+/// Read `pod`. `stopping`: Baton itself deleted it (stop), so its deletion and a
+/// signal exit are the expected end, not a loss.
+pub fn view(pod: &Pod, stopping: bool) -> PodView {
+    let status = pod.status.as_ref();
+    let state = container_state(pod);
+    let deleting = pod.metadata.deletion_timestamp.is_some();
+    let disruption = disruption(pod);
+    let pod_reason = status.and_then(|s| s.reason.as_deref());
+    let phase = status.and_then(|s| s.phase.as_deref()).unwrap_or("Pending");
+
+    if let Some(terminated) = state.and_then(|s| s.terminated.as_ref()) {
+        let code = terminated.exit_code;
+        if stopping {
+            return PodView::Exited { exit_code: code };
+        }
+        if pod_reason == Some("Evicted") {
+            return lost("Evicted", evicted_message(pod));
+        }
+        // Killed (non-zero) while someone else deleted or disrupted the pod: lost.
+        if code != 0 && (deleting || disruption.is_some()) {
+            return match disruption {
+                Some(reason) => lost(
+                    "PodLost",
+                    format!("the step pod was disrupted ({reason}) while it ran"),
+                ),
+                None => lost("PodLost", "the step pod was deleted while it ran".into()),
+            };
+        }
+        return PodView::Exited { exit_code: code };
+    }
+    if phase == "Failed" || phase == "Succeeded" {
+        return match pod_reason {
+            Some("Evicted") => lost("Evicted", evicted_message(pod)),
+            Some(other) => lost(
+                "PodLost",
+                format!(
+                    "the step pod failed ({other}) before its container ended: {}",
+                    status_message(pod)
+                ),
+            ),
+            None => lost(
+                "PodLost",
+                "the step pod failed before its container ended".into(),
+            ),
+        };
+    }
+    if state.and_then(|s| s.running.as_ref()).is_some() {
+        return PodView::Running;
+    }
+    PodView::Pending {
+        trouble: state.and_then(|s| s.waiting.as_ref()).and_then(trouble),
+    }
+}
+
+fn lost(reason: &'static str, message: String) -> PodView {
+    PodView::Lost { reason, message }
+}
+
+fn status_message(pod: &Pod) -> String {
+    pod.status
+        .as_ref()
+        .and_then(|s| s.message.clone())
+        .unwrap_or_default()
+}
+
+fn evicted_message(pod: &Pod) -> String {
+    format!("the step pod was evicted: {}", status_message(pod))
+}
+
+/// The reason of a true `DisruptionTarget` condition (eviction, preemption,
+/// taint manager, pod GC of a lost node, kubelet termination).
+fn disruption(pod: &Pod) -> Option<String> {
+    pod.status
+        .as_ref()?
+        .conditions
+        .as_ref()?
+        .iter()
+        .find(|c| c.type_ == "DisruptionTarget" && c.status == "True")
+        .map(|c| {
+            c.reason
+                .clone()
+                .unwrap_or_else(|| "DisruptionTarget".into())
+        })
+}
+
+/// Waiting reasons that will not fix themselves soon.
+fn trouble(waiting: &ContainerStateWaiting) -> Option<Trouble> {
+    let reason = waiting.reason.as_deref()?;
+    let message = waiting.message.clone().unwrap_or_default();
+    let step_reason = match reason {
+        "ErrImagePull" | "ImagePullBackOff" | "InvalidImageName" | "ErrImageNeverPull" => {
+            "ImagePullFailed"
+        }
+        "CreateContainerConfigError" if message.contains("secret") => "SecretNotFound",
+        "CreateContainerConfigError" => "InvalidEnv",
+        "CreateContainerError" | "RunContainerError" => "StartFailed",
+        _ => return None,
+    };
+    Some(Trouble {
+        reason: step_reason,
+        message: format!("{reason}: {message}"),
+    })
+}
+
+fn container_state(pod: &Pod) -> Option<&k8s_openapi::api::core::v1::ContainerState> {
+    pod.status
+        .as_ref()?
+        .container_statuses
+        .as_ref()?
+        .iter()
+        .find(|c| c.name == CONTAINER)?
+        .state
+        .as_ref()
+}
+
+/// The exit code of the step container, once it ended.
+pub fn exit_code(pod: &Pod) -> Option<i32> {
+    container_state(pod)?
+        .terminated
+        .as_ref()
+        .map(|t| t.exit_code)
+}
+
+/// Whether the step container ended (its log is complete).
+pub fn container_ended(pod: &Pod) -> bool {
+    exit_code(pod).is_some()
+}
+
+/// Whether the step container started (its log exists).
+pub fn container_started(pod: &Pod) -> bool {
+    container_state(pod).is_some_and(|s| s.running.is_some() || s.terminated.is_some())
+}
+
+/// The node the pod was scheduled to.
+pub fn node_of(pod: &Pod) -> Option<&str> {
+    pod.spec.as_ref()?.node_name.as_deref()
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn pod(value: serde_json::Value) -> Pod {
+        serde_json::from_value(value).unwrap()
+    }
+
+    fn with_container(phase: &str, state: serde_json::Value) -> serde_json::Value {
+        serde_json::json!({
+            "metadata": { "name": "p" },
+            "status": {
+                "phase": phase,
+                "containerStatuses": [{
+                    "name": "step", "image": "i", "imageID": "", "ready": false,
+                    "restartCount": 0, "state": state
+                }]
+            }
+        })
+    }
+
+    #[test]
+    fn pending_running_exited() {
+        assert_eq!(
+            view(&pod(serde_json::json!({"metadata": {"name": "p"}})), false),
+            PodView::Pending { trouble: None }
+        );
+        let creating = with_container(
+            "Pending",
+            serde_json::json!({"waiting": {"reason": "ContainerCreating"}}),
+        );
+        assert_eq!(
+            view(&pod(creating), false),
+            PodView::Pending { trouble: None }
+        );
+        let running = with_container("Running", serde_json::json!({"running": {}}));
+        assert_eq!(view(&pod(running), false), PodView::Running);
+        let done = with_container("Failed", serde_json::json!({"terminated": {"exitCode": 3}}));
+        assert_eq!(view(&pod(done), false), PodView::Exited { exit_code: 3 });
+    }
+
+    #[test]
+    fn image_and_config_trouble() {
+        for (reason, message, want) in [
+            ("ErrImagePull", "not found", "ImagePullFailed"),
+            ("ImagePullBackOff", "back-off", "ImagePullFailed"),
+            (
+                "CreateContainerConfigError",
+                "secret \"creds\" not found",
+                "SecretNotFound",
+            ),
+            (
+                "CreateContainerConfigError",
+                "couldn't find key x",
+                "InvalidEnv",
+            ),
+        ] {
+            let p = with_container(
+                "Pending",
+                serde_json::json!({"waiting": {"reason": reason, "message": message}}),
+            );
+            match view(&pod(p), false) {
+                PodView::Pending { trouble: Some(t) } => {
+                    assert_eq!(t.reason, want);
+                    assert!(t.message.contains(message));
+                }
+                other => panic!("{reason}: {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn deleted_by_someone_else_is_lost_unless_baton_stopped_it() {
+        let mut p = with_container(
+            "Failed",
+            serde_json::json!({"terminated": {"exitCode": 143}}),
+        );
+        p["metadata"]["deletionTimestamp"] = "2025-01-01T00:00:00Z".into();
+        let p = pod(p);
+        assert!(matches!(
+            view(&p, false),
+            PodView::Lost {
+                reason: "PodLost",
+                ..
+            }
+        ));
+        assert_eq!(view(&p, true), PodView::Exited { exit_code: 143 });
+
+        // It finished cleanly within its grace period: that is a result.
+        let mut ok = with_container(
+            "Succeeded",
+            serde_json::json!({"terminated": {"exitCode": 0}}),
+        );
+        ok["metadata"]["deletionTimestamp"] = "2025-01-01T00:00:00Z".into();
+        assert_eq!(view(&pod(ok), false), PodView::Exited { exit_code: 0 });
+
+        // Still running while being deleted: wait for how it ends.
+        let mut going = with_container("Running", serde_json::json!({"running": {}}));
+        going["metadata"]["deletionTimestamp"] = "2025-01-01T00:00:00Z".into();
+        assert_eq!(view(&pod(going), false), PodView::Running);
+    }
+
+    #[test]
+    fn evicted_and_disrupted_pods_are_lost() {
+        let mut p = with_container(
+            "Failed",
+            serde_json::json!({"terminated": {"exitCode": 137}}),
+        );
+        p["status"]["reason"] = "Evicted".into();
+        p["status"]["message"] = "The node was low on resource: memory.".into();
+        match view(&pod(p), false) {
+            PodView::Lost { reason, message } => {
+                assert_eq!(reason, "Evicted");
+                assert!(message.contains("low on resource"), "{message}");
+            }
+            other => panic!("{other:?}"),
+        }
+        let mut p = with_container(
+            "Failed",
+            serde_json::json!({"terminated": {"exitCode": 137}}),
+        );
+        p["status"]["conditions"] = serde_json::json!([{"type": "DisruptionTarget", "status": "True", "reason": "PreemptionByScheduler"}]);
+        assert!(matches!(
+            view(&pod(p), false),
+            PodView::Lost {
+                reason: "PodLost",
+                ..
+            }
+        ));
+
+        // Rejected by the node before the container ran.
+        let p = pod(
+            serde_json::json!({"metadata": {"name": "p"}, "status": {"phase": "Failed", "reason": "NodeAffinity", "message": "node changed"}}),
+        );
+        assert!(matches!(
+            view(&p, false),
+            PodView::Lost {
+                reason: "PodLost",
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn an_oom_kill_is_the_step_failing_on_its_own() {
+        let p = with_container(
+            "Failed",
+            serde_json::json!({"terminated": {"exitCode": 137, "reason": "OOMKilled"}}),
+        );
+        assert_eq!(view(&pod(p), false), PodView::Exited { exit_code: 137 });
+    }
+}
