@@ -380,3 +380,76 @@ async fn unmatched_selector_waits_and_cancel_works_queued_and_running() {
     })
     .await;
 }
+
+/// `kubectl baton` with the server and a Kubernetes token in the environment.
+async fn plugin(args: &[&str], server: &str, token: &str) -> anyhow::Result<(i32, String, String)> {
+    let out = tokio::time::timeout(
+        Duration::from_secs(90),
+        tokio::process::Command::new(crate::procs::BATON)
+            .args(args)
+            .env("BATON_SERVER", server)
+            .env("BATON_TOKEN", token)
+            .output(),
+    )
+    .await
+    .context("the plugin did not finish within 90s")??;
+    Ok((
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    ))
+}
+
+#[tokio::test]
+async fn job_run_follows_logs_to_the_end_and_exits_with_the_result() {
+    in_namespace("job-follow", |ns| async move {
+        let s = setup(&ns).await?;
+        let reader = sa_token(&ns, "reader", true).await?;
+        let dir = TempDir::new(&format!("{}-files", ns.name));
+        let manifest = |name: &str, script: &str| {
+            format!(
+                "apiVersion: baton.dev/v1alpha1\nkind: Job\nmetadata:\n  name: {name}\nspec:\n  runnerSelector:\n    matchLabels:\n      pool: e2e\n  steps:\n  - name: first\n    image: busybox\n    script: |\n      for i in 1 2 3; do echo first $i; sleep 0.3; done\n  - name: second\n    image: busybox\n    dependsOn: [first]\n    script: |\n      {script}\n"
+            )
+        };
+        let ok = dir.join("ok.yaml");
+        std::fs::write(&ok, manifest("ok", "echo second done"))?;
+        let (code, out, err) = plugin(
+            &["job", "run", ok.to_str().context("path")?, "-f", "-n", &ns.name],
+            &s.ctl.url,
+            &reader,
+        )
+        .await?;
+        ensure!(code == 0, "exit {code}: {err}");
+        ensure!(
+            out == "==> step first <==\nfirst 1\nfirst 2\nfirst 3\n==> step second <==\nsecond done\n",
+            "followed output: {out:?}"
+        );
+        ensure!(err.contains("Succeeded"), "{err}");
+
+        let bad = dir.join("bad.yaml");
+        std::fs::write(&bad, manifest("bad", "echo broken; exit 4"))?;
+        let (code, out, err) = plugin(
+            &["job", "run", bad.to_str().context("path")?, "-f", "-n", &ns.name],
+            &s.ctl.url,
+            &reader,
+        )
+        .await?;
+        ensure!(code == 1, "exit {code}: {err}");
+        ensure!(out.ends_with("broken\n"), "{out:?}");
+
+        // `job logs --step` of a finished Job, and a token that may not read it.
+        let (code, out, _) = plugin(
+            &["job", "logs", "ok", "--step", "second", "-n", &ns.name],
+            &s.ctl.url,
+            &reader,
+        )
+        .await?;
+        ensure!(code == 0 && out == "second done\n", "{code} {out:?}");
+        let stranger = sa_token(&ns, "stranger", false).await?;
+        let (code, _, err) =
+            plugin(&["job", "logs", "ok", "-n", &ns.name], &s.ctl.url, &stranger).await?;
+        ensure!(code != 0 && err.contains("403"), "{code} {err}");
+        Ok(())
+    })
+    .await;
+}
