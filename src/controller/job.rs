@@ -24,9 +24,9 @@ use crate::crd::job::{JobPhase, JobStatus};
 use crate::crd::runner::{AdoptionDecision, AdoptionState};
 use crate::crd::{Job, Runner};
 use crate::executor::dag::Dag;
-use crate::server::FIELD_MANAGER;
 use crate::server::hub::{Control, Hub, RunnerKey};
 use crate::server::jobs::{initial_steps, phase_conditions};
+use crate::server::{FIELD_MANAGER, events};
 
 /// How often a Job that waits for a runner looks again (a runner may connect or
 /// free up without the Job itself changing).
@@ -393,6 +393,14 @@ pub async fn reconcile(job: Arc<Job>, ctx: Arc<Context>) -> Result<Action, Error
         JobPhase::Queued if cancel => {
             if write_status(&ctx, &job, cancelled_status(&job, now)).await? {
                 info!("cancelled while Queued: it never starts");
+                events::publish(
+                    &ctx.client,
+                    &job,
+                    false,
+                    "Cancelled",
+                    "cancelled while Queued: it never started".into(),
+                )
+                .await;
                 ctx.kick.kick_namespace(&ns);
             }
             Ok(Action::await_change())
@@ -432,14 +440,31 @@ pub async fn reconcile(job: Arc<Job>, ctx: Arc<Context>) -> Result<Action, Error
                         },
                     );
                     info!(runner = %runner, epoch, told, "Job assigned");
+                    events::publish(
+                        &ctx.client,
+                        &job,
+                        false,
+                        "Assigned",
+                        format!("assigned to runner {runner} at epoch {epoch}"),
+                    )
+                    .await;
                     Ok(Action::requeue(ASSIGN_RESEND))
                 }
                 Some(Decision::Wait { reason, message }) => {
                     drop(recent);
                     let next = queued_status(&job, reason, &message, now);
                     if job.status.as_ref() != Some(&next) {
-                        write_status(&ctx, &job, next).await?;
-                        info!(reason, "Job waits: {message}");
+                        let before = job
+                            .status
+                            .as_ref()
+                            .and_then(|s| conditions::find(&s.conditions, "Scheduled"))
+                            .map(|c| c.reason.clone());
+                        if write_status(&ctx, &job, next).await?
+                            && before.as_deref() != Some(reason)
+                        {
+                            info!(reason, "Job waits: {message}");
+                            events::publish(&ctx.client, &job, true, reason, message).await;
+                        }
                     }
                     if reason == "InvalidSpec" {
                         // Only an edit can change that (and the spec is immutable).

@@ -241,12 +241,24 @@ pub async fn run(
         });
 
     // Jobs: the queue, assignment, cancellation, TTL; the cache the server fences with.
+    // A deleted Job's logs go with it (and a sweep at start catches deletions missed
+    // while no controller watched).
+    let deleted_logs = logs.clone();
     let job_events = watcher(
         api::<Job>(&client, ns.as_deref()),
         watcher::Config::default(),
     )
     .default_backoff()
     .reflect(job_writer)
+    .inspect(move |ev| {
+        if let Ok(watcher::Event::Delete(j)) = ev
+            && let (Some(ns), Some(uid)) = (j.namespace(), j.uid())
+        {
+            let logs = deleted_logs.clone();
+            let name = j.name_any();
+            tokio::spawn(async move { logs.remove_job(&ns, &name, &uid).await });
+        }
+    })
     .applied_objects();
     let kicks = futures::stream::unfold(kicks, |mut rx| async move {
         let r = rx.recv().await?;
@@ -267,6 +279,19 @@ pub async fn run(
             futures::future::ready(())
         });
 
+    let sweep_jobs = jobs.clone();
+    let sweep_logs = logs.clone();
+    let sweep_ns = ns.clone();
+    tokio::spawn(async move {
+        if sweep_jobs.wait_until_ready().await.is_ok() {
+            let live = sweep_jobs.state().iter().filter_map(|j| j.uid()).collect();
+            let removed = sweep_logs.sweep(&live, sweep_ns.as_deref()).await;
+            info!(
+                removed,
+                "removed the logs of Jobs deleted while no controller watched"
+            );
+        }
+    });
     let ready = track_readiness(client.clone(), readiness.clone(), runners, tokens, jobs);
     let serve = server::serve(listener, state, shutdown.clone());
     tokio::select! {

@@ -434,8 +434,28 @@ async fn report(
             field_manager: Some(FIELD_MANAGER.into()),
             ..Default::default()
         };
+        let was = current.phase.unwrap_or_default();
+        let now_phase = job
+            .status
+            .as_ref()
+            .and_then(|s| s.phase)
+            .unwrap_or_default();
         match api.replace_status(name, &pp, &job).await {
             Ok(_) => {
+                if was != now_phase {
+                    let (warning, reason) = match now_phase {
+                        JobPhase::Running => (false, "Started"),
+                        JobPhase::Succeeded => (false, "Succeeded"),
+                        JobPhase::Cancelled => (false, "Cancelled"),
+                        _ => (true, "Failed"),
+                    };
+                    let note = match (&req.reason, &req.message) {
+                        (Some(r), Some(m)) => format!("{r}: {m}"),
+                        (Some(r), None) => r.clone(),
+                        _ => format!("runner {} at epoch {}", req.runner, req.epoch),
+                    };
+                    super::events::publish(&state.client, &job, warning, reason, note).await;
+                }
                 debug!(namespace = ns, job = name, step = ?req.step.as_ref().map(|s| &s.name), phase = ?req.phase, "job status written");
                 return Ok(reply_json(
                     StatusCode::OK,

@@ -218,6 +218,37 @@ impl LogStore {
         self.notify.notified()
     }
 
+    /// Remove the logs of every Job whose uid `live` does not know (Jobs deleted
+    /// while this process was not watching), in namespace `only` or in all.
+    /// Returns how many were removed.
+    pub async fn sweep(
+        &self,
+        live: &std::collections::HashSet<String>,
+        only: Option<&str>,
+    ) -> usize {
+        let mut removed = 0;
+        let Ok(mut namespaces) = tokio::fs::read_dir(&self.root).await else {
+            return 0;
+        };
+        while let Ok(Some(ns)) = namespaces.next_entry().await {
+            if only.is_some_and(|o| ns.file_name().to_str() != Some(o)) {
+                continue;
+            }
+            let Ok(mut jobs) = tokio::fs::read_dir(ns.path()).await else {
+                continue;
+            };
+            while let Ok(Some(job)) = jobs.next_entry().await {
+                let name = job.file_name().to_string_lossy().into_owned();
+                // `<name>-<uid>`, the uid a 36-character UUID.
+                let uid = name.get(name.len().saturating_sub(36)..).unwrap_or("");
+                if !live.contains(uid) && tokio::fs::remove_dir_all(job.path()).await.is_ok() {
+                    removed += 1;
+                }
+            }
+        }
+        removed
+    }
+
     /// Remove every log of a Job (it was deleted).
     pub async fn remove_job(&self, namespace: &str, name: &str, uid: &str) {
         let dir = self.root.join(namespace).join(format!("{name}-{uid}"));
@@ -282,6 +313,35 @@ mod tests {
         assert_eq!(store.read_from(&key("none"), 0).await.unwrap(), b"");
         store.remove_job("ns", "j", "u1").await;
         assert_eq!(store.length(&k).await.unwrap(), 0);
+    }
+
+    #[tokio::test]
+    async fn sweep_keeps_live_jobs_only() {
+        let store = LogStore::new(tmp("sweep"), 1024);
+        let uid = |c: char| std::iter::repeat_n(c, 36).collect::<String>();
+        let key = |name: &str, uid: &str| LogKey {
+            namespace: "ns".into(),
+            name: name.into(),
+            uid: uid.into(),
+            step: "s".into(),
+        };
+        store
+            .append(&key("live", &uid('a')), 0, b"x")
+            .await
+            .unwrap();
+        store
+            .append(&key("gone", &uid('b')), 0, b"x")
+            .await
+            .unwrap();
+        let live = [uid('a')].into_iter().collect();
+        assert_eq!(
+            store.sweep(&live, Some("other")).await,
+            0,
+            "another namespace"
+        );
+        assert_eq!(store.sweep(&live, Some("ns")).await, 1);
+        assert_eq!(store.length(&key("live", &uid('a'))).await.unwrap(), 1);
+        assert_eq!(store.length(&key("gone", &uid('b'))).await.unwrap(), 0);
     }
 
     #[tokio::test]

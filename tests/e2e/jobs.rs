@@ -194,6 +194,47 @@ async fn one_step_job_on_a_static_runner_succeeds_with_rbac_checked_logs() {
             "claim of a finished job: {}",
             res.status()
         );
+
+        // An Event per transition.
+        let want = ["Assigned", "Started", "Succeeded"];
+        let events: Api<k8s_openapi::api::events::v1::Event> =
+            Api::namespaced(ns.client.clone(), &ns.name);
+        let mut seen = Vec::new();
+        for _ in 0..50 {
+            seen = events
+                .list(&Default::default())
+                .await?
+                .items
+                .into_iter()
+                .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some("one"))
+                .filter_map(|e| e.reason)
+                .collect();
+            if want.iter().all(|w| seen.iter().any(|s| s == w)) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        ensure!(
+            want.iter().all(|w| seen.iter().any(|s| s == w)),
+            "events {seen:?}"
+        );
+
+        // Deleting the Job deletes its stored logs.
+        let logs_dir = std::env::temp_dir().join("baton-data/logs").join(&ns.name);
+        ensure!(
+            std::fs::read_dir(&logs_dir)?.count() == 1,
+            "one Job's logs stored"
+        );
+        jobs(&ns).delete("one", &Default::default()).await?;
+        let mut left = 1;
+        for _ in 0..50 {
+            left = std::fs::read_dir(&logs_dir).map(|d| d.count()).unwrap_or(0);
+            if left == 0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        ensure!(left == 0, "logs left after the Job was deleted");
         Ok(())
     })
     .await;

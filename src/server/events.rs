@@ -1,0 +1,32 @@
+//! Kubernetes Events on Jobs, one per transition (queued with a new reason,
+//! assigned, started, ended). Publishing is best effort: a failure is logged, never
+//! fails the request or the reconcile that caused it.
+
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::{Client, Resource};
+use tracing::warn;
+
+use crate::crd::Job;
+
+/// Publish an Event on `job`.
+pub async fn publish(client: &Client, job: &Job, warning: bool, reason: &str, note: String) {
+    let reporter = Reporter {
+        controller: "baton-controller".into(),
+        instance: std::env::var("POD_NAME").ok(),
+    };
+    let recorder = Recorder::new(client.clone(), reporter);
+    let ev = Event {
+        type_: if warning {
+            EventType::Warning
+        } else {
+            EventType::Normal
+        },
+        reason: reason.to_owned(),
+        note: Some(note),
+        action: reason.to_owned(),
+        secondary: None,
+    };
+    if let Err(e) = recorder.publish(&ev, &job.object_ref(&())).await {
+        warn!(job = ?job.metadata.name, reason, "publish a Job event: {e}");
+    }
+}
