@@ -15,7 +15,7 @@ use tracing::{info, warn};
 
 use super::BackendKind;
 use super::client::{Client, ClientError};
-use crate::backend::{LocalBackend, LogChunk, Workflow};
+use crate::backend::{JobTarget, KubernetesBackend, LocalBackend, LogChunk, Workflow};
 use crate::crd::job::{JobPhase, StepStatus};
 use crate::executor::{CancellationToken, Executor, ExecutorOptions, LogSink, StatusSink};
 use crate::server::jobs::{AppendQuery, ClaimRequest, ClaimResponse, StatusReport};
@@ -31,6 +31,8 @@ pub struct JobRunner {
     pub backend: BackendKind,
     /// Local backend: workspaces live under here.
     pub work_dir: PathBuf,
+    /// Kubernetes backend: the client step pods are created with.
+    pub kube: Option<kube::Client>,
     running: Arc<Mutex<Running>>,
 }
 
@@ -39,12 +41,19 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl JobRunner {
-    pub fn new(client: Client, runner: String, backend: BackendKind, work_dir: PathBuf) -> Self {
+    pub fn new(
+        client: Client,
+        runner: String,
+        backend: BackendKind,
+        work_dir: PathBuf,
+        kube: Option<kube::Client>,
+    ) -> Self {
         Self {
             client,
             runner,
             backend,
             work_dir,
+            kube,
             running: Arc::default(),
         }
     }
@@ -144,10 +153,21 @@ impl JobRunner {
                     .await
                     .map_err(|e| e.to_string())
             }
-            BackendKind::Kubernetes => Err(
-                "the kubernetes backend is not wired into the runner yet: run with --backend local"
-                    .to_owned(),
-            ),
+            BackendKind::Kubernetes => match &self.kube {
+                Some(client) => {
+                    // Step pods are found again by their deterministic names and
+                    // labels: a restarted runner resumes them (discover), never
+                    // starts a running step twice.
+                    let mut target = JobTarget::new(ns, name, claim.uid.clone());
+                    target.workspace = claim.spec.workspace.clone();
+                    let backend = KubernetesBackend::new(client.clone(), target);
+                    Executor::new(&backend, ExecutorOptions::default())
+                        .run(&workflow, &claim.spec, &sink, &sink, &cancel)
+                        .await
+                        .map_err(|e| e.to_string())
+                }
+                None => Err("no Kubernetes client for the kubernetes backend".to_owned()),
+            },
         };
         let report = match outcome {
             Ok(r) => StatusReport {

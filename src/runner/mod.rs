@@ -55,6 +55,8 @@ pub enum RunnerError {
     Client(#[from] ClientError),
     #[error(transparent)]
     Health(#[from] crate::server::ServerError),
+    #[error("connect to the cluster for the kubernetes backend (kubeconfig or in-cluster): {0}")]
+    Kube(#[source] kube::Error),
 }
 
 /// Where the token in use came from: a refused file token is removed.
@@ -115,11 +117,20 @@ pub async fn run(
     let health = tokio::spawn(health);
 
     let client = Client::new(&config.server)?;
+    let kube = match config.backend {
+        BackendKind::Kubernetes => Some(
+            kube::Client::try_default()
+                .await
+                .map_err(RunnerError::Kube)?,
+        ),
+        BackendKind::Local => None,
+    };
     let jobs = jobs::JobRunner::new(
         client.clone(),
         config.name.clone(),
         config.backend,
         config.state_dir.join("work"),
+        kube,
     );
     let agent = Agent {
         client,

@@ -221,6 +221,19 @@ impl Agent {
         token: Option<&str>,
         labels: &str,
     ) -> anyhow::Result<Agent> {
+        Self::start_with_backend(server, ns, name, state_dir, token, labels, "local").await
+    }
+
+    /// [`Agent::start`] with `--backend` (`local` or `kubernetes`).
+    pub async fn start_with_backend(
+        server: &str,
+        ns: &str,
+        name: &str,
+        state_dir: &Path,
+        token: Option<&str>,
+        labels: &str,
+        backend: &str,
+    ) -> anyhow::Result<Agent> {
         let dir = state_dir.to_string_lossy().into_owned();
         let mut envs = vec![];
         if let Some(t) = token {
@@ -241,7 +254,7 @@ impl Agent {
                 "--labels",
                 labels,
                 "--backend",
-                "local",
+                backend,
                 "--health-addr",
                 "127.0.0.1:0",
                 "--ping-timeout",
