@@ -257,19 +257,19 @@ async fn one_step_job_on_a_static_runner_succeeds_with_rbac_checked_logs() {
 #[tokio::test]
 async fn diamond_dag_with_outputs_and_a_failing_step_with_on_failure_and_always() {
     in_namespace("job-dag", |ns| async move {
-        let _s = setup(&ns).await?;
+        let _s = setup_with(&ns, "kubernetes").await?;
         apply(&ns, &job("diamond", "pool=e2e", serde_json::json!([
-            { "name": "a", "image": "busybox", "script": "echo a=1 >> $BATON_OUTPUT" },
-            { "name": "b", "image": "busybox", "dependsOn": ["a"], "script": "echo b=$BATON_OUTPUT_A >> $BATON_OUTPUT" },
-            { "name": "c", "image": "busybox", "dependsOn": ["a"], "script": "echo c=2 >> $BATON_OUTPUT" },
-            { "name": "d", "image": "busybox", "dependsOn": ["b", "c"], "script": "echo d=done >> $BATON_OUTPUT" }
+            { "name": "a", "image": crate::support::STEP_IMAGE, "script": "echo a=1 >> $BATON_OUTPUT" },
+            { "name": "b", "image": crate::support::STEP_IMAGE, "dependsOn": ["a"], "script": "echo b=$BATON_OUTPUT_A >> $BATON_OUTPUT" },
+            { "name": "c", "image": crate::support::STEP_IMAGE, "dependsOn": ["a"], "script": "echo c=2 >> $BATON_OUTPUT" },
+            { "name": "d", "image": crate::support::STEP_IMAGE, "dependsOn": ["b", "c"], "script": "echo d=done >> $BATON_OUTPUT" }
         ]))?)
         .await?;
         apply(&ns, &job("failing", "pool=e2e", serde_json::json!([
-            { "name": "build", "image": "busybox", "script": "echo boom; exit 3" },
-            { "name": "deploy", "image": "busybox", "dependsOn": ["build"], "script": "echo never" },
-            { "name": "notify", "image": "busybox", "dependsOn": ["build"], "when": "onFailure", "script": "echo notified" },
-            { "name": "cleanup", "image": "busybox", "dependsOn": ["build"], "when": "always", "script": "echo cleaned" }
+            { "name": "build", "image": crate::support::STEP_IMAGE, "script": "echo boom; exit 3" },
+            { "name": "deploy", "image": crate::support::STEP_IMAGE, "dependsOn": ["build"], "script": "echo never" },
+            { "name": "notify", "image": crate::support::STEP_IMAGE, "dependsOn": ["build"], "when": "onFailure", "script": "echo notified" },
+            { "name": "cleanup", "image": crate::support::STEP_IMAGE, "dependsOn": ["build"], "when": "always", "script": "echo cleaned" }
         ]))?)
         .await?;
         let j = wait_for(&jobs(&ns), "diamond", phase_is(JobPhase::Succeeded), 60).await?;
@@ -299,14 +299,14 @@ async fn diamond_dag_with_outputs_and_a_failing_step_with_on_failure_and_always(
 #[tokio::test]
 async fn unmatched_selector_waits_and_cancel_works_queued_and_running() {
     in_namespace("job-cancel", |ns| async move {
-        let s = setup(&ns).await?;
+        let s = setup_with(&ns, "kubernetes").await?;
         apply(
             &ns,
             &job(
                 "nomatch",
                 "pool=nowhere",
                 serde_json::json!([
-                    { "name": "x", "image": "busybox", "script": "echo should-not-run" }
+                    { "name": "x", "image": crate::support::STEP_IMAGE, "script": "echo should-not-run" }
                 ]),
             )?,
         )
@@ -333,8 +333,8 @@ async fn unmatched_selector_waits_and_cancel_works_queued_and_running() {
 
         // Cancel a running one.
         apply(&ns, &job("long", "pool=e2e", serde_json::json!([
-            { "name": "sleep", "image": "busybox", "script": "echo started; sleep 300" },
-            { "name": "after", "image": "busybox", "dependsOn": ["sleep"], "script": "echo never" }
+            { "name": "sleep", "image": crate::support::STEP_IMAGE, "script": "echo started; sleep 300" },
+            { "name": "after", "image": crate::support::STEP_IMAGE, "dependsOn": ["sleep"], "script": "echo never" }
         ]))?)
         .await?;
         wait_for(
@@ -376,6 +376,22 @@ async fn unmatched_selector_waits_and_cancel_works_queued_and_running() {
             "{:?}",
             st.steps
         );
+        // The running step's pod is deleted; the later step never got one.
+        let uid = j.metadata.uid.clone().context("uid")?;
+        let selector = format!("baton.dev/job-uid={uid}");
+        let mut left = usize::MAX;
+        for _ in 0..100 {
+            left = step_pods(&ns)
+                .list(&kube::api::ListParams::default().labels(&selector))
+                .await?
+                .items
+                .len();
+            if left == 0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        ensure!(left == 0, "{left} step pod(s) left after the cancel");
 
         // A report at a stale epoch is refused (the Job is held at epoch 1).
         apply(
@@ -384,7 +400,7 @@ async fn unmatched_selector_waits_and_cancel_works_queued_and_running() {
                 "held",
                 "pool=e2e",
                 serde_json::json!([
-                    { "name": "sleep", "image": "busybox", "script": "sleep 300" }
+                    { "name": "sleep", "image": crate::support::STEP_IMAGE, "script": "sleep 300" }
                 ]),
             )?,
         )
