@@ -14,3 +14,4 @@ mod jobs;
 mod pods;
 mod procs;
 mod runners;
+mod step_pods;

@@ -6,15 +6,23 @@
 //! command ended:
 //!
 //! ```text
-//! \n::baton-outputs-begin NONCE::\n<the file, base64, in lines>\n::baton-outputs-end NONCE::\n
+//! RS::baton-outputs-begin NONCE::\n<the file, base64, in lines>\n::baton-outputs-end NONCE::\n
 //! ```
 //!
+//! `RS` is the ASCII record separator (0x1e). The block begins where the log
+//! stands, mid-line or not, and is recognised anywhere: so the log around it is
+//! kept byte for byte (a last line without newline stays without), and a live
+//! log is held back only while it ends in what could be the start of a marker —
+//! which begins with a byte no text log ends in. (A frame opened by a newline, to
+//! put the marker on a line of its own, would hold every line's newline back
+//! until the next line came.)
+//!
 //! The nonce is random per attempt (in the pod's command and an annotation), so no
-//! log line can forge or break a frame by accident. [`Unframer`] strips the block,
-//! leading newline included, from the log it passes on and keeps the block for
-//! `read_outputs`. What it passes on is a deterministic function of the whole log,
-//! however the log is cut into chunks, so byte offsets into the stripped log mean
-//! the same thing on every read of it (resuming re-reads and re-strips).
+//! log line can forge or break a frame by accident. [`Unframer`] strips the block
+//! from the log it passes on and keeps it for `read_outputs`. What it passes on
+//! is a deterministic function of the whole log, however the log is cut into
+//! chunks, so byte offsets into the stripped log mean the same thing on every read
+//! of it (resuming re-reads and re-strips).
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
@@ -22,7 +30,8 @@ use base64::engine::general_purpose::STANDARD;
 /// Runs `"$@"` (after the nonce in `$1`), forwarding SIGTERM/SIGINT to it, then
 /// frames `$BATON_OUTPUT` into stdout and exits with the command's exit code. The
 /// user's command runs in the background so the wrapper (PID 1, where unhandled
-/// signals are ignored) can pass a stop request on.
+/// signals are ignored) can pass a stop request on; `wait`'s own stderr is
+/// silenced (busybox would print "Terminated" into the step's log).
 pub const WRAPPER: &str = r#"nonce=$1
 shift
 : > "$BATON_OUTPUT" || exit 126
@@ -30,14 +39,14 @@ shift
 pid=$!
 trap 'kill -TERM $pid 2>/dev/null' TERM INT
 while :; do
-  wait $pid
+  wait $pid 2>/dev/null
   code=$?
   kill -0 $pid 2>/dev/null || break
 done
 trap - TERM INT
 if [ -s "$BATON_OUTPUT" ]; then
   if command -v base64 >/dev/null 2>&1; then
-    printf '\n::baton-outputs-begin %s::\n' "$nonce"
+    printf '\036::baton-outputs-begin %s::\n' "$nonce"
     base64 "$BATON_OUTPUT"
     printf '::baton-outputs-end %s::\n' "$nonce"
   else
@@ -52,7 +61,7 @@ exit $code
 const MAX_FRAME_TEXT: usize = 8 * 1024 * 1024;
 
 fn begin_sequence(nonce: &str) -> Vec<u8> {
-    format!("\n::baton-outputs-begin {nonce}::\n").into_bytes()
+    format!("\u{1e}::baton-outputs-begin {nonce}::\n").into_bytes()
 }
 
 fn end_marker(nonce: &str) -> Vec<u8> {
@@ -266,7 +275,7 @@ mod tests {
     }
 
     #[test]
-    fn the_frame_is_stripped_with_its_leading_newline_and_decoded() {
+    fn the_frame_is_stripped_and_decoded() {
         let file = b"a=1\nb<<EOF\nx\nEOF\n";
         let log = log_with_frame(b"line-1\nline-2\n", file, b"");
         let (out, frame) = unframe(NONCE, &log);
@@ -299,15 +308,16 @@ mod tests {
     #[test]
     fn a_partial_marker_is_held_back_until_it_is_decided() {
         let mut u = Unframer::new(NONCE);
-        assert_eq!(u.push(b"text\n::baton-outp"), b"text");
+        // Lines pass at once: a newline cannot start a frame.
+        assert_eq!(u.push(b"line-1\n"), b"line-1\n");
+        assert_eq!(u.push(b"text\x1e::baton-outp"), b"text");
         // Not a marker after all: released.
-        // Not a marker after all: released, but for a newline that might start one.
         assert_eq!(
             u.push(b"ut is what we call it\n"),
-            b"\n::baton-output is what we call it"
+            b"\x1e::baton-output is what we call it\n"
         );
         let (rest, frame) = u.finish();
-        assert_eq!(rest, b"\n");
+        assert!(rest.is_empty());
         assert!(frame.is_none());
     }
 
@@ -321,8 +331,8 @@ mod tests {
 
     #[test]
     fn held_bytes_come_out_at_the_end() {
-        let (out, frame) = chunked(b"tail\n::baton-outputs-begin 0123", 4);
-        assert_eq!(out, b"tail\n::baton-outputs-begin 0123");
+        let (out, frame) = chunked(b"tail\n\x1e::baton-outputs-begin 0123", 4);
+        assert_eq!(out, b"tail\n\x1e::baton-outputs-begin 0123");
         assert!(frame.is_none());
     }
 
@@ -432,9 +442,9 @@ mod tests {
     #[test]
     fn the_wrapper_prints_what_the_unframer_expects() {
         // Same text as the shell's printf lines, without running a shell.
-        assert!(WRAPPER.contains(r"printf '\n::baton-outputs-begin %s::\n' "));
+        assert!(WRAPPER.contains(r"printf '\036::baton-outputs-begin %s::\n' "));
         assert!(WRAPPER.contains("printf '::baton-outputs-end %s::\\n' "));
-        assert_eq!(begin_sequence("N"), b"\n::baton-outputs-begin N::\n");
+        assert_eq!(begin_sequence("N"), b"\x1e::baton-outputs-begin N::\n");
         assert_eq!(end_marker("N"), b"::baton-outputs-end N::");
     }
 }
