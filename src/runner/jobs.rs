@@ -193,6 +193,18 @@ impl JobRunner {
     }
 }
 
+/// A refusal that repeating will not change (bad request, gap, unknown Job).
+/// Unreachable, 503 (a controller starting) and 401/403 (its token cache not
+/// synced yet) are retried.
+fn is_permanent(e: &ClientError) -> bool {
+    matches!(e.status(), Some(400 | 404 | 409 | 413 | 415))
+}
+
+/// 250 ms, doubling, at most 5 s.
+fn retry_pause(attempt: u64) -> Duration {
+    Duration::from_millis((250u64 << attempt.min(5)).min(5000))
+}
+
 /// Status and log sink of one run: everything goes to the server.
 struct Sink {
     client: Client,
@@ -203,9 +215,10 @@ struct Sink {
 }
 
 impl Sink {
-    /// Post with retries; a fencing refusal stops the run.
+    /// Post until the server takes it (a restarting controller is waited for); a
+    /// fencing refusal stops the run, a malformed request is dropped.
     async fn post(&self, report: &StatusReport) {
-        for attempt in 0u64..20 {
+        for attempt in 0u64.. {
             match self
                 .client
                 .report(&self.claim.namespace, &self.claim.name, report, &self.token)
@@ -217,9 +230,13 @@ impl Sink {
                     self.cancel.cancel();
                     return;
                 }
+                Err(e) if is_permanent(&e) => {
+                    warn!(job = %self.claim.name, "report refused, dropped: {e}");
+                    return;
+                }
                 Err(e) => {
                     warn!(job = %self.claim.name, attempt, "report failed, retrying: {e}");
-                    tokio::time::sleep(Duration::from_millis(250 * (attempt + 1).min(8))).await;
+                    tokio::time::sleep(retry_pause(attempt)).await;
                 }
             }
         }
@@ -261,7 +278,7 @@ impl LogSink for Sink {
             runner: self.runner.clone(),
             epoch: self.claim.epoch,
         };
-        for attempt in 0u64..20 {
+        for attempt in 0u64.. {
             match self
                 .client
                 .append_log(
@@ -284,9 +301,13 @@ impl LogSink for Sink {
                     self.cancel.cancel();
                     return;
                 }
+                Err(e) if is_permanent(&e) => {
+                    warn!(job = %self.claim.name, step = %chunk.step, "log chunk refused, dropped: {e}");
+                    return;
+                }
                 Err(e) => {
                     warn!(job = %self.claim.name, step = %chunk.step, attempt, "log append failed, retrying: {e}");
-                    tokio::time::sleep(Duration::from_millis(250 * (attempt + 1).min(8))).await;
+                    tokio::time::sleep(retry_pause(attempt)).await;
                 }
             }
         }

@@ -220,6 +220,11 @@ fn runner_auth(
     runner: &str,
     ns: &str,
 ) -> Result<(), ApiError> {
+    // Before the caches synced, a valid token would look unknown.
+    state
+        .readiness
+        .check()
+        .map_err(|why| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "NotReady", why))?;
     let presented = input::bearer(authorization)?.ok_or_else(|| {
         ApiError::new(
             StatusCode::UNAUTHORIZED,

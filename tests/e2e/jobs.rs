@@ -621,3 +621,65 @@ async fn killing_the_runner_mid_step_resumes_without_rerun_or_lost_lines() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn killing_the_controller_mid_step_loses_no_line_and_runs_nothing_twice() {
+    in_namespace("job-ctl-restart", |ns| async move {
+        let mut s = setup_with(&ns, "kubernetes").await?;
+        let script = "for i in $(seq 1 40); do echo line $i; sleep 0.25; done";
+        apply(
+            &ns,
+            &job(
+                "count",
+                "pool=e2e",
+                serde_json::json!([
+                    { "name": "count", "image": crate::support::STEP_IMAGE, "script": script }
+                ]),
+            )?,
+        )
+        .await?;
+        let reader = sa_token(&ns, "reader", true).await?;
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            let (code, body) =
+                read_log(&s.ctl.url, &ns.name, "count", "count", Some(&reader)).await?;
+            if code == 200 && body.contains("line 5\n") {
+                break;
+            }
+            ensure!(
+                Instant::now() < deadline,
+                "no log lines arrived: {code} {body:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        s.ctl.proc.kill().await;
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let ctl2 = Controller::start(&ns.name, &s.ctl.addr).await?;
+        let j = wait_for(&jobs(&ns), "count", phase_is(JobPhase::Succeeded), 180).await?;
+        let st = j.status.context("status")?;
+        ensure!(
+            st.epoch == Some(1) && st.runner.as_deref() == Some("r1"),
+            "{st:?}"
+        );
+        let (code, body) = read_log(&ctl2.url, &ns.name, "count", "count", Some(&reader)).await?;
+        let want: String = (1..=40).map(|i| format!("line {i}\n")).collect();
+        ensure!(
+            code == 200 && body == want,
+            "log after the restart: {body:?}"
+        );
+        let uid = j.metadata.uid.context("uid")?;
+        let pods = step_pods(&ns)
+            .list(
+                &kube::api::ListParams::default()
+                    .labels(&format!("baton.dev/job-uid={uid},baton.dev/step=count")),
+            )
+            .await?;
+        ensure!(
+            pods.items.len() == 1,
+            "exactly one pod, got {}",
+            pods.items.len()
+        );
+        Ok(())
+    })
+    .await;
+}
