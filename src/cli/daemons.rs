@@ -41,6 +41,10 @@ pub struct ControllerArgs {
     /// Cap on one step's stored log, in bytes; past it a marker line says so.
     #[arg(long, value_name = "BYTES", default_value_t = crate::server::logs::DEFAULT_CAP, env = "BATON_LOG_CAP")]
     pub log_cap: u64,
+    /// An active Job's runner disconnected this long is lost: its Job is handed
+    /// to another runner (at a new epoch).
+    #[arg(long, value_parser = parse_duration, default_value = "60s", env = "BATON_RUNNER_LOST_AFTER")]
+    pub runner_lost_after: Duration,
 }
 
 /// `baton runner --server URL --name NAME --state-dir DIR`: the agent.
@@ -104,6 +108,7 @@ pub async fn controller(args: ControllerArgs) -> anyhow::Result<i32> {
         },
         data_dir: args.data_dir,
         log_cap: args.log_cap,
+        runner_lost_after: args.runner_lost_after,
     };
     controller::run(config, shutdown_signal()).await?;
     Ok(0)

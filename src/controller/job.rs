@@ -179,7 +179,10 @@ pub fn assigned_status(job: &Job, runner: &str, now: Timestamp) -> JobStatus {
     s.runner = Some(runner.to_owned());
     s.epoch = Some(s.epoch.unwrap_or(0) + 1);
     s.observed_generation = job.metadata.generation;
-    s.steps = initial_steps(&job.spec);
+    if s.steps.is_empty() {
+        // A hand-over keeps what the previous runner reported.
+        s.steps = initial_steps(&job.spec);
+    }
     s.conditions = conditions::merge(
         &s.conditions,
         &[Desired::new(
@@ -188,6 +191,33 @@ pub fn assigned_status(job: &Job, runner: &str, now: Timestamp) -> JobStatus {
             "Assigned",
             format!("assigned to runner {runner}"),
         )],
+        job.metadata.generation,
+        now,
+    );
+    s
+}
+
+/// Status of a Job whose runner was lost: Queued again, waiting for a hand-over
+/// (runner and epoch stay, so the next assignment moves the epoch on).
+pub fn requeued_status(job: &Job, runner: &str, now: Timestamp) -> JobStatus {
+    let mut s = job.status.clone().unwrap_or_default();
+    s.phase = Some(JobPhase::Queued);
+    s.conditions = conditions::merge(
+        &s.conditions,
+        &[Desired::new(
+            "Scheduled",
+            false,
+            "RunnerLost",
+            format!("runner {runner} was lost; waiting for another"),
+        )],
+        job.metadata.generation,
+        now,
+    );
+    s.conditions = phase_conditions(
+        &s.conditions,
+        JobPhase::Queued,
+        Some("RunnerLost"),
+        None,
         job.metadata.generation,
         now,
     );
@@ -361,6 +391,7 @@ pub async fn reconcile(job: Arc<Job>, ctx: Arc<Context>) -> Result<Action, Error
     if phase.is_finished() {
         // Its runner has room again: the queue may move.
         ctx.kick.kick_namespace(&ns);
+        ctx.disconnected_for(&ns, &name, true);
         let Some(due) = ttl_due(&job) else {
             return Ok(Action::await_change());
         };
@@ -493,6 +524,36 @@ pub async fn reconcile(job: Arc<Job>, ctx: Arc<Context>) -> Result<Action, Error
                 info!(runner = %runner, told, "cancel sent to the runner");
                 return Ok(Action::requeue(ASSIGN_RESEND));
             }
+            // A runner gone longer than the grace period is lost: the Job goes back
+            // to the queue, and the next hand-over moves the epoch on, which fences
+            // the old runner off should it come back.
+            let connected = ctx.hub.view(&key).is_some_and(|v| v.connected);
+            let lost_for = ctx.disconnected_for(&ns, &name, connected);
+            let recheck = ASSIGN_RESEND.min(ctx.runner_lost_after);
+            if let Some(gone) = lost_for {
+                if gone < ctx.runner_lost_after {
+                    return Ok(Action::requeue(
+                        (ctx.runner_lost_after - gone).max(Duration::from_millis(200)),
+                    ));
+                }
+                let next = requeued_status(&job, &runner, now);
+                if write_status(&ctx, &job, next).await? {
+                    ctx.disconnected_for(&ns, &name, true);
+                    warn!(runner = %runner, after = ?gone, "runner lost: Job back in the queue");
+                    events::publish(
+                        &ctx.client,
+                        &job,
+                        true,
+                        "RunnerLost",
+                        format!(
+                            "runner {runner} gone for {}s: handing the Job over",
+                            gone.as_secs()
+                        ),
+                    )
+                    .await;
+                }
+                return Ok(Action::requeue(Duration::from_millis(200)));
+            }
             if phase == JobPhase::Assigned {
                 // The runner may have missed it (reconnecting): say it again; a
                 // runner already on it ignores the repeat.
@@ -504,9 +565,10 @@ pub async fn reconcile(job: Arc<Job>, ctx: Arc<Context>) -> Result<Action, Error
                         epoch: status.epoch.unwrap_or(0),
                     },
                 );
-                return Ok(Action::requeue(ASSIGN_RESEND));
+                return Ok(Action::requeue(recheck));
             }
-            Ok(Action::await_change())
+            // Watch the runner's connection.
+            Ok(Action::requeue(recheck))
         }
         _ => Ok(Action::await_change()),
     }
@@ -687,6 +749,20 @@ mod tests {
             assigned_status(&j, "r2", later).epoch,
             Some(2),
             "each hand-over moves the epoch"
+        );
+
+        let lost = requeued_status(&j, "r2", later);
+        assert_eq!(lost.phase, Some(JobPhase::Queued));
+        assert_eq!(lost.epoch, Some(1), "kept: the next hand-over moves it on");
+        let mut k = job("h");
+        k.status = Some(lost);
+        k.status.as_mut().unwrap().steps[0].phase = crate::crd::job::StepPhase::Running;
+        let again = assigned_status(&k, "r3", later);
+        assert_eq!(again.epoch, Some(2));
+        assert_eq!(
+            again.steps[0].phase,
+            crate::crd::job::StepPhase::Running,
+            "steps kept"
         );
 
         let c = cancelled_status(&job("k"), now);

@@ -73,7 +73,33 @@ pub struct Context {
     /// Held while a Job is assigned, with the assignments the cache may not show yet.
     pub recent: tokio::sync::Mutex<job::Recent>,
     pub kick: job::Kick,
+    /// An active Job's runner disconnected this long is lost (its Job handed over).
+    pub runner_lost_after: Duration,
+    /// Since when each active Job's runner has been seen disconnected.
+    pub disconnected:
+        std::sync::Mutex<std::collections::HashMap<(String, String), std::time::Instant>>,
     pub backoff: backoff::PerObject,
+}
+
+impl Context {
+    /// How long Job `ns/name`'s runner has been seen disconnected (`None` while
+    /// connected; a connection resets it).
+    pub fn disconnected_for(&self, ns: &str, name: &str, connected: bool) -> Option<Duration> {
+        let mut map = self
+            .disconnected
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let key = (ns.to_owned(), name.to_owned());
+        if connected {
+            map.remove(&key);
+            return None;
+        }
+        Some(
+            map.entry(key)
+                .or_insert_with(std::time::Instant::now)
+                .elapsed(),
+        )
+    }
 }
 
 /// `baton controller` settings.
@@ -86,6 +112,8 @@ pub struct Config {
     pub data_dir: Option<std::path::PathBuf>,
     /// Cap on one step's stored log, in bytes.
     pub log_cap: u64,
+    /// An active Job's runner disconnected this long is lost.
+    pub runner_lost_after: Duration,
 }
 
 fn error_policy<K: Resource<DynamicType = ()>>(
@@ -164,6 +192,8 @@ pub async fn run(
         logs: logs.clone(),
         recent: tokio::sync::Mutex::default(),
         kick,
+        runner_lost_after: config.runner_lost_after,
+        disconnected: std::sync::Mutex::default(),
         backoff: backoff::PerObject::new(Duration::from_millis(500), Duration::from_secs(300)),
     });
 

@@ -683,3 +683,92 @@ async fn killing_the_controller_mid_step_loses_no_line_and_runs_nothing_twice() 
     })
     .await;
 }
+
+#[tokio::test]
+async fn a_lost_runner_is_replaced_and_the_new_one_adopts_the_step_pod() {
+    in_namespace("job-lost", |ns| async move {
+        let ctl = Controller::start_with_env(
+            &ns.name,
+            "127.0.0.1:0",
+            &[("BATON_RUNNER_LOST_AFTER", "3s")],
+        )
+        .await?;
+        let dir = TempDir::new(&ns.name);
+        let mut agents = Vec::new();
+        for r in ["r1", "r2"] {
+            let out = baton_ok(&[
+                "token", "create", r, "-n", &ns.name, "--runner", r, "--labels", "pool=e2e",
+            ])
+            .await?;
+            let a = Agent::start_with_backend(
+                &ctl.url,
+                &ns.name,
+                r,
+                &dir.join(r),
+                Some(out.trim()),
+                "",
+                "kubernetes",
+            )
+            .await?;
+            a.wait_ready(200, 30).await?;
+            agents.push(a);
+        }
+        let script = "for i in $(seq 1 40); do echo line $i; sleep 0.25; done";
+        apply(
+            &ns,
+            &job(
+                "count",
+                "pool=e2e",
+                serde_json::json!([
+                    { "name": "count", "image": crate::support::STEP_IMAGE, "script": script }
+                ]),
+            )?,
+        )
+        .await?;
+        let j = wait_for(&jobs(&ns), "count", phase_is(JobPhase::Running), 60).await?;
+        let first = j.status.and_then(|s| s.runner).context("runner")?;
+        let reader = sa_token(&ns, "reader", true).await?;
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            let (code, body) =
+                read_log(&ctl.url, &ns.name, "count", "count", Some(&reader)).await?;
+            if code == 200 && body.contains("line 5\n") {
+                break;
+            }
+            ensure!(
+                Instant::now() < deadline,
+                "no log lines arrived: {code} {body:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        // The runner holding the Job dies for good.
+        let idx = if first == "r1" { 0 } else { 1 };
+        agents[idx].proc.kill().await;
+        let j = wait_for(&jobs(&ns), "count", phase_is(JobPhase::Succeeded), 180).await?;
+        let st = j.status.context("status")?;
+        ensure!(
+            st.epoch == Some(2) && st.runner.as_deref() != Some(first.as_str()),
+            "handed over at epoch 2: {st:?}"
+        );
+        let (code, body) = read_log(&ctl.url, &ns.name, "count", "count", Some(&reader)).await?;
+        let want: String = (1..=40).map(|i| format!("line {i}\n")).collect();
+        ensure!(
+            code == 200 && body == want,
+            "log after the hand-over: {body:?}"
+        );
+        let uid = j.metadata.uid.context("uid")?;
+        let pods = step_pods(&ns)
+            .list(
+                &kube::api::ListParams::default()
+                    .labels(&format!("baton.dev/job-uid={uid},baton.dev/step=count")),
+            )
+            .await?;
+        ensure!(
+            pods.items.len() == 1,
+            "the step pod was adopted, not re-run: {}",
+            pods.items.len()
+        );
+        Ok(())
+    })
+    .await;
+}

@@ -182,6 +182,15 @@ pub struct Controller {
 impl Controller {
     /// Start on `addr` (`127.0.0.1:0`: a free port), wait until `/readyz` is 200.
     pub async fn start(ns: &str, addr: &str) -> anyhow::Result<Controller> {
+        Self::start_with_env(ns, addr, &[]).await
+    }
+
+    /// [`Controller::start`] with extra environment (e.g. `BATON_RUNNER_LOST_AFTER`).
+    pub async fn start_with_env(
+        ns: &str,
+        addr: &str,
+        envs: &[(&str, &str)],
+    ) -> anyhow::Result<Controller> {
         let proc = Proc::spawn(
             "controller",
             &[
@@ -195,7 +204,7 @@ impl Controller {
                 "--poll-interval",
                 "1s",
             ],
-            &[],
+            envs,
         )?;
         let line = proc.wait_for_log("runner API listening", 30).await?;
         let addr = addr_in(&line)?;
