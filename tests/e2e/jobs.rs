@@ -257,7 +257,7 @@ async fn one_step_job_on_a_static_runner_succeeds_with_rbac_checked_logs() {
 #[tokio::test]
 async fn diamond_dag_with_outputs_and_a_failing_step_with_on_failure_and_always() {
     in_namespace("job-dag", |ns| async move {
-        let _s = setup_with(&ns, "kubernetes").await?;
+        let s = setup_with(&ns, "kubernetes").await?;
         apply(&ns, &job("diamond", "pool=e2e", serde_json::json!([
             { "name": "a", "image": crate::support::STEP_IMAGE, "script": "echo a=1 >> $BATON_OUTPUT" },
             { "name": "b", "image": crate::support::STEP_IMAGE, "dependsOn": ["a"], "script": "echo b=$BATON_OUTPUT_A >> $BATON_OUTPUT" },
@@ -291,6 +291,27 @@ async fn diamond_dag_with_outputs_and_a_failing_step_with_on_failure_and_always(
         ensure!(phase("notify") == Some(StepPhase::Succeeded), "{:?}", st.steps);
         ensure!(phase("cleanup") == Some(StepPhase::Succeeded), "{:?}", st.steps);
         ensure!(conditions::is_true(&st.conditions, "Failed"));
+
+        // A step over its timeout fails with reason Timeout; a workspace is shared.
+        let mut timed = job("timed", "pool=e2e", serde_json::json!([
+            { "name": "write", "image": crate::support::STEP_IMAGE, "script": "echo shared > /workspace/f" },
+            { "name": "read", "image": crate::support::STEP_IMAGE, "dependsOn": ["write"], "script": "cat /workspace/f" },
+            { "name": "slow", "image": crate::support::STEP_IMAGE, "dependsOn": ["read"], "timeout": "2s", "script": "sleep 120" }
+        ]))?;
+        timed.spec.workspace = Some(serde_json::from_value(serde_json::json!({ "size": "64Mi" }))?);
+        apply(&ns, &timed).await?;
+        let j = wait_for(&jobs(&ns), "timed", phase_is(JobPhase::Failed), 120).await?;
+        let st = j.status.context("status")?;
+        let step = |n: &str| st.steps.iter().find(|s| s.name == n).cloned();
+        ensure!(step("read").map(|s| s.phase) == Some(StepPhase::Succeeded), "{:?}", st.steps);
+        let slow = step("slow").context("slow")?;
+        ensure!(
+            slow.phase == StepPhase::Failed && slow.reason.as_deref() == Some("Timeout"),
+            "{slow:?}"
+        );
+        let reader = sa_token(&ns, "reader", true).await?;
+        let (code, body) = read_log(&s.ctl.url, &ns.name, "timed", "read", Some(&reader)).await?;
+        ensure!(code == 200 && body == "shared\n", "workspace: {code} {body:?}");
         Ok(())
     })
     .await;
