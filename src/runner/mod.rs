@@ -302,21 +302,25 @@ impl Agent {
                     let disabled = ev.data.contains("\"disabled\":true");
                     let state = if disabled { "Disabled" } else { "Connected" };
                     self.enter(state, true, "control channel open");
-                    // Jobs assigned while we were away (or before a restart).
-                    match self
-                        .client
-                        .assignments(&self.req.name, namespace, token)
-                        .await
-                    {
-                        Ok(list) => {
-                            for a in list {
-                                info!(namespace = %a.namespace, job = %a.name, epoch = a.epoch, "resuming an assigned job");
-                                self.jobs
-                                    .start(&a.namespace, &a.name, a.epoch, a.cancel, token);
+                    // Jobs assigned while we were away (or before a restart). In a
+                    // task: a slow server must not stall the ping watch of this loop.
+                    let (client, jobs) = (self.client.clone(), self.jobs.clone());
+                    let (name, ns, token) = (
+                        self.req.name.clone(),
+                        namespace.to_owned(),
+                        token.to_owned(),
+                    );
+                    tokio::spawn(async move {
+                        match client.assignments(&name, &ns, &token).await {
+                            Ok(list) => {
+                                for a in list {
+                                    info!(namespace = %a.namespace, job = %a.name, epoch = a.epoch, "resuming an assigned job");
+                                    jobs.start(&a.namespace, &a.name, a.epoch, a.cancel, &token);
+                                }
                             }
+                            Err(e) => warn!("list assigned jobs: {e}"),
                         }
-                        Err(e) => warn!("list assigned jobs: {e}"),
-                    }
+                    });
                 }
                 "ping" => debug!("ping"),
                 "disable" => self.enter("Disabled", true, "disabled: taking no new jobs"),
