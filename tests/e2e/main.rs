@@ -9,6 +9,7 @@
 mod fixtures;
 mod support;
 
+mod chart;
 mod crds;
 mod jobs;
 mod pods;

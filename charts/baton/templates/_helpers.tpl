@@ -1,0 +1,97 @@
+{{/* Chart name, overridable. */}}
+{{- define "baton.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/* Name of the namespaced objects: the release name, with the chart name unless it is already in it. */}}
+{{- define "baton.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/* Name of the cluster-scoped objects: release names are unique per namespace only, so the namespace is part of it. */}}
+{{- define "baton.clusterName" -}}
+{{- printf "%s-%s" .Release.Namespace (include "baton.fullname" .) | trunc 253 | trimSuffix "-" }}
+{{- end }}
+
+{{- define "baton.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{- define "baton.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "baton.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/component: controller
+{{- end }}
+
+{{- define "baton.labels" -}}
+helm.sh/chart: {{ include "baton.chart" . }}
+{{ include "baton.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/part-of: baton
+{{- end }}
+
+{{- define "baton.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create }}
+{{- default (include "baton.fullname" .) .Values.serviceAccount.name }}
+{{- else }}
+{{- default "default" .Values.serviceAccount.name }}
+{{- end }}
+{{- end }}
+
+{{- define "baton.image" -}}
+{{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) }}
+{{- end }}
+
+{{/*
+The rules on namespaced objects (README.md, "RBAC", says why each is there). A
+ClusterRole when the controller watches all namespaces, a Role in watchNamespace
+otherwise.
+*/}}
+{{- define "baton.namespacedRules" -}}
+- apiGroups: [baton.dev]
+  resources: [jobs]
+  verbs: [get, list, watch, delete]
+- apiGroups: [baton.dev]
+  resources: [jobs/status]
+  verbs: [update]
+- apiGroups: [baton.dev]
+  resources: [runners]
+  verbs: [list, watch, create]
+- apiGroups: [baton.dev]
+  resources: [runners/status]
+  verbs: [patch]
+- apiGroups: [baton.dev]
+  resources: [runnertokens]
+  verbs: [list, watch, create, patch, delete]
+- apiGroups: [baton.dev]
+  resources: [runnertokens/status]
+  verbs: [patch]
+- apiGroups: [""]
+  resources: [secrets]
+  verbs: [get, list, watch, create, patch]
+- apiGroups: [events.k8s.io]
+  resources: [events]
+  verbs: [create, patch]
+{{- if .Values.rbac.onDemandRunners }}
+# On-demand runner pods (not spawned by the controller yet; rbac.onDemandRunners).
+- apiGroups: [""]
+  resources: [pods]
+  verbs: [get, list, watch, create, delete]
+- apiGroups: [""]
+  resources: [serviceaccounts]
+  verbs: [get, create, patch, delete]
+- apiGroups: [rbac.authorization.k8s.io]
+  resources: [roles, rolebindings]
+  verbs: [get, create, patch, delete]
+{{- end }}
+{{- end }}
