@@ -6,8 +6,11 @@ export BATON_CACHE ?= $(HOME)/.cache/baton
 export BATON_CLUSTER_DIR ?= /var/tmp/baton-cluster
 KUBECONFIG_E2E := $(BATON_CLUSTER_DIR)/kubeconfig
 CARGO ?= cargo
+# Helm as hack/cluster/build.sh builds it (by cluster-up); the e2e chart test uses $HELM too.
+HELM_VERSION ?= $(shell sed -n 's/^HELM_VERSION=.*:-\(v[^}]*\)}.*/\1/p' hack/cluster/versions.env)
+export HELM ?= $(BATON_CACHE)/helm-$(HELM_VERSION)/bin/helm
 
-.PHONY: help build release lint fmt unit crd images cluster-up cluster-down e2e test bench-local clean-cache
+.PHONY: help build release lint helm-lint fmt unit crd images cluster-up cluster-down e2e test bench-local clean-cache
 
 help: ## List the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  %-14s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -21,6 +24,10 @@ release: ## Release build (what the image ships)
 lint: ## cargo fmt --check and clippy with warnings denied
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --all-targets -- -D warnings
+
+helm-lint: ## helm lint --strict the chart (helm comes with cluster-up)
+	@test -x $(HELM) || { echo "no helm at $(HELM): make cluster-up (or BUILD_ONLY=helm hack/cluster/build.sh)"; exit 1; }
+	$(HELM) lint --strict charts/baton
 
 fmt: ## Format the code
 	$(CARGO) fmt --all
@@ -41,6 +48,7 @@ cluster-down: ## Stop the local cluster and remove its state
 	hack/cluster/down.sh
 
 e2e: cluster-up images ## End-to-end tests against the real local cluster
+	$(MAKE) --no-print-directory helm-lint
 	KUBECONFIG=$(KUBECONFIG_E2E) $(CARGO) test --test e2e -- --test-threads=4
 
 test: lint unit e2e ## Everything CI runs: lint, unit tests, e2e on a real cluster
