@@ -83,15 +83,24 @@ otherwise.
   resources: [events]
   verbs: [create, patch]
 {{- if .Values.rbac.onDemandRunners }}
-# On-demand runner pods (not spawned by the controller yet; rbac.onDemandRunners).
+# On-demand runner pods (rbac.onDemandRunners): the pods themselves, and the
+# ServiceAccount, Role and RoleBinding `baton-runner` they run as. Kubernetes lets
+# the controller grant only what it holds, so it also holds what that Role grants:
+# pods (incl. deletecollection), pods/log and persistentvolumeclaims.
 - apiGroups: [""]
   resources: [pods]
-  verbs: [get, list, watch, create, delete]
+  verbs: [get, list, watch, create, delete, deletecollection]
+- apiGroups: [""]
+  resources: [pods/log]
+  verbs: [get]
+- apiGroups: [""]
+  resources: [persistentvolumeclaims]
+  verbs: [get, create, delete]
 - apiGroups: [""]
   resources: [serviceaccounts]
-  verbs: [get, create, patch, delete]
+  verbs: [create, patch]
 - apiGroups: [rbac.authorization.k8s.io]
   resources: [roles, rolebindings]
-  verbs: [get, create, patch, delete]
+  verbs: [create, patch]
 {{- end }}
 {{- end }}
