@@ -1,8 +1,9 @@
 //! The Helm chart on the real cluster: `helm lint`, `helm template` accepted by the
 //! API server (server-side dry run), `helm install` of the controller image into the
 //! test's namespace (Pod Security `restricted`), a RunnerToken minted by the
-//! installed controller, `helm upgrade` with changed values, and `helm uninstall`
-//! leaving nothing of the chart behind but the CRDs.
+//! installed controller, a Job run through it by a runner on this host, `helm
+//! upgrade` with changed values while that Job runs (it completes, run once), and
+//! `helm uninstall` leaving nothing of the chart behind but the CRDs.
 //!
 //! Helm comes from `$HELM`, else `$BATON_CACHE/helm-<HELM_VERSION>/bin/helm` as
 //! `hack/cluster/build.sh` builds it (`make cluster-up`).
@@ -11,8 +12,9 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, anyhow, ensure};
-use baton::crd::RunnerToken;
 use baton::crd::conditions;
+use baton::crd::job::JobPhase;
+use baton::crd::{Job, RunnerToken};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Pod, Secret, Service, ServiceAccount};
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
@@ -23,12 +25,15 @@ use kube::discovery::{self, Scope};
 use kube::runtime::wait::Condition;
 use kube::{Client, Resource};
 
+use crate::procs::{Agent, TempDir};
 use crate::support::{FIELD_MANAGER, TestNs, in_namespace, wait_for};
 
 const RELEASE: &str = "baton";
 /// Objects of the chart are named after the release ("baton" contains the chart name).
 const FULLNAME: &str = "baton";
 const INSTANCE_SELECTOR: &str = "app.kubernetes.io/instance=baton";
+/// The test's runner reconnects after 5 s without a ping (the chart's default is 10 s).
+const PING: &str = "controller.pingInterval=1s";
 
 fn chart_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("charts/baton")
@@ -156,6 +161,10 @@ fn deployment_rolled_out() -> impl Condition<Deployment> {
     }
 }
 
+fn job_phase(phase: JobPhase) -> impl Condition<Job> {
+    move |j: Option<&Job>| j.and_then(|j| j.status.as_ref()?.phase) == Some(phase)
+}
+
 fn token_ready() -> impl Condition<RunnerToken> {
     |t: Option<&RunnerToken>| {
         t.and_then(|t| t.status.as_ref())
@@ -163,26 +172,34 @@ fn token_ready() -> impl Condition<RunnerToken> {
     }
 }
 
-/// The installed controller works: it mints a RunnerToken's Secret.
-async fn controller_mints(ns: &TestNs, name: &str) -> anyhow::Result<Duration> {
+/// The installed controller works: it mints a RunnerToken's Secret. Returns the
+/// token (its runners get `pool=chart`) and how long minting took.
+async fn controller_mints(ns: &TestNs, name: &str) -> anyhow::Result<(String, Duration)> {
     let started = Instant::now();
     let tokens: Api<RunnerToken> = Api::namespaced(ns.client.clone(), &ns.name);
-    let token = RunnerToken::new(name, Default::default());
+    let token: RunnerToken = serde_json::from_value(serde_json::json!({
+        "apiVersion": "baton.dev/v1alpha1",
+        "kind": "RunnerToken",
+        "metadata": { "name": name },
+        "spec": { "labels": { "pool": "chart" } },
+    }))?;
     tokens.create(&PostParams::default(), &token).await?;
     let ready = wait_for(&tokens, name, token_ready(), 60).await?;
+    let took = started.elapsed();
     let secret_name = ready
         .status
         .and_then(|s| s.secret_name)
         .context("Ready without a secretName")?;
     let secrets: Api<Secret> = Api::namespaced(ns.client.clone(), &ns.name);
-    let secret = secrets.get(&secret_name).await?;
-    ensure!(
-        secret
-            .data
-            .is_some_and(|d| d.get("token").is_some_and(|t| !t.0.is_empty())),
-        "Secret {secret_name} holds no token"
-    );
-    Ok(started.elapsed())
+    let plain = secrets
+        .get(&secret_name)
+        .await?
+        .data
+        .and_then(|d| d.get("token").cloned())
+        .and_then(|t| String::from_utf8(t.0).ok())
+        .filter(|t| !t.is_empty())
+        .with_context(|| format!("Secret {secret_name} holds no token"))?;
+    Ok((plain, took))
 }
 
 /// The one controller pod, Ready, with its log.
@@ -348,6 +365,8 @@ async fn chart_lifecycle(ns: &TestNs) -> anyhow::Result<()> {
         n,
         "--set",
         &watch,
+        "--set",
+        PING,
         "--wait",
         "--timeout",
         "120s",
@@ -366,11 +385,42 @@ async fn chart_lifecycle(ns: &TestNs) -> anyhow::Result<()> {
         serde_json::from_str::<serde_json::Value>(first).is_ok(),
         "JSON logs by default; first line: {first}"
     );
-    let took = controller_mints(ns, "minted-after-install").await?;
+    let (token, took) = controller_mints(ns, "minted-after-install").await?;
     eprintln!(
         "RunnerToken Ready via the installed controller: {:.1}s",
         took.as_secs_f64()
     );
+
+    // A runner on this host (the node: the Service's ClusterIP routes here) runs a
+    // Job through the installed controller; the Job is still running when the
+    // upgrade below replaces the controller pod.
+    let services: Api<Service> = Api::namespaced(ns.client.clone(), n);
+    let ip = services
+        .get(FULLNAME)
+        .await?
+        .spec
+        .and_then(|s| s.cluster_ip)
+        .context("the Service has no ClusterIP")?;
+    let server = format!("http://{ip}:8080");
+    let dir = TempDir::new(n);
+    let runner = Agent::start(&server, n, "r1", &dir.join("r1"), Some(&token), "").await?;
+    runner.wait_ready(200, 60).await?;
+    let jobs: Api<Job> = Api::namespaced(ns.client.clone(), n);
+    let job: Job = serde_json::from_value(serde_json::json!({
+        "apiVersion": "baton.dev/v1alpha1",
+        "kind": "Job",
+        "metadata": { "name": "through-upgrade" },
+        "spec": {
+            "runnerSelector": { "matchLabels": { "pool": "chart" } },
+            "steps": [{
+                "name": "count",
+                "image": "busybox",
+                "script": "for i in $(seq 1 30); do echo line $i; sleep 0.5; done",
+            }],
+        }
+    }))?;
+    jobs.create(&PostParams::default(), &job).await?;
+    wait_for(&jobs, "through-upgrade", job_phase(JobPhase::Running), 60).await?;
 
     // Upgrade with changed values: a new pod rolls out, Ready, and works.
     let t0 = Instant::now();
@@ -382,6 +432,8 @@ async fn chart_lifecycle(ns: &TestNs) -> anyhow::Result<()> {
         n,
         "--set",
         &watch,
+        "--set",
+        PING,
         "--set",
         "controller.logFormat=text",
         "--set",
@@ -407,6 +459,24 @@ async fn chart_lifecycle(ns: &TestNs) -> anyhow::Result<()> {
     );
     ensure!(!log.starts_with('{'), "text logs after the upgrade:\n{log}");
     controller_mints(ns, "minted-after-upgrade").await?;
+    let t1 = Instant::now();
+    let done = wait_for(
+        &jobs,
+        "through-upgrade",
+        job_phase(JobPhase::Succeeded),
+        120,
+    )
+    .await?;
+    let st = done.status.context("status")?;
+    ensure!(
+        st.epoch == Some(1) && st.runner.as_deref() == Some("r1"),
+        "the Job ran once, on r1: {st:?}"
+    );
+    eprintln!(
+        "Job running through the upgrade Succeeded {:.1}s after the new controller was Ready",
+        t1.elapsed().as_secs_f64()
+    );
+    drop(runner);
 
     // Uninstall: nothing of the chart stays, namespaced or cluster-scoped; CRDs do.
     let t0 = Instant::now();
