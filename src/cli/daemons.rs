@@ -79,6 +79,13 @@ pub struct AgentArgs {
     /// Longest retry delay.
     #[arg(long, value_parser = parse_duration, default_value = "30s", env = "BATON_RUNNER_BACKOFF_MAX")]
     pub backoff_max: Duration,
+    /// Run one Job, then exit 0 (an on-demand runner pod); exit 0 as well when no
+    /// Job is assigned within --once-wait.
+    #[arg(long)]
+    pub once: bool,
+    /// With --once: how long to wait for a Job.
+    #[arg(long, value_parser = parse_duration, default_value = "10m", requires = "once")]
+    pub once_wait: Duration,
 }
 
 /// Resolves on SIGTERM or Ctrl-C.
@@ -137,6 +144,7 @@ pub async fn agent(args: AgentArgs) -> anyhow::Result<i32> {
         ping_timeout: args.ping_timeout,
         backoff_base: args.backoff_base,
         backoff_max: args.backoff_max,
+        once: args.once.then_some(args.once_wait),
     };
     Ok(runner::run(config, shutdown_signal()).await?)
 }

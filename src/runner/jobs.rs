@@ -34,6 +34,9 @@ pub struct JobRunner {
     /// Kubernetes backend: the client step pods are created with.
     pub kube: Option<kube::Client>,
     running: Arc<Mutex<Running>>,
+    /// Whether a Job was ever started, and a wake-up when one ends.
+    started: Arc<std::sync::atomic::AtomicBool>,
+    ended: Arc<tokio::sync::Notify>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -55,6 +58,23 @@ impl JobRunner {
             work_dir,
             kube,
             running: Arc::default(),
+            started: Arc::default(),
+            ended: Arc::default(),
+        }
+    }
+
+    /// `--once`: resolves when the first Job run ends, or after `wait` if no Job
+    /// was started by then.
+    pub async fn once(self, wait: Duration) {
+        let idle = async {
+            tokio::time::sleep(wait).await;
+            if self.started.load(std::sync::atomic::Ordering::SeqCst) {
+                futures::future::pending::<()>().await;
+            }
+        };
+        tokio::select! {
+            () = self.ended.notified() => info!("--once: the Job's run ended; exiting"),
+            () = idle => info!(?wait, "--once: no Job was assigned; exiting"),
         }
     }
 
@@ -80,6 +100,8 @@ impl JobRunner {
                 t.cancel();
             }
             running.insert(key.clone(), (epoch, token_c.clone()));
+            self.started
+                .store(true, std::sync::atomic::Ordering::SeqCst);
         }
         if cancel {
             token_c.cancel();
@@ -91,6 +113,7 @@ impl JobRunner {
             let mut running = lock(&this.running);
             if running.get(&key).is_some_and(|(e, _)| *e == epoch) {
                 running.remove(&key);
+                this.ended.notify_one();
             }
         });
     }

@@ -45,6 +45,9 @@ pub struct Config {
     pub ping_timeout: Duration,
     pub backoff_base: Duration,
     pub backoff_max: Duration,
+    /// `--once`: exit 0 after the first Job ends, or when none is assigned within
+    /// this long.
+    pub once: Option<Duration>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -132,6 +135,13 @@ pub async fn run(
         config.state_dir.join("work"),
         kube,
     );
+    let once = config.once.map(|wait| jobs.clone().once(wait));
+    let once = async move {
+        match once {
+            Some(f) => f.await,
+            None => futures::future::pending().await,
+        }
+    };
     let agent = Agent {
         client,
         jobs,
@@ -150,6 +160,7 @@ pub async fn run(
     let code = tokio::select! {
         r = agent.run() => r?,
         () = shutdown => { info!("shutting down"); 0 }
+        () = once => 0,
     };
     health.abort();
     Ok(code)
