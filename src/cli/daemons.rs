@@ -45,6 +45,14 @@ pub struct ControllerArgs {
     /// to another runner (at a new epoch).
     #[arg(long, value_parser = parse_duration, default_value = "60s", env = "BATON_RUNNER_LOST_AFTER")]
     pub runner_lost_after: Duration,
+    /// The runner API's URL as on-demand runner pods reach it (e.g.
+    /// http://baton.baton-system:8080). Unset: Jobs without runnerSelector wait with
+    /// reason OnDemandUnavailable.
+    #[arg(long, value_name = "URL", env = "BATON_RUNNER_SERVER_URL")]
+    pub runner_server_url: Option<String>,
+    /// Image of on-demand runner pods (a Job's spec.onDemand.image wins).
+    #[arg(long, value_name = "IMAGE", default_value = controller::on_demand::DEFAULT_IMAGE, env = "BATON_RUNNER_IMAGE")]
+    pub runner_image: String,
 }
 
 /// `baton runner --server URL --name NAME --state-dir DIR`: the agent.
@@ -116,6 +124,10 @@ pub async fn controller(args: ControllerArgs) -> anyhow::Result<i32> {
         data_dir: args.data_dir,
         log_cap: args.log_cap,
         runner_lost_after: args.runner_lost_after,
+        on_demand: controller::on_demand::OnDemandConfig {
+            server_url: args.runner_server_url.filter(|u| !u.trim().is_empty()),
+            image: args.runner_image,
+        },
     };
     controller::run(config, shutdown_signal()).await?;
     Ok(0)

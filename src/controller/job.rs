@@ -6,6 +6,10 @@
 //! write the status (an assignment with optimistic concurrency: the status is
 //! replaced at the resourceVersion that was read, so of two controllers racing for
 //! one Job exactly one write lands) → tell the runner over its control channel.
+//!
+//! A Job with no `runnerSelector` first gets a runner pod of its own
+//! ([`on_demand::prepare`]) and is then assigned to that runner only; the pod going
+//! away mid-Job counts as a lost runner at once (the same hand-over, next epoch).
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -18,7 +22,7 @@ use kube::api::{Api, DeleteParams, PostParams};
 use kube::runtime::controller::Action;
 use tracing::{info, instrument, warn};
 
-use super::{Context, Error};
+use super::{Context, Error, on_demand};
 use crate::crd::conditions::{self, Desired};
 use crate::crd::job::{JobPhase, JobStatus};
 use crate::crd::runner::{AdoptionDecision, AdoptionState};
@@ -43,6 +47,8 @@ pub struct RunnerView {
     pub usable: bool,
     /// `maxConcurrentJobs` minus its active Jobs.
     pub free: usize,
+    /// An on-demand runner: the uid of the one Job it exists for.
+    pub on_demand_for: Option<String>,
 }
 
 /// A queued Job, in queue order.
@@ -52,6 +58,9 @@ pub struct Queued {
     pub selector: Option<LabelSelector>,
     /// Why its spec cannot run, if it cannot.
     pub invalid: Option<String>,
+    /// No selector: its own on-demand runner (known only for the Job being
+    /// reconciled; others wait unplanned).
+    pub on_demand: Option<on_demand::Slot>,
 }
 
 /// What to do with a queued Job.
@@ -103,7 +112,9 @@ pub fn plan_queue(queue: &[Queued], runners: &[RunnerView]) -> BTreeMap<String, 
             let matching: Vec<usize> = free
                 .iter()
                 .enumerate()
-                .filter(|(_, (_, r))| r.usable && selector_matches(sel, &r.labels))
+                .filter(|(_, (_, r))| {
+                    r.usable && r.on_demand_for.is_none() && selector_matches(sel, &r.labels)
+                })
                 .map(|(i, _)| i)
                 .collect();
             let best = matching
@@ -136,10 +147,30 @@ pub fn plan_queue(queue: &[Queued], runners: &[RunnerView]) -> BTreeMap<String, 
                     ),
                 },
             }
+        } else if let Some(slot) = &job.on_demand {
+            // Only its own runner, and that runner only for it.
+            let own = free.iter_mut().find(|(n, r)| {
+                *n > 0
+                    && r.usable
+                    && Some(&r.name) == slot.runner.as_ref()
+                    && r.on_demand_for.as_ref() == Some(&slot.job_uid)
+            });
+            match own {
+                Some((n, r)) => {
+                    *n -= 1;
+                    Decision::Assign {
+                        runner: r.name.clone(),
+                    }
+                }
+                None => Decision::Wait {
+                    reason: slot.reason,
+                    message: slot.message.clone(),
+                },
+            }
         } else {
             Decision::Wait {
-                reason: "OnDemandNotSupported",
-                message: "on-demand runner pods are not implemented yet: set runnerSelector".into(),
+                reason: on_demand::STARTING,
+                message: "waiting for its on-demand runner".into(),
             }
         };
         out.insert(job.name.clone(), decision);
@@ -324,6 +355,7 @@ fn runner_views(ctx: &Context, ns: &str, recent: &mut Recent) -> Vec<RunnerView>
                 labels: r.spec.labels.clone(),
                 usable: is_usable(r, &ctx.hub, ns),
                 free: max.saturating_sub(used),
+                on_demand_for: r.spec.labels.get(on_demand::JOB_LABEL).cloned(),
             }
         })
         .collect()
@@ -348,6 +380,7 @@ fn queue(ctx: &Context, ns: &str) -> Vec<Queued> {
             name: j.name_any(),
             selector: j.spec.runner_selector.clone(),
             invalid: invalid_spec(j),
+            on_demand: None,
         })
         .collect()
 }
@@ -392,6 +425,9 @@ pub async fn reconcile(job: Arc<Job>, ctx: Arc<Context>) -> Result<Action, Error
         // Its runner has room again: the queue may move.
         ctx.kick.kick_namespace(&ns);
         ctx.disconnected_for(&ns, &name, true);
+        if job.spec.runner_selector.is_none() {
+            on_demand::clean_up(&ctx, &job).await?;
+        }
         let Some(due) = ttl_due(&job) else {
             return Ok(Action::await_change());
         };
@@ -437,6 +473,12 @@ pub async fn reconcile(job: Arc<Job>, ctx: Arc<Context>) -> Result<Action, Error
             Ok(Action::await_change())
         }
         JobPhase::Queued => {
+            // An on-demand Job's runner pod comes first (outside the queue lock).
+            let slot = if job.spec.runner_selector.is_none() && invalid_spec(&job).is_none() {
+                Some(on_demand::prepare(&ctx, &job).await?)
+            } else {
+                None
+            };
             // One assignment at a time per process, so capacity is counted once.
             let mut recent = ctx.recent.lock().await;
             let runners = runner_views(&ctx, &ns, &mut recent);
@@ -447,7 +489,11 @@ pub async fn reconcile(job: Arc<Job>, ctx: Arc<Context>) -> Result<Action, Error
                     name: name.clone(),
                     selector: job.spec.runner_selector.clone(),
                     invalid: invalid_spec(&job),
+                    on_demand: None,
                 });
+            }
+            if let Some(me) = q.iter_mut().find(|j| j.name == name) {
+                me.on_demand = slot;
             }
             let decision = plan_queue(&q, &runners).remove(&name);
             match decision {
@@ -530,6 +576,16 @@ pub async fn reconcile(job: Arc<Job>, ctx: Arc<Context>) -> Result<Action, Error
             let connected = ctx.hub.view(&key).is_some_and(|v| v.connected);
             let lost_for = ctx.disconnected_for(&ns, &name, connected);
             let recheck = ASSIGN_RESEND.min(ctx.runner_lost_after);
+            // An on-demand runner whose pod is gone or going is lost at once.
+            let pod_lost = job.spec.runner_selector.is_none() && {
+                ctx.runner_pods.wait_until_ready().await.ok();
+                on_demand::pod_named(&ctx, &ns, &runner).is_none_or(|p| on_demand::is_gone(&p))
+            };
+            let lost_for = if pod_lost {
+                Some(lost_for.unwrap_or_default().max(ctx.runner_lost_after))
+            } else {
+                lost_for
+            };
             if let Some(gone) = lost_for {
                 if gone < ctx.runner_lost_after {
                     return Ok(Action::requeue(
@@ -624,6 +680,7 @@ mod tests {
             labels: [("pool".to_owned(), pool.to_owned())].into(),
             usable,
             free,
+            on_demand_for: None,
         }
     }
 
@@ -632,6 +689,7 @@ mod tests {
             name: name.into(),
             selector,
             invalid: None,
+            on_demand: None,
         }
     }
 
@@ -687,6 +745,7 @@ mod tests {
                 name: "j8".into(),
                 selector: sel("pool", "a"),
                 invalid: Some("cycle".into()),
+                on_demand: None,
             },
         ];
         let plan = plan_queue(&queue, &runners);
@@ -701,8 +760,47 @@ mod tests {
             "unusable runner"
         );
         assert_eq!(reason(plan.get("j6")), "NoMatchingRunner");
-        assert_eq!(reason(plan.get("j7")), "OnDemandNotSupported");
+        assert_eq!(reason(plan.get("j7")), "RunnerStarting");
         assert_eq!(reason(plan.get("j8")), "InvalidSpec");
+    }
+
+    #[test]
+    fn on_demand_runners_serve_only_their_own_job() {
+        let mine = |name: &str, uid: &str| RunnerView {
+            on_demand_for: Some(uid.into()),
+            ..runner(name, "a", true, 1)
+        };
+        let slot = |runner: &str, uid: &str| on_demand::Slot {
+            runner: Some(runner.into()),
+            job_uid: uid.into(),
+            reason: on_demand::POD_PENDING,
+            message: "0/1 nodes are available".into(),
+        };
+        let runners = vec![mine("od-runner", "u1"), mine("other-runner", "u2")];
+        let queue = vec![
+            // A selector matching every runner still gets no on-demand one.
+            q("static", Some(LabelSelector::default())),
+            Queued {
+                on_demand: Some(slot("od-runner", "u1")),
+                ..q("od", None)
+            },
+            // A runner of the right name but made for another Job is not taken.
+            Queued {
+                on_demand: Some(slot("other-runner", "u9")),
+                ..q("thief", None)
+            },
+        ];
+        let plan = plan_queue(&queue, &runners);
+        assert_eq!(reason(plan.get("static")), "NoMatchingRunner");
+        assert_eq!(reason(plan.get("od")), "od-runner");
+        assert_eq!(reason(plan.get("thief")), "RunnerPodPending");
+        let mut busy = runners.clone();
+        busy[0].free = 0;
+        assert_eq!(
+            reason(plan_queue(&queue[1..2], &busy).get("od")),
+            "RunnerPodPending",
+            "its runner already runs it: waits with the pod's reason"
+        );
     }
 
     fn job(name: &str) -> Job {

@@ -3,6 +3,7 @@
 
 pub mod backoff;
 pub mod job;
+pub mod on_demand;
 pub mod runner;
 pub mod token;
 
@@ -12,7 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::{FutureExt, StreamExt};
-use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::api::core::v1::{Pod, Secret};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Api, DeleteParams};
 use kube::runtime::controller::{Action, Controller};
@@ -69,6 +70,9 @@ pub struct Context {
     pub tokens: Store<RunnerToken>,
     pub runners: Store<Runner>,
     pub jobs: Store<Job>,
+    /// On-demand runner pods (labelled [`on_demand::JOB_LABEL`]).
+    pub runner_pods: Store<Pod>,
+    pub on_demand: on_demand::OnDemandConfig,
     pub logs: Arc<server::logs::LogStore>,
     /// Held while a Job is assigned, with the assignments the cache may not show yet.
     pub recent: tokio::sync::Mutex<job::Recent>,
@@ -114,6 +118,7 @@ pub struct Config {
     pub log_cap: u64,
     /// An active Job's runner disconnected this long is lost.
     pub runner_lost_after: Duration,
+    pub on_demand: on_demand::OnDemandConfig,
 }
 
 fn error_policy<K: Resource<DynamicType = ()>>(
@@ -157,6 +162,7 @@ pub async fn run(
     let (runners, runner_writer) = reflector::store::<Runner>();
     let (tokens, token_writer) = reflector::store::<RunnerToken>();
     let (jobs, job_writer) = reflector::store::<Job>();
+    let (runner_pods, pod_writer) = reflector::store::<Pod>();
     readiness.require("watch/jobs", "not synced yet");
     let data_dir = config
         .data_dir
@@ -189,6 +195,8 @@ pub async fn run(
         tokens: tokens.clone(),
         runners: runners.clone(),
         jobs: jobs.clone(),
+        runner_pods: runner_pods.clone(),
+        on_demand: config.on_demand.clone(),
         logs: logs.clone(),
         recent: tokio::sync::Mutex::default(),
         kick,
@@ -294,8 +302,28 @@ pub async fn run(
         let r = rx.recv().await?;
         Some((r, rx))
     });
+    // On-demand runner pods: a cache, and each change wakes their Job (owner).
+    let pod_events = watcher(
+        api::<Pod>(&client, ns.as_deref()),
+        watcher::Config::default().labels(on_demand::JOB_LABEL),
+    )
+    .default_backoff()
+    .reflect(pod_writer)
+    .touched_objects()
+    .filter_map(|pod| {
+        futures::future::ready(pod.ok().and_then(|p| {
+            let owner = p
+                .owner_references()
+                .iter()
+                .find(|o| o.kind == "Job" && o.api_version == "baton.dev/v1alpha1")?
+                .name
+                .clone();
+            Some(ObjectRef::<Job>::new(&owner).within(&p.namespace()?))
+        }))
+    });
     let job_controller = Controller::for_stream(job_events, jobs.clone())
         .reconcile_on(kicks)
+        .reconcile_on(pod_events)
         .graceful_shutdown_on(shutdown.clone())
         .run(job::reconcile, error_policy, ctx.clone())
         .for_each(|res| {

@@ -1,0 +1,620 @@
+//! On-demand runner pods: a Job with no `runnerSelector` gets a runner of its own.
+//!
+//! Per Job and attempt the controller applies a RunnerToken `<job>-runner[-N]`
+//! (owned by the Job, `spec.runnerName` = the runner's name, labelled so the Runner
+//! it registers is known to be this Job's), then — once the token's Secret exists —
+//! a runner Pod of the same name running `baton runner --once` with that token.
+//! The runner registers Preadopted and the queue assigns the Job to it like to any
+//! runner; on-demand runners get only their own Job, and their Job only them.
+//!
+//! A runner pod lost mid-Job (deleted, failed, exited early) makes the Job go back
+//! to the queue (the lost-runner hand-over of the Job reconciler); the next attempt
+//! gets a new token and pod, the Job passes to it at the next epoch, and its
+//! kubernetes backend adopts the step pods already running. Earlier attempts'
+//! tokens are deleted (which revokes them) and their pods too.
+//!
+//! The runner pods of a namespace share one ServiceAccount `baton-runner` with a
+//! Role to manage step pods; applied on each pod creation and owned by nothing, so
+//! no Job's deletion takes them from another Job's runner.
+//!
+//! The builders and [`pod_wait`] are pure; [`prepare`] does the I/O.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::{
+    Capabilities, Container, EmptyDirVolumeSource, EnvVar, EnvVarSource, HTTPGetAction, Pod,
+    PodSecurityContext, PodSpec, Probe, SeccompProfile, Secret, SecretKeySelector, SecurityContext,
+    ServiceAccount, Volume, VolumeMount,
+};
+use k8s_openapi::api::rbac::v1::{PolicyRule, Role, RoleBinding, RoleRef, Subject};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use kube::api::{Api, DeleteParams, ObjectMeta, Patch, PatchParams, PostParams};
+use kube::{Resource, ResourceExt};
+use tracing::info;
+
+use super::{Context, Error};
+use crate::crd::runner_token::SECRET_KEY;
+use crate::crd::{Job, RunnerToken, RunnerTokenSpec};
+use crate::server::FIELD_MANAGER;
+
+/// Label (value: the Job's uid) on an on-demand runner's RunnerToken, its Runner
+/// (through the token's labels) and its Pod.
+pub const JOB_LABEL: &str = "baton.dev/on-demand-job";
+/// Label (value: 1, 2, …) on an on-demand runner's RunnerToken and Pod.
+pub const ATTEMPT_LABEL: &str = "baton.dev/on-demand-attempt";
+/// ServiceAccount, Role and RoleBinding of the runner pods of a namespace.
+pub const RUNNER_ACCOUNT: &str = "baton-runner";
+/// Runner image when neither `spec.onDemand.image` nor `--runner-image` says.
+pub const DEFAULT_IMAGE: &str = "localhost/baton/baton:dev";
+/// Lifetime of an on-demand runner's token.
+pub const TOKEN_TTL: &str = "24h";
+/// The user the runner image runs as (`nonroot`).
+const RUNNER_UID: i64 = 65532;
+const HEALTH_PORT: i32 = 9090;
+
+/// Wait reasons (the `Scheduled=False` reason of a Job waiting for its runner pod).
+pub const UNAVAILABLE: &str = "OnDemandUnavailable";
+pub const POD_PENDING: &str = "RunnerPodPending";
+pub const IMAGE_PULL_FAILED: &str = "ImagePullFailed";
+pub const STARTING: &str = "RunnerStarting";
+
+/// Controller settings for on-demand runner pods.
+#[derive(Clone, Debug)]
+pub struct OnDemandConfig {
+    /// The runner API as runner pods reach it; unset: no on-demand runners.
+    pub server_url: Option<String>,
+    /// Runner image unless a Job's `spec.onDemand.image` says otherwise.
+    pub image: String,
+}
+
+impl Default for OnDemandConfig {
+    fn default() -> Self {
+        Self {
+            server_url: None,
+            image: DEFAULT_IMAGE.into(),
+        }
+    }
+}
+
+/// A Job's on-demand runner as the queue sees it: assign to `runner` once usable,
+/// else wait with `reason`/`message`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Slot {
+    pub runner: Option<String>,
+    pub job_uid: String,
+    pub reason: &'static str,
+    pub message: String,
+}
+
+/// The runner's name (= its token's and pod's) for `attempt` (1, 2, …) of Job
+/// `job`: `<job>-runner`, then `<job>-runner-2`, …; always a DNS label.
+pub fn runner_name(job: &str, attempt: u32) -> String {
+    let base = if job.len() <= 50 && crate::server::input::is_dns_label(job) {
+        job.to_owned()
+    } else {
+        let cut: String = job
+            .chars()
+            .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
+            .take(39)
+            .collect();
+        let digest = &crate::server::token::hash(job)[..10];
+        format!("{}-{digest}", cut.trim_matches('-'))
+    };
+    if attempt <= 1 {
+        format!("{base}-runner")
+    } else {
+        format!("{base}-runner-{attempt}")
+    }
+}
+
+/// The attempt a Job is on: the newest of its runner tokens (0: none yet); if the
+/// Job was handed to that attempt's runner and is queued again, that runner was
+/// lost and the next attempt is due.
+pub fn attempt_for(job_name: &str, latest: u32, handed_to: Option<&str>) -> u32 {
+    if latest == 0 {
+        1
+    } else if handed_to == Some(runner_name(job_name, latest).as_str()) {
+        latest + 1
+    } else {
+        latest
+    }
+}
+
+fn labels(uid: &str, attempt: u32) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        (JOB_LABEL.to_owned(), uid.to_owned()),
+        (ATTEMPT_LABEL.to_owned(), attempt.to_string()),
+        (
+            "app.kubernetes.io/managed-by".to_owned(),
+            "baton".to_owned(),
+        ),
+    ])
+}
+
+/// The RunnerToken of attempt `attempt`, owned by the Job.
+pub fn desired_token(job: &Job, attempt: u32) -> Option<RunnerToken> {
+    let uid = job.uid()?;
+    let runner = runner_name(&job.name_any(), attempt);
+    let mut rt = RunnerToken::new(
+        &runner,
+        RunnerTokenSpec {
+            runner_name: Some(runner.clone()),
+            labels: BTreeMap::from([(JOB_LABEL.to_owned(), uid.clone())]),
+            ttl: Some(TOKEN_TTL.into()),
+        },
+    );
+    rt.metadata.namespace = job.namespace();
+    rt.metadata.labels = Some(labels(&uid, attempt));
+    rt.metadata.owner_references = Some(vec![job.controller_owner_ref(&())?]);
+    Some(rt)
+}
+
+fn restricted_container() -> SecurityContext {
+    SecurityContext {
+        allow_privilege_escalation: Some(false),
+        capabilities: Some(Capabilities {
+            drop: Some(vec!["ALL".into()]),
+            add: None,
+        }),
+        run_as_non_root: Some(true),
+        seccomp_profile: Some(SeccompProfile {
+            type_: "RuntimeDefault".into(),
+            localhost_profile: None,
+        }),
+        ..Default::default()
+    }
+}
+
+/// The runner pod of attempt `attempt`: `baton runner --once` with the token from
+/// `secret`, passing the `restricted` Pod Security Standard.
+pub fn desired_pod(
+    job: &Job,
+    attempt: u32,
+    secret: &str,
+    server_url: &str,
+    config: &OnDemandConfig,
+) -> Option<Pod> {
+    let uid = job.uid()?;
+    let ns = job.namespace()?;
+    let name = runner_name(&job.name_any(), attempt);
+    let od = job.spec.on_demand.clone().unwrap_or_default();
+    let args = [
+        "runner",
+        "--server",
+        server_url,
+        "--name",
+        &name,
+        "--namespace",
+        &ns,
+        "--state-dir",
+        "/tmp/state",
+        "--backend",
+        "kubernetes",
+        "--health-addr",
+        "0.0.0.0:9090",
+        "--once",
+    ]
+    .map(str::to_owned)
+    .to_vec();
+    let container = Container {
+        name: "runner".into(),
+        image: Some(od.image.clone().unwrap_or_else(|| config.image.clone())),
+        image_pull_policy: Some("IfNotPresent".into()),
+        args: Some(args),
+        env: Some(vec![EnvVar {
+            name: "BATON_RUNNER_TOKEN".into(),
+            value_from: Some(EnvVarSource {
+                secret_key_ref: Some(SecretKeySelector {
+                    name: secret.to_owned(),
+                    key: SECRET_KEY.to_owned(),
+                    optional: Some(false),
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }]),
+        resources: od.resources.clone(),
+        volume_mounts: Some(vec![VolumeMount {
+            name: "tmp".into(),
+            mount_path: "/tmp".into(),
+            ..Default::default()
+        }]),
+        // Ready = registered, adopted and connected: the pod watch then wakes the
+        // Job up to be assigned at once.
+        readiness_probe: Some(Probe {
+            http_get: Some(HTTPGetAction {
+                path: Some("/readyz".into()),
+                port: IntOrString::Int(HEALTH_PORT),
+                ..Default::default()
+            }),
+            period_seconds: Some(1),
+            failure_threshold: Some(1),
+            ..Default::default()
+        }),
+        security_context: Some(restricted_container()),
+        ..Default::default()
+    };
+    Some(Pod {
+        metadata: ObjectMeta {
+            name: Some(name),
+            namespace: Some(ns),
+            labels: Some(labels(&uid, attempt)),
+            owner_references: Some(vec![job.controller_owner_ref(&())?]),
+            ..Default::default()
+        },
+        spec: Some(PodSpec {
+            restart_policy: Some("Never".into()),
+            service_account_name: Some(
+                od.service_account_name
+                    .clone()
+                    .unwrap_or_else(|| RUNNER_ACCOUNT.into()),
+            ),
+            // The runner talks to the API server (its step pods).
+            automount_service_account_token: Some(true),
+            enable_service_links: Some(false),
+            node_selector: od.node_selector.clone(),
+            tolerations: od.tolerations.clone(),
+            security_context: Some(PodSecurityContext {
+                run_as_non_root: Some(true),
+                run_as_user: Some(RUNNER_UID),
+                run_as_group: Some(RUNNER_UID),
+                seccomp_profile: Some(SeccompProfile {
+                    type_: "RuntimeDefault".into(),
+                    localhost_profile: None,
+                }),
+                ..Default::default()
+            }),
+            containers: vec![container],
+            volumes: Some(vec![Volume {
+                name: "tmp".into(),
+                empty_dir: Some(EmptyDirVolumeSource::default()),
+                ..Default::default()
+            }]),
+            ..Default::default()
+        }),
+        status: None,
+    })
+}
+
+/// The ServiceAccount, Role and RoleBinding runner pods use in `ns`: what the
+/// kubernetes backend needs for step pods, and nothing more.
+pub fn desired_rbac(ns: &str) -> (ServiceAccount, Role, RoleBinding) {
+    let meta = || ObjectMeta {
+        name: Some(RUNNER_ACCOUNT.into()),
+        namespace: Some(ns.to_owned()),
+        labels: Some(BTreeMap::from([(
+            "app.kubernetes.io/managed-by".to_owned(),
+            "baton".to_owned(),
+        )])),
+        ..Default::default()
+    };
+    let rule = |resources: &[&str], verbs: &[&str]| PolicyRule {
+        api_groups: Some(vec![String::new()]),
+        resources: Some(resources.iter().map(|r| (*r).to_owned()).collect()),
+        verbs: verbs.iter().map(|v| (*v).to_owned()).collect(),
+        ..Default::default()
+    };
+    let role = Role {
+        metadata: meta(),
+        rules: Some(vec![
+            // Step pods: create, find again after a restart (list/get), watch to
+            // their end, delete on cancel/timeout and at the end (deletecollection).
+            rule(
+                &["pods"],
+                &[
+                    "create",
+                    "get",
+                    "list",
+                    "watch",
+                    "delete",
+                    "deletecollection",
+                ],
+            ),
+            // Tail step logs.
+            rule(&["pods/log"], &["get"]),
+            // The Job's workspace volume.
+            rule(&["persistentvolumeclaims"], &["create", "get", "delete"]),
+        ]),
+    };
+    let binding = RoleBinding {
+        metadata: meta(),
+        role_ref: RoleRef {
+            api_group: "rbac.authorization.k8s.io".into(),
+            kind: "Role".into(),
+            name: RUNNER_ACCOUNT.into(),
+        },
+        subjects: Some(vec![Subject {
+            kind: "ServiceAccount".into(),
+            name: RUNNER_ACCOUNT.into(),
+            namespace: Some(ns.to_owned()),
+            ..Default::default()
+        }]),
+    };
+    let sa = ServiceAccount {
+        metadata: meta(),
+        ..Default::default()
+    };
+    (sa, role, binding)
+}
+
+/// Whether a pod ended or is going away.
+pub fn is_gone(pod: &Pod) -> bool {
+    pod.metadata.deletion_timestamp.is_some()
+        || matches!(
+            pod.status.as_ref().and_then(|s| s.phase.as_deref()),
+            Some("Succeeded" | "Failed")
+        )
+}
+
+/// Why a Job waits on its runner pod: an image that cannot be pulled, the
+/// scheduler's verdict, or just starting.
+pub fn pod_wait(pod: &Pod) -> (&'static str, String) {
+    let name = pod.name_any();
+    let status = pod.status.clone().unwrap_or_default();
+    for cs in status.container_statuses.iter().flatten() {
+        if let Some(w) = cs.state.as_ref().and_then(|s| s.waiting.as_ref()) {
+            let reason = w.reason.as_deref().unwrap_or_default();
+            if matches!(
+                reason,
+                "ErrImagePull" | "ImagePullBackOff" | "InvalidImageName"
+            ) {
+                return (
+                    IMAGE_PULL_FAILED,
+                    format!(
+                        "runner pod {name}: {reason}: {}",
+                        w.message.as_deref().unwrap_or("cannot pull the image")
+                    ),
+                );
+            }
+        }
+    }
+    let unscheduled = status
+        .conditions
+        .iter()
+        .flatten()
+        .find(|c| c.type_ == "PodScheduled" && c.status == "False");
+    if let Some(c) = unscheduled {
+        return (
+            POD_PENDING,
+            format!(
+                "runner pod {name} is not scheduled: {}",
+                c.message.as_deref().unwrap_or("no reason given")
+            ),
+        );
+    }
+    (
+        STARTING,
+        format!("runner pod {name} is starting; waiting for its runner to register"),
+    )
+}
+
+fn kube_err(doing: &'static str, name: &str) -> impl FnOnce(kube::Error) -> Error {
+    let name = name.to_owned();
+    move |source| Error::Kube {
+        doing,
+        name,
+        source,
+    }
+}
+
+fn not_found(e: &kube::Error) -> bool {
+    matches!(e, kube::Error::Api(s) if s.code == 404)
+}
+
+fn attempt_of(meta: &ObjectMeta) -> Option<u32> {
+    meta.labels.as_ref()?.get(ATTEMPT_LABEL)?.parse().ok()
+}
+
+fn of_job(meta: &ObjectMeta, uid: &str) -> bool {
+    meta.labels
+        .as_ref()
+        .and_then(|l| l.get(JOB_LABEL))
+        .is_some_and(|v| v == uid)
+}
+
+/// The runner pods of a Job in the watch cache.
+pub fn pods_of(ctx: &Context, ns: &str, uid: &str) -> Vec<std::sync::Arc<Pod>> {
+    ctx.runner_pods
+        .state()
+        .into_iter()
+        .filter(|p| p.namespace().as_deref() == Some(ns) && of_job(&p.metadata, uid))
+        .collect()
+}
+
+/// The runner pod named `name` in `ns`, from the watch cache.
+pub fn pod_named(ctx: &Context, ns: &str, name: &str) -> Option<std::sync::Arc<Pod>> {
+    ctx.runner_pods
+        .get(&kube::runtime::reflector::ObjectRef::new(name).within(ns))
+}
+
+/// Make sure a queued on-demand Job has its runner (token, pod, account) and say
+/// which runner to assign it to, or why it waits.
+pub async fn prepare(ctx: &Context, job: &Job) -> Result<Slot, Error> {
+    let ns = job.namespace().ok_or(Error::NoNamespace)?;
+    let name = job.name_any();
+    let uid = job.uid().unwrap_or_default();
+    let wait = |reason: &'static str, message: String| Slot {
+        runner: None,
+        job_uid: uid.clone(),
+        reason,
+        message,
+    };
+    let Some(server_url) = ctx.on_demand.server_url.clone() else {
+        return Ok(wait(
+            UNAVAILABLE,
+            "this Job has no runnerSelector, so it needs an on-demand runner pod, but the \
+             controller runs without --runner-server-url (the runner API address runner pods \
+             reach); set it, or give the Job a runnerSelector"
+                .into(),
+        ));
+    };
+    ctx.runner_pods.wait_until_ready().await.ok();
+    let tokens: Vec<_> = ctx
+        .tokens
+        .state()
+        .into_iter()
+        .filter(|t| t.namespace().as_deref() == Some(ns.as_str()) && of_job(&t.metadata, &uid))
+        .collect();
+    let latest = tokens
+        .iter()
+        .filter_map(|t| attempt_of(&t.metadata))
+        .max()
+        .unwrap_or(0);
+    let handed = job.status.as_ref().and_then(|s| s.runner.as_deref());
+    let attempt = attempt_for(&name, latest, handed);
+    let runner = runner_name(&name, attempt);
+
+    let pp = PatchParams::apply(FIELD_MANAGER).force();
+    let token = desired_token(job, attempt).ok_or(Error::NoNamespace)?;
+    let token_api: Api<RunnerToken> = Api::namespaced(ctx.client.clone(), &ns);
+    let have = tokens
+        .iter()
+        .any(|t| t.name_any() == runner && t.spec == token.spec);
+    if !have {
+        token_api
+            .patch(&runner, &pp, &Patch::Apply(&token))
+            .await
+            .map_err(kube_err("apply the on-demand RunnerToken", &runner))?;
+    }
+
+    // Earlier attempts' runners are lost: revoke their tokens, remove their pods.
+    let pod_api: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
+    for old in tokens
+        .iter()
+        .filter(|t| attempt_of(&t.metadata).is_some_and(|a| a < attempt))
+    {
+        match token_api
+            .delete(&old.name_any(), &DeleteParams::background())
+            .await
+        {
+            Ok(_) => info!(token = %old.name_any(), "revoked a lost on-demand runner's token"),
+            Err(e) if not_found(&e) => {}
+            Err(e) => {
+                return Err(kube_err(
+                    "delete an old on-demand RunnerToken",
+                    &old.name_any(),
+                )(e));
+            }
+        }
+    }
+    for old in pods_of(ctx, &ns, &uid)
+        .iter()
+        .filter(|p| attempt_of(&p.metadata).is_some_and(|a| a < attempt))
+        .filter(|p| p.metadata.deletion_timestamp.is_none())
+    {
+        match pod_api
+            .delete(&old.name_any(), &DeleteParams::background())
+            .await
+        {
+            Ok(_) => info!(pod = %old.name_any(), "removed a lost runner pod"),
+            Err(e) if not_found(&e) => {}
+            Err(e) => return Err(kube_err("delete an old runner pod", &old.name_any())(e)),
+        }
+    }
+
+    match pod_named(ctx, &ns, &runner) {
+        Some(pod) if is_gone(&pod) => {
+            // Ended (or going) before it took the Job: replace it once it is gone.
+            if pod.metadata.deletion_timestamp.is_none() {
+                match pod_api.delete(&runner, &DeleteParams::background()).await {
+                    Ok(_) => {}
+                    Err(e) if not_found(&e) => {}
+                    Err(e) => return Err(kube_err("delete an ended runner pod", &runner)(e)),
+                }
+            }
+            Ok(wait(
+                STARTING,
+                format!("runner pod {runner} ended before it took the Job; replacing it"),
+            ))
+        }
+        Some(pod) => {
+            let (reason, message) = pod_wait(&pod);
+            Ok(Slot {
+                runner: Some(runner),
+                job_uid: uid.clone(),
+                reason,
+                message,
+            })
+        }
+        None => {
+            let secret = super::token::secret_name(&runner);
+            let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
+            let ready = secrets
+                .get_opt(&secret)
+                .await
+                .map_err(kube_err("read the on-demand token Secret", &secret))?
+                .is_some();
+            if !ready {
+                return Ok(wait(
+                    STARTING,
+                    format!("waiting for the Secret {secret} of RunnerToken {runner}"),
+                ));
+            }
+            let uses_ours = job
+                .spec
+                .on_demand
+                .as_ref()
+                .and_then(|o| o.service_account_name.as_ref())
+                .is_none();
+            if uses_ours {
+                let (sa, role, binding) = desired_rbac(&ns);
+                Api::<ServiceAccount>::namespaced(ctx.client.clone(), &ns)
+                    .patch(RUNNER_ACCOUNT, &pp, &Patch::Apply(&sa))
+                    .await
+                    .map_err(kube_err("apply the runner ServiceAccount", RUNNER_ACCOUNT))?;
+                Api::<Role>::namespaced(ctx.client.clone(), &ns)
+                    .patch(RUNNER_ACCOUNT, &pp, &Patch::Apply(&role))
+                    .await
+                    .map_err(kube_err("apply the runner Role", RUNNER_ACCOUNT))?;
+                Api::<RoleBinding>::namespaced(ctx.client.clone(), &ns)
+                    .patch(RUNNER_ACCOUNT, &pp, &Patch::Apply(&binding))
+                    .await
+                    .map_err(kube_err("apply the runner RoleBinding", RUNNER_ACCOUNT))?;
+            }
+            let pod = desired_pod(job, attempt, &secret, &server_url, &ctx.on_demand)
+                .ok_or(Error::NoNamespace)?;
+            let pp = PostParams {
+                field_manager: Some(FIELD_MANAGER.into()),
+                ..Default::default()
+            };
+            match pod_api.create(&pp, &pod).await {
+                Ok(_) => info!(pod = %runner, attempt, "created an on-demand runner pod"),
+                Err(kube::Error::Api(s)) if s.code == 409 => {}
+                Err(e) => return Err(kube_err("create the runner pod", &runner)(e)),
+            }
+            Ok(Slot {
+                runner: Some(runner.clone()),
+                job_uid: uid.clone(),
+                reason: STARTING,
+                message: format!("runner pod {runner} created; waiting for it to start"),
+            })
+        }
+    }
+}
+
+/// A finished Job: remove runner pods that never took it (e.g. still pending when
+/// it was cancelled). The runner that ran it exits by itself.
+pub async fn clean_up(ctx: &Context, job: &Job) -> Result<(), Error> {
+    let ns = job.namespace().ok_or(Error::NoNamespace)?;
+    let uid = job.uid().unwrap_or_default();
+    let handed = job.status.as_ref().and_then(|s| s.runner.clone());
+    let pod_api: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
+    for pod in pods_of(ctx, &ns, &uid) {
+        if is_gone(&pod) || handed.as_deref() == Some(pod.name_any().as_str()) {
+            continue;
+        }
+        match pod_api
+            .delete(&pod.name_any(), &DeleteParams::background())
+            .await
+        {
+            Ok(_) => info!(pod = %pod.name_any(), "removed an unused runner pod of a finished Job"),
+            Err(e) if not_found(&e) => {}
+            Err(e) => return Err(kube_err("delete an unused runner pod", &pod.name_any())(e)),
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+#[path = "on_demand_tests.rs"]
+mod tests;
