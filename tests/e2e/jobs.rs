@@ -92,7 +92,7 @@ async fn apply(ns: &TestNs, job: &Job) -> anyhow::Result<()> {
 }
 
 /// A ServiceAccount token; with `may_get`, the account may `get` Jobs here.
-async fn sa_token(ns: &TestNs, name: &str, may_get: bool) -> anyhow::Result<String> {
+pub(crate) async fn sa_token(ns: &TestNs, name: &str, may_get: bool) -> anyhow::Result<String> {
     let pp = PostParams::default();
     let sas: Api<ServiceAccount> = Api::namespaced(ns.client.clone(), &ns.name);
     sas.create(
@@ -129,7 +129,7 @@ async fn sa_token(ns: &TestNs, name: &str, may_get: bool) -> anyhow::Result<Stri
 }
 
 /// GET a step's log through the server: (status, body).
-async fn read_log(
+pub(crate) async fn read_log(
     url: &str,
     ns: &str,
     job: &str,
