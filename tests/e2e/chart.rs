@@ -2,7 +2,8 @@
 //! API server (server-side dry run), `helm install` of the controller image into the
 //! test's namespace (Pod Security `restricted`), a RunnerToken minted by the
 //! installed controller, a Job run through it by a runner on this host, `helm
-//! upgrade` with changed values while that Job runs (it completes, run once), and
+//! upgrade` with changed values while that Job runs (it completes, run once), an
+//! on-demand Job (a runner pod reaching the controller through the Service), and
 //! `helm uninstall` leaving nothing of the chart behind but the CRDs.
 //!
 //! Helm comes from `$HELM`, else `$BATON_CACHE/helm-<HELM_VERSION>/bin/helm` as
@@ -477,6 +478,32 @@ async fn chart_lifecycle(ns: &TestNs) -> anyhow::Result<()> {
         t1.elapsed().as_secs_f64()
     );
     drop(runner);
+
+    // On-demand: a Job without a runnerSelector gets a runner pod, which reaches the
+    // installed controller through the release's Service (the chart passes
+    // --runner-server-url) and runs the step as a step pod.
+    let t0 = Instant::now();
+    let on_demand: Job = serde_json::from_value(serde_json::json!({
+        "apiVersion": "baton.dev/v1alpha1",
+        "kind": "Job",
+        "metadata": { "name": "on-demand" },
+        "spec": { "steps": [{
+            "name": "hello",
+            "image": crate::support::STEP_IMAGE,
+            "script": "echo hello from an on-demand runner",
+        }] }
+    }))?;
+    jobs.create(&PostParams::default(), &on_demand).await?;
+    let done = wait_for(&jobs, "on-demand", job_phase(JobPhase::Succeeded), 180).await?;
+    let st = done.status.context("status")?;
+    ensure!(
+        st.runner.as_deref() == Some("on-demand-runner") && st.epoch == Some(1),
+        "the on-demand Job ran once, on its own runner pod: {st:?}"
+    );
+    eprintln!(
+        "on-demand Job through the installed controller Succeeded in {:.1}s",
+        t0.elapsed().as_secs_f64()
+    );
 
     // Uninstall: nothing of the chart stays, namespaced or cluster-scoped; CRDs do.
     let t0 = Instant::now();
