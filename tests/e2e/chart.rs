@@ -17,7 +17,7 @@ use baton::crd::conditions;
 use baton::crd::job::JobPhase;
 use baton::crd::{Job, RunnerToken};
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{Pod, Secret, Service, ServiceAccount};
+use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod, Secret, Service, ServiceAccount};
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Api, DeleteParams, DynamicObject, ListParams, LogParams, PostParams};
@@ -331,8 +331,8 @@ async fn chart_lifecycle(ns: &TestNs) -> anyhow::Result<()> {
     .await?;
     let count = server_dry_run(&ns.client, n, &scoped).await?;
     ensure!(
-        count == 7,
-        "{count} objects in the namespaced template, want 7:\n{scoped}"
+        count == 8,
+        "{count} objects in the namespaced template (with the log PVC), want 8:\n{scoped}"
     );
     let wide = helm(&[
         "template",
@@ -477,6 +477,16 @@ async fn chart_lifecycle(ns: &TestNs) -> anyhow::Result<()> {
         "Job running through the upgrade Succeeded {:.1}s after the new controller was Ready",
         t1.elapsed().as_secs_f64()
     );
+    // The log store is on the chart's default PVC: the new controller pod serves the
+    // whole log, lines written before and after the upgrade, each once.
+    let reader = crate::jobs::sa_token(ns, "log-reader", true).await?;
+    let (code, log) =
+        crate::jobs::read_log(&server, n, "through-upgrade", "count", Some(&reader)).await?;
+    let expected: String = (1..=30).map(|i| format!("line {i}\n")).collect();
+    ensure!(
+        code == 200 && log == expected,
+        "log after the upgrade ({code}):\n{log}"
+    );
     drop(runner);
 
     // On-demand: a Job without a runnerSelector gets a runner pod, which reaches the
@@ -532,6 +542,12 @@ async fn chart_lifecycle(ns: &TestNs) -> anyhow::Result<()> {
     )
     .await?;
     gone(&Api::<Role>::namespaced(ns.client.clone(), n), FULLNAME, 60).await?;
+    gone(
+        &Api::<PersistentVolumeClaim>::namespaced(ns.client.clone(), n),
+        &format!("{FULLNAME}-logs"),
+        60,
+    )
+    .await?;
     gone(
         &Api::<RoleBinding>::namespaced(ns.client.clone(), n),
         FULLNAME,
