@@ -248,3 +248,48 @@ async fn a_lost_runner_is_replaced_and_the_new_one_adopts_the_step_pod() {
     })
     .await;
 }
+
+/// `ttlSecondsAfterFinished`: the finished Job is deleted by the controller, and its
+/// step pods go with it (owner references, garbage collection).
+#[tokio::test]
+async fn a_finished_job_is_deleted_after_its_ttl_with_its_step_pods() {
+    in_namespace("job-ttl", |ns| async move {
+        let s = setup_with(&ns, "kubernetes").await?;
+        let mut j = job(
+            "short-lived",
+            "pool=e2e",
+            serde_json::json!([{ "name": "hello", "image": crate::support::STEP_IMAGE, "script": "echo hi" }]),
+        )?;
+        j.spec.ttl_seconds_after_finished = Some(2);
+        apply(&ns, &j).await?;
+        let done = wait_for(&jobs(&ns), "short-lived", phase_is(JobPhase::Succeeded), 60).await?;
+        let uid = done.metadata.uid.clone().context("uid")?;
+        let finished = Instant::now();
+        tokio::time::timeout(
+            Duration::from_secs(60),
+            kube::runtime::wait::await_condition(
+                jobs(&ns),
+                "short-lived",
+                kube::runtime::wait::conditions::is_deleted(&uid),
+            ),
+        )
+        .await
+        .context("the Job still exists 60s after it finished")??;
+        let after = finished.elapsed();
+        ensure!(after >= Duration::from_secs(1), "deleted {after:?} after finishing, before its TTL");
+        let selector = format!("baton.dev/job-uid={uid}");
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !step_pods(&ns)
+            .list(&kube::api::ListParams::default().labels(&selector))
+            .await?
+            .items
+            .is_empty()
+        {
+            ensure!(Instant::now() < deadline, "step pods still there 60s after the Job was deleted");
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+        drop(s);
+        Ok(())
+    })
+    .await;
+}
