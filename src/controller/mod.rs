@@ -25,6 +25,7 @@ use tracing::{info, warn};
 use crate::crd::{Job, Runner, RunnerToken};
 use crate::server::health::Readiness;
 use crate::server::hub::{Hub, RunnerKey};
+use crate::server::metrics::{Kind, Metrics};
 use crate::server::{self, ApiConfig, ApiState, adoption};
 
 /// What a reconcile was doing when it failed.
@@ -83,6 +84,7 @@ pub struct Context {
     pub disconnected:
         std::sync::Mutex<std::collections::HashMap<(String, String), std::time::Instant>>,
     pub backoff: backoff::PerObject,
+    pub metrics: Arc<Metrics>,
 }
 
 impl Context {
@@ -119,6 +121,18 @@ pub struct Config {
     /// An active Job's runner disconnected this long is lost.
     pub runner_lost_after: Duration,
     pub on_demand: on_demand::OnDemandConfig,
+}
+
+/// A reconcile of `kind`, counted and timed: the one place each reconciler is measured.
+async fn measured(
+    kind: Kind,
+    metrics: Arc<Metrics>,
+    reconcile: impl Future<Output = Result<Action, Error>>,
+) -> Result<Action, Error> {
+    let started = std::time::Instant::now();
+    let res = reconcile.await;
+    metrics.reconciled(kind, res.is_ok(), started.elapsed());
+    res
 }
 
 fn error_policy<K: Resource<DynamicType = ()>>(
@@ -178,6 +192,7 @@ pub async fn run(
     info!(%addr, namespace = ns.as_deref().unwrap_or("*"), "runner API listening");
 
     let shutdown = shutdown.shared();
+    let metrics = Arc::new(Metrics::new());
     let state = ApiState {
         client: client.clone(),
         runners: runners.clone(),
@@ -187,6 +202,7 @@ pub async fn run(
         hub: hub.clone(),
         readiness: readiness.clone(),
         config: config.api.clone(),
+        metrics: metrics.clone(),
     };
     let (kick, kicks) = job::Kick::new(jobs.clone());
     let ctx = Arc::new(Context {
@@ -203,6 +219,7 @@ pub async fn run(
         runner_lost_after: config.runner_lost_after,
         disconnected: std::sync::Mutex::default(),
         backoff: backoff::PerObject::new(Duration::from_millis(500), Duration::from_secs(300)),
+        metrics,
     });
 
     // Runners: one watch feeds the cache, the reconciler, and the hub's deletions.
@@ -235,7 +252,17 @@ pub async fn run(
         runner_controller = runner_controller.reconcile_on(changes);
     }
     let runner_controller = runner_controller
-        .run(runner::reconcile, error_policy, ctx.clone())
+        .run(
+            |obj, ctx| {
+                measured(
+                    Kind::Runner,
+                    ctx.metrics.clone(),
+                    runner::reconcile(obj, ctx),
+                )
+            },
+            error_policy,
+            ctx.clone(),
+        )
         .for_each(|res| {
             if let Ok((obj, _)) = res {
                 ctx.backoff.succeeded(&format!(
@@ -266,7 +293,17 @@ pub async fn run(
             watcher::Config::default().labels(token::SECRET_LABEL),
         )
         .graceful_shutdown_on(shutdown.clone())
-        .run(token::reconcile, error_policy, ctx.clone())
+        .run(
+            |obj, ctx| {
+                measured(
+                    Kind::RunnerToken,
+                    ctx.metrics.clone(),
+                    token::reconcile(obj, ctx),
+                )
+            },
+            error_policy,
+            ctx.clone(),
+        )
         .for_each(|res| {
             if let Ok((obj, _)) = res {
                 ctx.backoff.succeeded(&format!(
@@ -325,7 +362,11 @@ pub async fn run(
         .reconcile_on(kicks)
         .reconcile_on(pod_events)
         .graceful_shutdown_on(shutdown.clone())
-        .run(job::reconcile, error_policy, ctx.clone())
+        .run(
+            |obj, ctx| measured(Kind::Job, ctx.metrics.clone(), job::reconcile(obj, ctx)),
+            error_policy,
+            ctx.clone(),
+        )
         .for_each(|res| {
             if let Ok((obj, _)) = res {
                 ctx.backoff.succeeded(&format!(

@@ -447,6 +447,10 @@ async fn report(
             .unwrap_or_default();
         match api.replace_status(name, &pp, &job).await {
             Ok(_) => {
+                if let Some(next) = &job.status {
+                    let created = job.metadata.creation_timestamp.as_ref();
+                    state.metrics.job_status_written(created, &current, next);
+                }
                 if was != now_phase {
                     let (warning, reason) = match now_phase {
                         JobPhase::Running => (false, "Started"),
@@ -513,6 +517,7 @@ async fn append(
         .append(&log_key(&job, &q.step), q.offset, body)
         .await
         .map_err(log_error)?;
+    state.metrics.log_appended(done.accepted);
     Ok(reply_json(
         StatusCode::OK,
         &AppendResponse {

@@ -67,6 +67,7 @@ fn fixture(name: &str) -> Fixture {
                 namespace: Some("ns".into()),
                 ..Default::default()
             },
+            metrics: Default::default(),
         },
         jobs,
     }

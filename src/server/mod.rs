@@ -13,6 +13,7 @@ pub mod input;
 pub mod job_api;
 pub mod jobs;
 pub mod logs;
+pub mod metrics;
 pub mod token;
 
 use std::convert::Infallible;
@@ -78,15 +79,23 @@ pub struct ApiState {
     pub hub: Arc<Hub>,
     pub readiness: Readiness,
     pub config: ApiConfig,
+    pub metrics: Arc<metrics::Metrics>,
 }
 
-/// Health routes plus the runner API, with every rejection turned into a JSON 4xx.
+/// Health routes, `/metrics`, and the runner API, with every rejection turned into a JSON 4xx.
 pub fn routes(
     state: ApiState,
 ) -> impl Filter<Extract = (impl warp::Reply,), Error = Infallible> + Clone {
     use warp::Reply;
     health::routes(state.readiness.clone())
         .map(Reply::into_response)
+        .or(metrics::route(
+            state.metrics.clone(),
+            state.jobs.clone(),
+            state.runners.clone(),
+            state.hub.clone(),
+        ))
+        .unify()
         .or(api::routes(state.clone()))
         .unify()
         .or(job_api::routes(state))

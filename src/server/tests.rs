@@ -47,6 +47,7 @@ fn fixture() -> Fixture {
                 namespace: Some("ns".into()),
                 ..Default::default()
             },
+            metrics: Default::default(),
         },
         runners,
         tokens,

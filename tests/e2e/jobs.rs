@@ -181,6 +181,29 @@ async fn one_step_job_on_a_static_runner_succeeds_with_rbac_checked_logs() {
         ensure!(conditions::is_true(&st.conditions, "Complete"));
         ensure!(st.start_time.is_some() && st.completion_time.is_some());
 
+        let metrics = http()
+            .get(format!("{}/metrics", s.ctl.url))
+            .send()
+            .await?
+            .text()
+            .await?;
+        let value = |series: &str| -> f64 {
+            metrics
+                .lines()
+                .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
+                .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+                .unwrap_or(-1.0)
+        };
+        ensure!(
+            value("baton_reconcile_total{kind=\"Job\",outcome=\"ok\"}") > 0.0,
+            "{metrics}"
+        );
+        ensure!(value("baton_jobs{phase=\"Succeeded\"}") >= 1.0, "{metrics}");
+        ensure!(
+            value("baton_job_duration_seconds_count") >= 1.0,
+            "{metrics}"
+        );
+
         let allowed = sa_token(&ns, "reader", true).await?;
         let denied = sa_token(&ns, "stranger", false).await?;
         let want: String = (1..=20).map(|i| format!("line {i}\n")).collect();
