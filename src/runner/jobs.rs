@@ -5,6 +5,11 @@
 //! again from their claim: the log sink resumes at the lengths the server holds, so
 //! nothing is sent twice. A server that refuses a report with `StaleEpoch` (the Job
 //! was handed to another runner) makes the run stop at once.
+//!
+//! The log sink keeps, per running step, the bytes it has sent (at most
+//! [`STEP_LOG_KEEP`]): a controller that lost its log store (e.g. restarted on an
+//! emptyDir) refuses the next chunk with 409 `LogGap` and the stored length, and the
+//! sink re-sends from there out of that buffer, then goes on.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -18,7 +23,7 @@ use super::client::{Client, ClientError};
 use crate::backend::{JobTarget, KubernetesBackend, LocalBackend, LogChunk, Workflow};
 use crate::crd::job::{JobPhase, StepStatus};
 use crate::executor::{CancellationToken, Executor, ExecutorOptions, LogSink, StatusSink};
-use crate::server::jobs::{AppendQuery, ClaimRequest, ClaimResponse, StatusReport};
+use crate::server::jobs::{AppendQuery, ClaimRequest, ClaimResponse, MAX_LOG_BODY, StatusReport};
 
 /// Jobs in progress: (namespace, name) -> (epoch, its cancel token).
 type Running = HashMap<(String, String), (i64, CancellationToken)>;
@@ -166,6 +171,7 @@ impl JobRunner {
             token: token.to_owned(),
             claim: claim.clone(),
             cancel: cancel.clone(),
+            sent: Mutex::default(),
         };
         let workflow = Workflow::new(claim.uid.clone());
         let outcome = match self.backend {
@@ -235,6 +241,78 @@ struct Sink {
     token: String,
     claim: ClaimResponse,
     cancel: CancellationToken,
+    /// Per running step: the bytes sent so far, for a resend after a `LogGap`.
+    sent: Mutex<HashMap<String, SentLog>>,
+}
+
+/// Bytes of one step's log kept for a resend: more than the server's default
+/// per-step cap (10 MiB), which stores nothing past it anyway.
+pub(crate) const STEP_LOG_KEEP: usize = 16 * 1024 * 1024;
+
+/// A step's log as sent: `bytes` start at offset `start`; once `full`, bytes past
+/// the bound are no longer kept.
+#[derive(Debug, Default)]
+pub(crate) struct SentLog {
+    start: u64,
+    bytes: Vec<u8>,
+    full: bool,
+}
+
+impl SentLog {
+    pub(crate) fn new(start: u64) -> Self {
+        Self {
+            start,
+            ..Self::default()
+        }
+    }
+
+    /// Offset just past the kept bytes.
+    pub(crate) fn end(&self) -> u64 {
+        self.start + self.bytes.len() as u64
+    }
+
+    /// Keep a chunk at `offset` (overlap with kept bytes is skipped), at most
+    /// `bound` bytes in all. True when this chunk first hit the bound.
+    pub(crate) fn record(&mut self, offset: u64, bytes: &[u8], bound: usize) -> bool {
+        let end = self.end();
+        if self.full || offset > end {
+            // Past the bound, or not contiguous with what is kept: a resend from
+            // the buffer can only cover up to `end` anyway.
+            return false;
+        }
+        let skip = usize::try_from(end - offset).unwrap_or(usize::MAX);
+        let new = bytes.get(skip..).unwrap_or_default();
+        let room = bound.saturating_sub(self.bytes.len());
+        self.bytes.extend_from_slice(&new[..room.min(new.len())]);
+        if new.len() > room {
+            self.full = true;
+            return true;
+        }
+        false
+    }
+}
+
+/// What to send after the server said it holds `stored` bytes: the kept bytes
+/// from `stored` on, and their offset. None when nothing is to be resent (the
+/// server holds all that is kept) or the bytes it lacks are not kept (they start
+/// before the buffer).
+pub(crate) fn resend_from(start: u64, kept: &[u8], stored: u64) -> Option<(u64, &[u8])> {
+    let from = usize::try_from(stored.checked_sub(start)?).ok()?;
+    (from < kept.len()).then(|| (stored, &kept[from..]))
+}
+
+/// The stored length a `LogGap` refusal names ("... resend from N").
+pub(crate) fn gap_stored(message: &str) -> Option<u64> {
+    message.rsplit_once("resend from ")?.1.trim().parse().ok()
+}
+
+/// How one POST of log bytes went.
+enum Sent {
+    Done,
+    /// 409 `LogGap`: the server holds this many bytes.
+    Gap(u64),
+    /// Fenced off (the run is cancelled) or refused for good.
+    Stopped,
 }
 
 impl Sink {
@@ -268,6 +346,10 @@ impl Sink {
 
 impl StatusSink for Sink {
     async fn step_changed(&self, status: &StepStatus) {
+        if status.phase.is_finished() {
+            // Its log was all forwarded before it ended: nothing more to resend.
+            lock(&self.sent).remove(&status.name);
+        }
         self.post(&StatusReport {
             runner: self.runner.clone(),
             epoch: self.claim.epoch,
@@ -293,11 +375,12 @@ impl StatusSink for Sink {
     }
 }
 
-impl LogSink for Sink {
-    async fn append(&self, chunk: LogChunk) {
+impl Sink {
+    /// POST `bytes` of `step`'s log at `offset` until the server answers.
+    async fn send(&self, step: &str, offset: u64, bytes: &[u8]) -> Sent {
         let q = AppendQuery {
-            step: chunk.step.clone(),
-            offset: chunk.offset,
+            step: step.to_owned(),
+            offset,
             runner: self.runner.clone(),
             epoch: self.claim.epoch,
         };
@@ -308,12 +391,12 @@ impl LogSink for Sink {
                     &self.claim.namespace,
                     &self.claim.name,
                     &q,
-                    chunk.bytes.clone(),
+                    bytes.to_vec(),
                     &self.token,
                 )
                 .await
             {
-                Ok(_) => return,
+                Ok(_) => return Sent::Done,
                 Err(ClientError::Refused {
                     status: 409,
                     reason,
@@ -322,21 +405,254 @@ impl LogSink for Sink {
                 }) if reason == "StaleEpoch" || reason == "NotActive" => {
                     warn!(job = %self.claim.name, "fenced off, stopping the run: {message}");
                     self.cancel.cancel();
-                    return;
+                    return Sent::Stopped;
+                }
+                Err(ClientError::Refused {
+                    status: 409,
+                    reason,
+                    message,
+                    ..
+                }) if reason == "LogGap" && gap_stored(&message).is_some() => {
+                    return Sent::Gap(gap_stored(&message).unwrap_or_default());
                 }
                 Err(e) if is_permanent(&e) => {
-                    warn!(job = %self.claim.name, step = %chunk.step, "log chunk refused, dropped: {e}");
-                    return;
+                    warn!(job = %self.claim.name, step, "log chunk refused, dropped: {e}");
+                    return Sent::Stopped;
                 }
                 Err(e) => {
-                    warn!(job = %self.claim.name, step = %chunk.step, attempt, "log append failed, retrying: {e}");
+                    warn!(job = %self.claim.name, step, attempt, "log append failed, retrying: {e}");
                     tokio::time::sleep(retry_pause(attempt)).await;
                 }
             }
         }
+        Sent::Stopped
+    }
+
+    /// Keep a chunk for a later resend.
+    fn record(&self, chunk: &LogChunk) {
+        let mut sent = lock(&self.sent);
+        let log = sent
+            .entry(chunk.step.clone())
+            .or_insert_with(|| SentLog::new(chunk.offset));
+        if log.record(chunk.offset, &chunk.bytes, STEP_LOG_KEEP) {
+            warn!(
+                job = %self.claim.name,
+                step = %chunk.step,
+                kept = STEP_LOG_KEEP,
+                "step log longer than the resend buffer: only its first bytes are kept for a resend"
+            );
+        }
+    }
+
+    /// The kept bytes of `step` from `stored` on (a copy), with their offset.
+    fn resend(&self, step: &str, stored: u64) -> Option<(u64, Vec<u8>)> {
+        let sent = lock(&self.sent);
+        let log = sent.get(step)?;
+        resend_from(log.start, &log.bytes, stored).map(|(o, b)| (o, b.to_vec()))
+    }
+}
+
+impl LogSink for Sink {
+    async fn append(&self, chunk: LogChunk) {
+        self.record(&chunk);
+        let chunk_end = chunk.offset + chunk.bytes.len() as u64;
+        // Each round re-sends from the server's length; a server that keeps losing
+        // what it was sent is not chased for ever.
+        'rounds: for _ in 0..4 {
+            let stored = match self.send(&chunk.step, chunk.offset, &chunk.bytes).await {
+                Sent::Done | Sent::Stopped => return,
+                Sent::Gap(stored) => stored,
+            };
+            let Some((from, bytes)) = self.resend(&chunk.step, stored) else {
+                warn!(
+                    job = %self.claim.name,
+                    step = %chunk.step,
+                    offset = chunk.offset,
+                    stored,
+                    "log gap: the server lacks bytes this runner no longer holds; chunk dropped"
+                );
+                return;
+            };
+            info!(
+                job = %self.claim.name,
+                step = %chunk.step,
+                from,
+                bytes = bytes.len(),
+                "log gap: the server holds less than was sent; resending"
+            );
+            let piece = usize::try_from(MAX_LOG_BODY).unwrap_or(usize::MAX);
+            let mut offset = from;
+            for part in bytes.chunks(piece) {
+                match self.send(&chunk.step, offset, part).await {
+                    Sent::Done => offset += part.len() as u64,
+                    Sent::Gap(_) => continue 'rounds,
+                    Sent::Stopped => return,
+                }
+            }
+            if offset >= chunk_end {
+                return;
+            }
+        }
+        warn!(job = %self.claim.name, step = %chunk.step, offset = chunk.offset, "log gap persists; chunk dropped");
     }
 
     fn resume_offset(&self, step: &str) -> u64 {
         self.claim.log_offsets.get(step).copied().unwrap_or(0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn resend_from_gap_at_zero_sends_everything_kept() {
+        assert_eq!(resend_from(0, b"abcdef", 0), Some((0, &b"abcdef"[..])));
+    }
+
+    #[test]
+    fn resend_from_gap_midway_sends_the_tail() {
+        assert_eq!(resend_from(0, b"abcdef", 4), Some((4, &b"ef"[..])));
+        // A buffer that starts where the runner resumed.
+        assert_eq!(resend_from(100, b"abcdef", 102), Some((102, &b"cdef"[..])));
+    }
+
+    #[test]
+    fn resend_from_server_ahead_or_before_the_buffer_is_nothing() {
+        assert_eq!(resend_from(0, b"abcdef", 6), None);
+        assert_eq!(resend_from(0, b"abcdef", 9), None);
+        assert_eq!(resend_from(0, b"", 0), None);
+        // The server lacks bytes sent before this buffer began: not held.
+        assert_eq!(resend_from(100, b"abcdef", 50), None);
+    }
+
+    #[test]
+    fn record_keeps_contiguous_bytes_up_to_the_bound() {
+        let mut log = SentLog::new(0);
+        assert!(!log.record(0, b"abc", 8));
+        // An overlapping resend adds only what is new.
+        assert!(!log.record(1, b"bcde", 8));
+        assert_eq!(log.bytes, b"abcde");
+        // Hitting the bound keeps what fits and says so once.
+        assert!(log.record(5, b"fghij", 8));
+        assert_eq!(log.bytes, b"abcdefgh");
+        assert!(!log.record(10, b"klm", 8));
+        assert_eq!(log.end(), 8);
+        // Trimmed: a gap at 2 resends what is kept, no more.
+        assert_eq!(
+            resend_from(log.start, &log.bytes, 2),
+            Some((2, &b"cdefgh"[..]))
+        );
+        assert_eq!(resend_from(log.start, &log.bytes, 8), None);
+        // A chunk past the kept end is not kept (not contiguous).
+        let mut log = SentLog::new(10);
+        assert!(!log.record(12, b"xy", 8));
+        assert_eq!(log.end(), 10);
+    }
+
+    #[test]
+    fn gap_stored_reads_the_servers_message() {
+        assert_eq!(
+            gap_stored("chunk at offset 5000, but 0 bytes are stored: resend from 0"),
+            Some(0)
+        );
+        assert_eq!(
+            gap_stored("chunk at offset 9, but 6 bytes are stored: resend from 6"),
+            Some(6)
+        );
+        assert_eq!(gap_stored("something else"), None);
+    }
+
+    type Store = Arc<Mutex<HashMap<String, Vec<u8>>>>;
+
+    /// A log endpoint with the server's append semantics.
+    async fn fake_server(store: Store) -> String {
+        use warp::Filter;
+        let route = warp::post()
+            .and(warp::path!("v1" / "jobs" / String / String / "logs"))
+            .and(warp::query::<AppendQuery>())
+            .and(warp::body::bytes())
+            .map(move |_ns: String, _name: String, q: AppendQuery, body: warp::hyper::body::Bytes| {
+                let mut store = lock(&store);
+                let log = store.entry(q.step).or_default();
+                let stored = log.len() as u64;
+                if q.offset > stored {
+                    return warp::reply::with_status(
+                        warp::reply::json(&serde_json::json!({
+                            "error": "LogGap",
+                            "message": format!("chunk at offset {}, but {stored} bytes are stored: resend from {stored}", q.offset),
+                        })),
+                        warp::http::StatusCode::CONFLICT,
+                    );
+                }
+                let skip = usize::try_from(stored - q.offset).unwrap_or(usize::MAX);
+                let new = body.get(skip..).unwrap_or_default();
+                log.extend_from_slice(new);
+                warp::reply::with_status(
+                    warp::reply::json(&serde_json::json!({
+                        "length": log.len(), "accepted": new.len(),
+                    })),
+                    warp::http::StatusCode::OK,
+                )
+            });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        tokio::spawn(warp::serve(route).incoming(listener).run());
+        format!("http://{addr}")
+    }
+
+    fn sink(server: &str) -> Sink {
+        Sink {
+            client: Client::new(server).expect("client"),
+            runner: "r1".into(),
+            token: "tok".into(),
+            claim: ClaimResponse {
+                namespace: "ns".into(),
+                name: "job".into(),
+                uid: "uid".into(),
+                epoch: 1,
+                spec: serde_json::from_value(serde_json::json!({ "steps": [] })).expect("spec"),
+                log_offsets: Default::default(),
+            },
+            cancel: CancellationToken::new(),
+            sent: Mutex::default(),
+        }
+    }
+
+    fn chunk(step: &str, offset: u64, bytes: &[u8]) -> LogChunk {
+        LogChunk {
+            step: step.into(),
+            offset,
+            bytes: bytes.to_vec(),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_server_that_lost_its_logs_gets_them_resent() {
+        let store = Store::default();
+        let sink = sink(&fake_server(store.clone()).await);
+        sink.append(chunk("s", 0, b"aaaa")).await;
+        sink.append(chunk("s", 4, b"bbbb")).await;
+        sink.append(chunk("t", 0, b"tt")).await;
+        // The controller restarts with an empty log store.
+        lock(&store).clear();
+        sink.append(chunk("s", 8, b"cccc")).await;
+        sink.append(chunk("s", 12, b"dd")).await;
+        assert_eq!(
+            lock(&store).get("s").map(Vec::as_slice),
+            Some(&b"aaaabbbbccccdd"[..])
+        );
+        // A step with no new chunk is left as it is.
+        assert_eq!(lock(&store).get("t"), None);
+        // It lost only part of a log: the rest is resent from its length.
+        lock(&store).insert("s".into(), b"aaaab".to_vec());
+        sink.append(chunk("s", 14, b"e")).await;
+        assert_eq!(
+            lock(&store).get("s").map(Vec::as_slice),
+            Some(&b"aaaabbbbccccdde"[..])
+        );
+        assert!(!sink.cancel.is_cancelled());
     }
 }
