@@ -108,6 +108,41 @@ impl Context {
     }
 }
 
+/// Write a Baton object's status by server-side apply (field manager
+/// [`server::FIELD_MANAGER`]); callers skip it when the computed status is unchanged.
+async fn apply_status<K>(
+    ctx: &Context,
+    ns: &str,
+    name: &str,
+    status: &impl serde::Serialize,
+    doing: &'static str,
+) -> Result<(), Error>
+where
+    K: Resource<DynamicType = (), Scope = kube::core::NamespaceResourceScope>
+        + Clone
+        + std::fmt::Debug
+        + serde::de::DeserializeOwned,
+{
+    let api: Api<K> = Api::namespaced(ctx.client.clone(), ns);
+    let patch = serde_json::json!({
+        "apiVersion": K::api_version(&()),
+        "kind": K::kind(&()),
+        "status": status,
+    });
+    api.patch_status(
+        name,
+        &kube::api::PatchParams::apply(server::FIELD_MANAGER).force(),
+        &kube::api::Patch::Apply(&patch),
+    )
+    .await
+    .map(drop)
+    .map_err(|source| Error::Kube {
+        doing,
+        name: name.to_owned(),
+        source,
+    })
+}
+
 /// `baton controller` settings.
 #[derive(Clone, Debug)]
 pub struct Config {

@@ -258,23 +258,8 @@ pub async fn reconcile(runner: Arc<Runner>, ctx: Arc<Context>) -> Result<Action,
 
     // Status, only when it changed.
     if runner.status.as_ref() != Some(&plan.status) {
-        let api: Api<Runner> = Api::namespaced(ctx.client.clone(), &ns);
-        let patch = serde_json::json!({
-            "apiVersion": "baton.dev/v1alpha1",
-            "kind": "Runner",
-            "status": plan.status,
-        });
-        api.patch_status(
-            &name,
-            &PatchParams::apply(FIELD_MANAGER).force(),
-            &Patch::Apply(&patch),
-        )
-        .await
-        .map_err(|source| Error::Kube {
-            doing: "write Runner status",
-            name: name.clone(),
-            source,
-        })?;
+        super::apply_status::<Runner>(&ctx, &ns, &name, &plan.status, "write Runner status")
+            .await?;
         let before = runner.status.as_ref().and_then(|s| s.adoption);
         if before != plan.status.adoption {
             info!(adoption = ?plan.status.adoption, "runner adoption changed");

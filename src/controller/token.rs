@@ -216,23 +216,8 @@ pub async fn reconcile(rt: Arc<RunnerToken>, ctx: Arc<Context>) -> Result<Action
 
     // Status, only when it changed.
     if rt.status.as_ref() != Some(&status) {
-        let api: Api<RunnerToken> = Api::namespaced(ctx.client.clone(), &ns);
-        let patch = serde_json::json!({
-            "apiVersion": "baton.dev/v1alpha1",
-            "kind": "RunnerToken",
-            "status": status,
-        });
-        api.patch_status(
-            &name,
-            &PatchParams::apply(FIELD_MANAGER).force(),
-            &Patch::Apply(&patch),
-        )
-        .await
-        .map_err(|source| Error::Kube {
-            doing: "write RunnerToken status",
-            name: name.clone(),
-            source,
-        })?;
+        super::apply_status::<RunnerToken>(&ctx, &ns, &name, &status, "write RunnerToken status")
+            .await?;
         if expired {
             info!("runner token expired");
         }
