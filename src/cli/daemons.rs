@@ -53,6 +53,87 @@ pub struct ControllerArgs {
     /// Image of on-demand runner pods (a Job's spec.onDemand.image wins).
     #[arg(long, value_name = "IMAGE", default_value = controller::on_demand::DEFAULT_IMAGE, env = "BATON_RUNNER_IMAGE")]
     pub runner_image: String,
+    #[command(flatten)]
+    pub leader: LeaderArgs,
+}
+
+/// Leader election flags of `baton controller`.
+#[derive(Debug, Args)]
+pub struct LeaderArgs {
+    /// Campaign for a coordination Lease and reconcile and serve runners only
+    /// while holding it (run two replicas with this). The leader labels its pod
+    /// baton.dev/leader=LEASE, for a Service to select.
+    #[arg(long, env = "BATON_LEADER_ELECT")]
+    pub leader_elect: bool,
+    /// The Lease's name.
+    #[arg(
+        long,
+        value_name = "NAME",
+        default_value = "baton-controller",
+        env = "BATON_LEADER_ELECT_LEASE"
+    )]
+    pub leader_elect_lease: String,
+    /// The Lease's namespace (default: $POD_NAMESPACE, else the pod's own namespace).
+    #[arg(long, value_name = "NS", env = "POD_NAMESPACE")]
+    pub leader_elect_namespace: Option<String>,
+    /// This replica's identity, and the pod it labels (default: $POD_NAME, else the host name).
+    #[arg(long, value_name = "NAME", env = "POD_NAME")]
+    pub leader_elect_identity: Option<String>,
+    /// A leader silent this long is replaced.
+    #[arg(long, value_parser = parse_duration, default_value = "15s")]
+    pub leader_elect_lease_duration: Duration,
+    /// A leader that could not renew for this long steps down (exits).
+    #[arg(long, value_parser = parse_duration, default_value = "10s")]
+    pub leader_elect_renew_deadline: Duration,
+    /// How often standbys retry and the leader renews.
+    #[arg(long, value_parser = parse_duration, default_value = "2s")]
+    pub leader_elect_retry_period: Duration,
+}
+
+/// The service account's namespace file of a pod.
+const POD_NAMESPACE_FILE: &str = "/var/run/secrets/kubernetes.io/serviceaccount/namespace";
+
+impl LeaderArgs {
+    fn config(self) -> anyhow::Result<Option<controller::leader::LeaderConfig>> {
+        if !self.leader_elect {
+            return Ok(None);
+        }
+        let namespace = match self.leader_elect_namespace.filter(|n| !n.trim().is_empty()) {
+            Some(ns) => ns,
+            None => std::fs::read_to_string(POD_NAMESPACE_FILE)
+                .map(|s| s.trim().to_owned())
+                .ok()
+                .filter(|s| !s.is_empty())
+                .ok_or_else(|| {
+                    anyhow::anyhow!(
+                        "--leader-elect needs the Lease's namespace: --leader-elect-namespace or $POD_NAMESPACE (not running in a pod: no {POD_NAMESPACE_FILE})"
+                    )
+                })?,
+        };
+        // In a pod the identity is the pod's name, and that pod gets the leader label.
+        let pod = self.leader_elect_identity.filter(|n| !n.trim().is_empty());
+        let identity = match &pod {
+            Some(p) => p.clone(),
+            None => hostname(),
+        };
+        Ok(Some(controller::leader::LeaderConfig {
+            lease: self.leader_elect_lease,
+            namespace,
+            identity,
+            pod,
+            lease_duration: self.leader_elect_lease_duration,
+            renew_deadline: self.leader_elect_renew_deadline,
+            retry_period: self.leader_elect_retry_period,
+        }))
+    }
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_owned())
+        .ok()
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| format!("baton-{}", std::process::id()))
 }
 
 /// `baton runner --server URL --name NAME --state-dir DIR`: the agent.
@@ -114,6 +195,7 @@ pub async fn shutdown_signal() {
 }
 
 pub async fn controller(args: ControllerArgs) -> anyhow::Result<i32> {
+    let leader_election = args.leader.config()?;
     let config = controller::Config {
         listen: args.listen,
         api: ApiConfig {
@@ -128,6 +210,7 @@ pub async fn controller(args: ControllerArgs) -> anyhow::Result<i32> {
             server_url: args.runner_server_url.filter(|u| !u.trim().is_empty()),
             image: args.runner_image,
         },
+        leader_election,
     };
     controller::run(config, shutdown_signal()).await?;
     Ok(0)

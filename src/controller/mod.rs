@@ -3,6 +3,7 @@
 
 pub mod backoff;
 pub mod job;
+pub mod leader;
 pub mod on_demand;
 pub mod runner;
 pub mod token;
@@ -62,6 +63,12 @@ pub enum StartError {
     Client(#[source] kube::Error),
     #[error(transparent)]
     Server(#[from] server::ServerError),
+    #[error("{0}")]
+    Leader(String),
+    /// The process must end so a restart can stand by again (its caches and hub
+    /// belong to a leadership that is over).
+    #[error(transparent)]
+    LostLeadership(#[from] leader::LostLeadership),
 }
 
 /// Everything a reconciler shares.
@@ -156,6 +163,8 @@ pub struct Config {
     /// An active Job's runner disconnected this long is lost.
     pub runner_lost_after: Duration,
     pub on_demand: on_demand::OnDemandConfig,
+    /// Campaign for a Lease and lead only while holding it; `None`: lead at once.
+    pub leader_election: Option<leader::LeaderConfig>,
 }
 
 /// A reconcile of `kind`, counted and timed: the one place each reconciler is measured.
@@ -203,16 +212,23 @@ pub async fn run(
 ) -> Result<(), StartError> {
     let client = Client::try_default().await.map_err(StartError::Client)?;
     let ns = config.api.namespace.clone();
+    let mut elector = match config.leader_election.clone() {
+        Some(le) => {
+            le.validate().map_err(StartError::Leader)?;
+            Some(leader::Elector::new(client.clone(), le))
+        }
+        None => None,
+    };
     let readiness = Readiness::default();
     readiness.require("crds", "not checked yet");
-    readiness.require("watch/runners", "not synced yet");
-    readiness.require("watch/runnertokens", "not synced yet");
     let hub = Arc::new(Hub::default());
+    if elector.is_some() {
+        hub.stand_by();
+    }
     let (runners, runner_writer) = reflector::store::<Runner>();
     let (tokens, token_writer) = reflector::store::<RunnerToken>();
     let (jobs, job_writer) = reflector::store::<Job>();
     let (runner_pods, pod_writer) = reflector::store::<Pod>();
-    readiness.require("watch/jobs", "not synced yet");
     let data_dir = config
         .data_dir
         .clone()
@@ -226,7 +242,19 @@ pub async fn run(
     let (listener, addr) = server::bind(config.listen).await?;
     info!(%addr, namespace = ns.as_deref().unwrap_or("*"), "runner API listening");
 
-    let shutdown = shutdown.shared();
+    // Stops the server and the controllers: on the shutdown signal, or when this
+    // replica loses its leadership.
+    let stop = tokio_util::sync::CancellationToken::new();
+    let shutdown = {
+        let on_signal = stop.clone();
+        tokio::spawn(async move {
+            tokio::select! {
+                () = shutdown => on_signal.cancel(),
+                () = on_signal.cancelled() => {}
+            }
+        });
+        stop.clone().cancelled_owned().shared()
+    };
     let metrics = Arc::new(Metrics::new());
     let state = ApiState {
         client: client.clone(),
@@ -426,14 +454,53 @@ pub async fn run(
             );
         }
     });
-    let ready = track_readiness(client.clone(), readiness.clone(), runners, tokens, jobs);
     let serve = server::serve(listener, state, shutdown.clone());
-    tokio::select! {
-        _ = async { tokio::join!(serve, runner_controller, token_controller, job_controller) } => {}
-        _ = ready => {}
-    }
+    let crds_ready = wait_for_crds(client.clone(), readiness.clone());
+    // Lead: with leader election, only once the Lease is held (a standby serves
+    // health and /metrics, and answers runners 503). The watches start only then.
+    let lead = async {
+        if let Some(e) = elector.as_mut() {
+            tokio::select! {
+                () = e.acquire() => {}
+                () = shutdown.clone() => return Ok(()),
+            }
+        }
+        // Runners are refused (503) until the caches they are checked against synced.
+        readiness.require("watch/runners", "not synced yet");
+        readiness.require("watch/runnertokens", "not synced yet");
+        readiness.require("watch/jobs", "not synced yet");
+        hub.activate();
+        let ready = track_watches(readiness.clone(), runners, tokens, jobs);
+        let hold = async {
+            match elector.as_mut() {
+                Some(e) => e.hold().await,
+                None => futures::future::pending().await,
+            }
+        };
+        let outcome = tokio::select! {
+            _ = async { tokio::join!(runner_controller, token_controller, job_controller, ready) } => Ok(()),
+            lost = hold => {
+                warn!("{lost}; stopping so a restart stands by again");
+                stop.cancel();
+                Err(StartError::LostLeadership(lost))
+            }
+        };
+        if let (Ok(()), Some(e)) = (&outcome, elector.as_mut()) {
+            e.release().await;
+        }
+        outcome
+    };
+    let (led, (), ()) = tokio::join!(lead, serve, crds_ready_until(crds_ready, shutdown.clone()));
     info!("controller stopped");
-    Ok(())
+    led
+}
+
+/// Run the CRD check until it passes or the controller stops.
+async fn crds_ready_until(check: impl Future<Output = ()>, stop: impl Future<Output = ()>) {
+    tokio::select! {
+        () = check => {}
+        () = stop => {}
+    }
 }
 
 /// A Runner was deleted: forget it; with the decommission annotation, a connected
@@ -457,15 +524,8 @@ fn runner_deleted(hub: &Hub, client: &Client, r: &Runner) {
     }
 }
 
-/// `/readyz`: the CRDs exist (checked every 5 s until they do), then each watch
-/// has listed once. Then it idles: it never returns while the process runs.
-async fn track_readiness(
-    client: Client,
-    readiness: Readiness,
-    runners: Store<Runner>,
-    tokens: Store<RunnerToken>,
-    jobs: Store<Job>,
-) {
+/// `/readyz`, first half: the CRDs exist (checked every 5 s until they do).
+async fn wait_for_crds(client: Client, readiness: Readiness) {
     let crds: Api<CustomResourceDefinition> = Api::all(client);
     loop {
         let mut missing = Vec::new();
@@ -487,6 +547,15 @@ async fn track_readiness(
         readiness.fail("crds", missing.join("; "));
         tokio::time::sleep(Duration::from_secs(5)).await;
     }
+}
+
+/// `/readyz`, second half (a leader's): each watch has listed once.
+async fn track_watches(
+    readiness: Readiness,
+    runners: Store<Runner>,
+    tokens: Store<RunnerToken>,
+    jobs: Store<Job>,
+) {
     tokio::join!(
         async {
             if runners.wait_until_ready().await.is_ok() {
@@ -504,6 +573,5 @@ async fn track_readiness(
             }
         }
     );
-    info!("ready: CRDs present, watches synced");
-    futures::future::pending::<()>().await;
+    info!("ready: watches synced");
 }

@@ -7,7 +7,7 @@
 
 use std::collections::HashMap;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use serde::Serialize;
 use tokio::sync::mpsc;
@@ -117,6 +117,9 @@ pub struct Hub {
     changes_tx: mpsc::UnboundedSender<RunnerKey>,
     changes_rx: Mutex<Option<mpsc::UnboundedReceiver<RunnerKey>>>,
     next_connection: AtomicU64,
+    /// False while this replica stands by (leader election, another replica
+    /// leads): the runner API answers 503 and no runner is held here.
+    active: AtomicBool,
 }
 
 impl Default for Hub {
@@ -127,6 +130,7 @@ impl Default for Hub {
             changes_tx,
             changes_rx: Mutex::new(Some(rx)),
             next_connection: AtomicU64::new(1),
+            active: AtomicBool::new(true),
         }
     }
 }
@@ -137,6 +141,20 @@ impl Hub {
         self.sessions
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Stand by: refuse runners until [`Hub::activate`].
+    pub fn stand_by(&self) {
+        self.active.store(false, Ordering::SeqCst);
+    }
+
+    /// Serve runners (this replica leads, or there is no leader election).
+    pub fn activate(&self) {
+        self.active.store(true, Ordering::SeqCst);
+    }
+
+    pub fn is_active(&self) -> bool {
+        self.active.load(Ordering::SeqCst)
     }
 
     fn changed(&self, key: &RunnerKey) {

@@ -96,20 +96,47 @@ pub fn routes(
             state.hub.clone(),
         ))
         .unify()
-        .or(api::routes(state.clone()))
+        .or(leading(state.hub.clone()).and(api::routes(state.clone())))
         .unify()
-        .or(job_api::routes(state))
+        .or(leading(state.hub.clone()).and(job_api::routes(state)))
         .unify()
         .recover(recover)
         .unify()
         .with(warp::trace::request())
 }
 
+/// A standby replica's refusal of the runner API (see [`Hub::stand_by`]).
+#[derive(Debug)]
+struct StandingBy;
+impl warp::reject::Reject for StandingBy {}
+
+/// Passes while this replica serves runners; rejects with [`StandingBy`] otherwise.
+fn leading(hub: Arc<Hub>) -> impl Filter<Extract = (), Error = warp::Rejection> + Clone {
+    warp::any()
+        .and_then(move || {
+            let active = hub.is_active();
+            async move {
+                if active {
+                    Ok(())
+                } else {
+                    Err(warp::reject::custom(StandingBy))
+                }
+            }
+        })
+        .untuple_one()
+}
+
 /// Map warp's own rejections (no route, wrong method, body limits, bad query) to a
 /// JSON answer with a reason.
 pub async fn recover(err: warp::Rejection) -> Result<warp::reply::Response, Infallible> {
     use warp::reject;
-    let e = if err.is_not_found() {
+    let e = if err.find::<StandingBy>().is_some() {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "StandingBy",
+            "this controller replica stands by; the leader serves the runner API",
+        )
+    } else if err.is_not_found() {
         ApiError::new(StatusCode::NOT_FOUND, "NotFound", "no such route")
     } else if err.find::<reject::MethodNotAllowed>().is_some() {
         ApiError::new(

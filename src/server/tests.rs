@@ -424,6 +424,50 @@ async fn register_waits_for_readiness() {
 }
 
 #[tokio::test]
+async fn a_standby_replica_refuses_runners_but_answers_health() {
+    let mut f = fixture();
+    f.token("good", "tok-good", None, 3600);
+    f.state.hub.stand_by();
+    let res = warp::test::request()
+        .method("POST")
+        .path("/v1/register")
+        .header("content-type", "application/json")
+        .header("authorization", "Bearer tok-good")
+        .body(register_body("r1"))
+        .reply(&routes(f.state.clone()))
+        .await;
+    assert_eq!(res.status(), 503);
+    let body: serde_json::Value = serde_json::from_slice(res.body()).unwrap();
+    assert_eq!(body["error"], "StandingBy", "{body}");
+    let res = warp::test::request()
+        .path("/v1/namespaces/ns/jobs/j/log?step=s")
+        .reply(&routes(f.state.clone()))
+        .await;
+    assert_eq!(res.status(), 503);
+    for path in ["/livez", "/readyz", "/metrics"] {
+        let res = warp::test::request()
+            .path(path)
+            .reply(&routes(f.state.clone()))
+            .await;
+        assert_eq!(res.status(), 200, "{path}");
+    }
+    // Leading again: the same request is served.
+    f.state.hub.activate();
+    let res = warp::test::request()
+        .method("POST")
+        .path("/v1/register")
+        .header("content-type", "application/json")
+        .header("authorization", "Bearer tok-good")
+        .body(register_body("r1"))
+        .reply(&routes(f.state))
+        .await;
+    // (It goes on to create the Runner, which this fixture's client cannot reach.)
+    let body: serde_json::Value = serde_json::from_slice(res.body()).unwrap();
+    assert_ne!(body["error"], "StandingBy", "{body}");
+    assert!(body["error"].is_string(), "{body}");
+}
+
+#[tokio::test]
 async fn a_valid_token_opens_the_control_channel_with_hello() {
     let mut f = fixture();
     f.token("good", "tok-good", None, 3600);
