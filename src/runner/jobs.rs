@@ -9,7 +9,12 @@
 //! The log sink keeps, per running step, the bytes it has sent (at most
 //! [`STEP_LOG_KEEP`]): a controller that lost its log store (e.g. restarted on an
 //! emptyDir) refuses the next chunk with 409 `LogGap` and the stored length, and the
-//! sink re-sends from there out of that buffer, then goes on.
+//! sink re-sends from there out of that buffer, then goes on. It keeps finished
+//! steps' bytes too, while the Job runs (at most [`JOB_LOG_KEEP`] in all): each
+//! time the control channel opens again (a controller restarted, or another
+//! replica took over), every kept log is checked against the server's length and
+//! what it lacks is sent again, so a new leader on an empty log store ends up
+//! with the whole log of every running Job.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -22,7 +27,9 @@ use super::BackendKind;
 use super::client::{Client, ClientError};
 use crate::backend::{JobTarget, KubernetesBackend, LocalBackend, LogChunk, Workflow};
 use crate::crd::job::{JobPhase, StepStatus};
-use crate::executor::{CancellationToken, Executor, ExecutorOptions, LogSink, StatusSink};
+use crate::executor::{
+    CancellationToken, Executor, ExecutorOptions, JobReport, LogSink, StatusSink,
+};
 use crate::server::jobs::{AppendQuery, ClaimRequest, ClaimResponse, MAX_LOG_BODY, StatusReport};
 
 /// Jobs in progress: (namespace, name) -> (epoch, its cancel token).
@@ -42,6 +49,8 @@ pub struct JobRunner {
     /// Whether a Job was ever started, and a wake-up when one ends.
     started: Arc<std::sync::atomic::AtomicBool>,
     ended: Arc<tokio::sync::Notify>,
+    /// Counts control channel openings; running Jobs re-check their logs on each.
+    connections: Arc<tokio::sync::watch::Sender<u64>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -65,7 +74,14 @@ impl JobRunner {
             running: Arc::default(),
             started: Arc::default(),
             ended: Arc::default(),
+            connections: Arc::new(tokio::sync::watch::Sender::new(0)),
         }
+    }
+
+    /// The control channel opened (again): running Jobs make sure the server
+    /// holds their logs so far.
+    pub fn reconnected(&self) {
+        self.connections.send_modify(|n| *n += 1);
     }
 
     /// `--once`: resolves when the first Job run ends, or after `wait` if no Job
@@ -134,6 +150,42 @@ impl JobRunner {
         }
     }
 
+    /// Run the Job's steps on this runner's backend.
+    async fn execute(
+        &self,
+        ns: &str,
+        name: &str,
+        claim: &ClaimResponse,
+        workflow: &Workflow,
+        sink: &Sink,
+        cancel: &CancellationToken,
+    ) -> Result<JobReport, String> {
+        match self.backend {
+            BackendKind::Local => {
+                let backend = LocalBackend::new(self.work_dir.join(ns).join(name));
+                Executor::new(&backend, ExecutorOptions::default())
+                    .run(workflow, &claim.spec, sink, sink, cancel)
+                    .await
+                    .map_err(|e| e.to_string())
+            }
+            BackendKind::Kubernetes => match &self.kube {
+                Some(client) => {
+                    // Step pods are found again by their deterministic names and
+                    // labels: a restarted runner resumes them (discover), never
+                    // starts a running step twice.
+                    let mut target = JobTarget::new(ns, name, claim.uid.clone());
+                    target.workspace = claim.spec.workspace.clone();
+                    let backend = KubernetesBackend::new(client.clone(), target);
+                    Executor::new(&backend, ExecutorOptions::default())
+                        .run(workflow, &claim.spec, sink, sink, cancel)
+                        .await
+                        .map_err(|e| e.to_string())
+                }
+                None => Err("no Kubernetes client for the kubernetes backend".to_owned()),
+            },
+        }
+    }
+
     async fn run_job(
         &self,
         ns: &str,
@@ -174,29 +226,18 @@ impl JobRunner {
             sent: Mutex::default(),
         };
         let workflow = Workflow::new(claim.uid.clone());
-        let outcome = match self.backend {
-            BackendKind::Local => {
-                let backend = LocalBackend::new(self.work_dir.join(ns).join(name));
-                Executor::new(&backend, ExecutorOptions::default())
-                    .run(&workflow, &claim.spec, &sink, &sink, &cancel)
-                    .await
-                    .map_err(|e| e.to_string())
+        let run = self.execute(ns, name, &claim, &workflow, &sink, &cancel);
+        let mut connections = self.connections.subscribe();
+        connections.mark_unchanged();
+        let replays = async {
+            while connections.changed().await.is_ok() {
+                sink.replay().await;
             }
-            BackendKind::Kubernetes => match &self.kube {
-                Some(client) => {
-                    // Step pods are found again by their deterministic names and
-                    // labels: a restarted runner resumes them (discover), never
-                    // starts a running step twice.
-                    let mut target = JobTarget::new(ns, name, claim.uid.clone());
-                    target.workspace = claim.spec.workspace.clone();
-                    let backend = KubernetesBackend::new(client.clone(), target);
-                    Executor::new(&backend, ExecutorOptions::default())
-                        .run(&workflow, &claim.spec, &sink, &sink, &cancel)
-                        .await
-                        .map_err(|e| e.to_string())
-                }
-                None => Err("no Kubernetes client for the kubernetes backend".to_owned()),
-            },
+            futures::future::pending::<()>().await;
+        };
+        let outcome = tokio::select! {
+            outcome = run => outcome,
+            () = replays => Err("the runner stopped".to_owned()),
         };
         let report = match outcome {
             Ok(r) => StatusReport {
@@ -248,6 +289,10 @@ struct Sink {
 /// Bytes of one step's log kept for a resend: more than the server's default
 /// per-step cap (10 MiB), which stores nothing past it anyway.
 pub(crate) const STEP_LOG_KEEP: usize = 16 * 1024 * 1024;
+
+/// Bytes of a running Job's finished steps kept for a replay to a new leader;
+/// past it, a finished step's log is let go (and a warning says so).
+pub(crate) const JOB_LOG_KEEP: usize = 64 * 1024 * 1024;
 
 /// A step's log as sent: `bytes` start at offset `start`; once `full`, bytes past
 /// the bound are no longer kept.
@@ -347,8 +392,17 @@ impl Sink {
 impl StatusSink for Sink {
     async fn step_changed(&self, status: &StepStatus) {
         if status.phase.is_finished() {
-            // Its log was all forwarded before it ended: nothing more to resend.
-            lock(&self.sent).remove(&status.name);
+            // Kept for a replay to a new leader, while the Job's total allows.
+            let mut sent = lock(&self.sent);
+            let total: usize = sent.values().map(|l| l.bytes.len()).sum();
+            if total > JOB_LOG_KEEP && sent.remove(&status.name).is_some() {
+                warn!(
+                    job = %self.claim.name,
+                    step = %status.name,
+                    kept = JOB_LOG_KEEP,
+                    "the Job's kept logs are over the bound: this finished step's log cannot be replayed to a new controller"
+                );
+            }
         }
         self.post(&StatusReport {
             runner: self.runner.clone(),
@@ -441,6 +495,24 @@ impl Sink {
                 kept = STEP_LOG_KEEP,
                 "step log longer than the resend buffer: only its first bytes are kept for a resend"
             );
+        }
+    }
+
+    /// After the control channel opened again: for every kept step log, an empty
+    /// append at its end asks the server whether it holds all of it; a `LogGap`
+    /// answer makes [`LogSink::append`] send what it lacks.
+    async fn replay(&self) {
+        let ends: Vec<(String, u64)> = lock(&self.sent)
+            .iter()
+            .map(|(step, log)| (step.clone(), log.end()))
+            .collect();
+        for (step, end) in ends {
+            self.append(LogChunk {
+                step,
+                offset: end,
+                bytes: Vec::new(),
+            })
+            .await;
         }
     }
 

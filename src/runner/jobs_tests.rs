@@ -150,3 +150,37 @@ async fn a_server_that_lost_its_logs_gets_them_resent() {
     );
     assert!(!sink.cancel.is_cancelled());
 }
+
+#[tokio::test]
+async fn a_replay_gives_a_new_leader_every_kept_log_including_finished_steps() {
+    use crate::crd::job::{StepPhase, StepStatus};
+    let store = Store::default();
+    let sink = sink(&fake_server(store.clone()).await);
+    sink.append(chunk("build", 0, b"compiled\n")).await;
+    sink.append(chunk("test", 0, b"running ")).await;
+    // `build` finished (its status report goes to a server this fake ignores).
+    let done = StepStatus {
+        name: "build".into(),
+        phase: StepPhase::Succeeded,
+        ..Default::default()
+    };
+    sink.step_changed(&done).await;
+    // Failover: the new leader's log store is empty, and no new chunk comes for
+    // `build`; the replay on reconnect restores both logs.
+    lock(&store).clear();
+    sink.replay().await;
+    assert_eq!(
+        lock(&store).get("build").map(Vec::as_slice),
+        Some(&b"compiled\n"[..])
+    );
+    assert_eq!(
+        lock(&store).get("test").map(Vec::as_slice),
+        Some(&b"running "[..])
+    );
+    // A server that holds everything is sent nothing new.
+    sink.replay().await;
+    assert_eq!(
+        lock(&store).get("build").map(Vec::as_slice),
+        Some(&b"compiled\n"[..])
+    );
+}

@@ -313,6 +313,8 @@ impl Agent {
                     let disabled = ev.data.contains("\"disabled\":true");
                     let state = if disabled { "Disabled" } else { "Connected" };
                     self.enter(state, true, "control channel open");
+                    // A new controller (restart, failover) may lack running Jobs' logs.
+                    self.jobs.reconnected();
                     // Jobs assigned while we were away (or before a restart). In a
                     // task: a slow server must not stall the ping watch of this loop.
                     let (client, jobs) = (self.client.clone(), self.jobs.clone());
