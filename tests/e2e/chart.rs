@@ -36,7 +36,7 @@ const INSTANCE_SELECTOR: &str = "app.kubernetes.io/instance=baton";
 /// The test's runner reconnects after 5 s without a ping (the chart's default is 10 s).
 const PING: &str = "controller.pingInterval=1s";
 
-fn chart_dir() -> PathBuf {
+pub(crate) fn chart_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("charts/baton")
 }
 
@@ -80,7 +80,7 @@ fn helm_bin() -> anyhow::Result<PathBuf> {
 }
 
 /// Run helm; its stdout, or an error with its stderr.
-async fn helm(args: &[&str]) -> anyhow::Result<String> {
+pub(crate) async fn helm(args: &[&str]) -> anyhow::Result<String> {
     let bin = helm_bin()?;
     let started = Instant::now();
     let out = tokio::process::Command::new(&bin)
@@ -143,7 +143,7 @@ async fn server_dry_run(client: &Client, ns: &str, manifest: &str) -> anyhow::Re
 }
 
 /// Available, every replica updated to the current spec and ready.
-fn deployment_rolled_out() -> impl Condition<Deployment> {
+pub(crate) fn deployment_rolled_out() -> impl Condition<Deployment> {
     |d: Option<&Deployment>| {
         d.is_some_and(|d| {
             let Some(s) = d.status.as_ref() else {
@@ -162,7 +162,7 @@ fn deployment_rolled_out() -> impl Condition<Deployment> {
     }
 }
 
-fn job_phase(phase: JobPhase) -> impl Condition<Job> {
+pub(crate) fn job_phase(phase: JobPhase) -> impl Condition<Job> {
     move |j: Option<&Job>| j.and_then(|j| j.status.as_ref()?.phase) == Some(phase)
 }
 
@@ -175,7 +175,10 @@ fn token_ready() -> impl Condition<RunnerToken> {
 
 /// The installed controller works: it mints a RunnerToken's Secret. Returns the
 /// token (its runners get `pool=chart`) and how long minting took.
-async fn controller_mints(ns: &TestNs, name: &str) -> anyhow::Result<(String, Duration)> {
+pub(crate) async fn controller_mints(
+    ns: &TestNs,
+    name: &str,
+) -> anyhow::Result<(String, Duration)> {
     let started = Instant::now();
     let tokens: Api<RunnerToken> = Api::namespaced(ns.client.clone(), &ns.name);
     let token: RunnerToken = serde_json::from_value(serde_json::json!({
@@ -271,7 +274,7 @@ where
 
 /// Remove the release and its cluster-scoped objects whatever happened (deleting
 /// the namespace removes only the namespaced ones).
-async fn cleanup(ns: &TestNs) {
+pub(crate) async fn cleanup(ns: &TestNs) {
     let _ = helm(&["uninstall", RELEASE, "--namespace", &ns.name]).await;
     let cluster_name = format!("{}-{FULLNAME}", ns.name);
     let dp = DeleteParams::default();

@@ -11,6 +11,7 @@ mod support;
 
 mod chart;
 mod crds;
+mod failover;
 mod jobs;
 mod on_demand;
 mod pods;

@@ -1,0 +1,319 @@
+//! Leader failover of the chart's two controller replicas, on the real cluster:
+//! the leader pod is killed (grace period 0: no Lease release, no goodbye) while a
+//! Job runs; the standby takes the Lease, labels its pod so the Service routes
+//! runners to it, the runner reconnects, and the Job finishes — run once (one
+//! step pod, epoch 1, same runner) with its whole log on the new leader, though
+//! the default log store is an emptyDir that died with the old leader.
+//!
+//! Prints the figures: Lease takeover, runner reconnection, Job completion.
+
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, ensure};
+use baton::crd::Job;
+use baton::crd::job::JobPhase;
+use futures::StreamExt;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::{Pod, Service};
+use kube::api::{Api, DeleteParams, ListParams, PostParams};
+use kube::runtime::{WatchStreamExt, watcher};
+
+use crate::chart::{chart_dir, cleanup, controller_mints, deployment_rolled_out, helm, job_phase};
+use crate::procs::{Agent, TempDir};
+use crate::support::{STEP_IMAGE, TestNs, in_namespace, wait_for};
+
+const RELEASE: &str = "baton";
+/// The release's full name: the Lease's name and the leader label's value.
+const LEASE: &str = "baton";
+const LEADER_LABEL: &str = "baton.dev/leader";
+const INSTANCE_SELECTOR: &str = "app.kubernetes.io/instance=baton";
+
+#[tokio::test]
+async fn the_standby_takes_over_a_killed_leader_mid_job_and_nothing_runs_twice() {
+    in_namespace("failover", |ns| async move {
+        let result = failover(&ns).await;
+        cleanup(&ns).await;
+        result
+    })
+    .await;
+}
+
+fn holder(lease: &Lease) -> Option<String> {
+    lease.spec.as_ref()?.holder_identity.clone()
+}
+
+/// Live controller pods of the release, by name, with whether each is Ready and
+/// its leader label.
+async fn controller_pods(ns: &TestNs) -> anyhow::Result<Vec<(String, bool, Option<String>)>> {
+    let pods: Api<Pod> = Api::namespaced(ns.client.clone(), &ns.name);
+    Ok(pods
+        .list(&ListParams::default().labels(INSTANCE_SELECTOR))
+        .await?
+        .into_iter()
+        .filter(|p| p.metadata.deletion_timestamp.is_none())
+        .map(|p| {
+            let ready = p
+                .status
+                .as_ref()
+                .and_then(|s| s.conditions.as_ref())
+                .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
+            let label = p
+                .metadata
+                .labels
+                .as_ref()
+                .and_then(|l| l.get(LEADER_LABEL).cloned());
+            (p.metadata.name.unwrap_or_default(), ready, label)
+        })
+        .collect())
+}
+
+async fn failover(ns: &TestNs) -> anyhow::Result<()> {
+    let chart = chart_dir();
+    let chart = chart.to_str().context("chart path is not UTF-8")?;
+    let n = ns.name.as_str();
+    let watch = format!("watchNamespace={n}");
+
+    // The chart's defaults: two replicas, leader election, logs on an emptyDir.
+    let t0 = Instant::now();
+    helm(&[
+        "install",
+        RELEASE,
+        chart,
+        "--namespace",
+        n,
+        "--set",
+        &watch,
+        "--set",
+        "controller.pingInterval=1s",
+        "--wait",
+        "--timeout",
+        "120s",
+    ])
+    .await?;
+    let deployments: Api<Deployment> = Api::namespaced(ns.client.clone(), n);
+    let d = wait_for(&deployments, RELEASE, deployment_rolled_out(), 60).await?;
+    ensure!(
+        d.spec.as_ref().and_then(|s| s.replicas) == Some(2),
+        "the chart's default is two replicas"
+    );
+    let leases: Api<Lease> = Api::namespaced(ns.client.clone(), n);
+    let lease = wait_for(
+        &leases,
+        LEASE,
+        |l: Option<&Lease>| l.and_then(holder).is_some_and(|h| !h.is_empty()),
+        60,
+    )
+    .await?;
+    let leader = holder(&lease).context("no holder")?;
+    eprintln!(
+        "install until two replicas Ready and a leader ({leader}): {:.1}s",
+        t0.elapsed().as_secs_f64()
+    );
+    // Exactly the leader carries the label the Service selects.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let pods = controller_pods(ns).await?;
+        let labelled: Vec<&String> = pods
+            .iter()
+            .filter(|(_, _, l)| l.as_deref() == Some(LEASE))
+            .map(|(n, _, _)| n)
+            .collect();
+        if pods.len() == 2 && labelled == [&leader] {
+            break;
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "want 2 pods and only the leader {leader} labelled: {pods:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+
+    let (token, _) = controller_mints(ns, "failover-token").await?;
+    let services: Api<Service> = Api::namespaced(ns.client.clone(), n);
+    let ip = services
+        .get(RELEASE)
+        .await?
+        .spec
+        .and_then(|s| s.cluster_ip)
+        .context("the Service has no ClusterIP")?;
+    let server = format!("http://{ip}:8080");
+    let dir = TempDir::new(n);
+    // Steps run as step pods: "run once" is counted in pods.
+    let runner = Agent::start_with_backend(
+        &server,
+        n,
+        "r1",
+        &dir.join("r1"),
+        Some(&token),
+        "",
+        "kubernetes",
+    )
+    .await?;
+    runner.wait_ready(200, 60).await?;
+
+    // Every step pod ever created for the Job, by uid (the runner deletes them
+    // when the Job ends): a step run twice would show as a second uid.
+    let pods: Api<Pod> = Api::namespaced(ns.client.clone(), n);
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(BTreeSet::new()));
+    let recorder = {
+        let seen = seen.clone();
+        let stream = watcher(
+            pods.clone(),
+            watcher::Config::default().labels("baton.dev/job-name=through-failover"),
+        )
+        .touched_objects();
+        tokio::spawn(async move {
+            let mut stream = std::pin::pin!(stream);
+            while let Some(Ok(p)) = stream.next().await {
+                let step = p
+                    .metadata
+                    .labels
+                    .as_ref()
+                    .and_then(|l| l.get("baton.dev/step").cloned())
+                    .unwrap_or_default();
+                let uid = p.metadata.uid.unwrap_or_default();
+                seen.lock().expect("lock").insert((step, uid));
+            }
+        })
+    };
+    let jobs: Api<Job> = Api::namespaced(ns.client.clone(), n);
+    let job: Job = serde_json::from_value(serde_json::json!({
+        "apiVersion": "baton.dev/v1alpha1",
+        "kind": "Job",
+        "metadata": { "name": "through-failover" },
+        "spec": {
+            "runnerSelector": { "matchLabels": { "pool": "chart" } },
+            "steps": [
+                { "name": "first", "image": STEP_IMAGE, "script": "echo first step done" },
+                {
+                    "name": "count",
+                    "image": STEP_IMAGE,
+                    "dependsOn": ["first"],
+                    "script": "for i in $(seq 1 40); do echo line $i; sleep 0.5; done",
+                },
+            ],
+        }
+    }))?;
+    jobs.create(&PostParams::default(), &job).await?;
+    // Kill the leader while `count` runs (and `first` has finished: its log must be
+    // replayed to the new leader, no new chunk will ever carry it).
+    wait_for(
+        &jobs,
+        "through-failover",
+        |j: Option<&Job>| {
+            j.and_then(|j| j.status.as_ref()).is_some_and(|s| {
+                s.steps
+                    .iter()
+                    .any(|st| st.name == "count" && st.phase == baton::crd::job::StepPhase::Running)
+            })
+        },
+        90,
+    )
+    .await?;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let killed_at = Instant::now();
+    pods.delete(&leader, &DeleteParams::default().grace_period(0))
+        .await?;
+    eprintln!("killed the leader {leader} (grace period 0) mid-job");
+
+    let lease = wait_for(
+        &leases,
+        LEASE,
+        |l: Option<&Lease>| {
+            l.and_then(holder)
+                .is_some_and(|h| !h.is_empty() && h != leader)
+        },
+        60,
+    )
+    .await?;
+    let took_over = killed_at.elapsed();
+    let new_leader = holder(&lease).context("no holder")?;
+    ensure!(
+        lease.spec.as_ref().and_then(|s| s.lease_transitions) >= Some(1),
+        "a takeover counts a transition: {lease:?}"
+    );
+    eprintln!(
+        "FAILOVER: {new_leader} took the Lease {:.1}s after the leader was killed",
+        took_over.as_secs_f64()
+    );
+    // The runner finds the new leader through the Service.
+    runner
+        .wait_ready(503, 30)
+        .await
+        .context("the runner never noticed its controller was gone")?;
+    runner.wait_ready(200, 90).await?;
+    let reconnected = killed_at.elapsed();
+    eprintln!(
+        "FAILOVER: runner connected to the new leader {:.1}s after the kill",
+        reconnected.as_secs_f64()
+    );
+
+    let done = wait_for(
+        &jobs,
+        "through-failover",
+        job_phase(JobPhase::Succeeded),
+        120,
+    )
+    .await?;
+    eprintln!(
+        "FAILOVER: Job Succeeded {:.1}s after the kill",
+        killed_at.elapsed().as_secs_f64()
+    );
+    let st = done.status.context("status")?;
+    ensure!(
+        st.epoch == Some(1) && st.runner.as_deref() == Some("r1"),
+        "the Job was not handed to another runner: {st:?}"
+    );
+    // Run once: one step pod per step, ever.
+    recorder.abort();
+    let steps: Vec<String> = seen
+        .lock()
+        .expect("lock")
+        .iter()
+        .map(|(step, _)| step.clone())
+        .collect();
+    ensure!(
+        steps == ["count", "first"],
+        "one step pod per step, none run twice: {steps:?}"
+    );
+
+    // The whole log of both steps, from the new leader's (fresh) emptyDir.
+    let reader = crate::jobs::sa_token(ns, "log-reader", true).await?;
+    let (code, log) =
+        crate::jobs::read_log(&server, n, "through-failover", "count", Some(&reader)).await?;
+    let expected: String = (1..=40).map(|i| format!("line {i}\n")).collect();
+    ensure!(
+        code == 200 && log == expected,
+        "count's log after the failover ({code}):\n{log}"
+    );
+    let (code, log) =
+        crate::jobs::read_log(&server, n, "through-failover", "first", Some(&reader)).await?;
+    ensure!(
+        code == 200 && log == "first step done\n",
+        "first's log (finished before the failover) after it ({code}):\n{log}"
+    );
+
+    // The killed pod's replacement stands by: two Ready replicas, one labelled.
+    wait_for(&deployments, RELEASE, deployment_rolled_out(), 90).await?;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let now = controller_pods(ns).await?;
+        let labelled: Vec<&String> = now
+            .iter()
+            .filter(|(_, _, l)| l.as_deref() == Some(LEASE))
+            .map(|(n, _, _)| n)
+            .collect();
+        if now.len() == 2 && now.iter().all(|(_, r, _)| *r) && labelled == [&new_leader] {
+            break;
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "want 2 Ready pods, only {new_leader} labelled: {now:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    drop(runner);
+    Ok(())
+}
