@@ -1,10 +1,14 @@
 //! The Helm chart on the real cluster: `helm lint`, `helm template` accepted by the
-//! API server (server-side dry run), `helm install` of the controller image into the
-//! test's namespace (Pod Security `restricted`), a RunnerToken minted by the
-//! installed controller, a Job run through it by a runner on this host, `helm
-//! upgrade` with changed values while that Job runs (it completes, run once), an
-//! on-demand Job (a runner pod reaching the controller through the Service), and
-//! `helm uninstall` leaving nothing of the chart behind but the CRDs.
+//! API server (server-side dry run), `helm install` with the defaults (two replicas,
+//! leader election) and a static runner into the test's namespace (Pod Security
+//! `restricted`): one leader, the only endpoint of the Service; a RunnerToken minted
+//! by the installed controller; a Job run on the static runner through it; `helm
+//! upgrade` with changed values while that Job runs (a rolling update hands the
+//! leadership over; the Job completes, run once, its whole log kept on the default
+//! emptyDir because the runner re-sends it); an on-demand Job (a runner pod reaching
+//! the leader through the Service); and `helm uninstall` leaving nothing of the chart
+//! behind but the CRDs and what the chart README says it keeps (the static runner's
+//! Runner, the controller's Lease).
 //!
 //! Helm comes from `$HELM`, else `$BATON_CACHE/helm-<HELM_VERSION>/bin/helm` as
 //! `hack/cluster/build.sh` builds it (`make cluster-up`).
@@ -15,26 +19,37 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, anyhow, ensure};
 use baton::crd::conditions;
 use baton::crd::job::JobPhase;
-use baton::crd::{Job, RunnerToken};
+use baton::crd::runner::AdoptionState;
+use baton::crd::{Job, Runner, RunnerToken};
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod, Secret, Service, ServiceAccount};
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::{Pod, Secret, Service, ServiceAccount};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
-use kube::api::{Api, DeleteParams, DynamicObject, ListParams, LogParams, PostParams};
+use kube::api::{Api, ApiResource, DeleteParams, DynamicObject, ListParams, LogParams, PostParams};
 use kube::core::GroupVersionKind;
 use kube::discovery::{self, Scope};
 use kube::runtime::wait::Condition;
-use kube::{Client, Resource};
+use kube::{Client, Resource, ResourceExt};
 
-use crate::procs::{Agent, TempDir};
-use crate::support::{FIELD_MANAGER, TestNs, in_namespace, wait_for};
+use crate::support::{FIELD_MANAGER, STEP_IMAGE, TestNs, in_namespace, wait_for};
 
 const RELEASE: &str = "baton";
 /// Objects of the chart are named after the release ("baton" contains the chart name).
 const FULLNAME: &str = "baton";
+/// Every pod of the release: controller replicas and static runners.
 const INSTANCE_SELECTOR: &str = "app.kubernetes.io/instance=baton";
-/// The test's runner reconnects after 5 s without a ping (the chart's default is 10 s).
+const CONTROLLER_SELECTOR: &str =
+    "app.kubernetes.io/instance=baton,app.kubernetes.io/component=controller";
+/// The label the leader puts on its pod (value: the Lease's name, the full name).
+const LEADER_LABEL: &str = "baton.dev/leader";
+/// The test's runners reconnect after 5 s without a ping (the chart's default is 10 s).
 const PING: &str = "controller.pingInterval=1s";
+/// The static runner of the values below, and its Deployment and RunnerToken.
+const STATIC: &str = "static1";
+const STATIC_OBJECTS: &str = "baton-static-static1";
 
 pub(crate) fn chart_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("charts/baton")
@@ -206,26 +221,63 @@ pub(crate) async fn controller_mints(
     Ok((plain, took))
 }
 
-/// The one controller pod, Ready, with its log.
-async fn controller_pod(ns: &TestNs) -> anyhow::Result<(Pod, String)> {
-    let pods: Api<Pod> = Api::namespaced(ns.client.clone(), &ns.name);
-    let live: Vec<Pod> = pods
-        .list(&ListParams::default().labels(INSTANCE_SELECTOR))
-        .await?
-        .into_iter()
-        .filter(|p| p.metadata.deletion_timestamp.is_none())
-        .collect();
-    ensure!(live.len() == 1, "{} controller pods, want 1", live.len());
-    let pod = live.into_iter().next().context("no pod")?;
-    let ready = pod
-        .status
+fn is_ready(pod: &Pod) -> bool {
+    pod.status
         .as_ref()
         .and_then(|s| s.conditions.as_ref())
-        .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
-    ensure!(ready, "controller pod is not Ready");
-    let name = pod.metadata.name.clone().unwrap_or_default();
-    let log = pods.logs(&name, &LogParams::default()).await?;
+        .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+}
+
+/// The leader: wait (bounded) until exactly one live controller pod carries the
+/// leader label, and it is Ready; with its log.
+async fn leader_pod(ns: &TestNs) -> anyhow::Result<(Pod, String)> {
+    let pods: Api<Pod> = Api::namespaced(ns.client.clone(), &ns.name);
+    let selector = format!("{CONTROLLER_SELECTOR},{LEADER_LABEL}={FULLNAME}");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let pod = loop {
+        let mut live: Vec<Pod> = pods
+            .list(&ListParams::default().labels(&selector))
+            .await?
+            .into_iter()
+            .filter(|p| p.metadata.deletion_timestamp.is_none() && is_ready(p))
+            .collect();
+        if live.len() == 1 {
+            break live.remove(0);
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "{} Ready controller pods labelled {LEADER_LABEL}={FULLNAME} after 60s, want 1",
+            live.len()
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    let log = pods.logs(&pod.name_any(), &LogParams::default()).await?;
     Ok((pod, log))
+}
+
+/// The Service's endpoints are the leader's pod only (the standby answers 503).
+async fn service_selects_only(ns: &TestNs, leader: &str) -> anyhow::Result<()> {
+    let slices: Api<EndpointSlice> = Api::namespaced(ns.client.clone(), &ns.name);
+    let lp = ListParams::default().labels(&format!("kubernetes.io/service-name={FULLNAME}"));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let targets: Vec<String> = slices
+            .list(&lp)
+            .await?
+            .into_iter()
+            .flat_map(|s| s.endpoints)
+            .filter(|e| e.conditions.as_ref().and_then(|c| c.ready) != Some(false))
+            .filter_map(|e| e.target_ref.and_then(|t| t.name))
+            .collect();
+        if targets == [leader] {
+            return Ok(());
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "the Service's endpoints are {targets:?}, want only the leader {leader}"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
 }
 
 fn env_of(pod: &Pod, var: &str) -> Option<String> {
@@ -272,6 +324,17 @@ where
     }
 }
 
+/// Wait (bounded) until each namespaced object of `objects` is gone.
+async fn all_gone(ns: &TestNs, objects: &[(ApiResource, &str)], secs: u64) -> anyhow::Result<()> {
+    for (ar, name) in objects {
+        let api: Api<DynamicObject> = Api::namespaced_with(ns.client.clone(), &ns.name, ar);
+        gone(&api, name, secs)
+            .await
+            .with_context(|| format!("{} {name} after uninstall", ar.kind))?;
+    }
+    Ok(())
+}
+
 /// Remove the release and its cluster-scoped objects whatever happened (deleting
 /// the namespace removes only the namespaced ones).
 pub(crate) async fn cleanup(ns: &TestNs) {
@@ -296,6 +359,27 @@ async fn chart_installs_works_upgrades_and_uninstalls_cleanly() {
     .await;
 }
 
+/// The values every install and upgrade of the test passes: the test's namespace
+/// only, fast pings, and one static runner (its `maxConcurrentJobs` given).
+fn base_values(n: &str, max_concurrent: u32) -> Vec<String> {
+    [
+        format!("watchNamespace={n}"),
+        PING.to_owned(),
+        format!("runners[0].name={STATIC}"),
+        "runners[0].labels.pool=static".to_owned(),
+        format!("runners[0].maxConcurrentJobs={max_concurrent}"),
+    ]
+    .into_iter()
+    .flat_map(|v| ["--set".to_owned(), v])
+    .collect()
+}
+
+async fn helm_with(args: &[&str], values: &[String]) -> anyhow::Result<String> {
+    let mut all: Vec<&str> = args.to_vec();
+    all.extend(values.iter().map(String::as_str));
+    helm(&all).await
+}
+
 async fn chart_lifecycle(ns: &TestNs) -> anyhow::Result<()> {
     let chart = chart_dir();
     let chart = chart.to_str().context("chart path is not UTF-8")?;
@@ -305,20 +389,37 @@ async fn chart_lifecycle(ns: &TestNs) -> anyhow::Result<()> {
     // Lint, in the default and in the widest configuration.
     let lint = helm(&["lint", "--strict", chart]).await?;
     ensure!(lint.contains("0 chart(s) failed"), "helm lint:\n{lint}");
-    helm(&[
-        "lint",
-        "--strict",
-        chart,
-        "--set",
-        &watch,
+    let widest = [
         "--set",
         "rbac.onDemandRunners=true",
         "--set",
         "logStorage.persistence.enabled=true",
         "--set",
-        "service.type=NodePort",
-    ])
-    .await?;
+        "service.type=LoadBalancer",
+        "--set",
+        "service.loadBalancerSourceRanges={10.0.0.0/8}",
+        "--set",
+        "ingress.enabled=true",
+        "--set",
+        "ingress.tls[0].secretName=baton-ingress-tls",
+        "--set",
+        "ingress.tls[0].hosts[0]=baton.example.com",
+        "--set",
+        "tls.enabled=true",
+        "--set",
+        "tls.secretName=baton-tls",
+        "--set",
+        "runners[0].name=builder",
+        "--set",
+        "runners[0].labels.pool=build",
+        "--set",
+        "runners[1].name=local",
+        "--set",
+        "runners[1].backend=local",
+    ];
+    let mut args = vec!["lint", "--strict", chart, "--set", &watch];
+    args.extend(widest);
+    helm(&args).await?;
 
     // Template, then a server-side dry run: the real API server admits every object.
     let t0 = Instant::now();
@@ -334,135 +435,198 @@ async fn chart_lifecycle(ns: &TestNs) -> anyhow::Result<()> {
     .await?;
     let count = server_dry_run(&ns.client, n, &scoped).await?;
     ensure!(
-        count == 8,
-        "{count} objects in the namespaced template (with the log PVC), want 8:\n{scoped}"
+        count == 10,
+        "{count} objects in the namespaced template, want 10 (no PVC: emptyDir by default; \
+         the leader-election Role and binding, a PodDisruptionBudget):\n{scoped}"
     );
-    let wide = helm(&[
+    let mut args = vec!["template", RELEASE, chart, "--namespace", n];
+    args.extend(widest);
+    let wide = helm(&args).await?;
+    let count = server_dry_run(&ns.client, n, &wide).await?;
+    ensure!(
+        wide.contains("scheme: HTTPS")
+            && wide.contains("--runner-server-url=https://")
+            && wide.contains("--ca-file="),
+        "tls.enabled: HTTPS probes, an https:// on-demand URL, static runners trusting the CA:\n{wide}"
+    );
+    eprintln!("the widest template: {count} objects admitted");
+    // Without leader election: one replica, Recreate, the Service selects no leader
+    // label; and two replicas without it are refused.
+    let single = helm(&[
         "template",
         RELEASE,
         chart,
         "--namespace",
         n,
         "--set",
-        "rbac.onDemandRunners=true",
+        "leaderElection.enabled=false",
         "--set",
-        "logStorage.persistence.enabled=true",
-        "--set",
-        "service.type=LoadBalancer",
-        "--set",
-        "service.loadBalancerSourceRanges={10.0.0.0/8}",
+        "replicaCount=1",
     ])
     .await?;
-    server_dry_run(&ns.client, n, &wide).await?;
+    server_dry_run(&ns.client, n, &single).await?;
+    ensure!(
+        !single.contains(LEADER_LABEL)
+            && !single.contains("PodDisruptionBudget")
+            && single.contains("type: Recreate"),
+        "leaderElection.enabled=false:\n{single}"
+    );
+    let refused = helm(&[
+        "template",
+        RELEASE,
+        chart,
+        "--set",
+        "leaderElection.enabled=false",
+    ])
+    .await;
+    ensure!(
+        refused
+            .as_ref()
+            .is_err_and(|e| format!("{e:#}").contains("needs leaderElection.enabled")),
+        "two replicas without leader election must fail: {refused:?}"
+    );
     eprintln!(
         "template + server-side dry runs: {:.1}s",
         t0.elapsed().as_secs_f64()
     );
 
-    // Install, watching only this namespace; the pod must pass Pod Security `restricted`.
+    // Install with the defaults (two replicas, leader election) and a static runner,
+    // watching only this namespace; every pod passes Pod Security `restricted`.
     let t0 = Instant::now();
-    helm(&[
-        "install",
-        RELEASE,
-        chart,
-        "--namespace",
-        n,
-        "--set",
-        &watch,
-        "--set",
-        PING,
-        "--wait",
-        "--timeout",
-        "120s",
-    ])
+    helm_with(
+        &[
+            "install",
+            RELEASE,
+            chart,
+            "--namespace",
+            n,
+            "--wait",
+            "--timeout",
+            "180s",
+        ],
+        &base_values(n, 2),
+    )
     .await?;
     let deployments: Api<Deployment> = Api::namespaced(ns.client.clone(), n);
     wait_for(&deployments, FULLNAME, deployment_rolled_out(), 60).await?;
+    wait_for(&deployments, STATIC_OBJECTS, deployment_rolled_out(), 60).await?;
+    let (leader, log) = leader_pod(ns).await?;
     eprintln!(
-        "install until the controller is Ready: {:.1}s",
+        "install until both replicas and the static runner are Ready, one leader: {:.1}s",
         t0.elapsed().as_secs_f64()
     );
-    let (pod, log) = controller_pod(ns).await?;
-    ensure!(env_of(&pod, "BATON_LOG_FORMAT").as_deref() == Some("json"));
+    let replicas = deployments
+        .get(FULLNAME)
+        .await?
+        .spec
+        .and_then(|s| s.replicas);
+    ensure!(replicas == Some(2), "two replicas by default: {replicas:?}");
+    service_selects_only(ns, &leader.name_any()).await?;
+    ensure!(env_of(&leader, "BATON_LOG_FORMAT").as_deref() == Some("json"));
     let first = log.lines().next().unwrap_or_default();
     ensure!(
         serde_json::from_str::<serde_json::Value>(first).is_ok(),
         "JSON logs by default; first line: {first}"
     );
-    let (token, took) = controller_mints(ns, "minted-after-install").await?;
+    let (_, took) = controller_mints(ns, "minted-after-install").await?;
     eprintln!(
         "RunnerToken Ready via the installed controller: {:.1}s",
         took.as_secs_f64()
     );
+    let runners: Api<Runner> = Api::namespaced(ns.client.clone(), n);
+    let runner = runners.get(STATIC).await?;
+    let adoption = runner.status.as_ref().and_then(|s| s.adoption);
+    ensure!(
+        adoption == Some(AdoptionState::Preadopted) && runner.spec.max_concurrent_jobs == Some(2),
+        "the static runner registered with its RunnerToken: {:?} {:?}",
+        runner.spec,
+        runner.status
+    );
 
-    // A runner on this host (the node: the Service's ClusterIP routes here) runs a
-    // Job through the installed controller; the Job is still running when the
-    // upgrade below replaces the controller pod.
-    let services: Api<Service> = Api::namespaced(ns.client.clone(), n);
-    let ip = services
-        .get(FULLNAME)
-        .await?
-        .spec
-        .and_then(|s| s.cluster_ip)
-        .context("the Service has no ClusterIP")?;
-    let server = format!("http://{ip}:8080");
-    let dir = TempDir::new(n);
-    let runner = Agent::start(&server, n, "r1", &dir.join("r1"), Some(&token), "").await?;
-    runner.wait_ready(200, 60).await?;
+    // A Job on the static runner (step pods in this namespace), still running when
+    // the upgrade below replaces both controller replicas.
+    let pods: Api<Pod> = Api::namespaced(ns.client.clone(), n);
+    let runner_pods = ListParams::default().labels(&format!("baton.dev/static-runner={STATIC}"));
+    let runner_pod_names = || async {
+        anyhow::Ok(
+            pods.list(&runner_pods)
+                .await?
+                .into_iter()
+                .map(|p| p.name_any())
+                .collect::<Vec<_>>(),
+        )
+    };
+    let runner_pod = runner_pod_names().await?;
     let jobs: Api<Job> = Api::namespaced(ns.client.clone(), n);
     let job: Job = serde_json::from_value(serde_json::json!({
         "apiVersion": "baton.dev/v1alpha1",
         "kind": "Job",
         "metadata": { "name": "through-upgrade" },
         "spec": {
-            "runnerSelector": { "matchLabels": { "pool": "chart" } },
+            "runnerSelector": { "matchLabels": { "pool": "static" } },
             "steps": [{
                 "name": "count",
-                "image": "busybox",
-                "script": "for i in $(seq 1 30); do echo line $i; sleep 0.5; done",
+                "image": STEP_IMAGE,
+                "script": "for i in $(seq 1 60); do echo line $i; sleep 0.5; done",
             }],
         }
     }))?;
     jobs.create(&PostParams::default(), &job).await?;
     wait_for(&jobs, "through-upgrade", job_phase(JobPhase::Running), 60).await?;
 
-    // Upgrade with changed values: a new pod rolls out, Ready, and works.
+    // Upgrade with changed values: both replicas roll (one at a time), the leadership
+    // passes to a new pod, which works; the runner's maxConcurrentJobs changes
+    // without restarting its pod.
     let t0 = Instant::now();
-    helm(&[
-        "upgrade",
-        RELEASE,
-        chart,
-        "--namespace",
-        n,
-        "--set",
-        &watch,
-        "--set",
-        PING,
-        "--set",
-        "controller.logFormat=text",
-        "--set",
-        "resources.limits.memory=256Mi",
-        "--wait",
-        "--timeout",
-        "120s",
-    ])
+    helm_with(
+        &[
+            "upgrade",
+            RELEASE,
+            chart,
+            "--namespace",
+            n,
+            "--set",
+            "controller.logFormat=text",
+            "--set",
+            "resources.limits.memory=256Mi",
+            "--wait",
+            "--timeout",
+            "180s",
+        ],
+        &base_values(n, 3),
+    )
     .await?;
     wait_for(&deployments, FULLNAME, deployment_rolled_out(), 60).await?;
+    let (new_leader, log) = leader_pod(ns).await?;
     eprintln!(
-        "upgrade until the controller is Ready: {:.1}s",
+        "upgrade until both new replicas are Ready, one leader: {:.1}s",
         t0.elapsed().as_secs_f64()
     );
-    let (pod, log) = controller_pod(ns).await?;
     ensure!(
-        env_of(&pod, "BATON_LOG_FORMAT").is_none(),
+        new_leader.name_any() != leader.name_any(),
+        "a new pod leads after the rolling update"
+    );
+    service_selects_only(ns, &new_leader.name_any()).await?;
+    ensure!(
+        env_of(&new_leader, "BATON_LOG_FORMAT").is_none(),
         "text logs after the upgrade"
     );
     ensure!(
-        memory_limit(&pod).as_deref() == Some("256Mi"),
+        memory_limit(&new_leader).as_deref() == Some("256Mi"),
         "new memory limit"
     );
     ensure!(!log.starts_with('{'), "text logs after the upgrade:\n{log}");
     controller_mints(ns, "minted-after-upgrade").await?;
+    let runner = runners.get(STATIC).await?;
+    ensure!(
+        runner.spec.max_concurrent_jobs == Some(3),
+        "the upgrade set maxConcurrentJobs: {:?}",
+        runner.spec
+    );
+    ensure!(
+        runner_pod_names().await? == runner_pod,
+        "the static runner's pod was not restarted by a controller-only change"
+    );
     let t1 = Instant::now();
     let done = wait_for(
         &jobs,
@@ -471,30 +635,47 @@ async fn chart_lifecycle(ns: &TestNs) -> anyhow::Result<()> {
         120,
     )
     .await?;
+    let uid = done.uid().unwrap_or_default();
     let st = done.status.context("status")?;
     ensure!(
-        st.epoch == Some(1) && st.runner.as_deref() == Some("r1"),
-        "the Job ran once, on r1: {st:?}"
+        st.epoch == Some(1) && st.runner.as_deref() == Some(STATIC),
+        "the Job ran once, on {STATIC}: {st:?}"
+    );
+    let step_pods = pods
+        .list(&ListParams::default().labels(&format!("baton.dev/job-uid={uid}")))
+        .await?;
+    ensure!(
+        step_pods.items.len() == 1,
+        "one step pod, never a second run: {:?}",
+        step_pods.iter().map(|p| p.name_any()).collect::<Vec<_>>()
     );
     eprintln!(
-        "Job running through the upgrade Succeeded {:.1}s after the new controller was Ready",
+        "Job running through the upgrade Succeeded {:.1}s after the new leader was Ready",
         t1.elapsed().as_secs_f64()
     );
-    // The log store is on the chart's default PVC: the new controller pod serves the
-    // whole log, lines written before and after the upgrade, each once.
+    // The log store is the default emptyDir: the new leader started empty, and the
+    // runner re-sent the running step's log, so it serves the whole of it, each line
+    // once (through the Service, so from the leader).
+    let services: Api<Service> = Api::namespaced(ns.client.clone(), n);
+    let ip = services
+        .get(FULLNAME)
+        .await?
+        .spec
+        .and_then(|s| s.cluster_ip)
+        .context("the Service has no ClusterIP")?;
+    let server = format!("http://{ip}:8080");
     let reader = crate::jobs::sa_token(ns, "log-reader", true).await?;
     let (code, log) =
         crate::jobs::read_log(&server, n, "through-upgrade", "count", Some(&reader)).await?;
-    let expected: String = (1..=30).map(|i| format!("line {i}\n")).collect();
+    let expected: String = (1..=60).map(|i| format!("line {i}\n")).collect();
     ensure!(
         code == 200 && log == expected,
         "log after the upgrade ({code}):\n{log}"
     );
-    drop(runner);
 
     // On-demand: a Job without a runnerSelector gets a runner pod, which reaches the
-    // installed controller through the release's Service (the chart passes
-    // --runner-server-url) and runs the step as a step pod.
+    // leader through the release's Service (the chart passes --runner-server-url)
+    // and runs the step as a step pod.
     let t0 = Instant::now();
     let on_demand: Job = serde_json::from_value(serde_json::json!({
         "apiVersion": "baton.dev/v1alpha1",
@@ -502,7 +683,7 @@ async fn chart_lifecycle(ns: &TestNs) -> anyhow::Result<()> {
         "metadata": { "name": "on-demand" },
         "spec": { "steps": [{
             "name": "hello",
-            "image": crate::support::STEP_IMAGE,
+            "image": STEP_IMAGE,
             "script": "echo hello from an on-demand runner",
         }] }
     }))?;
@@ -518,7 +699,9 @@ async fn chart_lifecycle(ns: &TestNs) -> anyhow::Result<()> {
         t0.elapsed().as_secs_f64()
     );
 
-    // Uninstall: nothing of the chart stays, namespaced or cluster-scoped; CRDs do.
+    // Uninstall: nothing of the chart stays, namespaced or cluster-scoped, but the
+    // CRDs, the static runner's Runner (helm.sh/resource-policy: keep) and the
+    // Lease the controller wrote.
     let t0 = Instant::now();
     helm(&[
         "uninstall",
@@ -530,33 +713,32 @@ async fn chart_lifecycle(ns: &TestNs) -> anyhow::Result<()> {
         "120s",
     ])
     .await?;
+    let static_sa = format!("{FULLNAME}-static-runner");
+    let leader_role = format!("{FULLNAME}-leader-election");
+    let token_secret = format!("{STATIC_OBJECTS}-token");
+    all_gone(
+        ns,
+        &[
+            (ApiResource::erase::<Deployment>(&()), FULLNAME),
+            (ApiResource::erase::<Deployment>(&()), STATIC_OBJECTS),
+            (ApiResource::erase::<Service>(&()), FULLNAME),
+            (ApiResource::erase::<PodDisruptionBudget>(&()), FULLNAME),
+            (ApiResource::erase::<ServiceAccount>(&()), FULLNAME),
+            (ApiResource::erase::<ServiceAccount>(&()), &static_sa),
+            (ApiResource::erase::<Role>(&()), FULLNAME),
+            (ApiResource::erase::<RoleBinding>(&()), FULLNAME),
+            (ApiResource::erase::<Role>(&()), &leader_role),
+            (ApiResource::erase::<RoleBinding>(&()), &leader_role),
+            (ApiResource::erase::<Role>(&()), &static_sa),
+            (ApiResource::erase::<RoleBinding>(&()), &static_sa),
+            (ApiResource::erase::<RunnerToken>(&()), STATIC_OBJECTS),
+            // Owned by the RunnerToken: garbage collection removes it.
+            (ApiResource::erase::<Secret>(&()), &token_secret),
+        ],
+        60,
+    )
+    .await?;
     let cluster_name = format!("{n}-{FULLNAME}");
-    gone(&deployments, FULLNAME, 60).await?;
-    gone(
-        &Api::<Service>::namespaced(ns.client.clone(), n),
-        FULLNAME,
-        60,
-    )
-    .await?;
-    gone(
-        &Api::<ServiceAccount>::namespaced(ns.client.clone(), n),
-        FULLNAME,
-        60,
-    )
-    .await?;
-    gone(&Api::<Role>::namespaced(ns.client.clone(), n), FULLNAME, 60).await?;
-    gone(
-        &Api::<PersistentVolumeClaim>::namespaced(ns.client.clone(), n),
-        &format!("{FULLNAME}-logs"),
-        60,
-    )
-    .await?;
-    gone(
-        &Api::<RoleBinding>::namespaced(ns.client.clone(), n),
-        FULLNAME,
-        60,
-    )
-    .await?;
     gone(
         &Api::<ClusterRole>::all(ns.client.clone()),
         &cluster_name,
@@ -569,7 +751,6 @@ async fn chart_lifecycle(ns: &TestNs) -> anyhow::Result<()> {
         60,
     )
     .await?;
-    let pods: Api<Pod> = Api::namespaced(ns.client.clone(), n);
     let deadline = Instant::now() + Duration::from_secs(60);
     while !pods
         .list(&ListParams::default().labels(INSTANCE_SELECTOR))
@@ -579,7 +760,7 @@ async fn chart_lifecycle(ns: &TestNs) -> anyhow::Result<()> {
     {
         ensure!(
             Instant::now() < deadline,
-            "controller pod still there 60s after uninstall"
+            "controller or static runner pods still there 60s after uninstall"
         );
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
@@ -595,6 +776,16 @@ async fn chart_lifecycle(ns: &TestNs) -> anyhow::Result<()> {
     eprintln!(
         "uninstall until nothing is left: {:.1}s",
         t0.elapsed().as_secs_f64()
+    );
+    // What the chart README says stays.
+    ensure!(
+        runners.get_opt(STATIC).await?.is_some(),
+        "the static runner's Runner is kept (helm.sh/resource-policy: keep)"
+    );
+    let leases: Api<Lease> = Api::namespaced(ns.client.clone(), n);
+    ensure!(
+        leases.get_opt(FULLNAME).await?.is_some(),
+        "the controller's Lease stays (written by the controller, not by Helm)"
     );
     let crds: Api<CustomResourceDefinition> = Api::all(ns.client.clone());
     for crd in [

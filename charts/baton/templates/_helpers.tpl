@@ -104,3 +104,65 @@ otherwise.
   verbs: [create, patch]
 {{- end }}
 {{- end }}
+
+{{/* Value of the baton.dev/leader label the leader puts on its pod: the Lease's name. */}}
+{{- define "baton.leaseName" -}}
+{{- include "baton.fullname" . }}
+{{- end }}
+
+{{/* The runner API as pods in the cluster reach it: the release's Service. */}}
+{{- define "baton.serviceURL" -}}
+{{- printf "%s://%s.%s.svc:%v" (ternary "https" "http" .Values.tls.enabled) (include "baton.fullname" .) .Release.Namespace .Values.service.port }}
+{{- end }}
+
+{{/* Where the TLS Secret is mounted in the controller and static runner pods. */}}
+{{- define "baton.tlsDir" -}}/etc/baton/tls{{- end }}
+
+{{/* Namespace of the Runners of static runner entries without their own. */}}
+{{- define "baton.runnerNamespace" -}}
+{{- default (default .Release.Namespace .Values.watchNamespace) .Values.runnerDefaults.namespace }}
+{{- end }}
+
+{{/* Whether the controller replicas must share one node: a log PVC that is not ReadWriteMany. */}}
+{{- define "baton.colocate" -}}
+{{- $p := .Values.logStorage.persistence }}
+{{- if and $p.enabled (gt (int .Values.replicaCount) 1) (not (has "ReadWriteMany" $p.accessModes)) }}true{{ end }}
+{{- end }}
+
+{{/* Labels of a static runner's objects; call with (dict "root" $ "name" NAME). */}}
+{{- define "baton.runnerLabels" -}}
+helm.sh/chart: {{ include "baton.chart" .root }}
+{{ include "baton.runnerSelectorLabels" . }}
+app.kubernetes.io/version: {{ .root.Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .root.Release.Service }}
+app.kubernetes.io/part-of: baton
+{{- end }}
+
+{{- define "baton.runnerSelectorLabels" -}}
+app.kubernetes.io/name: {{ include "baton.name" .root }}
+app.kubernetes.io/instance: {{ .root.Release.Name }}
+app.kubernetes.io/component: runner
+{{- with .name }}
+baton.dev/static-runner: {{ . }}
+{{- end }}
+{{- end }}
+
+{{/* Static runner entries merged over runnerDefaults, each with its namespace: a list of dicts. */}}
+{{- define "baton.runners" -}}
+{{- $out := list }}
+{{- range .Values.runners }}
+{{- $r := mergeOverwrite (deepCopy $.Values.runnerDefaults) (deepCopy .) }}
+{{- if not (regexMatch "^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$" (toString $r.name)) }}
+{{- fail (printf "runners[].name %q must be a DNS label: 1 to 63 of a-z, 0-9 and '-'" (toString $r.name)) }}
+{{- end }}
+{{- $_ := set $r "namespace" (default (include "baton.runnerNamespace" $) $r.namespace) }}
+{{- if and $.Values.watchNamespace (ne $r.namespace $.Values.watchNamespace) }}
+{{- fail (printf "runners[] %s: namespace %s is not watchNamespace %s, the only one the controller serves" $r.name $r.namespace $.Values.watchNamespace) }}
+{{- end }}
+{{- if not (has $r.backend (list "kubernetes" "local")) }}
+{{- fail (printf "runners[] %s: backend must be kubernetes or local" $r.name) }}
+{{- end }}
+{{- $out = append $out $r }}
+{{- end }}
+{{- toJson $out }}
+{{- end }}
