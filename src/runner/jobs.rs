@@ -498,21 +498,25 @@ impl Sink {
         }
     }
 
-    /// After the control channel opened again: for every kept step log, an empty
-    /// append at its end asks the server whether it holds all of it; a `LogGap`
-    /// answer makes [`LogSink::append`] send what it lacks.
+    /// After the control channel opened again: each kept step log's last byte is
+    /// sent again. A server holding it all ignores it; one holding less answers
+    /// `LogGap` and [`LogSink::append`] sends what it lacks. (A one-byte probe,
+    /// not an empty one: the server requires a Content-Length, which an empty
+    /// body does not always carry.)
     async fn replay(&self) {
-        let ends: Vec<(String, u64)> = lock(&self.sent)
+        let tails: Vec<LogChunk> = lock(&self.sent)
             .iter()
-            .map(|(step, log)| (step.clone(), log.end()))
-            .collect();
-        for (step, end) in ends {
-            self.append(LogChunk {
-                step,
-                offset: end,
-                bytes: Vec::new(),
+            .filter_map(|(step, log)| {
+                let last = *log.bytes.last()?;
+                Some(LogChunk {
+                    step: step.clone(),
+                    offset: log.end() - 1,
+                    bytes: vec![last],
+                })
             })
-            .await;
+            .collect();
+        for tail in tails {
+            self.append(tail).await;
         }
     }
 

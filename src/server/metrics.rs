@@ -100,6 +100,7 @@ pub struct Metrics {
     job_start_latency: Histogram,
     job_duration: Histogram,
     log_bytes: Counter,
+    leader: Gauge,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -164,6 +165,12 @@ impl Metrics {
             "New step-log bytes runners sent to this process (stored, or dropped over the per-step cap)",
             log_bytes.clone(),
         );
+        let leader = Gauge::default();
+        registry.register(
+            "leader",
+            "1 while this replica leads (reconciles, serves runners, fills the gauges above); 0 while it stands by. Always 1 without leader election",
+            leader.clone(),
+        );
         // Every series from the start, at zero: a family with none is not listed.
         for kind in [Kind::Job, Kind::Runner, Kind::RunnerToken] {
             for outcome in ["ok", "error"] {
@@ -183,6 +190,7 @@ impl Metrics {
             job_start_latency,
             job_duration,
             log_bytes,
+            leader,
         }
     }
 
@@ -271,6 +279,8 @@ impl Metrics {
             }
         }
 
+        self.leader.set(i64::from(hub.is_active()));
+
         let mut out = String::new();
         if let Err(e) = encode(&mut out, &self.registry) {
             tracing::warn!("encode metrics: {e}");
@@ -340,7 +350,8 @@ mod tests {
         jw.apply_watcher_event(&Event::Apply(job("a", JobPhase::Queued)));
         jw.apply_watcher_event(&Event::Apply(job("b", JobPhase::Queued)));
         jw.apply_watcher_event(&Event::Apply(job("c", JobPhase::Succeeded)));
-        let filter = route(metrics.clone(), jobs, runners, Arc::new(Hub::default()));
+        let hub = Arc::new(Hub::default());
+        let filter = route(metrics.clone(), jobs, runners, hub.clone());
 
         let res = warp::test::request().path("/metrics").reply(&filter).await;
         assert_eq!(res.status(), 200);
@@ -359,6 +370,7 @@ mod tests {
             assert!(body.contains(family), "{family} missing:\n{body}");
         }
         assert_eq!(line(&body, "baton_queue_depth "), Some("2"), "{body}");
+        assert_eq!(line(&body, "baton_leader "), Some("1"), "{body}");
         assert_eq!(line(&body, "baton_jobs{phase=\"Queued\"}"), Some("2"));
         assert_eq!(line(&body, "baton_jobs{phase=\"Succeeded\"}"), Some("1"));
         assert_eq!(
@@ -419,5 +431,11 @@ mod tests {
         assert_eq!(line(&body, "baton_job_duration_seconds_count"), Some("1"));
         assert_eq!(line(&body, "baton_job_duration_seconds_sum"), Some("6.0"));
         assert_eq!(line(&body, "baton_log_bytes_appended_total"), Some("42"));
+
+        // A standby says so.
+        hub.stand_by();
+        let res = warp::test::request().path("/metrics").reply(&filter).await;
+        let body = String::from_utf8_lossy(res.body()).into_owned();
+        assert_eq!(line(&body, "baton_leader "), Some("0"), "{body}");
     }
 }

@@ -1,5 +1,5 @@
 //! Leader failover of the chart's two controller replicas, on the real cluster:
-//! the leader pod is killed (grace period 0: no Lease release, no goodbye) while a
+//! the leader hangs (SIGSTOP: no renewal, no Lease release, no goodbye) while a
 //! Job runs; the standby takes the Lease, labels its pod so the Service routes
 //! runners to it, the runner reconnects, and the Job finishes — run once (one
 //! step pod, epoch 1, same runner) with its whole log on the new leader, though
@@ -213,10 +213,16 @@ async fn failover(ns: &TestNs) -> anyhow::Result<()> {
     )
     .await?;
     tokio::time::sleep(Duration::from_secs(2)).await;
+    // The leader hangs (SIGSTOP to its process on this node): it neither renews
+    // nor releases the Lease, and its connections go silent. (A pod deletion would
+    // deliver SIGTERM and a clean hand-over, measured at the end; a SIGKILLed
+    // container is restarted by the kubelet under the same pod name and takes its
+    // own Lease back at once.)
+    let pid = controller_pid(&leader)?;
     let killed_at = Instant::now();
-    pods.delete(&leader, &DeleteParams::default().grace_period(0))
-        .await?;
-    eprintln!("killed the leader {leader} (grace period 0) mid-job");
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGSTOP)
+        .with_context(|| format!("SIGSTOP pid {pid}"))?;
+    eprintln!("froze the leader {leader} (pid {pid}, SIGSTOP) mid-job");
 
     let lease = wait_for(
         &leases,
@@ -295,7 +301,15 @@ async fn failover(ns: &TestNs) -> anyhow::Result<()> {
         "first's log (finished before the failover) after it ({code}):\n{log}"
     );
 
-    // The killed pod's replacement stands by: two Ready replicas, one labelled.
+    // The old leader wakes up (unless its liveness probe had it restarted first):
+    // it finds the Lease taken, steps down by exiting, and its container comes
+    // back as a standby: two Ready replicas, only the new leader labelled.
+    match nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGCONT) {
+        Ok(()) => eprintln!("woke the old leader (SIGCONT)"),
+        Err(e) => eprintln!(
+            "the old leader's process is gone already ({e}): restarted by its liveness probe"
+        ),
+    }
     wait_for(&deployments, RELEASE, deployment_rolled_out(), 90).await?;
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
@@ -305,15 +319,81 @@ async fn failover(ns: &TestNs) -> anyhow::Result<()> {
             .filter(|(_, _, l)| l.as_deref() == Some(LEASE))
             .map(|(n, _, _)| n)
             .collect();
-        if now.len() == 2 && now.iter().all(|(_, r, _)| *r) && labelled == [&new_leader] {
+        let old_restarted = controller_pid(&leader).is_ok_and(|p| p != pid);
+        if now.len() == 2
+            && now.iter().all(|(_, r, _)| *r)
+            && labelled == [&new_leader]
+            && old_restarted
+        {
             break;
         }
         ensure!(
             Instant::now() < deadline,
-            "want 2 Ready pods, only {new_leader} labelled: {now:?}"
+            "want 2 Ready pods, only {new_leader} labelled, {leader} restarted: {now:?}"
         );
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
+
+    // A clean hand-over: deleting the leader's pod (SIGTERM) releases the Lease,
+    // and the standby takes it within a retry period, not a lease duration.
+    let deleted_at = Instant::now();
+    pods.delete(&new_leader, &DeleteParams::default()).await?;
+    let lease = wait_for(
+        &leases,
+        LEASE,
+        |l: Option<&Lease>| {
+            l.and_then(holder)
+                .is_some_and(|h| !h.is_empty() && h != new_leader)
+        },
+        60,
+    )
+    .await?;
+    let handed_over = deleted_at.elapsed();
+    eprintln!(
+        "HANDOVER: {} took the Lease {:.1}s after the leader's pod was deleted",
+        holder(&lease).unwrap_or_default(),
+        handed_over.as_secs_f64()
+    );
+    ensure!(
+        handed_over < Duration::from_secs(10),
+        "a released Lease is taken without waiting out its duration (took {handed_over:?})"
+    );
     drop(runner);
     Ok(())
+}
+
+/// The pid, on this node, of the controller process running in pod `pod` (its
+/// environment holds POD_NAME=<pod>; pod names are unique).
+fn controller_pid(pod: &str) -> anyhow::Result<nix::unistd::Pid> {
+    let want = format!("POD_NAME={pod}");
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc")? {
+        let entry = entry?;
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        let (Ok(environ), Ok(cmdline)) = (
+            std::fs::read(entry.path().join("environ")),
+            std::fs::read(entry.path().join("cmdline")),
+        ) else {
+            continue;
+        };
+        let is_pod = environ.split(|b| *b == 0).any(|v| v == want.as_bytes());
+        let is_controller = cmdline
+            .split(|b| *b == 0)
+            .nth(1)
+            .is_some_and(|arg| arg == b"controller");
+        if is_pod && is_controller {
+            found.push(pid);
+        }
+    }
+    ensure!(
+        found.len() == 1,
+        "want one controller process of pod {pod} on this node, found {found:?}"
+    );
+    Ok(nix::unistd::Pid::from_raw(found[0]))
 }
