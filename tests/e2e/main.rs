@@ -12,6 +12,7 @@ mod support;
 mod chart;
 mod crds;
 mod jobs;
+mod kstatus;
 mod on_demand;
 mod pods;
 mod procs;
