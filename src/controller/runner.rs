@@ -17,10 +17,10 @@ use super::{Context, Error};
 use crate::crd::conditions::{self, Desired, Health};
 use crate::crd::runner::{AdoptionDecision, AdoptionState, DECOMMISSION_ANNOTATION};
 use crate::crd::{Runner, RunnerStatus, RunnerToken, RunnerTokenSpec};
-use crate::server::FIELD_MANAGER;
 use crate::server::adoption::{self, ISSUED_FOR_LABEL};
 use crate::server::hub::{RunnerKey, SessionView};
 use crate::server::token;
+use crate::server::{FIELD_MANAGER, events};
 
 /// What to do about the token an adoption issues.
 #[derive(Clone, Debug, PartialEq)]
@@ -257,6 +257,14 @@ pub async fn reconcile(runner: Arc<Runner>, ctx: Arc<Context>) -> Result<Action,
                     source,
                 })?;
             info!(token = %issued_name, "adopted: issued a token");
+            events::publish_on(
+                &ctx.client,
+                &*runner,
+                false,
+                "TokenIssued",
+                format!("adopted: issued RunnerToken {issued_name}; the runner collects it on its next poll"),
+            )
+            .await;
         }
         IssuedToken::Replace => {
             tokens
@@ -283,8 +291,15 @@ pub async fn reconcile(runner: Arc<Runner>, ctx: Arc<Context>) -> Result<Action,
         super::apply_status::<Runner>(&ctx, &ns, &name, &plan.status, "write Runner status")
             .await?;
         let before = runner.status.as_ref().and_then(|s| s.adoption);
-        if before != plan.status.adoption {
-            info!(adoption = ?plan.status.adoption, "runner adoption changed");
+        if let Some(now) = plan.status.adoption
+            && before != Some(now)
+        {
+            info!(adoption = ?now, "runner adoption changed");
+            let why = conditions::find(&plan.status.conditions, "Adopted")
+                .map(|c| c.message.clone())
+                .unwrap_or_default();
+            let warning = now == AdoptionState::Rejected;
+            events::publish_on(&ctx.client, &*runner, warning, &format!("{now:?}"), why).await;
         }
     }
     Ok(requeue.map_or_else(Action::await_change, Action::requeue))

@@ -18,7 +18,7 @@ use super::{Context, Error};
 use crate::crd::conditions::{self, Desired, Health};
 use crate::crd::runner_token::{DEFAULT_TTL, SECRET_KEY};
 use crate::crd::{RunnerToken, RunnerTokenStatus, duration};
-use crate::server::{FIELD_MANAGER, token};
+use crate::server::{FIELD_MANAGER, events, token};
 
 /// Label on the Secrets the controller writes (value: the RunnerToken's name).
 pub const SECRET_LABEL: &str = "baton.dev/runner-token";
@@ -192,6 +192,14 @@ pub async fn reconcile(rt: Arc<RunnerToken>, ctx: Arc<Context>) -> Result<Action
                     source,
                 })?;
             info!(secret = %sname, "minted a runner token");
+            events::publish_on(
+                &ctx.client,
+                &*rt,
+                false,
+                "Minted",
+                format!("minted a token into Secret {sname} (key {SECRET_KEY})"),
+            )
+            .await;
             Ok(token::hash(&plain))
         }
         Err(why) => Err(why),
@@ -215,8 +223,17 @@ pub async fn reconcile(rt: Arc<RunnerToken>, ctx: Arc<Context>) -> Result<Action
     if rt.status.as_ref() != Some(&status) {
         super::apply_status::<RunnerToken>(&ctx, &ns, &name, &status, "write RunnerToken status")
             .await?;
-        if expired {
-            info!("runner token expired");
+        // A new reason to be unusable (expired, Secret conflict, invalid spec).
+        let ready = |s: &RunnerTokenStatus| {
+            conditions::find(&s.conditions, conditions::READY)
+                .map(|c| (c.status == "True", c.reason.clone(), c.message.clone()))
+        };
+        let was = rt.status.as_ref().and_then(ready).map(|(_, r, _)| r);
+        if let Some((false, reason, message)) = ready(&status)
+            && was.as_deref() != Some(reason.as_str())
+        {
+            info!(reason, "runner token unusable: {message}");
+            events::publish_on(&ctx.client, &*rt, true, &reason, message).await;
         }
     }
     Ok(requeue.map_or_else(Action::await_change, Action::requeue))

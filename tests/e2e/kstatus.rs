@@ -10,7 +10,8 @@ use baton::crd::conditions;
 use baton::crd::job::JobPhase;
 use baton::crd::runner::AdoptionState;
 use baton::crd::{Job, Runner, RunnerToken};
-use kube::api::{Api, Patch, PatchParams, PostParams};
+use k8s_openapi::api::events::v1::Event;
+use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
 use kube::runtime::wait::Condition;
 use serde::Serialize;
 use tokio::io::AsyncWriteExt;
@@ -71,6 +72,24 @@ where
     );
     eprintln!("kstatus: {name}: {got} ({message})");
     Ok(())
+}
+
+/// Wait (bounded) for an Event with `reason` on the object `kind`/`name`.
+async fn event_seen(ns: &TestNs, kind: &str, name: &str, reason: &str) -> anyhow::Result<()> {
+    let api: Api<Event> = Api::namespaced(ns.client.clone(), &ns.name);
+    for _ in 0..50 {
+        let list = api.list(&ListParams::default()).await?;
+        if list.items.iter().any(|e| {
+            e.reason.as_deref() == Some(reason)
+                && e.regarding.as_ref().is_some_and(|r| {
+                    r.kind.as_deref() == Some(kind) && r.name.as_deref() == Some(name)
+                })
+        }) {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    bail!("no Event {reason} on {kind} {name}")
 }
 
 fn job_phase(phase: JobPhase) -> impl Condition<Job> {
@@ -187,6 +206,18 @@ async fn gitops_tools_read_every_kind_right() {
         .await?;
         wait_for(&jobs, "dropped", job_phase(JobPhase::Cancelled), 20).await?;
         expect(&tool, &jobs, "dropped", "Failed").await?;
+
+        // Each transition left an Event on its object.
+        for (kind, name, reason) in [
+            ("RunnerToken", "fleet", "Minted"),
+            ("Runner", "banned", "Rejected"),
+            ("Runner", "builder", "TokenIssued"),
+            ("Runner", "newcomer", "Pending"),
+            ("Job", "fails", "Failed"),
+            ("Job", "dropped", "Cancelled"),
+        ] {
+            event_seen(&ns, kind, name, reason).await?;
+        }
         Ok(())
     })
     .await;
