@@ -9,8 +9,12 @@ CARGO ?= cargo
 # Helm as hack/cluster/build.sh builds it (by cluster-up); the e2e chart test uses $HELM too.
 HELM_VERSION ?= $(shell sed -n 's/^HELM_VERSION=.*:-\(v[^}]*\)}.*/\1/p' hack/cluster/versions.env)
 export HELM ?= $(BATON_CACHE)/helm-$(HELM_VERSION)/bin/helm
+# The kstatus library (what Flux reads health with) as a tool the e2e tests pipe
+# objects to; version = the cli-utils release pinned in hack/kstatus/go.mod.
+KSTATUS_VERSION := $(shell sed -n 's,^require sigs.k8s.io/cli-utils \(v[^ ]*\)$$,\1,p; s,^\tsigs.k8s.io/cli-utils \(v[^ ]*\)$$,\1,p' hack/kstatus/go.mod)
+export BATON_KSTATUS ?= $(BATON_CACHE)/kstatus-$(KSTATUS_VERSION)/kstatus
 
-.PHONY: help build release lint helm-lint fmt unit crd images cluster-up cluster-down e2e test bench-local clean-cache
+.PHONY: help build release lint helm-lint fmt unit crd images cluster-up cluster-down kstatus e2e test bench-local clean-cache
 
 help: ## List the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  %-14s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -47,7 +51,14 @@ cluster-up: ## Build (once, cached) and start the local Kubernetes cluster
 cluster-down: ## Stop the local cluster and remove its state
 	hack/cluster/down.sh
 
-e2e: cluster-up images ## End-to-end tests against the real local cluster
+kstatus: $(BATON_KSTATUS) ## Build (once, cached) the kstatus tool the e2e tests check health with
+
+$(BATON_KSTATUS): hack/kstatus/main.go hack/kstatus/go.mod hack/kstatus/go.sum
+	mkdir -p $(@D)
+	cd hack/kstatus && GOFLAGS=-mod=mod CGO_ENABLED=0 go build -trimpath -o $(abspath $@) .
+	@echo "kstatus tool: $@"
+
+e2e: cluster-up images kstatus ## End-to-end tests against the real local cluster
 	$(MAKE) --no-print-directory helm-lint
 	KUBECONFIG=$(KUBECONFIG_E2E) $(CARGO) test --test e2e -- --test-threads=4
 

@@ -29,7 +29,7 @@ use crate::crd::runner::{AdoptionDecision, AdoptionState};
 use crate::crd::{Job, Runner};
 use crate::executor::dag::Dag;
 use crate::server::hub::{Control, Hub, RunnerKey};
-use crate::server::jobs::{initial_steps, phase_conditions};
+use crate::server::jobs::{finish, initial_steps, phase_conditions};
 use crate::server::{FIELD_MANAGER, events};
 
 /// How often a Job that waits for a runner looks again (a runner may connect or
@@ -189,6 +189,22 @@ pub fn invalid_spec(job: &Job) -> Option<String> {
     })
 }
 
+/// What every status this file builds ends with: the health conditions (their
+/// times from the status as read) and `observedGeneration` ([`finish`]).
+fn settle(job: &Job, s: JobStatus, now: Timestamp) -> JobStatus {
+    let before = job
+        .status
+        .as_ref()
+        .map_or(&[][..], |s| s.conditions.as_slice());
+    finish(
+        s,
+        before,
+        job.spec.cancel == Some(true),
+        job.metadata.generation,
+        now,
+    )
+}
+
 /// Status of a Job that stays Queued.
 pub fn queued_status(job: &Job, reason: &str, message: &str, now: Timestamp) -> JobStatus {
     let mut s = job.status.clone().unwrap_or_default();
@@ -200,7 +216,7 @@ pub fn queued_status(job: &Job, reason: &str, message: &str, now: Timestamp) -> 
         job.metadata.generation,
         now,
     );
-    s
+    settle(job, s, now)
 }
 
 /// Status of a Job handed to `runner`: the epoch moves on.
@@ -225,7 +241,7 @@ pub fn assigned_status(job: &Job, runner: &str, now: Timestamp) -> JobStatus {
         job.metadata.generation,
         now,
     );
-    s
+    settle(job, s, now)
 }
 
 /// Status of a Job whose runner was lost: Queued again, waiting for a hand-over
@@ -252,7 +268,7 @@ pub fn requeued_status(job: &Job, runner: &str, now: Timestamp) -> JobStatus {
         job.metadata.generation,
         now,
     );
-    s
+    settle(job, s, now)
 }
 
 /// Status of a Queued Job cancelled before it started.
@@ -288,7 +304,14 @@ pub fn cancelled_status(job: &Job, now: Timestamp) -> JobStatus {
         job.metadata.generation,
         now,
     );
-    s
+    settle(job, s, now)
+}
+
+/// Status of a finished Job, settled again: a `spec.cancel` set after the end still
+/// moves `observedGeneration`, and a Job finished before the health conditions
+/// existed gets them. Equal to the current status when nothing is due.
+pub fn settled_status(job: &Job, now: Timestamp) -> JobStatus {
+    settle(job, job.status.clone().unwrap_or_default(), now)
 }
 
 /// When a finished Job is due for deletion, if it has a TTL.
@@ -422,6 +445,11 @@ pub async fn reconcile(job: Arc<Job>, ctx: Arc<Context>) -> Result<Action, Error
     let cancel = job.spec.cancel == Some(true);
 
     if phase.is_finished() {
+        let settled = settled_status(&job, now);
+        if job.status.as_ref() != Some(&settled) {
+            // A conflict means a newer version is on its way here anyway.
+            write_status(&ctx, &job, settled).await?;
+        }
         // Its runner has room again: the queue may move.
         ctx.kick.kick_namespace(&ns);
         ctx.disconnected_for(&ns, &name, true);

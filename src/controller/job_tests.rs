@@ -219,3 +219,73 @@ fn ttl() {
         Some(now + k8s_openapi::jiff::SignedDuration::from_secs(30))
     );
 }
+
+/// kstatus' reading, the health condition's reason, and observedGeneration.
+fn read(s: &JobStatus, generation: i64) -> (&'static str, String) {
+    let reason = ["Reconciling", "Stalled", "Ready"]
+        .iter()
+        .find_map(|t| {
+            conditions::find(&s.conditions, t)
+                .filter(|c| c.type_ == "Ready" || c.status == "True")
+                .map(|c| format!("{t}={}", c.reason))
+        })
+        .unwrap_or_default();
+    (
+        conditions::kstatus(&s.conditions, Some(generation), s.observed_generation),
+        reason,
+    )
+}
+
+#[test]
+fn kstatus_reads_every_phase() {
+    let now = Timestamp::now();
+    let r = |a: &str, b: &str| (a.to_owned(), b.to_owned());
+    let pair = |(k, why): (&'static str, String)| (k.to_owned(), why);
+    let mut j = job("j");
+    let queued = queued_status(&j, "NoMatchingRunner", "no runner matches", now);
+    assert_eq!(
+        pair(read(&queued, 1)),
+        r("InProgress", "Reconciling=Queued")
+    );
+    let msg = &conditions::find(&queued.conditions, "Reconciling")
+        .unwrap()
+        .message;
+    assert!(msg.contains("NoMatchingRunner: no runner matches"), "{msg}");
+
+    let invalid = queued_status(&j, "InvalidSpec", "cycle a -> a", now);
+    assert_eq!(pair(read(&invalid, 1)), r("Failed", "Stalled=InvalidSpec"));
+
+    j.status = Some(queued);
+    let assigned = assigned_status(&j, "r1", now);
+    assert_eq!(
+        pair(read(&assigned, 1)),
+        r("InProgress", "Reconciling=Assigned")
+    );
+    let lost = requeued_status(&j, "r1", now);
+    assert_eq!(pair(read(&lost, 1)), r("InProgress", "Reconciling=Queued"));
+
+    // Cancelled before it started: Stalled, and the cancel's generation observed.
+    let mut k = job("k");
+    k.status = Some(queued_status(&k, "NoMatchingRunner", "m", now));
+    k.spec.cancel = Some(true);
+    k.metadata.generation = Some(2);
+    assert_eq!(read(k.status.as_ref().unwrap(), 2).0, "InProgress");
+    let c = cancelled_status(&k, now);
+    assert_eq!(pair(read(&c, 2)), r("Failed", "Stalled=Cancelled"));
+    assert!(conditions::find(&c.conditions, "Reconciling").is_none());
+
+    // A finished Job whose spec moved on (a late spec.cancel) is settled again,
+    // keeping its verdict; settling twice changes nothing.
+    let mut done = job("d");
+    let mut s = assigned_status(&done, "r1", now);
+    s.phase = Some(JobPhase::Succeeded);
+    s.conditions = phase_conditions(&s.conditions, JobPhase::Succeeded, None, None, Some(1), now);
+    done.status = Some(s);
+    done.spec.cancel = Some(true);
+    done.metadata.generation = Some(2);
+    assert_eq!(read(done.status.as_ref().unwrap(), 2).0, "InProgress");
+    let settled = settled_status(&done, now);
+    assert_eq!(pair(read(&settled, 2)), r("Current", "Ready=Succeeded"));
+    done.status = Some(settled.clone());
+    assert_eq!(settled_status(&done, now), settled);
+}

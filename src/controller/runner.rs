@@ -14,13 +14,13 @@ use kube::{Resource, ResourceExt};
 use tracing::{info, instrument};
 
 use super::{Context, Error};
-use crate::crd::conditions::{self, Desired};
+use crate::crd::conditions::{self, Desired, Health};
 use crate::crd::runner::{AdoptionDecision, AdoptionState, DECOMMISSION_ANNOTATION};
 use crate::crd::{Runner, RunnerStatus, RunnerToken, RunnerTokenSpec};
-use crate::server::FIELD_MANAGER;
 use crate::server::adoption::{self, ISSUED_FOR_LABEL};
 use crate::server::hub::{RunnerKey, SessionView};
 use crate::server::token;
+use crate::server::{FIELD_MANAGER, events};
 
 /// What to do about the token an adoption issues.
 #[derive(Clone, Debug, PartialEq)]
@@ -42,6 +42,43 @@ pub struct Plan {
     pub close: Option<&'static str>,
 }
 
+/// How a runner stands for GitOps tools (kstatus, Argo CD). `Ready` means what the
+/// runner's own `/readyz` means: adopted and connected (`spec.disabled` is a state
+/// the spec asks for, so a disabled runner is Ready, with reason `Disabled`).
+/// Pending: `Reconciling` (an operator's decision is awaited); Rejected: `Stalled`
+/// (refused until the spec changes); adopted but not connected: `Ready=False` alone,
+/// which kstatus reads as InProgress (it cannot be Current with `Ready=False`).
+pub fn runner_health(
+    adoption: AdoptionState,
+    has_token: Option<bool>,
+    connected: bool,
+    disabled: bool,
+) -> Health {
+    match adoption {
+        AdoptionState::Pending => Health::reconciling(
+            "Pending",
+            "waiting for an operator to set spec.adoption to Adopted or Rejected",
+        ),
+        AdoptionState::Rejected => Health::stalled(
+            "Rejected",
+            "rejected by spec.adoption: its requests are refused and it gets no jobs",
+        ),
+        AdoptionState::Adopted if has_token == Some(false) => Health::reconciling(
+            "TokenIssued",
+            "adopted; the runner collects its token on its next poll",
+        ),
+        _ if !connected => Health::not_ready(
+            "NotConnected",
+            "adopted, but the runner is not connected to this controller",
+        ),
+        _ if disabled => Health::current(
+            "Disabled",
+            "adopted and connected; spec.disabled: it takes no new jobs",
+        ),
+        _ => Health::current("Ready", "adopted, connected and enabled"),
+    }
+}
+
 /// The pure middle: spec + previous status + the hub's session + the issued token.
 pub fn plan(
     runner: &Runner,
@@ -54,7 +91,6 @@ pub fn plan(
     let has_token = session.map(|s| s.token.is_some());
     let adoption = adoption::status_adoption(decision, has_token, previous.adoption);
     let connected = session.is_some_and(|s| s.connected);
-    let adopted = matches!(adoption, AdoptionState::Preadopted | AdoptionState::Adopted);
 
     let adopted_cond = match adoption {
         AdoptionState::Preadopted => Desired::new(
@@ -100,21 +136,7 @@ pub fn plan(
             "no control channel to this controller",
         )
     };
-    let ready_cond = if !adopted {
-        Desired::new("Ready", false, "NotAdopted", "the runner is not adopted")
-    } else if !connected {
-        Desired::new(
-            "Ready",
-            false,
-            "NotConnected",
-            "the runner is not connected",
-        )
-    } else if runner.spec.disabled {
-        Desired::new("Ready", false, "Disabled", "spec.disabled: takes no jobs")
-    } else {
-        Desired::new("Ready", true, "Ready", "adopted, connected and enabled")
-    };
-
+    let health = runner_health(adoption, has_token, connected, runner.spec.disabled);
     let generation = runner.metadata.generation;
     let session_field =
         |f: fn(&SessionView) -> &String| session.map(f).filter(|v| !v.is_empty()).cloned();
@@ -125,7 +147,7 @@ pub fn plan(
         active_jobs: Some(previous.active_jobs.unwrap_or(0)),
         conditions: conditions::merge(
             &previous.conditions,
-            &[adopted_cond, connected_cond, ready_cond],
+            &[&[adopted_cond, connected_cond][..], &health.desired()].concat(),
             generation,
             now,
         ),
@@ -235,6 +257,14 @@ pub async fn reconcile(runner: Arc<Runner>, ctx: Arc<Context>) -> Result<Action,
                     source,
                 })?;
             info!(token = %issued_name, "adopted: issued a token");
+            events::publish_on(
+                &ctx.client,
+                &*runner,
+                false,
+                "TokenIssued",
+                format!("adopted: issued RunnerToken {issued_name}; the runner collects it on its next poll"),
+            )
+            .await;
         }
         IssuedToken::Replace => {
             tokens
@@ -261,8 +291,15 @@ pub async fn reconcile(runner: Arc<Runner>, ctx: Arc<Context>) -> Result<Action,
         super::apply_status::<Runner>(&ctx, &ns, &name, &plan.status, "write Runner status")
             .await?;
         let before = runner.status.as_ref().and_then(|s| s.adoption);
-        if before != plan.status.adoption {
-            info!(adoption = ?plan.status.adoption, "runner adoption changed");
+        if let Some(now) = plan.status.adoption
+            && before != Some(now)
+        {
+            info!(adoption = ?now, "runner adoption changed");
+            let why = conditions::find(&plan.status.conditions, "Adopted")
+                .map(|c| c.message.clone())
+                .unwrap_or_default();
+            let warning = now == AdoptionState::Rejected;
+            events::publish_on(&ctx.client, &*runner, warning, &format!("{now:?}"), why).await;
         }
     }
     Ok(requeue.map_or_else(Action::await_change, Action::requeue))

@@ -15,10 +15,10 @@ use kube::{Resource, ResourceExt};
 use tracing::{info, instrument};
 
 use super::{Context, Error};
-use crate::crd::conditions::{self, Desired};
+use crate::crd::conditions::{self, Desired, Health};
 use crate::crd::runner_token::{DEFAULT_TTL, SECRET_KEY};
 use crate::crd::{RunnerToken, RunnerTokenStatus, duration};
-use crate::server::{FIELD_MANAGER, token};
+use crate::server::{FIELD_MANAGER, events, token};
 
 /// Label on the Secrets the controller writes (value: the RunnerToken's name).
 pub const SECRET_LABEL: &str = "baton.dev/runner-token";
@@ -95,18 +95,17 @@ pub fn desired_status(rt: &RunnerToken, obs: &Observed) -> (RunnerTokenStatus, O
         _ => None,
     };
     let expired = token::is_expired(expires, obs.now);
-    let mut desired = Vec::new();
-    let (ready, requeue) = match (&ttl, &obs.token_hash) {
-        (Err(e), _) => (
-            Desired::new("Ready", false, "InvalidSpec", e.to_string()),
-            None,
-        ),
-        (_, Err(why)) => (
-            Desired::new("Ready", false, "SecretConflict", why.clone()),
-            None,
-        ),
+    // Every way short of a minted, valid token needs a new spec (or the Secret
+    // out of the way): Stalled. A token is minted in the reconcile that writes the
+    // first status, so there is no status saying "not minted yet" to show.
+    let (health, requeue) = match (&ttl, &obs.token_hash) {
+        (Err(e), _) => (Health::stalled("InvalidSpec", e.to_string()), None),
+        (_, Err(why)) => (Health::stalled("SecretConflict", why.clone()), None),
         _ if expired => (
-            Desired::new("Ready", false, "Expired", "the token has expired"),
+            Health::stalled(
+                "Expired",
+                format!("the token expired after {ttl_text}: create a new RunnerToken"),
+            ),
             None,
         ),
         _ => {
@@ -114,9 +113,7 @@ pub fn desired_status(rt: &RunnerToken, obs: &Observed) -> (RunnerTokenStatus, O
                 .map(|at| at.duration_since(obs.now))
                 .and_then(|d| Duration::try_from(d).ok());
             (
-                Desired::new(
-                    "Ready",
-                    true,
+                Health::current(
                     "Minted",
                     format!("token in Secret {} (key {SECRET_KEY})", obs.secret_name),
                 ),
@@ -125,7 +122,7 @@ pub fn desired_status(rt: &RunnerToken, obs: &Observed) -> (RunnerTokenStatus, O
             )
         }
     };
-    desired.push(ready);
+    let mut desired = health.desired();
     desired.push(if expired && ttl.is_ok() {
         Desired::new(
             "Expired",
@@ -195,6 +192,14 @@ pub async fn reconcile(rt: Arc<RunnerToken>, ctx: Arc<Context>) -> Result<Action
                     source,
                 })?;
             info!(secret = %sname, "minted a runner token");
+            events::publish_on(
+                &ctx.client,
+                &*rt,
+                false,
+                "Minted",
+                format!("minted a token into Secret {sname} (key {SECRET_KEY})"),
+            )
+            .await;
             Ok(token::hash(&plain))
         }
         Err(why) => Err(why),
@@ -218,8 +223,17 @@ pub async fn reconcile(rt: Arc<RunnerToken>, ctx: Arc<Context>) -> Result<Action
     if rt.status.as_ref() != Some(&status) {
         super::apply_status::<RunnerToken>(&ctx, &ns, &name, &status, "write RunnerToken status")
             .await?;
-        if expired {
-            info!("runner token expired");
+        // A new reason to be unusable (expired, Secret conflict, invalid spec).
+        let ready = |s: &RunnerTokenStatus| {
+            conditions::find(&s.conditions, conditions::READY)
+                .map(|c| (c.status == "True", c.reason.clone(), c.message.clone()))
+        };
+        let was = rt.status.as_ref().and_then(ready).map(|(_, r, _)| r);
+        if let Some((false, reason, message)) = ready(&status)
+            && was.as_deref() != Some(reason.as_str())
+        {
+            info!(reason, "runner token unusable: {message}");
+            events::publish_on(&ctx.client, &*rt, true, &reason, message).await;
         }
     }
     Ok(requeue.map_or_else(Action::await_change, Action::requeue))
@@ -266,6 +280,10 @@ mod tests {
         assert!(!conditions::is_true(&s.conditions, "Expired"));
         assert_eq!(s.expires_at, Some(Time(at(1003))));
         assert_eq!(s.token_hash.as_deref(), Some("abc"));
+        let ks = |s: &RunnerTokenStatus| {
+            conditions::kstatus(&s.conditions, Some(1), s.observed_generation)
+        };
+        assert_eq!(ks(&s), "Current");
         // Requeued just past the expiry.
         let r = requeue.unwrap();
         assert!(
@@ -279,6 +297,11 @@ mod tests {
         assert!(!conditions::is_true(&s2.conditions, "Ready"));
         assert!(conditions::is_true(&s2.conditions, "Expired"));
         assert_eq!(requeue, None);
+        assert_eq!(
+            ks(&s2),
+            "Failed",
+            "Stalled=Expired: a new RunnerToken is needed"
+        );
     }
 
     #[test]
@@ -306,6 +329,11 @@ mod tests {
             ("False", "SecretConflict")
         );
         assert_eq!(s.token_hash, None);
+        assert!(conditions::is_true(&s.conditions, "Stalled"));
+        assert_eq!(
+            conditions::kstatus(&s.conditions, Some(1), s.observed_generation),
+            "Failed"
+        );
     }
 
     #[test]

@@ -1,6 +1,7 @@
-//! Kubernetes Events on Jobs, one per transition (queued with a new reason,
-//! assigned, started, ended). Publishing is best effort: a failure is logged, never
-//! fails the request or the reconcile that caused it.
+//! Kubernetes Events, one per transition: on Jobs (queued with a new reason,
+//! assigned, started, ended), Runners (adoption) and RunnerTokens (minted,
+//! expired). Publishing is best effort: a failure is logged, never fails the
+//! request or the reconcile that caused it.
 
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::{Client, Resource};
@@ -10,6 +11,14 @@ use crate::crd::Job;
 
 /// Publish an Event on `job`.
 pub async fn publish(client: &Client, job: &Job, warning: bool, reason: &str, note: String) {
+    publish_on(client, job, warning, reason, note).await;
+}
+
+/// Publish an Event on `obj` (a Job, Runner or RunnerToken).
+pub async fn publish_on<K>(client: &Client, obj: &K, warning: bool, reason: &str, note: String)
+where
+    K: Resource<DynamicType = ()>,
+{
     let reporter = Reporter {
         controller: "baton-controller".into(),
         instance: std::env::var("POD_NAME").ok(),
@@ -26,7 +35,7 @@ pub async fn publish(client: &Client, job: &Job, warning: bool, reason: &str, no
         action: reason.to_owned(),
         secondary: None,
     };
-    if let Err(e) = recorder.publish(&ev, &job.object_ref(&())).await {
-        warn!(job = ?job.metadata.name, reason, "publish a Job event: {e}");
+    if let Err(e) = recorder.publish(&ev, &obj.object_ref(&())).await {
+        warn!(kind = %K::kind(&()), name = ?obj.meta().name, reason, "publish an event: {e}");
     }
 }

@@ -23,7 +23,7 @@ use serde::{Deserialize, Serialize};
 use warp::http::StatusCode;
 
 use super::input::ApiError;
-use crate::crd::conditions::{self, Desired};
+use crate::crd::conditions::{self, Desired, Health};
 use crate::crd::job::{JobPhase, JobSpec, JobStatus, StepPhase, StepStatus};
 
 /// Largest status report (outputs may be up to 1 MiB).
@@ -203,6 +203,94 @@ pub fn phase_conditions(
     conditions::merge(previous, &desired, generation, now)
 }
 
+/// How a Job stands for GitOps tools (kstatus, Argo CD), from its status alone:
+/// Queued / Assigned / Running: `Reconciling` (reason: the phase, or `Cancelling`
+/// once `spec.cancel` is set); Succeeded: `Ready`; Failed and Cancelled: `Stalled`
+/// (the Job will never produce its result); a spec that cannot run (`InvalidSpec`,
+/// immutable): `Stalled` while still Queued.
+pub fn health(status: &JobStatus, cancel: bool) -> Health {
+    let phase = status.phase.unwrap_or_default();
+    let cond = |t: &str| conditions::find(&status.conditions, t);
+    let runner = status.runner.as_deref().unwrap_or("?");
+    let ended_because = |fallback_reason: &str, fallback_message: &str| {
+        let c = cond("Failed");
+        let reason = c
+            .map(|c| c.reason.as_str())
+            .filter(|r| !r.is_empty())
+            .unwrap_or(fallback_reason)
+            .to_owned();
+        let message = c
+            .map(|c| c.message.as_str())
+            .filter(|m| !m.is_empty())
+            .unwrap_or(fallback_message)
+            .to_owned();
+        (reason, message)
+    };
+    match phase {
+        JobPhase::Succeeded => Health::current("Succeeded", "every step succeeded or was skipped"),
+        JobPhase::Failed => {
+            let (reason, message) = ended_because("Failed", "the Job failed");
+            Health::stalled(reason, message)
+        }
+        JobPhase::Cancelled => {
+            let (reason, message) = ended_because("Cancelled", "the Job was cancelled");
+            Health::stalled(reason, message)
+        }
+        _ if cancel => Health::reconciling(
+            "Cancelling",
+            match phase {
+                JobPhase::Queued => "spec.cancel is set: the Job will not start".to_owned(),
+                _ => format!("spec.cancel is set: runner {runner} is stopping its steps"),
+            },
+        ),
+        JobPhase::Queued => match cond("Scheduled").filter(|c| c.status == "False") {
+            Some(c) if c.reason == "InvalidSpec" => {
+                Health::stalled("InvalidSpec", format!("the spec cannot run: {}", c.message))
+            }
+            Some(c) => Health::reconciling(
+                "Queued",
+                format!("waiting for a runner ({}: {})", c.reason, c.message),
+            ),
+            None => Health::reconciling("Queued", "waiting for a runner"),
+        },
+        JobPhase::Assigned => Health::reconciling(
+            "Assigned",
+            format!("assigned to runner {runner}, which has not started it yet"),
+        ),
+        JobPhase::Running => {
+            let done = status
+                .steps
+                .iter()
+                .filter(|s| s.phase.is_finished())
+                .count();
+            Health::reconciling(
+                "Running",
+                format!(
+                    "running on runner {runner}: {done} of {} steps finished",
+                    status.steps.len()
+                ),
+            )
+        }
+    }
+}
+
+/// Settle what every status write carries: the health conditions computed from the
+/// rest of the status (their times from `before`, the conditions as read), and the
+/// generation this status was computed for (a write always reads the Job first, so
+/// it has seen that generation's spec).
+pub fn finish(
+    mut status: JobStatus,
+    before: &[Condition],
+    cancel: bool,
+    generation: Option<i64>,
+    now: Timestamp,
+) -> JobStatus {
+    let h = health(&status, cancel);
+    status.conditions = conditions::set_health(&status.conditions, before, &h, generation, now);
+    status.observed_generation = generation;
+    status
+}
+
 /// The status after a runner's report. A finished Job never changes again.
 pub fn apply_report(
     status: &JobStatus,
@@ -248,7 +336,13 @@ pub fn apply_report(
             now,
         );
     }
-    next
+    finish(
+        next,
+        &status.conditions,
+        spec.cancel == Some(true),
+        generation,
+        now,
+    )
 }
 
 #[cfg(test)]
@@ -323,6 +417,13 @@ mod tests {
                 .map(|c| c.status.clone())
         };
         assert_eq!(c(&s1, "Running").as_deref(), Some("True"));
+        let ks = |s: &JobStatus| conditions::kstatus(&s.conditions, Some(1), s.observed_generation);
+        assert_eq!(ks(&s1), "InProgress");
+        assert_eq!(s1.observed_generation, Some(1));
+        assert_eq!(
+            conditions::find(&s1.conditions, "Reconciling").map(|c| c.message.as_str()),
+            Some("running on runner r1: 0 of 2 steps finished")
+        );
         // The same report again changes nothing (no write).
         assert_eq!(apply_report(&s1, &spec, &running, Some(1), now), s1);
 
@@ -356,7 +457,75 @@ mod tests {
         assert_eq!(c(&s3, "Failed").as_deref(), Some("True"));
         assert_eq!(c(&s3, "Complete").as_deref(), Some("False"));
         assert_eq!(c(&s3, "Running").as_deref(), Some("False"));
+        assert_eq!(ks(&s3), "Failed");
+        assert_eq!(c(&s3, "Stalled").as_deref(), Some("True"));
+        assert_eq!(c(&s3, "Reconciling"), None, "absent, not False");
+        assert_eq!(
+            conditions::find(&s3.conditions, "Stalled").map(|c| c.reason.as_str()),
+            Some("StepFailed")
+        );
         // Finished: nothing moves it again.
         assert_eq!(apply_report(&s3, &spec, &running, Some(1), now), s3);
+    }
+
+    #[test]
+    fn kstatus_reads_how_a_job_ended() {
+        let now = Timestamp::now();
+        let mut spec = spec();
+        let end = |phase, reason: Option<&str>| StatusReport {
+            runner: "r1".into(),
+            epoch: 2,
+            phase: Some(phase),
+            reason: reason.map(str::to_owned),
+            message: reason.map(|r| format!("because {r}")),
+            ..Default::default()
+        };
+        let read = |s: &JobStatus, generation| {
+            let health = ["Reconciling", "Stalled", "Ready"]
+                .iter()
+                .filter_map(|t| conditions::find(&s.conditions, t))
+                .find(|c| c.type_ == "Ready" || c.status == "True")
+                .map(|c| format!("{}={}", c.type_, c.reason))
+                .unwrap_or_default();
+            let k = conditions::kstatus(&s.conditions, Some(generation), s.observed_generation);
+            format!("{k} {health}")
+        };
+        let s0 = held(JobPhase::Running);
+        let ok = apply_report(&s0, &spec, &end(JobPhase::Succeeded, None), Some(1), now);
+        assert_eq!(read(&ok, 1), "Current Ready=Succeeded");
+        let timeout = apply_report(
+            &s0,
+            &spec,
+            &end(JobPhase::Failed, Some("Timeout")),
+            Some(1),
+            now,
+        );
+        assert_eq!(read(&timeout, 1), "Failed Stalled=Timeout");
+        assert_eq!(
+            conditions::find(&timeout.conditions, "Stalled").map(|c| c.message.as_str()),
+            Some("because Timeout")
+        );
+        // spec.cancel moved the generation on; the runner's report observes it.
+        spec.cancel = Some(true);
+        let step = StatusReport {
+            runner: "r1".into(),
+            epoch: 2,
+            step: Some(StepStatus {
+                name: "a".into(),
+                phase: StepPhase::Cancelled,
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let cancelling = apply_report(&s0, &spec, &step, Some(2), now);
+        assert_eq!(read(&cancelling, 2), "InProgress Reconciling=Cancelling");
+        let cancelled = apply_report(
+            &cancelling,
+            &spec,
+            &end(JobPhase::Cancelled, Some("Cancelled")),
+            Some(2),
+            now,
+        );
+        assert_eq!(read(&cancelled, 2), "Failed Stalled=Cancelled");
     }
 }

@@ -13,6 +13,7 @@ mod chart;
 mod crds;
 mod failover;
 mod jobs;
+mod kstatus;
 mod on_demand;
 mod pods;
 mod procs;

@@ -42,7 +42,7 @@ fn s(a: &str, b: &str) -> (String, String) {
 
 #[test]
 fn status_for_each_lifecycle_point() {
-    // (what, decision, disabled, session, adoption, Adopted, Connected, Ready)
+    // (what, decision, disabled, session, adoption, Adopted, Connected, Ready, kstatus)
     let cases = [
         (
             "pending, polling",
@@ -52,7 +52,8 @@ fn status_for_each_lifecycle_point() {
             AdoptionState::Pending,
             s("False", "Pending"),
             s("False", "Disconnected"),
-            s("False", "NotAdopted"),
+            s("False", "Pending"),
+            "InProgress",
         ),
         (
             "preadopted, connected",
@@ -63,6 +64,7 @@ fn status_for_each_lifecycle_point() {
             s("True", "Preadopted"),
             s("True", "ControlChannelOpen"),
             s("True", "Ready"),
+            "Current",
         ),
         (
             "adopted, token not collected",
@@ -72,7 +74,8 @@ fn status_for_each_lifecycle_point() {
             AdoptionState::Adopted,
             s("True", "TokenIssued"),
             s("False", "Disconnected"),
-            s("False", "NotConnected"),
+            s("False", "TokenIssued"),
+            "InProgress",
         ),
         (
             "adopted, connected",
@@ -83,6 +86,7 @@ fn status_for_each_lifecycle_point() {
             s("True", "Adopted"),
             s("True", "ControlChannelOpen"),
             s("True", "Ready"),
+            "Current",
         ),
         (
             "adopted, disabled",
@@ -92,7 +96,19 @@ fn status_for_each_lifecycle_point() {
             AdoptionState::Adopted,
             s("True", "Adopted"),
             s("True", "ControlChannelOpen"),
-            s("False", "Disabled"),
+            s("True", "Disabled"),
+            "Current",
+        ),
+        (
+            "adopted, gone",
+            Some(AdoptionDecision::Adopted),
+            false,
+            Some(session(Some("r1-adopted"), false)),
+            AdoptionState::Adopted,
+            s("True", "Adopted"),
+            s("False", "Disconnected"),
+            s("False", "NotConnected"),
+            "InProgress",
         ),
         (
             "rejected",
@@ -102,7 +118,8 @@ fn status_for_each_lifecycle_point() {
             AdoptionState::Rejected,
             s("False", "Rejected"),
             s("True", "ControlChannelOpen"),
-            s("False", "NotAdopted"),
+            s("False", "Rejected"),
+            "Failed",
         ),
         (
             "no session since restart",
@@ -112,15 +129,18 @@ fn status_for_each_lifecycle_point() {
             AdoptionState::Pending,
             s("False", "Pending"),
             s("False", "Disconnected"),
-            s("False", "NotAdopted"),
+            s("False", "Pending"),
+            "InProgress",
         ),
     ];
-    for (what, decision, disabled, sess, adoption, adopted, connected, ready) in cases {
+    for (what, decision, disabled, sess, adoption, adopted, connected, ready, kstatus) in cases {
         let p = plan(&runner(decision, disabled), sess.as_ref(), None, at(10));
         assert_eq!(p.status.adoption, Some(adoption), "{what}");
         assert_eq!(cond(&p, "Adopted"), adopted, "{what}");
         assert_eq!(cond(&p, "Connected"), connected, "{what}");
         assert_eq!(cond(&p, "Ready"), ready, "{what}");
+        let read = conditions::kstatus(&p.status.conditions, Some(2), p.status.observed_generation);
+        assert_eq!(read, kstatus, "{what}");
         assert_eq!(p.status.observed_generation, Some(2));
     }
 }
