@@ -53,6 +53,8 @@ pub struct ControllerArgs {
     /// Image of on-demand runner pods (a Job's spec.onDemand.image wins).
     #[arg(long, value_name = "IMAGE", default_value = controller::on_demand::DEFAULT_IMAGE, env = "BATON_RUNNER_IMAGE")]
     pub runner_image: String,
+    #[command(flatten)]
+    pub tls: TlsArgs,
 }
 
 /// `baton runner --server URL --name NAME --state-dir DIR`: the agent.
@@ -128,6 +130,7 @@ pub async fn controller(args: ControllerArgs) -> anyhow::Result<i32> {
             server_url: args.runner_server_url.filter(|u| !u.trim().is_empty()),
             image: args.runner_image,
         },
+        tls: args.tls.files()?,
     };
     controller::run(config, shutdown_signal()).await?;
     Ok(0)
@@ -159,4 +162,32 @@ pub async fn agent(args: AgentArgs) -> anyhow::Result<i32> {
         once: args.once.then_some(args.once_wait),
     };
     Ok(runner::run(config, shutdown_signal()).await?)
+}
+
+/// `baton controller`'s HTTPS: both files or neither.
+#[derive(Debug, Args)]
+pub struct TlsArgs {
+    /// Serve the runner API and health routes over HTTPS only, with this PEM
+    /// certificate (chain); re-read when the file changes. Needs --tls-key-file.
+    #[arg(long, value_name = "PEM", env = "BATON_TLS_CERT_FILE")]
+    pub tls_cert_file: Option<PathBuf>,
+    /// The PEM private key of --tls-cert-file.
+    #[arg(long, value_name = "PEM", env = "BATON_TLS_KEY_FILE")]
+    pub tls_key_file: Option<PathBuf>,
+}
+
+impl TlsArgs {
+    /// Checked here rather than by clap, so an empty or missing environment variable
+    /// gets the same clear answer as a missing flag.
+    pub fn files(self) -> anyhow::Result<Option<crate::server::tls::TlsFiles>> {
+        let set = |p: Option<PathBuf>| p.filter(|p| !p.as_os_str().is_empty());
+        match (set(self.tls_cert_file), set(self.tls_key_file)) {
+            (Some(cert), Some(key)) => Ok(Some(crate::server::tls::TlsFiles { cert, key })),
+            (None, None) => Ok(None),
+            _ => anyhow::bail!(
+                "--tls-cert-file (BATON_TLS_CERT_FILE) and --tls-key-file (BATON_TLS_KEY_FILE) \
+                 go together: set both to serve HTTPS, or neither"
+            ),
+        }
+    }
 }

@@ -156,6 +156,8 @@ pub struct Config {
     /// An active Job's runner disconnected this long is lost.
     pub runner_lost_after: Duration,
     pub on_demand: on_demand::OnDemandConfig,
+    /// Serve the runner API over HTTPS with these files (re-read when they change).
+    pub tls: Option<server::tls::TlsFiles>,
 }
 
 /// A reconcile of `kind`, counted and timed: the one place each reconciler is measured.
@@ -201,6 +203,11 @@ pub async fn run(
     config: Config,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), StartError> {
+    // Bad TLS files fail the start before anything else, naming the file.
+    let tls = (config.tls.as_ref())
+        .map(|files| server::tls::acceptor(files, server::tls::RELOAD_EVERY))
+        .transpose()
+        .map_err(server::ServerError::from)?;
     let client = Client::try_default().await.map_err(StartError::Client)?;
     let ns = config.api.namespace.clone();
     let readiness = Readiness::default();
@@ -224,7 +231,7 @@ pub async fn run(
     info!(dir = %logs.root().display(), cap = config.log_cap, "step logs stored here");
 
     let (listener, addr) = server::bind(config.listen).await?;
-    info!(%addr, namespace = ns.as_deref().unwrap_or("*"), "runner API listening");
+    info!(%addr, namespace = ns.as_deref().unwrap_or("*"), tls = tls.is_some(), "runner API listening");
 
     let shutdown = shutdown.shared();
     let metrics = Arc::new(Metrics::new());
@@ -427,7 +434,7 @@ pub async fn run(
         }
     });
     let ready = track_readiness(client.clone(), readiness.clone(), runners, tokens, jobs);
-    let serve = server::serve(listener, state, shutdown.clone());
+    let serve = server::serve(listener, state, tls, shutdown.clone());
     tokio::select! {
         _ = async { tokio::join!(serve, runner_controller, token_controller, job_controller) } => {}
         _ = ready => {}
