@@ -96,6 +96,9 @@ pub struct AgentArgs {
     /// With --once: how long to wait for a Job.
     #[arg(long, value_parser = parse_duration, default_value = "10m", requires = "once")]
     pub once_wait: Duration,
+    /// Also trust the CA certificate(s) in this PEM file for an https:// --server.
+    #[arg(long, value_name = "PEM", env = "BATON_CA_FILE")]
+    pub ca_file: Option<PathBuf>,
 }
 
 /// Resolves on SIGTERM or Ctrl-C.
@@ -160,6 +163,7 @@ pub async fn agent(args: AgentArgs) -> anyhow::Result<i32> {
         backoff_base: args.backoff_base,
         backoff_max: args.backoff_max,
         once: args.once.then_some(args.once_wait),
+        ca_file: args.ca_file.filter(|p| !p.as_os_str().is_empty()),
     };
     Ok(runner::run(config, shutdown_signal()).await?)
 }
@@ -177,8 +181,8 @@ pub struct TlsArgs {
 }
 
 impl TlsArgs {
-    /// Checked here rather than by clap, so an empty or missing environment variable
-    /// gets the same clear answer as a missing flag.
+    /// Checked here rather than by clap: an empty variable (a chart's unset value)
+    /// counts as unset, and half a pair, by flag or by environment, gets one answer.
     pub fn files(self) -> anyhow::Result<Option<crate::server::tls::TlsFiles>> {
         let set = |p: Option<PathBuf>| p.filter(|p| !p.as_os_str().is_empty());
         match (set(self.tls_cert_file), set(self.tls_key_file)) {
