@@ -26,7 +26,7 @@ pub enum ClientError {
     CaEmpty(PathBuf),
     #[error("the CA file {} holds a bad certificate: {reason}", path.display())]
     CaBad { path: PathBuf, reason: String },
-    #[error("{doing}: cannot reach the server: {source}")]
+    #[error("{doing}: cannot reach the server: {}", with_root_cause(source))]
     Unreachable {
         doing: &'static str,
         #[source]
@@ -159,6 +159,20 @@ impl Client {
                 Ok(events) => futures::stream::iter(events.into_iter().map(Ok).collect::<Vec<_>>()),
                 Err(e) => futures::stream::iter(vec![Err(e)]),
             }))
+    }
+}
+
+/// reqwest says only "error sending request for url (…)"; the root cause (connection
+/// refused, an untrusted certificate) is what tells an operator what to fix.
+fn with_root_cause(e: &reqwest::Error) -> String {
+    let mut root: &dyn std::error::Error = e;
+    while let Some(next) = root.source() {
+        root = next;
+    }
+    if std::ptr::addr_eq(root, e) {
+        e.to_string()
+    } else {
+        format!("{e} ({root})")
     }
 }
 
