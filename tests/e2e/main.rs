@@ -17,3 +17,4 @@ mod pods;
 mod procs;
 mod runners;
 mod step_pods;
+mod tls;
