@@ -104,6 +104,7 @@ struct State {
 }
 
 impl ReloadingCert {
+    /// Read and check the files once (a bad pair is an error naming the file).
     pub fn load(
         files: TlsFiles,
         provider: Arc<CryptoProvider>,
