@@ -55,6 +55,8 @@ pub struct ControllerArgs {
     pub runner_image: String,
     #[command(flatten)]
     pub leader: LeaderArgs,
+    #[command(flatten)]
+    pub tls: TlsArgs,
 }
 
 /// Leader election flags of `baton controller`.
@@ -175,6 +177,9 @@ pub struct AgentArgs {
     /// With --once: how long to wait for a Job.
     #[arg(long, value_parser = parse_duration, default_value = "10m", requires = "once")]
     pub once_wait: Duration,
+    /// Also trust the CA certificate(s) in this PEM file for an https:// --server.
+    #[arg(long, value_name = "PEM", env = "BATON_CA_FILE")]
+    pub ca_file: Option<PathBuf>,
 }
 
 /// Resolves on SIGTERM or Ctrl-C.
@@ -211,6 +216,7 @@ pub async fn controller(args: ControllerArgs) -> anyhow::Result<i32> {
             image: args.runner_image,
         },
         leader_election,
+        tls: args.tls.files()?,
     };
     controller::run(config, shutdown_signal()).await?;
     Ok(0)
@@ -240,6 +246,35 @@ pub async fn agent(args: AgentArgs) -> anyhow::Result<i32> {
         backoff_base: args.backoff_base,
         backoff_max: args.backoff_max,
         once: args.once.then_some(args.once_wait),
+        ca_file: args.ca_file.filter(|p| !p.as_os_str().is_empty()),
     };
     Ok(runner::run(config, shutdown_signal()).await?)
+}
+
+/// `baton controller`'s HTTPS: both files or neither.
+#[derive(Debug, Args)]
+pub struct TlsArgs {
+    /// Serve the runner API and health routes over HTTPS only, with this PEM
+    /// certificate (chain); re-read when the file changes. Needs --tls-key-file.
+    #[arg(long, value_name = "PEM", env = "BATON_TLS_CERT_FILE")]
+    pub tls_cert_file: Option<PathBuf>,
+    /// The PEM private key of --tls-cert-file.
+    #[arg(long, value_name = "PEM", env = "BATON_TLS_KEY_FILE")]
+    pub tls_key_file: Option<PathBuf>,
+}
+
+impl TlsArgs {
+    /// Checked here rather than by clap: an empty variable (a chart's unset value)
+    /// counts as unset, and half a pair, by flag or by environment, gets one answer.
+    pub fn files(self) -> anyhow::Result<Option<crate::server::tls::TlsFiles>> {
+        let set = |p: Option<PathBuf>| p.filter(|p| !p.as_os_str().is_empty());
+        match (set(self.tls_cert_file), set(self.tls_key_file)) {
+            (Some(cert), Some(key)) => Ok(Some(crate::server::tls::TlsFiles { cert, key })),
+            (None, None) => Ok(None),
+            _ => anyhow::bail!(
+                "--tls-cert-file (BATON_TLS_CERT_FILE) and --tls-key-file (BATON_TLS_KEY_FILE) \
+                 go together: set both to serve HTTPS, or neither"
+            ),
+        }
+    }
 }

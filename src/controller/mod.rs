@@ -165,6 +165,8 @@ pub struct Config {
     pub on_demand: on_demand::OnDemandConfig,
     /// Campaign for a Lease and lead only while holding it; `None`: lead at once.
     pub leader_election: Option<leader::LeaderConfig>,
+    /// Serve the runner API over HTTPS with these files (re-read when they change).
+    pub tls: Option<server::tls::TlsFiles>,
 }
 
 /// A reconcile of `kind`, counted and timed: the one place each reconciler is measured.
@@ -210,6 +212,11 @@ pub async fn run(
     config: Config,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), StartError> {
+    // Bad TLS files fail the start before anything else, naming the file.
+    let tls = (config.tls.as_ref())
+        .map(|files| server::tls::acceptor(files, server::tls::RELOAD_EVERY))
+        .transpose()
+        .map_err(server::ServerError::from)?;
     let client = Client::try_default().await.map_err(StartError::Client)?;
     let ns = config.api.namespace.clone();
     let mut elector = match config.leader_election.clone() {
@@ -240,7 +247,7 @@ pub async fn run(
     info!(dir = %logs.root().display(), cap = config.log_cap, "step logs stored here");
 
     let (listener, addr) = server::bind(config.listen).await?;
-    info!(%addr, namespace = ns.as_deref().unwrap_or("*"), "runner API listening");
+    info!(%addr, namespace = ns.as_deref().unwrap_or("*"), tls = tls.is_some(), "runner API listening");
 
     // Stops the server and the controllers: on the shutdown signal, or when this
     // replica loses its leadership.
@@ -454,7 +461,7 @@ pub async fn run(
             );
         }
     });
-    let serve = server::serve(listener, state, shutdown.clone());
+    let serve = server::serve(listener, state, tls, shutdown.clone());
     let crds_ready = wait_for_crds(client.clone(), readiness.clone());
     // Lead: with leader election, only once the Lease is held (a standby serves
     // health and /metrics, and answers runners 503). The watches start only then.

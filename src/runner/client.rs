@@ -1,6 +1,7 @@
 //! The runner's side of the API: registration and the control channel (a
 //! server-sent-events stream, parsed here).
 
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use futures::{Stream, StreamExt};
@@ -15,7 +16,17 @@ use crate::server::jobs::{
 pub enum ClientError {
     #[error("build the HTTP client: {0}")]
     Build(#[source] reqwest::Error),
-    #[error("{doing}: cannot reach the server: {source}")]
+    #[error("read the CA file {}: {source}", path.display())]
+    CaRead {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the CA file {} holds no PEM certificate", .0.display())]
+    CaEmpty(PathBuf),
+    #[error("the CA file {} holds a bad certificate: {reason}", path.display())]
+    CaBad { path: PathBuf, reason: String },
+    #[error("{doing}: cannot reach the server: {}", with_root_cause(source))]
     Unreachable {
         doing: &'static str,
         #[source]
@@ -58,10 +69,16 @@ pub struct Client {
 
 impl Client {
     pub fn new(server: &str) -> Result<Self, ClientError> {
-        let http = reqwest::Client::builder()
-            .connect_timeout(Duration::from_secs(5))
-            .build()
-            .map_err(ClientError::Build)?;
+        Self::with_ca(server, None)
+    }
+
+    /// Trusting the CA certificate(s) in `ca_file` as well as the usual roots.
+    pub fn with_ca(server: &str, ca_file: Option<&Path>) -> Result<Self, ClientError> {
+        let mut builder = reqwest::Client::builder().connect_timeout(Duration::from_secs(5));
+        for ca in ca_file.map(read_ca).transpose()?.unwrap_or_default() {
+            builder = builder.add_root_certificate(ca);
+        }
+        let http = builder.build().map_err(ClientError::Build)?;
         Ok(Self {
             http,
             base: server.trim_end_matches('/').to_owned(),
@@ -143,6 +160,50 @@ impl Client {
                 Err(e) => futures::stream::iter(vec![Err(e)]),
             }))
     }
+}
+
+/// reqwest says only "error sending request for url (…)"; the root cause (connection
+/// refused, an untrusted certificate) is what tells an operator what to fix.
+fn with_root_cause(e: &reqwest::Error) -> String {
+    let mut root: &dyn std::error::Error = e;
+    while let Some(next) = root.source() {
+        root = next;
+    }
+    if std::ptr::addr_eq(root, e) {
+        e.to_string()
+    } else {
+        format!("{e} ({root})")
+    }
+}
+
+/// Every certificate in a PEM file, checked here so a bad one is reported with the
+/// file's name (reqwest would only say "builder error" when the client is built).
+fn read_ca(path: &Path) -> Result<Vec<reqwest::Certificate>, ClientError> {
+    use tokio_rustls::rustls::RootCertStore;
+    use tokio_rustls::rustls::pki_types::CertificateDer;
+    use tokio_rustls::rustls::pki_types::pem::PemObject;
+    let bad = |reason: String| ClientError::CaBad {
+        path: path.to_owned(),
+        reason,
+    };
+    let pem = std::fs::read(path).map_err(|source| ClientError::CaRead {
+        path: path.to_owned(),
+        source,
+    })?;
+    let ders = CertificateDer::pem_slice_iter(&pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| bad(e.to_string()))?;
+    if ders.is_empty() {
+        return Err(ClientError::CaEmpty(path.to_owned()));
+    }
+    ders.into_iter()
+        .map(|der| {
+            RootCertStore::empty()
+                .add(der.clone())
+                .map_err(|e| bad(e.to_string()))?;
+            reqwest::Certificate::from_der(&der).map_err(|e| bad(e.to_string()))
+        })
+        .collect()
 }
 
 /// The job calls of the runner API (see `server::jobs`).

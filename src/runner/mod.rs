@@ -48,6 +48,8 @@ pub struct Config {
     /// `--once`: exit 0 after the first Job ends, or when none is assigned within
     /// this long.
     pub once: Option<Duration>,
+    /// `--ca-file`: extra CA certificate(s) trusted for an https:// server.
+    pub ca_file: Option<PathBuf>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -119,7 +121,7 @@ pub async fn run(
         .run();
     let health = tokio::spawn(health);
 
-    let client = Client::new(&config.server)?;
+    let client = Client::with_ca(&config.server, config.ca_file.as_deref())?;
     let kube = match config.backend {
         BackendKind::Kubernetes => Some(
             kube::Client::try_default()

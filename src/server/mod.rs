@@ -14,6 +14,7 @@ pub mod job_api;
 pub mod jobs;
 pub mod logs;
 pub mod metrics;
+pub mod tls;
 pub mod token;
 
 use std::convert::Infallible;
@@ -45,6 +46,8 @@ pub enum ServerError {
     },
     #[error("read the runner API listener's address: {0}")]
     LocalAddr(#[source] std::io::Error),
+    #[error(transparent)]
+    Tls(#[from] tls::TlsError),
 }
 
 /// Tunables of the runner API.
@@ -192,10 +195,12 @@ pub async fn bind(addr: SocketAddr) -> Result<(TcpListener, SocketAddr), ServerE
 }
 
 /// Serve until `shutdown` resolves; open control channels are closed first so the
-/// graceful shutdown does not wait on them.
+/// graceful shutdown does not wait on them. With `tls` (see [`tls::acceptor`]), the
+/// listener speaks HTTPS only.
 pub async fn serve(
     listener: TcpListener,
     state: ApiState,
+    tls: Option<tokio_rustls::TlsAcceptor>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) {
     let hub = state.hub.clone();
@@ -203,11 +208,16 @@ pub async fn serve(
         shutdown.await;
         hub.close_all("the server is shutting down");
     };
-    warp::serve(routes(state))
-        .incoming(listener)
-        .graceful(shutdown)
-        .run()
-        .await;
+    match tls {
+        Some(acceptor) => tls::serve(listener, acceptor, routes(state), shutdown).await,
+        None => {
+            warp::serve(routes(state))
+                .incoming(listener)
+                .graceful(shutdown)
+                .run()
+                .await
+        }
+    }
 }
 
 #[cfg(test)]

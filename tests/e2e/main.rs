@@ -19,3 +19,4 @@ mod pods;
 mod procs;
 mod runners;
 mod step_pods;
+mod tls;
