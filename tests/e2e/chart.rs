@@ -466,7 +466,8 @@ async fn chart_lifecycle(ns: &TestNs) -> anyhow::Result<()> {
     .await?;
     server_dry_run(&ns.client, n, &single).await?;
     ensure!(
-        !single.contains(LEADER_LABEL)
+        !single.contains(&format!("{LEADER_LABEL}: "))
+            && !single.contains("--leader-elect")
             && !single.contains("PodDisruptionBudget")
             && single.contains("type: Recreate"),
         "leaderElection.enabled=false:\n{single}"
