@@ -486,6 +486,20 @@ async fn chart_lifecycle(ns: &TestNs) -> anyhow::Result<()> {
             .is_err_and(|e| format!("{e:#}").contains("needs leaderElection.enabled")),
         "two replicas without leader election must fail: {refused:?}"
     );
+    // values.schema.json: a misspelt value fails instead of being ignored.
+    let typo = helm(&[
+        "template",
+        RELEASE,
+        chart,
+        "--set",
+        "leaderElection.enable=false",
+    ])
+    .await;
+    ensure!(
+        typo.as_ref()
+            .is_err_and(|e| format!("{e:#}").contains("'enable' not allowed")),
+        "an unknown value must fail: {typo:?}"
+    );
     eprintln!(
         "template + server-side dry runs: {:.1}s",
         t0.elapsed().as_secs_f64()
