@@ -466,7 +466,8 @@ async fn chart_lifecycle(ns: &TestNs) -> anyhow::Result<()> {
     .await?;
     server_dry_run(&ns.client, n, &single).await?;
     ensure!(
-        !single.contains(LEADER_LABEL)
+        !single.contains(&format!("{LEADER_LABEL}: "))
+            && !single.contains("--leader-elect")
             && !single.contains("PodDisruptionBudget")
             && single.contains("type: Recreate"),
         "leaderElection.enabled=false:\n{single}"
@@ -484,6 +485,20 @@ async fn chart_lifecycle(ns: &TestNs) -> anyhow::Result<()> {
             .as_ref()
             .is_err_and(|e| format!("{e:#}").contains("needs leaderElection.enabled")),
         "two replicas without leader election must fail: {refused:?}"
+    );
+    // values.schema.json: a misspelt value fails instead of being ignored.
+    let typo = helm(&[
+        "template",
+        RELEASE,
+        chart,
+        "--set",
+        "leaderElection.enable=false",
+    ])
+    .await;
+    ensure!(
+        typo.as_ref()
+            .is_err_and(|e| format!("{e:#}").contains("'enable' not allowed")),
+        "an unknown value must fail: {typo:?}"
     );
     eprintln!(
         "template + server-side dry runs: {:.1}s",

@@ -123,10 +123,18 @@ otherwise.
 {{- default (default .Release.Namespace .Values.watchNamespace) .Values.runnerDefaults.namespace }}
 {{- end }}
 
-{{/* Whether the controller replicas must share one node: a log PVC that is not ReadWriteMany. */}}
+{{/*
+Whether the controller pods must share one node: a log PVC that is not ReadWriteMany,
+mounted by two pods at once — two replicas, or the surge pod of a rolling update
+(leader election). ReadWriteOncePod cannot be shared at all.
+*/}}
 {{- define "baton.colocate" -}}
 {{- $p := .Values.logStorage.persistence }}
-{{- if and $p.enabled (gt (int .Values.replicaCount) 1) (not (has "ReadWriteMany" $p.accessModes)) }}true{{ end }}
+{{- $together := or (gt (int .Values.replicaCount) 1) .Values.leaderElection.enabled }}
+{{- if and $p.enabled $together (has "ReadWriteOncePod" $p.accessModes) (not (has "ReadWriteMany" $p.accessModes)) }}
+{{- fail "logStorage.persistence.accessModes ReadWriteOncePod lets one pod mount the log volume, but two controller pods mount it (replicas, or a rolling update's new pod): use ReadWriteMany, or ReadWriteOnce (the pods then share a node)" }}
+{{- end }}
+{{- if and $p.enabled $together (not (has "ReadWriteMany" $p.accessModes)) }}true{{ end }}
 {{- end }}
 
 {{/* Labels of a static runner's objects; call with (dict "root" $ "name" NAME). */}}
