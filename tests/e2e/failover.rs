@@ -69,6 +69,36 @@ async fn controller_pods(ns: &TestNs) -> anyhow::Result<Vec<(String, bool, Optio
         .collect())
 }
 
+/// Wait (30 s) until there are two Ready controller pods, only `leader`'s carries
+/// the leader label, and `also` holds.
+async fn two_pods_only_leader_labelled(
+    ns: &TestNs,
+    leader: &str,
+    also: impl Fn() -> bool,
+) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let pods = controller_pods(ns).await?;
+        let labelled: Vec<&str> = pods
+            .iter()
+            .filter(|(_, _, l)| l.as_deref() == Some(LEASE))
+            .map(|(n, _, _)| n.as_str())
+            .collect();
+        if pods.len() == 2
+            && pods.iter().all(|(_, ready, _)| *ready)
+            && labelled == [leader]
+            && also()
+        {
+            return Ok(());
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "want 2 Ready pods, only the leader {leader} labelled: {pods:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
 async fn failover(ns: &TestNs) -> anyhow::Result<()> {
     let chart = chart_dir();
     let chart = chart.to_str().context("chart path is not UTF-8")?;
@@ -112,23 +142,7 @@ async fn failover(ns: &TestNs) -> anyhow::Result<()> {
         t0.elapsed().as_secs_f64()
     );
     // Exactly the leader carries the label the Service selects.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let pods = controller_pods(ns).await?;
-        let labelled: Vec<&String> = pods
-            .iter()
-            .filter(|(_, _, l)| l.as_deref() == Some(LEASE))
-            .map(|(n, _, _)| n)
-            .collect();
-        if pods.len() == 2 && labelled == [&leader] {
-            break;
-        }
-        ensure!(
-            Instant::now() < deadline,
-            "want 2 pods and only the leader {leader} labelled: {pods:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
+    two_pods_only_leader_labelled(ns, &leader, || true).await?;
 
     let (token, _) = controller_mints(ns, "failover-token").await?;
     let services: Api<Service> = Api::namespaced(ns.client.clone(), n);
@@ -241,7 +255,7 @@ async fn failover(ns: &TestNs) -> anyhow::Result<()> {
         "a takeover counts a transition: {lease:?}"
     );
     eprintln!(
-        "FAILOVER: {new_leader} took the Lease {:.1}s after the leader was killed",
+        "FAILOVER: {new_leader} took the Lease {:.1}s after the leader hung",
         took_over.as_secs_f64()
     );
     // The runner finds the new leader through the Service.
@@ -252,7 +266,7 @@ async fn failover(ns: &TestNs) -> anyhow::Result<()> {
     runner.wait_ready(200, 90).await?;
     let reconnected = killed_at.elapsed();
     eprintln!(
-        "FAILOVER: runner connected to the new leader {:.1}s after the kill",
+        "FAILOVER: runner connected to the new leader {:.1}s after the hang",
         reconnected.as_secs_f64()
     );
 
@@ -264,7 +278,7 @@ async fn failover(ns: &TestNs) -> anyhow::Result<()> {
     )
     .await?;
     eprintln!(
-        "FAILOVER: Job Succeeded {:.1}s after the kill",
+        "FAILOVER: Job Succeeded {:.1}s after the hang",
         killed_at.elapsed().as_secs_f64()
     );
     let st = done.status.context("status")?;
@@ -311,28 +325,11 @@ async fn failover(ns: &TestNs) -> anyhow::Result<()> {
         ),
     }
     wait_for(&deployments, RELEASE, deployment_rolled_out(), 90).await?;
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let now = controller_pods(ns).await?;
-        let labelled: Vec<&String> = now
-            .iter()
-            .filter(|(_, _, l)| l.as_deref() == Some(LEASE))
-            .map(|(n, _, _)| n)
-            .collect();
-        let old_restarted = controller_pid(&leader).is_ok_and(|p| p != pid);
-        if now.len() == 2
-            && now.iter().all(|(_, r, _)| *r)
-            && labelled == [&new_leader]
-            && old_restarted
-        {
-            break;
-        }
-        ensure!(
-            Instant::now() < deadline,
-            "want 2 Ready pods, only {new_leader} labelled, {leader} restarted: {now:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
+    two_pods_only_leader_labelled(ns, &new_leader, || {
+        controller_pid(&leader).is_ok_and(|p| p != pid)
+    })
+    .await
+    .with_context(|| format!("and {leader}'s process restarted"))?;
 
     // A clean hand-over: deleting the leader's pod (SIGTERM) releases the Lease,
     // and the standby takes it within a retry period, not a lease duration.
