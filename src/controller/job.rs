@@ -32,9 +32,12 @@ use crate::server::hub::{Control, Hub, RunnerKey};
 use crate::server::jobs::{finish, initial_steps, phase_conditions};
 use crate::server::{FIELD_MANAGER, events};
 
-/// How often a Job that waits for a runner looks again (a runner may connect or
-/// free up without the Job itself changing).
-pub const QUEUE_RECHECK: Duration = Duration::from_secs(2);
+/// A waiting Job looks again this long after its last reconcile, as a safety net
+/// only: what can let it go is an event that kicks it — a Runner reconciled
+/// (connected, disconnected, adopted, enabled, relabelled, resized), a Job of
+/// its namespace finished or cancelled, or another Job's assignment by a plan
+/// that assigns it too.
+pub const QUEUE_RESYNC: Duration = Duration::from_secs(30);
 /// How often an Assigned Job not yet Running is re-sent to its runner.
 pub const ASSIGN_RESEND: Duration = Duration::from_secs(10);
 
@@ -523,7 +526,8 @@ pub async fn reconcile(job: Arc<Job>, ctx: Arc<Context>) -> Result<Action, Error
             if let Some(me) = q.iter_mut().find(|j| j.name == name) {
                 me.on_demand = slot;
             }
-            let decision = plan_queue(&q, &runners).remove(&name);
+            let mut plan = plan_queue(&q, &runners);
+            let decision = plan.remove(&name);
             match decision {
                 Some(Decision::Assign { runner }) => {
                     let next = assigned_status(&job, &runner, now);
@@ -536,6 +540,12 @@ pub async fn reconcile(job: Arc<Job>, ctx: Arc<Context>) -> Result<Action, Error
                         .0
                         .insert((ns.clone(), name.clone()), (runner.clone(), epoch));
                     drop(recent);
+                    // The same plan lets others go too: they need not wait for a resync.
+                    for (other, d) in &plan {
+                        if matches!(d, Decision::Assign { .. }) {
+                            ctx.kick.kick_job(&ns, other);
+                        }
+                    }
                     let told = ctx.hub.send(
                         &RunnerKey::new(&ns, &runner),
                         Control::Assign {
@@ -575,10 +585,10 @@ pub async fn reconcile(job: Arc<Job>, ctx: Arc<Context>) -> Result<Action, Error
                         // Only an edit can change that (and the spec is immutable).
                         Ok(Action::await_change())
                     } else {
-                        Ok(Action::requeue(QUEUE_RECHECK))
+                        Ok(Action::requeue(QUEUE_RESYNC))
                     }
                 }
-                None => Ok(Action::requeue(QUEUE_RECHECK)),
+                None => Ok(Action::requeue(QUEUE_RESYNC)),
             }
         }
         JobPhase::Assigned | JobPhase::Running => {
@@ -659,6 +669,7 @@ pub async fn reconcile(job: Arc<Job>, ctx: Arc<Context>) -> Result<Action, Error
 }
 
 /// Triggers reconciles of other Jobs (queued ones, when capacity frees up).
+#[derive(Clone)]
 pub struct Kick {
     tx: tokio::sync::mpsc::UnboundedSender<kube::runtime::reflector::ObjectRef<Job>>,
     jobs: kube::runtime::reflector::Store<Job>,
@@ -673,6 +684,13 @@ impl Kick {
     ) {
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
         (Self { tx, jobs }, rx)
+    }
+
+    /// Reconcile one Job again.
+    pub fn kick_job(&self, ns: &str, name: &str) {
+        let _ = self
+            .tx
+            .send(kube::runtime::reflector::ObjectRef::new(name).within(ns));
     }
 
     /// Reconcile every Queued Job of `ns` again.

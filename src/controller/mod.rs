@@ -387,8 +387,9 @@ pub async fn run(
 
     // Jobs: the queue, assignment, cancellation, TTL; the cache the server fences with.
     // A deleted Job's logs go with it (and a sweep at start catches deletions missed
-    // while no controller watched).
+    // while no controller watched); a deleted active Job frees its runner's room.
     let deleted_logs = logs.clone();
+    let deleted_kick = ctx.kick.clone();
     let job_events = watcher(
         api::<Job>(&client, ns.as_deref()),
         watcher::Config::default(),
@@ -399,6 +400,7 @@ pub async fn run(
         if let Ok(watcher::Event::Delete(j)) = ev
             && let (Some(ns), Some(uid)) = (j.namespace(), j.uid())
         {
+            deleted_kick.kick_namespace(&ns);
             let logs = deleted_logs.clone();
             let name = j.name_any();
             tokio::spawn(async move { logs.remove_job(&ns, &name, &uid).await });

@@ -302,6 +302,9 @@ pub async fn reconcile(runner: Arc<Runner>, ctx: Arc<Context>) -> Result<Action,
             events::publish_on(&ctx.client, &*runner, warning, &format!("{now:?}"), why).await;
         }
     }
+    // Whether this runner can take Jobs may have changed (connection, adoption,
+    // disabled, labels, capacity): its namespace's queue looks again.
+    ctx.kick.kick_namespace(&ns);
     Ok(requeue.map_or_else(Action::await_change, Action::requeue))
 }
 
