@@ -390,6 +390,7 @@ pub async fn run(
     // while no controller watched); a deleted active Job frees its runner's room.
     let deleted_logs = logs.clone();
     let deleted_kick = ctx.kick.clone();
+    let runner_hub = hub.clone();
     let job_events = watcher(
         api::<Job>(&client, ns.as_deref()),
         watcher::Config::default(),
@@ -397,6 +398,15 @@ pub async fn run(
     .default_backoff()
     .reflect(job_writer)
     .inspect(move |ev| {
+        // A Job's runner counts its active Jobs (status.activeJobs).
+        if let Ok(watcher::Event::Apply(j) | watcher::Event::Delete(j)) = ev
+            && let (Some(ns), Some(runner)) = (
+                j.namespace(),
+                j.status.as_ref().and_then(|s| s.runner.as_ref()),
+            )
+        {
+            runner_hub.touch(&RunnerKey::new(&ns, runner));
+        }
         if let Ok(watcher::Event::Delete(j)) = ev
             && let (Some(ns), Some(uid)) = (j.namespace(), j.uid())
         {

@@ -15,6 +15,7 @@ use tracing::{info, instrument};
 
 use super::{Context, Error};
 use crate::crd::conditions::{self, Desired, Health};
+use crate::crd::job::JobPhase;
 use crate::crd::runner::{AdoptionDecision, AdoptionState, DECOMMISSION_ANNOTATION};
 use crate::crd::{Runner, RunnerStatus, RunnerToken, RunnerTokenSpec};
 use crate::server::adoption::{self, ISSUED_FOR_LABEL};
@@ -231,12 +232,13 @@ pub async fn reconcile(runner: Arc<Runner>, ctx: Arc<Context>) -> Result<Action,
     let issued = ctx.tokens.get(&ObjectRef::new(&issued_name).within(&ns));
 
     // Pure middle.
-    let plan = plan(
+    let mut plan = plan(
         &runner,
         session.as_ref(),
         issued.as_deref(),
         Timestamp::now(),
     );
+    plan.status.active_jobs = Some(active_jobs(&ctx, &ns, &name));
 
     // Apply.
     let tokens: Api<RunnerToken> = Api::namespaced(ctx.client.clone(), &ns);
@@ -286,6 +288,19 @@ pub async fn reconcile(runner: Arc<Runner>, ctx: Arc<Context>) -> Result<Action,
         info!("closed the control channel of a rejected runner");
     }
 
+    // Whether this runner can take Jobs changed (connection, adoption, disabled,
+    // labels, capacity): its namespace's queue looks again. (Its own Jobs
+    // finishing kick the queue themselves; a new assignment frees nothing.)
+    let same_but_jobs = RunnerStatus {
+        active_jobs: runner.status.as_ref().and_then(|s| s.active_jobs),
+        ..plan.status.clone()
+    };
+    if runner.status.as_ref() != Some(&same_but_jobs)
+        || runner.status.as_ref().and_then(|s| s.observed_generation) != runner.metadata.generation
+    {
+        ctx.kick.kick_namespace(&ns);
+    }
+
     // Status, only when it changed.
     if runner.status.as_ref() != Some(&plan.status) {
         super::apply_status::<Runner>(&ctx, &ns, &name, &plan.status, "write Runner status")
@@ -302,10 +317,23 @@ pub async fn reconcile(runner: Arc<Runner>, ctx: Arc<Context>) -> Result<Action,
             events::publish_on(&ctx.client, &*runner, warning, &format!("{now:?}"), why).await;
         }
     }
-    // Whether this runner can take Jobs may have changed (connection, adoption,
-    // disabled, labels, capacity): its namespace's queue looks again.
-    ctx.kick.kick_namespace(&ns);
     Ok(requeue.map_or_else(Action::await_change, Action::requeue))
+}
+
+/// The runner's Jobs that are Assigned or Running, from the Job cache.
+fn active_jobs(ctx: &Context, ns: &str, runner: &str) -> i32 {
+    let n = ctx
+        .jobs
+        .state()
+        .iter()
+        .filter(|j| j.namespace().as_deref() == Some(ns))
+        .filter_map(|j| j.status.as_ref())
+        .filter(|s| {
+            s.runner.as_deref() == Some(runner)
+                && matches!(s.phase, Some(JobPhase::Assigned | JobPhase::Running))
+        })
+        .count();
+    i32::try_from(n).unwrap_or(i32::MAX)
 }
 
 #[cfg(test)]

@@ -157,6 +157,11 @@ impl Hub {
         self.active.load(Ordering::SeqCst)
     }
 
+    /// Ask for a reconcile of this runner's Runner (e.g. its Jobs changed).
+    pub fn touch(&self, key: &RunnerKey) {
+        self.changed(key);
+    }
+
     fn changed(&self, key: &RunnerKey) {
         // Nobody listening (unit tests, shutting down) is fine.
         let _ = self.changes_tx.send(key.clone());

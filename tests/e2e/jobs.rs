@@ -394,6 +394,16 @@ async fn unmatched_selector_waits_and_cancel_works_queued_and_running() {
             60,
         )
         .await?;
+        // The Runner counts it among its active Jobs, and no more once it ends.
+        let runners: Api<baton::crd::Runner> = Api::namespaced(ns.client.clone(), &ns.name);
+        let active = |n: i32| {
+            move |r: Option<&baton::crd::Runner>| {
+                r.and_then(|r| r.status.as_ref()?.active_jobs) == Some(n)
+            }
+        };
+        wait_for(&runners, "r1", active(1), 30)
+            .await
+            .context("Runner r1 status.activeJobs 1 while `long` runs")?;
         let started = Instant::now();
         jobs(&ns)
             .patch(
@@ -408,6 +418,9 @@ async fn unmatched_selector_waits_and_cancel_works_queued_and_running() {
             "cancel took {:?}",
             started.elapsed()
         );
+        wait_for(&runners, "r1", active(0), 30)
+            .await
+            .context("Runner r1 status.activeJobs back to 0")?;
         let st = j.status.context("status")?;
         let phase = |n: &str| st.steps.iter().find(|s| s.name == n).map(|s| s.phase);
         ensure!(
