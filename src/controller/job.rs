@@ -11,11 +11,10 @@
 //! ([`on_demand::prepare`]) and is then assigned to that runner only; the pod going
 //! away mid-Job counts as a lost runner at once (the same hand-over, next epoch).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, Time};
 use k8s_openapi::jiff::Timestamp;
 use kube::ResourceExt;
 use kube::api::{Api, DeleteParams, PostParams};
@@ -23,13 +22,11 @@ use kube::runtime::controller::Action;
 use tracing::{info, instrument, warn};
 
 use super::{Context, Error, on_demand};
-use crate::crd::conditions::{self, Desired};
+use crate::crd::conditions;
 use crate::crd::job::{JobPhase, JobStatus};
 use crate::crd::runner::{AdoptionDecision, AdoptionState};
 use crate::crd::{Job, Runner};
-use crate::executor::dag::Dag;
 use crate::server::hub::{Control, Hub, RunnerKey};
-use crate::server::jobs::{finish, initial_steps, phase_conditions};
 use crate::server::{FIELD_MANAGER, events};
 
 /// A waiting Job looks again this long after its last reconcile, as a safety net
@@ -41,293 +38,10 @@ pub const QUEUE_RESYNC: Duration = Duration::from_secs(30);
 /// How often an Assigned Job not yet Running is re-sent to its runner.
 pub const ASSIGN_RESEND: Duration = Duration::from_secs(10);
 
-/// A runner as the scheduler sees it.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct RunnerView {
-    pub name: String,
-    pub labels: BTreeMap<String, String>,
-    /// Adopted or Preadopted, connected, enabled.
-    pub usable: bool,
-    /// `maxConcurrentJobs` minus its active Jobs.
-    pub free: usize,
-    /// An on-demand runner: the uid of the one Job it exists for.
-    pub on_demand_for: Option<String>,
-}
-
-/// A queued Job, in queue order.
-#[derive(Clone, Debug, PartialEq)]
-pub struct Queued {
-    pub name: String,
-    pub selector: Option<LabelSelector>,
-    /// Why its spec cannot run, if it cannot.
-    pub invalid: Option<String>,
-    /// No selector: its own on-demand runner (known only for the Job being
-    /// reconciled; others wait unplanned).
-    pub on_demand: Option<on_demand::Slot>,
-}
-
-/// What to do with a queued Job.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Decision {
-    Assign {
-        runner: String,
-    },
-    /// Stay Queued with `Scheduled=False` and this reason.
-    Wait {
-        reason: &'static str,
-        message: String,
-    },
-}
-
-/// Whether `labels` satisfy `sel` (matchLabels and matchExpressions).
-pub fn selector_matches(sel: &LabelSelector, labels: &BTreeMap<String, String>) -> bool {
-    let by_labels = sel
-        .match_labels
-        .iter()
-        .flatten()
-        .all(|(k, v)| labels.get(k) == Some(v));
-    let by_exprs = sel.match_expressions.iter().flatten().all(|e| {
-        let values = e.values.as_deref().unwrap_or_default();
-        let have = labels.get(&e.key);
-        match e.operator.as_str() {
-            "In" => have.is_some_and(|v| values.contains(v)),
-            "NotIn" => have.is_none_or(|v| !values.contains(v)),
-            "Exists" => have.is_some(),
-            "DoesNotExist" => have.is_none(),
-            _ => false,
-        }
-    });
-    by_labels && by_exprs
-}
-
-/// The pure middle: FIFO over `queue`, each Job to the matching usable runner with
-/// the most free capacity (ties by name); capacity given out is gone for later Jobs.
-pub fn plan_queue(queue: &[Queued], runners: &[RunnerView]) -> BTreeMap<String, Decision> {
-    let mut free: Vec<(usize, &RunnerView)> = runners.iter().map(|r| (r.free, r)).collect();
-    let mut out = BTreeMap::new();
-    for job in queue {
-        let decision = if let Some(why) = &job.invalid {
-            Decision::Wait {
-                reason: "InvalidSpec",
-                message: why.clone(),
-            }
-        } else if let Some(sel) = &job.selector {
-            let matching: Vec<usize> = free
-                .iter()
-                .enumerate()
-                .filter(|(_, (_, r))| {
-                    r.usable && r.on_demand_for.is_none() && selector_matches(sel, &r.labels)
-                })
-                .map(|(i, _)| i)
-                .collect();
-            let best = matching
-                .iter()
-                .copied()
-                .filter(|&i| free[i].0 > 0)
-                .max_by(|&a, &b| {
-                    free[a]
-                        .0
-                        .cmp(&free[b].0)
-                        .then_with(|| free[b].1.name.cmp(&free[a].1.name))
-                });
-            match best {
-                Some(i) => {
-                    free[i].0 -= 1;
-                    Decision::Assign {
-                        runner: free[i].1.name.clone(),
-                    }
-                }
-                None if matching.is_empty() => Decision::Wait {
-                    reason: "NoMatchingRunner",
-                    message: "no adopted, connected and enabled runner matches runnerSelector"
-                        .into(),
-                },
-                None => Decision::Wait {
-                    reason: "RunnersBusy",
-                    message: format!(
-                        "{} matching runner(s), all at maxConcurrentJobs",
-                        matching.len()
-                    ),
-                },
-            }
-        } else if let Some(slot) = &job.on_demand {
-            // Only its own runner, and that runner only for it.
-            let own = free.iter_mut().find(|(n, r)| {
-                *n > 0
-                    && r.usable
-                    && Some(&r.name) == slot.runner.as_ref()
-                    && r.on_demand_for.as_ref() == Some(&slot.job_uid)
-            });
-            match own {
-                Some((n, r)) => {
-                    *n -= 1;
-                    Decision::Assign {
-                        runner: r.name.clone(),
-                    }
-                }
-                None => Decision::Wait {
-                    reason: slot.reason,
-                    message: slot.message.clone(),
-                },
-            }
-        } else {
-            Decision::Wait {
-                reason: on_demand::STARTING,
-                message: "waiting for its on-demand runner".into(),
-            }
-        };
-        out.insert(job.name.clone(), decision);
-    }
-    out
-}
-
-/// Why a spec cannot run (a DAG cycle), if it cannot.
-pub fn invalid_spec(job: &Job) -> Option<String> {
-    Dag::from_steps(&job.spec.steps).err().map(|errors| {
-        errors
-            .iter()
-            .map(ToString::to_string)
-            .collect::<Vec<_>>()
-            .join("; ")
-    })
-}
-
-/// What every status this file builds ends with: the health conditions (their
-/// times from the status as read) and `observedGeneration` ([`finish`]).
-fn settle(job: &Job, s: JobStatus, now: Timestamp) -> JobStatus {
-    let before = job
-        .status
-        .as_ref()
-        .map_or(&[][..], |s| s.conditions.as_slice());
-    finish(
-        s,
-        before,
-        job.spec.cancel == Some(true),
-        job.metadata.generation,
-        now,
-    )
-}
-
-/// Status of a Job that stays Queued.
-pub fn queued_status(job: &Job, reason: &str, message: &str, now: Timestamp) -> JobStatus {
-    let mut s = job.status.clone().unwrap_or_default();
-    s.phase = Some(JobPhase::Queued);
-    s.observed_generation = job.metadata.generation;
-    s.conditions = conditions::merge(
-        &s.conditions,
-        &[Desired::new("Scheduled", false, reason, message)],
-        job.metadata.generation,
-        now,
-    );
-    settle(job, s, now)
-}
-
-/// Status of a Job handed to `runner`: the epoch moves on.
-pub fn assigned_status(job: &Job, runner: &str, now: Timestamp) -> JobStatus {
-    let mut s = job.status.clone().unwrap_or_default();
-    s.phase = Some(JobPhase::Assigned);
-    s.runner = Some(runner.to_owned());
-    s.epoch = Some(s.epoch.unwrap_or(0) + 1);
-    s.observed_generation = job.metadata.generation;
-    if s.steps.is_empty() {
-        // A hand-over keeps what the previous runner reported.
-        s.steps = initial_steps(&job.spec);
-    }
-    s.conditions = conditions::merge(
-        &s.conditions,
-        &[Desired::new(
-            "Scheduled",
-            true,
-            "Assigned",
-            format!("assigned to runner {runner}"),
-        )],
-        job.metadata.generation,
-        now,
-    );
-    settle(job, s, now)
-}
-
-/// Status of a Job whose runner was lost: Queued again, waiting for a hand-over
-/// (runner and epoch stay, so the next assignment moves the epoch on).
-pub fn requeued_status(job: &Job, runner: &str, now: Timestamp) -> JobStatus {
-    let mut s = job.status.clone().unwrap_or_default();
-    s.phase = Some(JobPhase::Queued);
-    s.conditions = conditions::merge(
-        &s.conditions,
-        &[Desired::new(
-            "Scheduled",
-            false,
-            "RunnerLost",
-            format!("runner {runner} was lost; waiting for another"),
-        )],
-        job.metadata.generation,
-        now,
-    );
-    s.conditions = phase_conditions(
-        &s.conditions,
-        JobPhase::Queued,
-        Some("RunnerLost"),
-        None,
-        job.metadata.generation,
-        now,
-    );
-    settle(job, s, now)
-}
-
-/// Status of a Queued Job cancelled before it started.
-pub fn cancelled_status(job: &Job, now: Timestamp) -> JobStatus {
-    let mut s = job.status.clone().unwrap_or_default();
-    s.phase = Some(JobPhase::Cancelled);
-    s.completion_time = Some(Time(now));
-    s.observed_generation = job.metadata.generation;
-    s.steps = initial_steps(&job.spec)
-        .into_iter()
-        .map(|mut st| {
-            st.phase = crate::crd::job::StepPhase::Cancelled;
-            st.reason = Some("Cancelled".into());
-            st
-        })
-        .collect();
-    s.conditions = conditions::merge(
-        &s.conditions,
-        &[Desired::new(
-            "Scheduled",
-            false,
-            "Cancelled",
-            "cancelled before it started",
-        )],
-        job.metadata.generation,
-        now,
-    );
-    s.conditions = phase_conditions(
-        &s.conditions,
-        JobPhase::Cancelled,
-        Some("Cancelled"),
-        Some("spec.cancel was set before the Job started"),
-        job.metadata.generation,
-        now,
-    );
-    settle(job, s, now)
-}
-
-/// Status of a finished Job, settled again: a `spec.cancel` set after the end still
-/// moves `observedGeneration`, and a Job finished before the health conditions
-/// existed gets them. Equal to the current status when nothing is due.
-pub fn settled_status(job: &Job, now: Timestamp) -> JobStatus {
-    settle(job, job.status.clone().unwrap_or_default(), now)
-}
-
-/// When a finished Job is due for deletion, if it has a TTL.
-pub fn ttl_due(job: &Job) -> Option<Timestamp> {
-    let ttl = job.spec.ttl_seconds_after_finished?;
-    let s = job.status.as_ref()?;
-    if !s.phase.unwrap_or_default().is_finished() {
-        return None;
-    }
-    let done = s.completion_time.as_ref()?.0;
-    done.checked_add(k8s_openapi::jiff::SignedDuration::from_secs(i64::from(ttl)))
-        .ok()
-}
+mod queue;
+mod status;
+pub use queue::*;
+pub use status::*;
 
 /// Assignments this process made that the watch cache may not show yet, so the
 /// capacity they take is not given out twice.

@@ -1,6 +1,10 @@
 #![allow(clippy::unwrap_used)]
 use super::*;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelectorRequirement;
+use std::collections::BTreeMap;
+
+use crate::server::jobs::phase_conditions;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, LabelSelectorRequirement};
 
 fn sel(k: &str, v: &str) -> Option<LabelSelector> {
     Some(LabelSelector {
