@@ -53,6 +53,12 @@ pub struct ControllerArgs {
     /// Image of on-demand runner pods (a Job's spec.onDemand.image wins).
     #[arg(long, value_name = "IMAGE", default_value = controller::on_demand::DEFAULT_IMAGE, env = "BATON_RUNNER_IMAGE")]
     pub runner_image: String,
+    /// A PEM file with the CA certificate(s) on-demand runner pods trust for an
+    /// https:// --runner-server-url (a private CA). Checked at start; read again for
+    /// each new pod (a rotated file is picked up); its certificates (nothing else
+    /// of the file) go into the pod as BATON_CA_PEM.
+    #[arg(long, value_name = "PEM", env = "BATON_RUNNER_CA_FILE")]
+    pub runner_ca_file: Option<PathBuf>,
     #[command(flatten)]
     pub leader: LeaderArgs,
     #[command(flatten)]
@@ -180,6 +186,16 @@ pub struct AgentArgs {
     /// Also trust the CA certificate(s) in this PEM file for an https:// --server.
     #[arg(long, value_name = "PEM", env = "BATON_CA_FILE")]
     pub ca_file: Option<PathBuf>,
+    /// Also trust the CA certificate(s) in this PEM text (not a path) for an
+    /// https:// --server; on-demand runner pods get the controller's
+    /// --runner-ca-file this way. With --ca-file, both are trusted.
+    #[arg(
+        long,
+        value_name = "PEM_TEXT",
+        env = "BATON_CA_PEM",
+        hide_env_values = true
+    )]
+    pub ca_pem: Option<String>,
 }
 
 /// Resolves on SIGTERM or Ctrl-C.
@@ -214,6 +230,12 @@ pub async fn controller(args: ControllerArgs) -> anyhow::Result<i32> {
         on_demand: controller::on_demand::OnDemandConfig {
             server_url: args.runner_server_url.filter(|u| !u.trim().is_empty()),
             image: args.runner_image,
+            ca: args
+                .runner_ca_file
+                .filter(|p| !p.as_os_str().is_empty())
+                .map(controller::on_demand::RunnerCa::load)
+                .transpose()
+                .map_err(|e| anyhow::anyhow!("--runner-ca-file (BATON_RUNNER_CA_FILE): {e}"))?,
         },
         leader_election,
         tls: args.tls.files()?,
@@ -247,6 +269,7 @@ pub async fn agent(args: AgentArgs) -> anyhow::Result<i32> {
         backoff_max: args.backoff_max,
         once: args.once.then_some(args.once_wait),
         ca_file: args.ca_file.filter(|p| !p.as_os_str().is_empty()),
+        ca_pem: args.ca_pem.filter(|p| !p.trim().is_empty()),
     };
     Ok(runner::run(config, shutdown_signal()).await?)
 }

@@ -65,6 +65,8 @@ pub struct OnDemandConfig {
     pub server_url: Option<String>,
     /// Runner image unless a Job's `spec.onDemand.image` says otherwise.
     pub image: String,
+    /// `--runner-ca-file`: the CA runner pods trust for an https:// server URL.
+    pub ca: Option<RunnerCa>,
 }
 
 impl Default for OnDemandConfig {
@@ -72,7 +74,54 @@ impl Default for OnDemandConfig {
         Self {
             server_url: None,
             image: DEFAULT_IMAGE.into(),
+            ca: None,
         }
+    }
+}
+
+/// Environment variable carrying the CA certificate(s) into a runner pod (the
+/// runner's `--ca-pem`). A CA certificate is public: a plain value, no Secret
+/// (which the pod's namespace would need a copy of).
+pub const CA_PEM_ENV: &str = "BATON_CA_PEM";
+
+/// `--runner-ca-file`: checked when the controller starts, read again for each
+/// runner pod so a rotated file (a renewed Secret) is picked up; a file that turns
+/// bad later is logged and the last good certificates stay in use.
+#[derive(Clone, Debug)]
+pub struct RunnerCa {
+    path: std::path::PathBuf,
+    last: std::sync::Arc<std::sync::Mutex<String>>,
+}
+
+impl RunnerCa {
+    /// Read and check the file: at least one certificate, each usable as a root.
+    pub fn load(path: std::path::PathBuf) -> Result<Self, crate::runner::client::ClientError> {
+        let pem = Self::read(&path)?;
+        Ok(Self {
+            path,
+            last: std::sync::Arc::new(std::sync::Mutex::new(pem)),
+        })
+    }
+
+    fn read(path: &std::path::Path) -> Result<String, crate::runner::client::ClientError> {
+        let ders = crate::runner::client::read_ca_file(path)?;
+        Ok(crate::runner::client::to_pem(&ders))
+    }
+
+    /// The certificates as PEM text (only CERTIFICATE blocks), fresh from the file.
+    pub fn pem(&self) -> String {
+        let mut last = self
+            .last
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        match Self::read(&self.path) {
+            Ok(pem) => *last = pem,
+            Err(e) => tracing::warn!(
+                error = %e,
+                "--runner-ca-file: keeping the CA read before for runner pods"
+            ),
+        }
+        last.clone()
     }
 }
 
@@ -166,12 +215,14 @@ fn restricted_container() -> SecurityContext {
 }
 
 /// The runner pod of attempt `attempt`: `baton runner --once` with the token from
-/// `secret`, passing the `restricted` Pod Security Standard.
+/// `secret`, trusting `ca_pem` (PEM text, as `BATON_CA_PEM`) when given, passing the
+/// `restricted` Pod Security Standard.
 pub fn desired_pod(
     job: &Job,
     attempt: u32,
     secret: &str,
     server_url: &str,
+    ca_pem: Option<&str>,
     config: &OnDemandConfig,
 ) -> Option<Pod> {
     let uid = job.uid()?;
@@ -201,18 +252,26 @@ pub fn desired_pod(
         image: Some(od.image.clone().unwrap_or_else(|| config.image.clone())),
         image_pull_policy: Some("IfNotPresent".into()),
         args: Some(args),
-        env: Some(vec![EnvVar {
-            name: "BATON_RUNNER_TOKEN".into(),
-            value_from: Some(EnvVarSource {
-                secret_key_ref: Some(SecretKeySelector {
-                    name: secret.to_owned(),
-                    key: SECRET_KEY.to_owned(),
-                    optional: Some(false),
+        env: Some(
+            std::iter::once(EnvVar {
+                name: "BATON_RUNNER_TOKEN".into(),
+                value_from: Some(EnvVarSource {
+                    secret_key_ref: Some(SecretKeySelector {
+                        name: secret.to_owned(),
+                        key: SECRET_KEY.to_owned(),
+                        optional: Some(false),
+                    }),
+                    ..Default::default()
                 }),
                 ..Default::default()
-            }),
-            ..Default::default()
-        }]),
+            })
+            .chain(ca_pem.map(|pem| EnvVar {
+                name: CA_PEM_ENV.into(),
+                value: Some(pem.to_owned()),
+                ..Default::default()
+            }))
+            .collect(),
+        ),
         resources: od.resources.clone(),
         volume_mounts: Some(vec![VolumeMount {
             name: "tmp".into(),
@@ -571,8 +630,16 @@ pub async fn prepare(ctx: &Context, job: &Job) -> Result<Slot, Error> {
                     .await
                     .map_err(kube_err("apply the runner RoleBinding", RUNNER_ACCOUNT))?;
             }
-            let pod = desired_pod(job, attempt, &secret, &server_url, &ctx.on_demand)
-                .ok_or(Error::NoNamespace)?;
+            let ca_pem = ctx.on_demand.ca.as_ref().map(RunnerCa::pem);
+            let pod = desired_pod(
+                job,
+                attempt,
+                &secret,
+                &server_url,
+                ca_pem.as_deref(),
+                &ctx.on_demand,
+            )
+            .ok_or(Error::NoNamespace)?;
             let pp = PostParams {
                 field_manager: Some(FIELD_MANAGER.into()),
                 ..Default::default()

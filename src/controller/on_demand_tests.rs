@@ -62,7 +62,7 @@ fn token_is_owned_by_the_job_and_bound_to_the_runner() {
 #[test]
 fn runner_pod_is_restricted_and_takes_the_token_from_the_secret() {
     let cfg = OnDemandConfig::default();
-    let pod = desired_pod(&job("j"), 1, "j-runner-token", "http://h:1", &cfg).unwrap();
+    let pod = desired_pod(&job("j"), 1, "j-runner-token", "http://h:1", None, &cfg).unwrap();
     assert_eq!(pod.metadata.name.as_deref(), Some("j-runner"));
     let spec = pod.spec.unwrap();
     assert_eq!(spec.restart_policy.as_deref(), Some("Never"));
@@ -84,7 +84,9 @@ fn runner_pod_is_restricted_and_takes_the_token_from_the_secret() {
     let sc = c.security_context.clone().unwrap();
     assert_eq!(sc.allow_privilege_escalation, Some(false));
     assert_eq!(sc.capabilities.unwrap().drop, Some(vec!["ALL".to_owned()]));
-    let env = &c.env.clone().unwrap()[0];
+    let envs = c.env.clone().unwrap();
+    assert_eq!(envs.len(), 1, "no CA configured: no {CA_PEM_ENV}");
+    let env = &envs[0];
     assert_eq!(env.name, "BATON_RUNNER_TOKEN");
     assert!(env.value.is_none(), "never the plaintext in the pod spec");
     let key = env.value_from.clone().unwrap().secret_key_ref.unwrap();
@@ -97,11 +99,103 @@ fn runner_pod_is_restricted_and_takes_the_token_from_the_secret() {
 
     let mut own = job("j");
     own.spec.on_demand.as_mut().unwrap().image = Some("my/runner:1".into());
-    let pod = desired_pod(&own, 1, "s", "http://h:1", &cfg).unwrap();
+    let pod = desired_pod(&own, 1, "s", "http://h:1", None, &cfg).unwrap();
     assert_eq!(
         pod.spec.unwrap().containers[0].image.as_deref(),
         Some("my/runner:1")
     );
+}
+
+/// A self-signed CA certificate (rcgen is only a dev-dependency of the integration
+/// tests, so a fixed one): CN=baton-unit-test-ca, valid 100 years from 2026 (its key thrown away).
+const TEST_CA: &str = include_str!("on_demand_test_ca.pem");
+
+fn temp_file(name: &str, text: &str) -> std::path::PathBuf {
+    let dir =
+        std::env::temp_dir().join(format!("baton-on-demand-ca-{}-{name}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("ca.crt");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+#[test]
+fn runner_pod_gets_the_ca_as_plain_pem_text() {
+    let cfg = OnDemandConfig::default();
+    let pod = desired_pod(
+        &job("j"),
+        1,
+        "j-runner-token",
+        "https://h:1",
+        Some(TEST_CA),
+        &cfg,
+    )
+    .unwrap();
+    let c = &pod.spec.unwrap().containers[0];
+    let envs = c.env.clone().unwrap();
+    let ca = envs.iter().find(|e| e.name == CA_PEM_ENV).unwrap();
+    assert_eq!(ca.value.as_deref(), Some(TEST_CA));
+    assert!(ca.value_from.is_none(), "a value, not a Secret reference");
+    assert!(
+        envs.iter().any(|e| e.name == "BATON_RUNNER_TOKEN"),
+        "the token still comes from its Secret"
+    );
+    // No volume for it: nothing to mount across namespaces.
+    assert_eq!(c.volume_mounts.clone().unwrap().len(), 1);
+}
+
+#[test]
+fn runner_ca_file_is_checked_at_load_and_passes_certificates_only() {
+    // A key next to the certificate (a careless bundle) never reaches a pod spec.
+    let bundle = format!(
+        "# comment\n{TEST_CA}-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n"
+    );
+    let path = temp_file("bundle", &bundle);
+    let ca = RunnerCa::load(path.clone()).unwrap();
+    let pem = ca.pem();
+    assert!(
+        !pem.contains("PRIVATE KEY") && !pem.contains("comment"),
+        "{pem}"
+    );
+    let certs =
+        crate::runner::client::parse_ca_pem(pem.as_bytes(), &crate::runner::client::CaOrigin::Pem)
+            .unwrap();
+    assert_eq!(certs.len(), 1);
+    assert_eq!(pem, crate::runner::client::to_pem(&certs));
+    assert_eq!(
+        pem.trim(),
+        TEST_CA.trim(),
+        "re-encoded as the usual 64-column PEM"
+    );
+
+    // Rotated: the new file is read for the next pod; turned bad: the last good stays.
+    std::fs::write(&path, "junk\n").unwrap();
+    assert_eq!(ca.pem(), pem, "a bad new file keeps the last good CA");
+    std::fs::remove_file(&path).unwrap();
+    assert_eq!(ca.pem(), pem, "a vanished file keeps the last good CA");
+
+    // At start, a bad file is an error naming it.
+    let missing = path.with_file_name("missing.crt");
+    let err = RunnerCa::load(missing.clone()).unwrap_err().to_string();
+    assert!(
+        err.contains("read the CA file") && err.contains(&*missing.to_string_lossy()),
+        "{err}"
+    );
+    let junk = temp_file("junk", "junk\n");
+    let err = RunnerCa::load(junk.clone()).unwrap_err().to_string();
+    assert_eq!(
+        err,
+        format!("the CA file {} holds no PEM certificate", junk.display())
+    );
+    let bad = temp_file(
+        "bad",
+        "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n",
+    );
+    let err = RunnerCa::load(bad.clone()).unwrap_err().to_string();
+    assert!(err.contains("holds a bad certificate"), "{err}");
+    for p in [path, junk, bad] {
+        let _ = std::fs::remove_dir_all(p.parent().unwrap());
+    }
 }
 
 #[test]

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use futures::{Stream, StreamExt};
 use serde::Deserialize;
+use tokio_rustls::rustls::pki_types::CertificateDer;
 
 use crate::server::input::{ErrorBody, RegisterRequest, RegisterResponse};
 use crate::server::jobs::{
@@ -22,10 +23,10 @@ pub enum ClientError {
         #[source]
         source: std::io::Error,
     },
-    #[error("the CA file {} holds no PEM certificate", .0.display())]
-    CaEmpty(PathBuf),
-    #[error("the CA file {} holds a bad certificate: {reason}", path.display())]
-    CaBad { path: PathBuf, reason: String },
+    #[error("{0} holds no PEM certificate")]
+    CaEmpty(CaOrigin),
+    #[error("{origin} holds a bad certificate: {reason}")]
+    CaBad { origin: CaOrigin, reason: String },
     #[error("{doing}: cannot reach the server: {}", with_root_cause(source))]
     Unreachable {
         doing: &'static str,
@@ -47,6 +48,25 @@ impl ClientError {
         match self {
             ClientError::Refused { status, .. } => Some(*status),
             _ => None,
+        }
+    }
+}
+
+/// Where extra trusted CA certificates come from, as errors name it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum CaOrigin {
+    /// `--ca-file` (or the controller's `--runner-ca-file`).
+    File(PathBuf),
+    /// `--ca-pem` / `BATON_CA_PEM`: the PEM text itself (what the controller hands
+    /// on-demand runner pods).
+    Pem,
+}
+
+impl std::fmt::Display for CaOrigin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CaOrigin::File(path) => write!(f, "the CA file {}", path.display()),
+            CaOrigin::Pem => f.write_str("the CA PEM of --ca-pem (BATON_CA_PEM)"),
         }
     }
 }
@@ -74,9 +94,32 @@ impl Client {
 
     /// Trusting the CA certificate(s) in `ca_file` as well as the usual roots.
     pub fn with_ca(server: &str, ca_file: Option<&Path>) -> Result<Self, ClientError> {
+        Self::with_cas(server, ca_file, None)
+    }
+
+    /// Trusting the CA certificate(s) in `ca_file` and in the PEM text `ca_pem`
+    /// (both when both are given) as well as the usual roots.
+    pub fn with_cas(
+        server: &str,
+        ca_file: Option<&Path>,
+        ca_pem: Option<&str>,
+    ) -> Result<Self, ClientError> {
         let mut builder = reqwest::Client::builder().connect_timeout(Duration::from_secs(5));
-        for ca in ca_file.map(read_ca).transpose()?.unwrap_or_default() {
-            builder = builder.add_root_certificate(ca);
+        let mut cas = Vec::new();
+        if let Some(path) = ca_file {
+            cas.push((CaOrigin::File(path.to_owned()), read_ca_file(path)?));
+        }
+        if let Some(pem) = ca_pem {
+            cas.push((CaOrigin::Pem, parse_ca_pem(pem.as_bytes(), &CaOrigin::Pem)?));
+        }
+        for (origin, ders) in cas {
+            for der in ders {
+                let ca = reqwest::Certificate::from_der(&der).map_err(|e| ClientError::CaBad {
+                    origin: origin.clone(),
+                    reason: e.to_string(),
+                })?;
+                builder = builder.add_root_certificate(ca);
+            }
         }
         let http = builder.build().map_err(ClientError::Build)?;
         Ok(Self {
@@ -178,32 +221,55 @@ fn with_root_cause(e: &reqwest::Error) -> String {
 
 /// Every certificate in a PEM file, checked here so a bad one is reported with the
 /// file's name (reqwest would only say "builder error" when the client is built).
-fn read_ca(path: &Path) -> Result<Vec<reqwest::Certificate>, ClientError> {
-    use tokio_rustls::rustls::RootCertStore;
-    use tokio_rustls::rustls::pki_types::CertificateDer;
-    use tokio_rustls::rustls::pki_types::pem::PemObject;
-    let bad = |reason: String| ClientError::CaBad {
-        path: path.to_owned(),
-        reason,
-    };
+pub fn read_ca_file(path: &Path) -> Result<Vec<CertificateDer<'static>>, ClientError> {
     let pem = std::fs::read(path).map_err(|source| ClientError::CaRead {
         path: path.to_owned(),
         source,
     })?;
-    let ders = CertificateDer::pem_slice_iter(&pem)
+    parse_ca_pem(&pem, &CaOrigin::File(path.to_owned()))
+}
+
+/// Every certificate in PEM text (other PEM sections, e.g. a key, are skipped), each
+/// checked to be a certificate a trust store takes; at least one.
+pub fn parse_ca_pem(
+    pem: &[u8],
+    origin: &CaOrigin,
+) -> Result<Vec<CertificateDer<'static>>, ClientError> {
+    use tokio_rustls::rustls::RootCertStore;
+    use tokio_rustls::rustls::pki_types::pem::PemObject;
+    let bad = |reason: String| ClientError::CaBad {
+        origin: origin.clone(),
+        reason,
+    };
+    let ders = CertificateDer::pem_slice_iter(pem)
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| bad(e.to_string()))?;
     if ders.is_empty() {
-        return Err(ClientError::CaEmpty(path.to_owned()));
+        return Err(ClientError::CaEmpty(origin.clone()));
     }
-    ders.into_iter()
-        .map(|der| {
-            RootCertStore::empty()
-                .add(der.clone())
-                .map_err(|e| bad(e.to_string()))?;
-            reqwest::Certificate::from_der(&der).map_err(|e| bad(e.to_string()))
-        })
-        .collect()
+    for der in &ders {
+        RootCertStore::empty()
+            .add(der.clone())
+            .map_err(|e| bad(e.to_string()))?;
+        reqwest::Certificate::from_der(der).map_err(|e| bad(e.to_string()))?;
+    }
+    Ok(ders)
+}
+
+/// Certificates as PEM text: only the CERTIFICATE blocks, whatever else the file held.
+pub fn to_pem(ders: &[CertificateDer<'_>]) -> String {
+    use base64::Engine as _;
+    let mut out = String::new();
+    for der in ders {
+        let b64 = base64::engine::general_purpose::STANDARD.encode(der.as_ref());
+        out.push_str("-----BEGIN CERTIFICATE-----\n");
+        for line in b64.as_bytes().chunks(64) {
+            out.push_str(&String::from_utf8_lossy(line));
+            out.push('\n');
+        }
+        out.push_str("-----END CERTIFICATE-----\n");
+    }
+    out
 }
 
 /// The job calls of the runner API (see `server::jobs`).
@@ -403,6 +469,46 @@ mod tests {
         assert_eq!(evs.len(), 1);
         assert_eq!(evs[0].event, "close");
         assert_eq!(evs[0].reason(), "bye");
+    }
+
+    #[test]
+    fn ca_pem_text_is_checked_like_a_ca_file() {
+        let ca = include_str!("../controller/on_demand_test_ca.pem");
+        assert!(Client::with_cas("https://h:1", None, Some(ca)).is_ok());
+        let cases = [
+            (
+                "",
+                "the CA PEM of --ca-pem (BATON_CA_PEM) holds no PEM certificate",
+            ),
+            (
+                "/etc/baton/tls/ca.crt",
+                "the CA PEM of --ca-pem (BATON_CA_PEM) holds no PEM certificate",
+            ),
+            (
+                "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n",
+                "the CA PEM of --ca-pem (BATON_CA_PEM) holds a bad certificate",
+            ),
+        ];
+        for (pem, want) in cases {
+            let err = Client::with_cas("https://h:1", None, Some(pem))
+                .err()
+                .expect("refused")
+                .to_string();
+            assert!(err.starts_with(want), "{pem:?}: {err}");
+        }
+        // With a file too, a bad file is named as the file.
+        let err = Client::with_cas(
+            "https://h:1",
+            Some(Path::new("/nonexistent/ca.crt")),
+            Some(ca),
+        )
+        .err()
+        .expect("refused")
+        .to_string();
+        assert!(
+            err.starts_with("read the CA file /nonexistent/ca.crt"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -50,6 +50,9 @@ pub struct Config {
     pub once: Option<Duration>,
     /// `--ca-file`: extra CA certificate(s) trusted for an https:// server.
     pub ca_file: Option<PathBuf>,
+    /// `--ca-pem` / `BATON_CA_PEM`: extra CA certificate(s) as PEM text (how the
+    /// controller hands its `--runner-ca-file` to on-demand runner pods).
+    pub ca_pem: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -121,7 +124,11 @@ pub async fn run(
         .run();
     let health = tokio::spawn(health);
 
-    let client = Client::with_ca(&config.server, config.ca_file.as_deref())?;
+    let client = Client::with_cas(
+        &config.server,
+        config.ca_file.as_deref(),
+        config.ca_pem.as_deref(),
+    )?;
     let kube = match config.backend {
         BackendKind::Kubernetes => Some(
             kube::Client::try_default()

@@ -36,9 +36,9 @@ use kube::{Client, Resource, ResourceExt};
 
 use crate::support::{FIELD_MANAGER, STEP_IMAGE, TestNs, in_namespace, wait_for};
 
-const RELEASE: &str = "baton";
+pub(crate) const RELEASE: &str = "baton";
 /// Objects of the chart are named after the release ("baton" contains the chart name).
-const FULLNAME: &str = "baton";
+pub(crate) const FULLNAME: &str = "baton";
 /// Every pod of the release: controller replicas and static runners.
 const INSTANCE_SELECTOR: &str = "app.kubernetes.io/instance=baton";
 const CONTROLLER_SELECTOR: &str =
@@ -48,8 +48,8 @@ const LEADER_LABEL: &str = "baton.dev/leader";
 /// The test's runners reconnect after 5 s without a ping (the chart's default is 10 s).
 const PING: &str = "controller.pingInterval=1s";
 /// The static runner of the values below, and its Deployment and RunnerToken.
-const STATIC: &str = "static1";
-const STATIC_OBJECTS: &str = "baton-static-static1";
+pub(crate) const STATIC: &str = "static1";
+pub(crate) const STATIC_OBJECTS: &str = "baton-static-static1";
 
 pub(crate) fn chart_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("charts/baton")
@@ -230,7 +230,7 @@ fn is_ready(pod: &Pod) -> bool {
 
 /// The leader: wait (bounded) until exactly one live controller pod carries the
 /// leader label, and it is Ready; with its log.
-async fn leader_pod(ns: &TestNs) -> anyhow::Result<(Pod, String)> {
+pub(crate) async fn leader_pod(ns: &TestNs) -> anyhow::Result<(Pod, String)> {
     let pods: Api<Pod> = Api::namespaced(ns.client.clone(), &ns.name);
     let selector = format!("{CONTROLLER_SELECTOR},{LEADER_LABEL}={FULLNAME}");
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -280,7 +280,7 @@ async fn service_selects_only(ns: &TestNs, leader: &str) -> anyhow::Result<()> {
     }
 }
 
-fn env_of(pod: &Pod, var: &str) -> Option<String> {
+pub(crate) fn env_of(pod: &Pod, var: &str) -> Option<String> {
     pod.spec
         .as_ref()?
         .containers
@@ -361,7 +361,7 @@ async fn chart_installs_works_upgrades_and_uninstalls_cleanly() {
 
 /// The values every install and upgrade of the test passes: the test's namespace
 /// only, fast pings, and one static runner (its `maxConcurrentJobs` given).
-fn base_values(n: &str, max_concurrent: u32) -> Vec<String> {
+pub(crate) fn base_values(n: &str, max_concurrent: u32) -> Vec<String> {
     [
         format!("watchNamespace={n}"),
         PING.to_owned(),
@@ -374,7 +374,7 @@ fn base_values(n: &str, max_concurrent: u32) -> Vec<String> {
     .collect()
 }
 
-async fn helm_with(args: &[&str], values: &[String]) -> anyhow::Result<String> {
+pub(crate) async fn helm_with(args: &[&str], values: &[String]) -> anyhow::Result<String> {
     let mut all: Vec<&str> = args.to_vec();
     all.extend(values.iter().map(String::as_str));
     helm(&all).await
@@ -446,8 +446,10 @@ async fn chart_lifecycle(ns: &TestNs) -> anyhow::Result<()> {
     ensure!(
         wide.contains("scheme: HTTPS")
             && wide.contains("--runner-server-url=https://")
-            && wide.contains("--ca-file="),
-        "tls.enabled: HTTPS probes, an https:// on-demand URL, static runners trusting the CA:\n{wide}"
+            && wide.contains("--ca-file=")
+            && wide.contains("--runner-ca-file=/etc/baton/tls/ca.crt"),
+        "tls.enabled: HTTPS probes, an https:// on-demand URL, static and on-demand runners \
+         trusting the CA:\n{wide}"
     );
     eprintln!("the widest template: {count} objects admitted");
     // Without leader election: one replica, Recreate, the Service selects no leader

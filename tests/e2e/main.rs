@@ -10,6 +10,7 @@ mod fixtures;
 mod support;
 
 mod chart;
+mod chart_tls;
 mod crds;
 mod failover;
 mod jobs;
