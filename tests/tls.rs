@@ -368,6 +368,8 @@ fn baton(args: &[&str], envs: &[(&str, &str)]) -> (i32, String) {
         .env_remove("BATON_TLS_CERT_FILE")
         .env_remove("BATON_TLS_KEY_FILE")
         .env_remove("BATON_CA_FILE")
+        .env_remove("BATON_CA_PEM")
+        .env_remove("BATON_RUNNER_CA_FILE")
         .envs(envs.iter().copied())
         .stdin(Stdio::null())
         .stdout(Stdio::null())
@@ -468,4 +470,42 @@ fn the_runner_agent_names_a_bad_ca_file() {
     );
     let want = format!("the CA file {} holds no PEM certificate", junk.display());
     assert!(code != 0 && err.contains(&want), "{code} {err}");
+}
+
+#[test]
+fn the_controller_names_a_bad_runner_ca_file_before_reaching_a_cluster() {
+    let dir = Dir::new("runnerca");
+    let junk = dir.write("junk.pem", "junk\n");
+    let junk = junk.to_str().unwrap();
+    for (file, want) in [
+        (junk, format!("the CA file {junk} holds no PEM certificate")),
+        (
+            "/nonexistent/ca.crt",
+            "read the CA file /nonexistent/ca.crt".to_owned(),
+        ),
+    ] {
+        let (code, err) = baton(
+            &[
+                "controller",
+                "--listen",
+                "127.0.0.1:0",
+                "--runner-ca-file",
+                file,
+            ],
+            &[],
+        );
+        assert!(
+            code != 0 && err.contains("--runner-ca-file") && err.contains(&want),
+            "{file}: {code} {err}"
+        );
+    }
+    // The same through the environment.
+    let (code, err) = baton(
+        &["controller", "--listen", "127.0.0.1:0"],
+        &[("BATON_RUNNER_CA_FILE", junk)],
+    );
+    assert!(
+        code != 0 && err.contains("holds no PEM certificate"),
+        "{code} {err}"
+    );
 }
