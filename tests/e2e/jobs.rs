@@ -181,28 +181,35 @@ async fn one_step_job_on_a_static_runner_succeeds_with_rbac_checked_logs() {
         ensure!(conditions::is_true(&st.conditions, "Complete"));
         ensure!(st.start_time.is_some() && st.completion_time.is_some());
 
-        let metrics = http()
-            .get(format!("{}/metrics", s.ctl.url))
-            .send()
-            .await?
-            .text()
-            .await?;
-        let value = |series: &str| -> f64 {
-            metrics
-                .lines()
-                .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
-                .and_then(|l| l.rsplit(' ').next()?.parse().ok())
-                .unwrap_or(-1.0)
-        };
-        ensure!(
-            value("baton_reconcile_total{kind=\"Job\",outcome=\"ok\"}") > 0.0,
-            "{metrics}"
-        );
-        ensure!(value("baton_jobs{phase=\"Succeeded\"}") >= 1.0, "{metrics}");
-        ensure!(
-            value("baton_job_duration_seconds_count") >= 1.0,
-            "{metrics}"
-        );
+        // The gauges follow the controller's watch cache, which may see the end a
+        // moment after this test's watch did: read until they agree (bounded).
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let metrics = http()
+                .get(format!("{}/metrics", s.ctl.url))
+                .send()
+                .await?
+                .text()
+                .await?;
+            let value = |series: &str| -> f64 {
+                metrics
+                    .lines()
+                    .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
+                    .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+                    .unwrap_or(-1.0)
+            };
+            if value("baton_reconcile_total{kind=\"Job\",outcome=\"ok\"}") > 0.0
+                && value("baton_jobs{phase=\"Succeeded\"}") >= 1.0
+                && value("baton_job_duration_seconds_count") >= 1.0
+            {
+                break;
+            }
+            ensure!(
+                Instant::now() < deadline,
+                "metrics do not show the Succeeded Job after 10s:\n{metrics}"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
 
         let allowed = sa_token(&ns, "reader", true).await?;
         let denied = sa_token(&ns, "stranger", false).await?;
