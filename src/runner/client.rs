@@ -1,13 +1,13 @@
 //! The runner's side of the API: registration and the control channel (a
 //! server-sent-events stream, parsed here).
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use futures::{Stream, StreamExt};
 use serde::Deserialize;
-use tokio_rustls::rustls::pki_types::CertificateDer;
 
+use crate::server::ca::{CaError, CaOrigin, parse_ca_pem, read_ca_file};
 use crate::server::input::{ErrorBody, RegisterRequest, RegisterResponse};
 use crate::server::jobs::{
     AppendQuery, AppendResponse, Assignment, ClaimRequest, ClaimResponse, StatusReport,
@@ -17,16 +17,8 @@ use crate::server::jobs::{
 pub enum ClientError {
     #[error("build the HTTP client: {0}")]
     Build(#[source] reqwest::Error),
-    #[error("read the CA file {}: {source}", path.display())]
-    CaRead {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("{0} holds no PEM certificate")]
-    CaEmpty(CaOrigin),
-    #[error("{origin} holds a bad certificate: {reason}")]
-    CaBad { origin: CaOrigin, reason: String },
+    #[error(transparent)]
+    Ca(#[from] CaError),
     #[error("{doing}: cannot reach the server: {}", with_root_cause(source))]
     Unreachable {
         doing: &'static str,
@@ -48,25 +40,6 @@ impl ClientError {
         match self {
             ClientError::Refused { status, .. } => Some(*status),
             _ => None,
-        }
-    }
-}
-
-/// Where extra trusted CA certificates come from, as errors name it.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum CaOrigin {
-    /// `--ca-file` (or the controller's `--runner-ca-file`).
-    File(PathBuf),
-    /// `--ca-pem` / `BATON_CA_PEM`: the PEM text itself (what the controller hands
-    /// on-demand runner pods).
-    Pem,
-}
-
-impl std::fmt::Display for CaOrigin {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            CaOrigin::File(path) => write!(f, "the CA file {}", path.display()),
-            CaOrigin::Pem => f.write_str("the CA PEM of --ca-pem (BATON_CA_PEM)"),
         }
     }
 }
@@ -114,7 +87,7 @@ impl Client {
         }
         for (origin, ders) in cas {
             for der in ders {
-                let ca = reqwest::Certificate::from_der(&der).map_err(|e| ClientError::CaBad {
+                let ca = reqwest::Certificate::from_der(&der).map_err(|e| CaError::Bad {
                     origin: origin.clone(),
                     reason: e.to_string(),
                 })?;
@@ -217,59 +190,6 @@ fn with_root_cause(e: &reqwest::Error) -> String {
     } else {
         format!("{e} ({root})")
     }
-}
-
-/// Every certificate in a PEM file, checked here so a bad one is reported with the
-/// file's name (reqwest would only say "builder error" when the client is built).
-pub fn read_ca_file(path: &Path) -> Result<Vec<CertificateDer<'static>>, ClientError> {
-    let pem = std::fs::read(path).map_err(|source| ClientError::CaRead {
-        path: path.to_owned(),
-        source,
-    })?;
-    parse_ca_pem(&pem, &CaOrigin::File(path.to_owned()))
-}
-
-/// Every certificate in PEM text (other PEM sections, e.g. a key, are skipped), each
-/// checked to be a certificate a trust store takes; at least one.
-pub fn parse_ca_pem(
-    pem: &[u8],
-    origin: &CaOrigin,
-) -> Result<Vec<CertificateDer<'static>>, ClientError> {
-    use tokio_rustls::rustls::RootCertStore;
-    use tokio_rustls::rustls::pki_types::pem::PemObject;
-    let bad = |reason: String| ClientError::CaBad {
-        origin: origin.clone(),
-        reason,
-    };
-    let ders = CertificateDer::pem_slice_iter(pem)
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| bad(e.to_string()))?;
-    if ders.is_empty() {
-        return Err(ClientError::CaEmpty(origin.clone()));
-    }
-    for der in &ders {
-        RootCertStore::empty()
-            .add(der.clone())
-            .map_err(|e| bad(e.to_string()))?;
-        reqwest::Certificate::from_der(der).map_err(|e| bad(e.to_string()))?;
-    }
-    Ok(ders)
-}
-
-/// Certificates as PEM text: only the CERTIFICATE blocks, whatever else the file held.
-pub fn to_pem(ders: &[CertificateDer<'_>]) -> String {
-    use base64::Engine as _;
-    let mut out = String::new();
-    for der in ders {
-        let b64 = base64::engine::general_purpose::STANDARD.encode(der.as_ref());
-        out.push_str("-----BEGIN CERTIFICATE-----\n");
-        for line in b64.as_bytes().chunks(64) {
-            out.push_str(&String::from_utf8_lossy(line));
-            out.push('\n');
-        }
-        out.push_str("-----END CERTIFICATE-----\n");
-    }
-    out
 }
 
 /// The job calls of the runner API (see `server::jobs`).

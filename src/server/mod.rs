@@ -6,6 +6,7 @@
 
 pub mod adoption;
 pub mod api;
+pub mod ca;
 pub mod events;
 pub mod health;
 pub mod hub;
