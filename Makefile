@@ -12,7 +12,9 @@ export HELM ?= $(BATON_CACHE)/helm-$(HELM_VERSION)/bin/helm
 # The kstatus library (what Flux reads health with) as a tool the e2e tests pipe
 # objects to; version = the cli-utils release pinned in hack/kstatus/go.mod.
 KSTATUS_VERSION := $(shell sed -n 's,^require sigs.k8s.io/cli-utils \(v[^ ]*\)$$,\1,p; s,^\tsigs.k8s.io/cli-utils \(v[^ ]*\)$$,\1,p' hack/kstatus/go.mod)
-export BATON_KSTATUS ?= $(BATON_CACHE)/kstatus-$(KSTATUS_VERSION)/kstatus
+# Keyed by the sources' content, not their mtimes: a fresh clone reuses the build.
+KSTATUS_HASH := $(shell cat hack/kstatus/main.go hack/kstatus/go.mod hack/kstatus/go.sum | sha256sum | cut -c1-12)
+export BATON_KSTATUS ?= $(BATON_CACHE)/kstatus-$(KSTATUS_VERSION)-$(KSTATUS_HASH)/kstatus
 
 .PHONY: help build release lint helm-lint fmt unit crd images cluster-up cluster-down kstatus e2e test bench-local clean-cache
 
@@ -53,7 +55,7 @@ cluster-down: ## Stop the local cluster and remove its state
 
 kstatus: $(BATON_KSTATUS) ## Build (once, cached) the kstatus tool the e2e tests check health with
 
-$(BATON_KSTATUS): hack/kstatus/main.go hack/kstatus/go.mod hack/kstatus/go.sum
+$(BATON_KSTATUS):
 	mkdir -p $(@D)
 	cd hack/kstatus && GOFLAGS=-mod=mod CGO_ENABLED=0 go build -trimpath -o $(abspath $@) .
 	@echo "kstatus tool: $@"
