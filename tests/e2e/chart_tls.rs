@@ -20,9 +20,10 @@ use k8s_openapi::api::core::v1::{Pod, Secret, Service};
 use kube::api::{Api, ObjectMeta, PostParams};
 use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
 
-use crate::chart::{
-    FULLNAME, RELEASE, STATIC, STATIC_OBJECTS, base_values, chart_dir, cleanup,
-    deployment_rolled_out, env_of, helm_with, job_phase, leader_pod,
+use crate::chart::{base_values, helm_with};
+use crate::helm::{
+    FULLNAME, RELEASE, STATIC, STATIC_OBJECTS, chart_dir, cleanup, deployment_rolled_out, env_of,
+    job_phase, leader_pod,
 };
 use crate::support::{STEP_IMAGE, TestNs, in_namespace, wait_for};
 

@@ -20,7 +20,7 @@ use k8s_openapi::api::core::v1::{Pod, Service};
 use kube::api::{Api, DeleteParams, ListParams, PostParams};
 use kube::runtime::{WatchStreamExt, watcher};
 
-use crate::chart::{chart_dir, cleanup, controller_mints, deployment_rolled_out, helm, job_phase};
+use crate::helm::{chart_dir, cleanup, controller_mints, deployment_rolled_out, helm, job_phase};
 use crate::procs::{Agent, TempDir};
 use crate::support::{STEP_IMAGE, TestNs, in_namespace, wait_for};
 

@@ -13,6 +13,7 @@ mod chart;
 mod chart_tls;
 mod crds;
 mod failover;
+mod helm;
 mod jobs;
 mod kstatus;
 mod on_demand;
