@@ -222,7 +222,7 @@ impl JobRunner {
             runner: self.runner.clone(),
             token: token.to_owned(),
             claim: claim.clone(),
-            cancel: cancel.clone(),
+            fenced: CancellationToken::new(),
             sent: Mutex::default(),
         };
         let workflow = Workflow::new(claim.uid.clone());
@@ -235,9 +235,23 @@ impl JobRunner {
             }
             futures::future::pending::<()>().await;
         };
+        let mut run = std::pin::pin!(run);
         let outcome = tokio::select! {
-            outcome = run => outcome,
+            outcome = &mut run => outcome,
             () = replays => Err("the runner stopped".to_owned()),
+            () = sink.fenced.cancelled() => {
+                if self.backend == BackendKind::Kubernetes {
+                    // The Job's new runner adopts the step pods: leave them alone
+                    // (cancelling would delete pods that are no longer ours).
+                    info!(namespace = ns, job = name, epoch, "fenced off: leaving the step pods to the Job's new runner");
+                    return;
+                }
+                // Local processes cannot be adopted: stop them, report nothing.
+                cancel.cancel();
+                let _ = run.await;
+                info!(namespace = ns, job = name, epoch, "fenced off: local steps stopped");
+                return;
+            }
         };
         let report = match outcome {
             Ok(r) => StatusReport {
@@ -281,7 +295,9 @@ struct Sink {
     runner: String,
     token: String,
     claim: ClaimResponse,
-    cancel: CancellationToken,
+    /// Set when the server fences this run off (the Job moved to a new epoch, or
+    /// is no longer active): see `run_job` for what the run does then.
+    fenced: CancellationToken,
     /// Per running step: the bytes sent so far, for a resend after a `LogGap`.
     sent: Mutex<HashMap<String, SentLog>>,
 }
@@ -373,7 +389,7 @@ impl Sink {
                 Ok(()) => return,
                 Err(e @ ClientError::Refused { status: 409, .. }) => {
                     warn!(job = %self.claim.name, "fenced off, stopping the run: {e}");
-                    self.cancel.cancel();
+                    self.fenced.cancel();
                     return;
                 }
                 Err(e) if is_permanent(&e) => {
@@ -458,7 +474,7 @@ impl Sink {
                     ..
                 }) if reason == "StaleEpoch" || reason == "NotActive" => {
                     warn!(job = %self.claim.name, "fenced off, stopping the run: {message}");
-                    self.cancel.cancel();
+                    self.fenced.cancel();
                     return Sent::Stopped;
                 }
                 Err(ClientError::Refused {

@@ -111,7 +111,7 @@ fn sink(server: &str) -> Sink {
             spec: serde_json::from_value(serde_json::json!({ "steps": [] })).expect("spec"),
             log_offsets: Default::default(),
         },
-        cancel: CancellationToken::new(),
+        fenced: CancellationToken::new(),
         sent: Mutex::default(),
     }
 }
@@ -148,7 +148,7 @@ async fn a_server_that_lost_its_logs_gets_them_resent() {
         lock(&store).get("s").map(Vec::as_slice),
         Some(&b"aaaabbbbccccdde"[..])
     );
-    assert!(!sink.cancel.is_cancelled());
+    assert!(!sink.fenced.is_cancelled());
 }
 
 #[tokio::test]
