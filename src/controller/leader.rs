@@ -155,10 +155,6 @@ impl Elector {
         }
     }
 
-    pub fn config(&self) -> &LeaderConfig {
-        &self.config
-    }
-
     /// Campaign until this candidate holds the Lease, then label its pod.
     pub async fn acquire(&mut self) {
         // A restarted container may find its pod still labelled from its last run.

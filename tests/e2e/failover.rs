@@ -20,15 +20,12 @@ use k8s_openapi::api::core::v1::{Pod, Service};
 use kube::api::{Api, DeleteParams, ListParams, PostParams};
 use kube::runtime::{WatchStreamExt, watcher};
 
-use crate::helm::{chart_dir, cleanup, controller_mints, deployment_rolled_out, helm, job_phase};
+use crate::helm::{
+    CONTROLLER_SELECTOR, FULLNAME as LEASE, LEADER_LABEL, RELEASE, chart_dir, cleanup,
+    controller_mints, deployment_rolled_out, helm, is_ready, job_phase,
+};
 use crate::procs::{Agent, TempDir};
 use crate::support::{STEP_IMAGE, TestNs, in_namespace, wait_for};
-
-const RELEASE: &str = "baton";
-/// The release's full name: the Lease's name and the leader label's value.
-const LEASE: &str = "baton";
-const LEADER_LABEL: &str = "baton.dev/leader";
-const INSTANCE_SELECTOR: &str = "app.kubernetes.io/instance=baton";
 
 #[tokio::test]
 async fn the_standby_takes_over_a_killed_leader_mid_job_and_nothing_runs_twice() {
@@ -49,16 +46,12 @@ fn holder(lease: &Lease) -> Option<String> {
 async fn controller_pods(ns: &TestNs) -> anyhow::Result<Vec<(String, bool, Option<String>)>> {
     let pods: Api<Pod> = Api::namespaced(ns.client.clone(), &ns.name);
     Ok(pods
-        .list(&ListParams::default().labels(INSTANCE_SELECTOR))
+        .list(&ListParams::default().labels(CONTROLLER_SELECTOR))
         .await?
         .into_iter()
         .filter(|p| p.metadata.deletion_timestamp.is_none())
         .map(|p| {
-            let ready = p
-                .status
-                .as_ref()
-                .and_then(|s| s.conditions.as_ref())
-                .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
+            let ready = is_ready(&p);
             let label = p
                 .metadata
                 .labels
