@@ -8,6 +8,7 @@ pub mod backend;
 pub mod cli;
 pub mod controller;
 pub mod crd;
+pub mod domain;
 pub mod executor;
 pub mod runner;
 pub mod server;

@@ -47,7 +47,10 @@ use kube::{Client, ResourceExt};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-pub use pod::{LABEL_JOB_NAME, LABEL_JOB_UID, LABEL_RETRY, LABEL_STEP, pod_name};
+pub use pod::{
+    LABEL_JOB_NAME, LABEL_JOB_UID, LABEL_RETRY, LABEL_STEP, job_selector, pod_name,
+    workspace_claim_name,
+};
 
 use super::{Backend, BackendError, DiscoveredStep, LogStream, StepRequest, StepState, Workflow};
 use crate::crd::Job;

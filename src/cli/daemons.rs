@@ -45,6 +45,10 @@ pub struct ControllerArgs {
     /// to another runner (at a new epoch).
     #[arg(long, value_parser = parse_duration, default_value = "60s", env = "BATON_RUNNER_LOST_AFTER")]
     pub runner_lost_after: Duration,
+    /// Keep finished Jobs' step pods and workspace claims (for debugging); by
+    /// default they are removed when the Job finishes (logs and status stay).
+    #[arg(long, env = "BATON_KEEP_STEP_PODS")]
+    pub keep_step_pods: bool,
     /// The runner API's URL as on-demand runner pods reach it (e.g.
     /// http://baton.baton-system:8080). Unset: Jobs without runnerSelector wait with
     /// reason OnDemandUnavailable.
@@ -227,6 +231,7 @@ pub async fn controller(args: ControllerArgs) -> anyhow::Result<i32> {
         data_dir: args.data_dir,
         log_cap: args.log_cap,
         runner_lost_after: args.runner_lost_after,
+        keep_step_pods: args.keep_step_pods,
         on_demand: controller::on_demand::OnDemandConfig {
             server_url: args.runner_server_url.filter(|u| !u.trim().is_empty()),
             image: args.runner_image,

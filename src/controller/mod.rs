@@ -90,6 +90,10 @@ pub struct Context {
     /// Since when each active Job's runner has been seen disconnected.
     pub disconnected:
         std::sync::Mutex<std::collections::HashMap<(String, String), std::time::Instant>>,
+    /// `--keep-step-pods`.
+    pub keep_step_pods: bool,
+    /// uids of finished Jobs whose step pods this process removed.
+    pub cleaned: std::sync::Mutex<std::collections::HashSet<String>>,
     pub backoff: backoff::PerObject,
     pub metrics: Arc<Metrics>,
 }
@@ -112,6 +116,25 @@ impl Context {
                 .or_insert_with(std::time::Instant::now)
                 .elapsed(),
         )
+    }
+}
+
+impl Context {
+    /// Whether a finished Job's step pods are still to be removed by this
+    /// process (true once per uid).
+    pub fn clean_up_once(&self, uid: &str) -> bool {
+        self.cleaned
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(uid.to_owned())
+    }
+
+    /// Forget a uid: its clean-up failed (try again), or its Job is gone.
+    pub fn clean_up_again(&self, uid: &str) {
+        self.cleaned
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(uid);
     }
 }
 
@@ -162,6 +185,8 @@ pub struct Config {
     pub log_cap: u64,
     /// An active Job's runner disconnected this long is lost.
     pub runner_lost_after: Duration,
+    /// Leave finished Jobs' step pods and workspace claims in place.
+    pub keep_step_pods: bool,
     pub on_demand: on_demand::OnDemandConfig,
     /// Campaign for a Lease and lead only while holding it; `None`: lead at once.
     pub leader_election: Option<leader::LeaderConfig>,
@@ -287,7 +312,9 @@ pub async fn run(
         recent: tokio::sync::Mutex::default(),
         kick,
         runner_lost_after: config.runner_lost_after,
+        keep_step_pods: config.keep_step_pods,
         disconnected: std::sync::Mutex::default(),
+        cleaned: std::sync::Mutex::default(),
         backoff: backoff::PerObject::new(Duration::from_millis(500), Duration::from_secs(300)),
         metrics,
     });

@@ -7,7 +7,9 @@
 pub mod conditions;
 pub mod duration;
 pub mod job;
+pub mod job_status;
 pub mod manifest;
+pub mod reasons;
 pub mod runner;
 pub mod runner_token;
 mod schema;

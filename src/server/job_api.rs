@@ -12,12 +12,13 @@ use k8s_openapi::api::authorization::v1::{
 };
 use k8s_openapi::jiff::Timestamp;
 use kube::ResourceExt;
-use kube::api::{Api, PostParams};
+use kube::api::Api;
 use kube::runtime::reflector::ObjectRef;
 use tracing::{debug, info, warn};
 use warp::Filter;
 use warp::http::StatusCode;
 
+use super::ApiState;
 use super::input::{self, ApiError};
 use super::jobs::{
     self, AppendQuery, AppendResponse, Assignment, ClaimRequest, ClaimResponse, ListQuery,
@@ -25,9 +26,11 @@ use super::jobs::{
 };
 use super::logs::{LogError, LogKey};
 use super::token::{self, TokenCheck};
-use super::{ApiState, FIELD_MANAGER};
-use crate::crd::Job;
 use crate::crd::job::JobPhase;
+use crate::crd::job_status::{self, Transition};
+use crate::crd::reasons::reason;
+use crate::crd::{Job, JobStatus};
+use crate::domain::job_write::{self, Written};
 
 type Response = warp::reply::Response;
 type Bytes = warp::hyper::body::Bytes;
@@ -414,64 +417,38 @@ async fn report(
     names(ns, name)?;
     let req: StatusReport = parse_json(content_type, body, "status report")?;
     runner_auth(state, authorization, &req.runner, ns)?;
-    let api: Api<Job> = Api::namespaced(state.client.clone(), ns);
-    // Optimistic concurrency: the replace carries the resourceVersion the fence
+    // Optimistic concurrency: the write carries the resourceVersion the fence
     // check read; a conflict means someone wrote in between: read and check again.
     for _ in 0..5 {
-        let mut job = fresh(state, ns, name).await?;
+        let job = fresh(state, ns, name).await?;
         jobs::fence(job.status.as_ref(), &req.runner, req.epoch)?;
         let current = job.status.clone().unwrap_or_default();
-        let next = jobs::apply_report(
-            &current,
-            &job.spec,
-            &req,
-            job.metadata.generation,
-            Timestamp::now(),
-        );
+        let next = job_status::next(&job, Transition::Report(req.as_report()), Timestamp::now());
         if next == current {
             return Ok(reply_json(
                 StatusCode::OK,
                 &serde_json::json!({ "changed": false }),
             ));
         }
-        job.status = Some(next);
-        let pp = PostParams {
-            field_manager: Some(FIELD_MANAGER.into()),
-            ..Default::default()
-        };
-        let was = current.phase.unwrap_or_default();
-        let now_phase = job
-            .status
-            .as_ref()
-            .and_then(|s| s.phase)
-            .unwrap_or_default();
-        match api.replace_status(name, &pp, &job).await {
-            Ok(_) => {
-                if let Some(next) = &job.status {
-                    let created = job.metadata.creation_timestamp.as_ref();
-                    state.metrics.job_status_written(created, &current, next);
-                }
-                if was != now_phase {
-                    let (warning, reason) = match now_phase {
-                        JobPhase::Running => (false, "Started"),
-                        JobPhase::Succeeded => (false, "Succeeded"),
-                        JobPhase::Cancelled => (false, "Cancelled"),
-                        _ => (true, "Failed"),
-                    };
-                    let note = match (&req.reason, &req.message) {
-                        (Some(r), Some(m)) => format!("{r}: {m}"),
-                        (Some(r), None) => r.clone(),
-                        _ => format!("runner {} at epoch {}", req.runner, req.epoch),
-                    };
-                    super::events::publish(&state.client, &job, warning, reason, note).await;
-                }
+        match job_write::replace_status(&state.client, &job, next.clone()).await {
+            Ok(Written::Landed(_)) => {
+                let created = job.metadata.creation_timestamp.as_ref();
+                state.metrics.job_status_written(created, &current, &next);
+                report_event(state, &job, &req, &current, &next).await;
                 debug!(namespace = ns, job = name, step = ?req.step.as_ref().map(|s| &s.name), phase = ?req.phase, "job status written");
                 return Ok(reply_json(
                     StatusCode::OK,
                     &serde_json::json!({ "changed": true }),
                 ));
             }
-            Err(kube::Error::Api(s)) if s.code == 409 => continue,
+            Ok(Written::Conflict) => continue,
+            Ok(Written::Gone) => {
+                return Err(ApiError::new(
+                    StatusCode::NOT_FOUND,
+                    "NotFound",
+                    format!("Job {ns}/{name} not found"),
+                ));
+            }
             Err(e) => return Err(unavailable("write the Job status", e)),
         }
     }
@@ -480,6 +457,37 @@ async fn report(
         "Conflict",
         "the Job kept changing; retry",
     ))
+}
+
+/// An Event when a report moved the Job's phase.
+async fn report_event(
+    state: &ApiState,
+    job: &Job,
+    req: &StatusReport,
+    before: &JobStatus,
+    after: &JobStatus,
+) {
+    let (was, now) = (
+        before.phase.unwrap_or_default(),
+        after.phase.unwrap_or_default(),
+    );
+    if was == now {
+        return;
+    }
+    let (warning, why) = match now {
+        JobPhase::Running => (false, reason::STARTED),
+        JobPhase::Succeeded => (false, reason::SUCCEEDED),
+        JobPhase::Cancelled => (false, reason::CANCELLED),
+        _ => (true, reason::FAILED),
+    };
+    let note = match (&req.reason, &req.message) {
+        (Some(r), Some(m)) => format!("{r}: {m}"),
+        (Some(r), None) => r.clone(),
+        _ => format!("runner {} at epoch {}", req.runner, req.epoch),
+    };
+    let mut shown = job.clone();
+    shown.status = Some(after.clone());
+    super::events::publish(&state.client, &shown, warning, why, note).await;
 }
 
 async fn append(

@@ -160,7 +160,7 @@ async fn failover(ns: &TestNs) -> anyhow::Result<()> {
     .await?;
     runner.wait_ready(200, 60).await?;
 
-    // Every step pod ever created for the Job, by uid (the runner deletes them
+    // Every step pod ever created for the Job, by uid (the controller removes them
     // when the Job ends): a step run twice would show as a second uid.
     let pods: Api<Pod> = Api::namespaced(ns.client.clone(), n);
     let seen = std::sync::Arc::new(std::sync::Mutex::new(BTreeSet::new()));

@@ -47,7 +47,12 @@ async fn setup(ns: &TestNs) -> anyhow::Result<Setup> {
 
 /// [`setup`] with the runner's `--backend`.
 async fn setup_with(ns: &TestNs, backend: &str) -> anyhow::Result<Setup> {
-    let ctl = Controller::start(&ns.name, "127.0.0.1:0").await?;
+    setup_env(ns, backend, &[]).await
+}
+
+/// [`setup_with`], the controller with extra environment.
+async fn setup_env(ns: &TestNs, backend: &str, envs: &[(&str, &str)]) -> anyhow::Result<Setup> {
+    let ctl = Controller::start_with_env(&ns.name, "127.0.0.1:0", envs).await?;
     let out = baton_ok(&[
         "token", "create", "t1", "-n", &ns.name, "--runner", "r1", "--labels", "pool=e2e",
     ])
@@ -593,4 +598,5 @@ fn step_pods(ns: &TestNs) -> Api<k8s_openapi::api::core::v1::Pod> {
     Api::namespaced(ns.client.clone(), &ns.name)
 }
 
+mod lifecycle;
 mod restarts;

@@ -15,7 +15,10 @@ use kube::runtime::wait::Condition;
 
 use crate::jobs::{read_log, sa_token};
 use crate::procs::Controller;
-use crate::support::{STEP_IMAGE, TestNs, in_namespace, pod_finished, pod_phase, wait_for};
+use crate::support::{
+    STEP_IMAGE, StepPodRecorder, TestNs, in_namespace, pod_finished, pod_phase, step_pods_removed,
+    wait_for,
+};
 
 /// The node's address: the only one runner pods can reach the host on.
 const NODE_ADDR: &str = "192.0.2.2";
@@ -91,6 +94,7 @@ async fn step_pods(ns: &TestNs, uid: &str, step: &str) -> anyhow::Result<Vec<Pod
 async fn one_step_job_on_an_on_demand_runner_pod() {
     in_namespace("od-one", |ns| async move {
         let ctl = controller(&ns).await?;
+        let recorder = StepPodRecorder::start(&ns.client, &ns.name, "one");
         let started = Instant::now();
         let uid = apply(
             &ns,
@@ -121,7 +125,8 @@ async fn one_step_job_on_an_on_demand_runner_pod() {
         let st = j.status.context("status")?;
         ensure!(st.runner.as_deref() == Some("one-runner"), "{st:?}");
         ensure!(st.epoch == Some(1), "{st:?}");
-        ensure!(step_pods(&ns, &uid, "hello").await?.len() == 1, "exactly one step pod");
+        ensure!(recorder.pods_of("hello") == 1, "exactly one step pod: {:?}", recorder.all());
+        step_pods_removed(&ns.client, &ns.name, &uid, 30).await?;
         let reader = sa_token(&ns, "reader", true).await?;
         let (code, body) = read_log(&ctl.url, &ns.name, "one", "hello", Some(&reader)).await?;
         ensure!(
@@ -140,6 +145,7 @@ async fn deleting_the_runner_pod_mid_step_hands_the_job_to_a_new_pod() {
     in_namespace("od-lost", |ns| async move {
         let ctl = controller(&ns).await?;
         let script = "for i in $(seq 1 60); do echo line $i; sleep 0.25; done";
+        let recorder = StepPodRecorder::start(&ns.client, &ns.name, "count");
         let uid = apply(
             &ns,
             &job(
@@ -173,8 +179,9 @@ async fn deleting_the_runner_pod_mid_step_hands_the_job_to_a_new_pod() {
         let (code, body) = read_log(&ctl.url, &ns.name, "count", "count", Some(&reader)).await?;
         let want: String = (1..=60).map(|i| format!("line {i}\n")).collect();
         ensure!(code == 200 && body == want, "log after the hand-over: {body:?}");
-        ensure!(step_pods(&ns, &uid, "count").await?.len() == 1, "exactly one pod for the step");
-        ensure!(step_pods(&ns, &uid, "after").await?.len() == 1, "exactly one pod for after");
+        ensure!(recorder.pods_of("count") == 1, "exactly one pod for the step: {:?}", recorder.all());
+        ensure!(recorder.pods_of("after") == 1, "exactly one pod for after: {:?}", recorder.all());
+        step_pods_removed(&ns.client, &ns.name, &uid, 30).await?;
         let runner = wait_for(&pods(&ns), "count-runner-2", pod_finished(), 60).await?;
         ensure!(pod_phase(&runner) == "Succeeded", "runner pod: {:?}", runner.status);
         Ok(())

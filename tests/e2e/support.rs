@@ -255,3 +255,92 @@ pub async fn run_pod(ns: &TestNs, pod: Pod, secs: u64) -> anyhow::Result<(String
         .with_context(|| format!("logs of {name}"))?;
     Ok((pod_phase(&done).to_owned(), logs))
 }
+
+/// Every step pod ever created for one Job, by step and uid, from a watch
+/// started before the Job: a step run twice shows as a second uid, even after
+/// the controller removed the finished Job's pods.
+pub struct StepPodRecorder {
+    seen: std::sync::Arc<std::sync::Mutex<std::collections::BTreeSet<(String, String)>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl StepPodRecorder {
+    /// Record the step pods of Job `job` in `ns` (by its `baton.dev/job-name` label).
+    pub fn start(client: &Client, ns: &str, job: &str) -> Self {
+        use futures::StreamExt;
+        use kube::runtime::{WatchStreamExt, watcher};
+        let seen = std::sync::Arc::new(std::sync::Mutex::new(std::collections::BTreeSet::new()));
+        let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
+        let stream = watcher(
+            pods,
+            watcher::Config::default().labels(&format!("baton.dev/job-name={job}")),
+        )
+        .touched_objects();
+        let sink = seen.clone();
+        let task = tokio::spawn(async move {
+            let mut stream = std::pin::pin!(stream);
+            while let Some(next) = stream.next().await {
+                let Ok(p) = next else { continue };
+                let step = p
+                    .metadata
+                    .labels
+                    .as_ref()
+                    .and_then(|l| l.get("baton.dev/step").cloned())
+                    .unwrap_or_default();
+                let uid = p.metadata.uid.unwrap_or_default();
+                sink.lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .insert((step, uid));
+            }
+        });
+        Self { seen, task }
+    }
+
+    /// How many distinct pods step `step` had.
+    pub fn pods_of(&self, step: &str) -> usize {
+        self.all().iter().filter(|(s, _)| s == step).count()
+    }
+
+    /// Every (step, pod uid) seen so far.
+    pub fn all(&self) -> std::collections::BTreeSet<(String, String)> {
+        self.seen
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+}
+
+impl Drop for StepPodRecorder {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Wait until no pod of Job uid `uid` is left in `ns` (the controller removes a
+/// finished Job's step pods).
+pub async fn step_pods_removed(
+    client: &Client,
+    ns: &str,
+    uid: &str,
+    secs: u64,
+) -> anyhow::Result<()> {
+    let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
+    let lp = ListParams::default().labels(&format!("baton.dev/job-uid={uid}"));
+    let deadline = std::time::Instant::now() + Duration::from_secs(secs);
+    loop {
+        let left = pods.list(&lp).await?.items;
+        if left.is_empty() {
+            return Ok(());
+        }
+        if std::time::Instant::now() > deadline {
+            let names: Vec<_> = left
+                .iter()
+                .filter_map(|p| p.metadata.name.clone())
+                .collect();
+            return Err(anyhow!(
+                "step pods still there {secs}s after the Job finished: {names:?}"
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}

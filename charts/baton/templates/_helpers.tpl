@@ -82,6 +82,14 @@ otherwise.
 - apiGroups: [events.k8s.io]
   resources: [events]
   verbs: [create, patch]
+# A finished Job's step pods and workspace claim are removed (unless
+# controller.keepStepPods): by label, and the claim by name.
+- apiGroups: [""]
+  resources: [pods]
+  verbs: [deletecollection]
+- apiGroups: [""]
+  resources: [persistentvolumeclaims]
+  verbs: [delete]
 {{- if .Values.rbac.onDemandRunners }}
 # On-demand runner pods (rbac.onDemandRunners): the pods themselves, and the
 # ServiceAccount, Role and RoleBinding `baton-runner` they run as. Kubernetes lets

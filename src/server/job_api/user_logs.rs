@@ -4,6 +4,7 @@
 
 #[allow(clippy::wildcard_imports)]
 use super::*;
+use kube::api::PostParams;
 
 /// Whether the user behind a Kubernetes bearer token may `get` Job `ns/name`.
 async fn user_may_get(

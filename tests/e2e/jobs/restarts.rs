@@ -4,6 +4,7 @@
 
 #[allow(clippy::wildcard_imports)]
 use super::*;
+use crate::support::{StepPodRecorder, step_pods_removed};
 
 #[tokio::test]
 async fn one_step_job_on_a_static_runner_with_step_pods() {
@@ -42,6 +43,10 @@ async fn one_step_job_on_a_static_runner_with_step_pods() {
         let reader = sa_token(&ns, "reader", true).await?;
         let (code, body) = read_log(&s.ctl.url, &ns.name, "one", "hello", Some(&reader)).await?;
         ensure!(code == 200 && body == "hello from a pod\n", "{code} {body:?}");
+        // Finished: its step pod is removed (the log and status stay).
+        step_pods_removed(&ns.client, &ns.name, &uid, 30).await?;
+        let (code, again) = read_log(&s.ctl.url, &ns.name, "one", "hello", Some(&reader)).await?;
+        ensure!(code == 200 && again == body, "log after the clean-up: {code} {again:?}");
         Ok(())
     })
     .await;
@@ -52,6 +57,7 @@ async fn killing_the_runner_mid_step_resumes_without_rerun_or_lost_lines() {
     in_namespace("job-restart", |ns| async move {
         let mut s = setup_with(&ns, "kubernetes").await?;
         let script = "for i in $(seq 1 40); do echo line $i; sleep 0.25; done";
+        let recorder = StepPodRecorder::start(&ns.client, &ns.name, "count");
         apply(&ns, &job("count", "pool=e2e", serde_json::json!([
             { "name": "count", "image": crate::support::STEP_IMAGE, "script": script },
             { "name": "after", "image": crate::support::STEP_IMAGE, "dependsOn": ["count"], "script": "echo after" }
@@ -89,10 +95,8 @@ async fn killing_the_runner_mid_step_resumes_without_rerun_or_lost_lines() {
         let want: String = (1..=40).map(|i| format!("line {i}\n")).collect();
         ensure!(code == 200 && body == want, "log after the restart: {body:?}");
         let uid = j.metadata.uid.context("uid")?;
-        let pods = step_pods(&ns)
-            .list(&kube::api::ListParams::default().labels(&format!("baton.dev/job-uid={uid},baton.dev/step=count")))
-            .await?;
-        ensure!(pods.items.len() == 1, "exactly one pod for the step, got {}", pods.items.len());
+        ensure!(recorder.pods_of("count") == 1, "exactly one pod for the step, got {:?}", recorder.all());
+        step_pods_removed(&ns.client, &ns.name, &uid, 30).await?;
         Ok(())
     })
     .await;
@@ -103,6 +107,7 @@ async fn killing_the_controller_mid_step_loses_no_line_and_runs_nothing_twice() 
     in_namespace("job-ctl-restart", |ns| async move {
         let mut s = setup_with(&ns, "kubernetes").await?;
         let script = "for i in $(seq 1 40); do echo line $i; sleep 0.25; done";
+        let recorder = StepPodRecorder::start(&ns.client, &ns.name, "count");
         apply(
             &ns,
             &job(
@@ -144,17 +149,12 @@ async fn killing_the_controller_mid_step_loses_no_line_and_runs_nothing_twice() 
             "log after the restart: {body:?}"
         );
         let uid = j.metadata.uid.context("uid")?;
-        let pods = step_pods(&ns)
-            .list(
-                &kube::api::ListParams::default()
-                    .labels(&format!("baton.dev/job-uid={uid},baton.dev/step=count")),
-            )
-            .await?;
         ensure!(
-            pods.items.len() == 1,
-            "exactly one pod, got {}",
-            pods.items.len()
+            recorder.pods_of("count") == 1,
+            "exactly one pod, got {:?}",
+            recorder.all()
         );
+        step_pods_removed(&ns.client, &ns.name, &uid, 30).await?;
         Ok(())
     })
     .await;
@@ -190,6 +190,7 @@ async fn a_lost_runner_is_replaced_and_the_new_one_adopts_the_step_pod() {
             agents.push(a);
         }
         let script = "for i in $(seq 1 40); do echo line $i; sleep 0.25; done";
+        let recorder = StepPodRecorder::start(&ns.client, &ns.name, "count");
         apply(
             &ns,
             &job(
@@ -233,17 +234,12 @@ async fn a_lost_runner_is_replaced_and_the_new_one_adopts_the_step_pod() {
             "log after the hand-over: {body:?}"
         );
         let uid = j.metadata.uid.context("uid")?;
-        let pods = step_pods(&ns)
-            .list(
-                &kube::api::ListParams::default()
-                    .labels(&format!("baton.dev/job-uid={uid},baton.dev/step=count")),
-            )
-            .await?;
         ensure!(
-            pods.items.len() == 1,
-            "the step pod was adopted, not re-run: {}",
-            pods.items.len()
+            recorder.pods_of("count") == 1,
+            "the step pod was adopted, not re-run: {:?}",
+            recorder.all()
         );
+        step_pods_removed(&ns.client, &ns.name, &uid, 30).await?;
         Ok(())
     })
     .await;

@@ -1,0 +1,168 @@
+//! Carry out a [`JobPlan`]: the status write first (at the resourceVersion read),
+//! and only once it lands what follows from it. No decisions here.
+
+use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod};
+use kube::ResourceExt;
+use kube::api::{Api, DeleteParams, ListParams};
+use kube::runtime::controller::Action;
+use tracing::{info, warn};
+
+use super::Recent;
+use super::decide::{CleanUp, JobPlan, Requeue, SOON, Tell};
+use crate::backend::kubernetes::{job_selector, workspace_claim_name};
+use crate::controller::{Context, Error, on_demand};
+use crate::crd::Job;
+use crate::domain::job_write::{self, Written};
+use crate::server::events;
+use crate::server::hub::{Control, RunnerKey};
+
+fn kube_err(doing: &'static str, name: String) -> impl FnOnce(kube::Error) -> Error {
+    move |source| Error::Kube {
+        doing,
+        name,
+        source,
+    }
+}
+
+/// Do what `plan` says, in order.
+pub async fn apply(
+    ctx: &Context,
+    job: &Job,
+    plan: JobPlan,
+    recent: Option<&mut Recent>,
+) -> Result<Action, Error> {
+    let ns = job.namespace().ok_or(Error::NoNamespace)?;
+    let name = job.name_any();
+    if let Some(status) = plan.status {
+        let written = job_write::replace_status(&ctx.client, job, status)
+            .await
+            .map_err(kube_err("write the status of Job", name.clone()))?;
+        match written {
+            Written::Landed(_) => {}
+            // A decision on stale data: look again with fresh data.
+            Written::Conflict => return Ok(Action::requeue(SOON)),
+            Written::Gone => return Ok(Action::await_change()),
+        }
+    }
+    if let (Some((runner, epoch)), Some(recent)) = (&plan.assigned, recent) {
+        recent
+            .0
+            .insert((ns.clone(), name.clone()), (runner.clone(), *epoch));
+    }
+    if plan.forget_away {
+        ctx.disconnected_for(&ns, &name, true);
+    }
+    if plan.kick_namespace {
+        ctx.kick.kick_namespace(&ns);
+    }
+    for other in &plan.kick_jobs {
+        ctx.kick.kick_job(&ns, other);
+    }
+    if let Some(tell) = &plan.tell {
+        tell_runner(ctx, &ns, &name, tell);
+    }
+    if let Some(note) = plan.note {
+        info!(reason = note.reason, "{}", note.message);
+        events::publish(&ctx.client, job, note.warning, note.reason, note.message).await;
+    }
+    if let Some(clean) = plan.clean_up {
+        clean_up(ctx, job, clean).await?;
+    }
+    if plan.delete {
+        delete(ctx, job).await?;
+    }
+    Ok(match plan.requeue {
+        Requeue::OnChange => Action::await_change(),
+        Requeue::After(d) => Action::requeue(d),
+    })
+}
+
+fn tell_runner(ctx: &Context, ns: &str, name: &str, tell: &Tell) {
+    let (runner, control) = match tell {
+        Tell::Assign { runner, epoch } => (
+            runner,
+            Control::Assign {
+                namespace: ns.to_owned(),
+                name: name.to_owned(),
+                epoch: *epoch,
+            },
+        ),
+        Tell::Cancel { runner } => (
+            runner,
+            Control::Cancel {
+                namespace: ns.to_owned(),
+                name: name.to_owned(),
+            },
+        ),
+    };
+    let told = ctx.hub.send(&RunnerKey::new(ns, runner), control);
+    tracing::debug!(runner = %runner, told, ?tell, "control message");
+}
+
+async fn clean_up(ctx: &Context, job: &Job, clean: CleanUp) -> Result<(), Error> {
+    if clean.unused_runner_pods {
+        on_demand::clean_up(ctx, job).await?;
+    }
+    if clean.step_pods {
+        remove_step_pods(ctx, job).await?;
+    }
+    Ok(())
+}
+
+/// Delete a finished Job's step pods and workspace claim, once per process (its
+/// logs and status stay). A controller not allowed to is told once, in its log.
+async fn remove_step_pods(ctx: &Context, job: &Job) -> Result<(), Error> {
+    let (Some(ns), Some(uid)) = (job.namespace(), job.uid()) else {
+        return Ok(());
+    };
+    if !ctx.clean_up_once(&uid) {
+        return Ok(());
+    }
+    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
+    let lp = ListParams::default().labels(&job_selector(&uid));
+    let claim = workspace_claim_name(&job.name_any(), &uid);
+    let claims: Api<PersistentVolumeClaim> = Api::namespaced(ctx.client.clone(), &ns);
+    let gone = pods
+        .delete_collection(&DeleteParams::background(), &lp)
+        .await
+        .map(drop);
+    let gone = match gone {
+        Ok(()) => claims
+            .delete(&claim, &DeleteParams::background())
+            .await
+            .map(drop),
+        Err(e) => Err(e),
+    };
+    match gone {
+        Ok(()) => info!("step pods and workspace of the finished Job removed"),
+        Err(kube::Error::Api(s)) if s.code == 404 => {}
+        Err(kube::Error::Api(s)) if s.code == 403 => {
+            warn!(
+                "not allowed to remove finished Jobs' step pods: {}",
+                s.message
+            );
+        }
+        Err(e) => {
+            ctx.clean_up_again(&uid);
+            return Err(kube_err("remove the step pods of Job", job.name_any())(e));
+        }
+    }
+    Ok(())
+}
+
+/// `ttlSecondsAfterFinished` passed: delete the Job and its stored logs.
+async fn delete(ctx: &Context, job: &Job) -> Result<(), Error> {
+    let ns = job.namespace().ok_or(Error::NoNamespace)?;
+    let name = job.name_any();
+    let api: Api<Job> = Api::namespaced(ctx.client.clone(), &ns);
+    match api.delete(&name, &DeleteParams::background()).await {
+        Ok(_) => info!("ttlSecondsAfterFinished passed: Job deleted"),
+        Err(kube::Error::Api(s)) if s.code == 404 => {}
+        Err(e) => return Err(kube_err("delete finished Job", name)(e)),
+    }
+    if let Some(uid) = job.uid() {
+        ctx.logs.remove_job(&ns, &name, &uid).await;
+        ctx.clean_up_again(&uid);
+    }
+    Ok(())
+}

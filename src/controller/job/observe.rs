@@ -1,0 +1,188 @@
+//! What the Job reconciler reads before it decides: the queue's verdict on a
+//! Queued Job (the watch caches and the hub, planned by [`plan_queue`]) or the
+//! state of an active Job's runner. Reads only; [`super::apply`] writes.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use kube::ResourceExt;
+
+use super::decide::{Observed, RunnerSeen};
+use super::queue::{Decision, Queued, RunnerView, plan_queue};
+use super::{Recent, invalid_spec};
+use crate::controller::{Context, on_demand};
+use crate::crd::job::JobPhase;
+use crate::crd::runner::{AdoptionDecision, AdoptionState};
+use crate::crd::{Job, Runner};
+use crate::server::hub::{Hub, RunnerKey};
+
+/// Everything [`super::decide`] needs. `slot`: a Queued on-demand Job's runner
+/// pod as [`on_demand::prepare`] left it; `recent`: held for a Queued Job, so
+/// capacity is counted once per process.
+pub async fn observe(
+    ctx: &Context,
+    job: &Job,
+    slot: Option<on_demand::Slot>,
+    recent: Option<&mut Recent>,
+) -> Observed {
+    let mut seen = Observed {
+        queue: None,
+        also_assigned: Vec::new(),
+        runner: None,
+        runner_lost_after: ctx.runner_lost_after,
+        keep_step_pods: ctx.keep_step_pods,
+    };
+    let ns = job.namespace().unwrap_or_default();
+    let phase = job
+        .status
+        .as_ref()
+        .and_then(|s| s.phase)
+        .unwrap_or_default();
+    match phase {
+        JobPhase::Queued => {
+            if let Some(recent) = recent {
+                let (mine, others) = queue_verdict(ctx, job, &ns, slot, recent);
+                seen.queue = mine;
+                seen.also_assigned = others;
+            }
+        }
+        JobPhase::Assigned | JobPhase::Running => seen.runner = runner_seen(ctx, job, &ns).await,
+        _ => {}
+    }
+    seen
+}
+
+/// This Job's decision in a plan of its namespace's whole queue, and the other
+/// Jobs the plan assigns.
+fn queue_verdict(
+    ctx: &Context,
+    job: &Job,
+    ns: &str,
+    slot: Option<on_demand::Slot>,
+    recent: &mut Recent,
+) -> (Option<Decision>, Vec<String>) {
+    let name = job.name_any();
+    let runners = runner_views(ctx, ns, recent);
+    let mut q = queue(ctx, ns);
+    if !q.iter().any(|j| j.name == name) {
+        // Not in the cache yet (just created): plan it last.
+        q.push(queued(job));
+    }
+    if let Some(me) = q.iter_mut().find(|j| j.name == name) {
+        me.on_demand = slot;
+    }
+    let mut plan = plan_queue(&q, &runners);
+    let mine = plan.remove(&name);
+    let others = plan
+        .into_iter()
+        .filter(|(_, d)| matches!(d, Decision::Assign { .. }))
+        .map(|(n, _)| n)
+        .collect();
+    (mine, others)
+}
+
+async fn runner_seen(ctx: &Context, job: &Job, ns: &str) -> Option<RunnerSeen> {
+    let runner = job.status.as_ref()?.runner.clone()?;
+    // An on-demand runner whose pod is gone or going is lost at once.
+    if job.spec.runner_selector.is_none() {
+        ctx.runner_pods.wait_until_ready().await.ok();
+        let pod = on_demand::pod_named(ctx, ns, &runner);
+        if pod.is_none_or(|p| on_demand::is_gone(&p)) {
+            return Some(RunnerSeen::PodGone);
+        }
+    }
+    let connected = ctx
+        .hub
+        .view(&RunnerKey::new(ns, &runner))
+        .is_some_and(|v| v.connected);
+    Some(match ctx.disconnected_for(ns, &job.name_any(), connected) {
+        None => RunnerSeen::Connected,
+        Some(away) => RunnerSeen::Away(away),
+    })
+}
+
+fn is_usable(runner: &Runner, hub: &Hub, ns: &str) -> bool {
+    let adopted = matches!(
+        runner.status.as_ref().and_then(|s| s.adoption),
+        Some(AdoptionState::Adopted | AdoptionState::Preadopted)
+    );
+    let rejected = runner.spec.adoption == Some(AdoptionDecision::Rejected);
+    let connected = hub
+        .view(&RunnerKey::new(ns, runner.name_any()))
+        .is_some_and(|v| v.connected);
+    adopted && !rejected && connected && !runner.spec.disabled
+}
+
+/// Active Jobs per runner of `ns`: the cache's, plus assignments this process
+/// made that the cache does not show yet (those it shows are forgotten).
+fn active_per_runner(ctx: &Context, ns: &str, recent: &mut Recent) -> HashMap<String, usize> {
+    let jobs = ctx.jobs.state();
+    let mut active: HashMap<String, usize> = HashMap::new();
+    for j in jobs.iter().filter(|j| j.namespace().as_deref() == Some(ns)) {
+        let Some(s) = j.status.as_ref() else { continue };
+        if matches!(s.phase, Some(JobPhase::Assigned | JobPhase::Running))
+            && let Some(r) = &s.runner
+        {
+            *active.entry(r.clone()).or_default() += 1;
+        }
+    }
+    recent.0.retain(|(rns, name), (runner, epoch)| {
+        let seen = jobs
+            .iter()
+            .find(|j| j.namespace().as_deref() == Some(rns) && &j.name_any() == name)
+            .and_then(|j| j.status.as_ref())
+            .is_some_and(|s| s.epoch.unwrap_or(0) >= *epoch);
+        if !seen && rns == ns {
+            *active.entry(runner.clone()).or_default() += 1;
+        }
+        !seen
+    });
+    active
+}
+
+fn runner_views(ctx: &Context, ns: &str, recent: &mut Recent) -> Vec<RunnerView> {
+    let active = active_per_runner(ctx, ns, recent);
+    ctx.runners
+        .state()
+        .iter()
+        .filter(|r| r.namespace().as_deref() == Some(ns))
+        .map(|r| {
+            let max = usize::try_from(r.spec.max_concurrent_jobs.unwrap_or(1).max(1)).unwrap_or(1);
+            let used = active.get(&r.name_any()).copied().unwrap_or(0);
+            RunnerView {
+                name: r.name_any(),
+                labels: r.spec.labels.clone(),
+                usable: is_usable(r, &ctx.hub, ns),
+                free: max.saturating_sub(used),
+                on_demand_for: r.spec.labels.get(on_demand::JOB_LABEL).cloned(),
+            }
+        })
+        .collect()
+}
+
+fn queued(j: &Job) -> Queued {
+    Queued {
+        name: j.name_any(),
+        selector: j.spec.runner_selector.clone(),
+        invalid: invalid_spec(j),
+        on_demand: None,
+    }
+}
+
+/// The namespace's Queued Jobs in queue order: FIFO by creationTimestamp, then name.
+fn queue(ctx: &Context, ns: &str) -> Vec<Queued> {
+    let mut q: Vec<Arc<Job>> = ctx
+        .jobs
+        .state()
+        .into_iter()
+        .filter(|j| j.namespace().as_deref() == Some(ns))
+        .filter(|j| j.metadata.deletion_timestamp.is_none() && j.spec.cancel != Some(true))
+        .filter(|j| j.status.as_ref().and_then(|s| s.phase).unwrap_or_default() == JobPhase::Queued)
+        .collect();
+    q.sort_by(|a, b| {
+        let ta = a.metadata.creation_timestamp.as_ref().map(|t| t.0);
+        let tb = b.metadata.creation_timestamp.as_ref().map(|t| t.0);
+        ta.cmp(&tb).then_with(|| a.name_any().cmp(&b.name_any()))
+    });
+    q.iter().map(|j| queued(j)).collect()
+}

@@ -1,0 +1,47 @@
+//! Condition types and reasons of a Job's status: each name once, here, so the
+//! controller, the runner API and the tests say the same thing.
+
+/// `metav1.Condition` types a Job carries besides the health ones ([`super::conditions`]).
+pub mod condition {
+    /// True once a runner holds the Job; False with why it waits.
+    pub const SCHEDULED: &str = "Scheduled";
+    /// True while steps run.
+    pub const RUNNING: &str = "Running";
+    /// True when the Job ended Succeeded.
+    pub const COMPLETE: &str = "Complete";
+    /// True when the Job ended Failed or Cancelled.
+    pub const FAILED: &str = "Failed";
+}
+
+/// Reasons of a Job's conditions and Events.
+pub mod reason {
+    // Phases, as reasons of the phase conditions.
+    pub const QUEUED: &str = "Queued";
+    pub const ASSIGNED: &str = "Assigned";
+    pub const RUNNING: &str = "Running";
+    pub const SUCCEEDED: &str = "Succeeded";
+    pub const FAILED: &str = "Failed";
+    pub const CANCELLED: &str = "Cancelled";
+    /// Event: a runner reported the Job Running.
+    pub const STARTED: &str = "Started";
+    /// `spec.cancel` is set and the Job has not ended yet.
+    pub const CANCELLING: &str = "Cancelling";
+
+    // Why a Queued Job waits (`Scheduled=False`).
+    /// The steps' DAG cannot run (a cycle); only a new Job helps.
+    pub const INVALID_SPEC: &str = "InvalidSpec";
+    pub const NO_MATCHING_RUNNER: &str = "NoMatchingRunner";
+    pub const RUNNERS_BUSY: &str = "RunnersBusy";
+    /// Its runner vanished: the Job waits for a hand-over at the next epoch.
+    pub const RUNNER_LOST: &str = "RunnerLost";
+    /// No on-demand runner pods (the controller has no `--runner-server-url`).
+    pub const ON_DEMAND_UNAVAILABLE: &str = "OnDemandUnavailable";
+    pub const RUNNER_POD_PENDING: &str = "RunnerPodPending";
+    pub const IMAGE_PULL_FAILED: &str = "ImagePullFailed";
+    pub const RUNNER_STARTING: &str = "RunnerStarting";
+
+    // How steps end (step `reason`, and the Job's when a step decides it).
+    pub const STEP_FAILED: &str = "StepFailed";
+    pub const TIMEOUT: &str = "Timeout";
+    pub const DEPENDENCY_FAILED: &str = "DependencyFailed";
+}
