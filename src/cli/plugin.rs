@@ -2,8 +2,9 @@
 //! changes to the resources, so the same is possible from a GitOps repository.
 //!
 //! `runner adopt|reject` patch `spec.adoption`; `runner forget` deletes the Runner;
-//! `runner decommission` annotates it `baton.dev/decommission: "true"`, then deletes
-//! it; `token create` creates a RunnerToken and prints its token once.
+//! `runner decommission` annotates it `baton.dev/decommission: "true"` (the
+//! controller tells the runner `delete` when it is connected, now or later, then
+//! deletes the Runner); `token create` creates a RunnerToken and prints its token once.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -153,10 +154,10 @@ pub async fn runner(verb: RunnerVerb) -> anyhow::Result<i32> {
             api.patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
                 .await
                 .with_context(|| format!("annotate Runner {name} for decommission"))?;
-            api.delete(&name, &DeleteParams::default())
-                .await
-                .with_context(|| format!("delete Runner {name}"))?;
-            println!("runner {name} decommissioned");
+            println!(
+                "runner {name} marked for decommission: the controller tells it to wipe its state \
+                 directory and exit as soon as it is connected (now, if it is), then deletes the Runner"
+            );
             Ok(0)
         }
     }

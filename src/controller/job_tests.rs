@@ -1,5 +1,6 @@
 #![allow(clippy::unwrap_used)]
 use super::*;
+use crate::crd::reasons::reason;
 use std::collections::BTreeMap;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, LabelSelectorRequirement};
@@ -110,7 +111,7 @@ fn on_demand_runners_serve_only_their_own_job() {
     let slot = |runner: &str, uid: &str| on_demand::Slot {
         runner: Some(runner.into()),
         job_uid: uid.into(),
-        reason: on_demand::POD_PENDING,
+        reason: reason::RUNNER_POD_PENDING,
         message: "0/1 nodes are available".into(),
     };
     let runners = vec![mine("od-runner", "u1"), mine("other-runner", "u2")];

@@ -19,6 +19,7 @@
 //!
 //! The builders and [`pod_wait`] are pure (in `spec.rs`); [`prepare`] does the I/O.
 
+use crate::crd::reasons::reason;
 use k8s_openapi::api::core::v1::{Pod, Secret, ServiceAccount};
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use kube::ResourceExt;
@@ -43,12 +44,6 @@ pub const TOKEN_TTL: &str = "24h";
 /// The user the runner image runs as (`nonroot`).
 const RUNNER_UID: i64 = 65532;
 const HEALTH_PORT: i32 = 9090;
-
-/// Wait reasons (the `Scheduled=False` reason of a Job waiting for its runner pod).
-pub const UNAVAILABLE: &str = "OnDemandUnavailable";
-pub const POD_PENDING: &str = "RunnerPodPending";
-pub const IMAGE_PULL_FAILED: &str = "ImagePullFailed";
-pub const STARTING: &str = "RunnerStarting";
 
 /// Controller settings for on-demand runner pods.
 #[derive(Clone, Debug)]
@@ -183,7 +178,7 @@ pub async fn prepare(ctx: &Context, job: &Job) -> Result<Slot, Error> {
     };
     let Some(server_url) = ctx.on_demand.server_url.clone() else {
         return Ok(wait(
-            UNAVAILABLE,
+            reason::ON_DEMAND_UNAVAILABLE,
             "this Job has no runnerSelector, so it needs an on-demand runner pod, but the \
              controller runs without --runner-server-url (the runner API address runner pods \
              reach); set it, or give the Job a runnerSelector"
@@ -265,7 +260,7 @@ pub async fn prepare(ctx: &Context, job: &Job) -> Result<Slot, Error> {
                 }
             }
             Ok(wait(
-                STARTING,
+                reason::RUNNER_STARTING,
                 format!("runner pod {runner} ended before it took the Job; replacing it"),
             ))
         }
@@ -288,7 +283,7 @@ pub async fn prepare(ctx: &Context, job: &Job) -> Result<Slot, Error> {
                 .is_some();
             if !ready {
                 return Ok(wait(
-                    STARTING,
+                    reason::RUNNER_STARTING,
                     format!("waiting for the Secret {secret} of RunnerToken {runner}"),
                 ));
             }
@@ -335,7 +330,7 @@ pub async fn prepare(ctx: &Context, job: &Job) -> Result<Slot, Error> {
             Ok(Slot {
                 runner: Some(runner.clone()),
                 job_uid: uid.clone(),
-                reason: STARTING,
+                reason: reason::RUNNER_STARTING,
                 message: format!("runner pod {runner} created; waiting for it to start"),
             })
         }

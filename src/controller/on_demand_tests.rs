@@ -1,5 +1,6 @@
 #![allow(clippy::unwrap_used)]
 use super::*;
+use crate::crd::reasons::reason;
 use k8s_openapi::api::core::v1::{
     ContainerState, ContainerStateWaiting, ContainerStatus, PodCondition, PodStatus,
 };
@@ -244,15 +245,15 @@ fn wait_reasons_come_from_the_pod() {
     };
     assert_eq!(
         pod_wait(&pod_with(waiting("ErrImagePull"))).0,
-        IMAGE_PULL_FAILED
+        reason::IMAGE_PULL_FAILED
     );
     assert_eq!(
         pod_wait(&pod_with(waiting("ImagePullBackOff"))).0,
-        IMAGE_PULL_FAILED
+        reason::IMAGE_PULL_FAILED
     );
     assert_eq!(
         pod_wait(&pod_with(waiting("ContainerCreating"))).0,
-        STARTING
+        reason::RUNNER_STARTING
     );
     let unscheduled = PodStatus {
         conditions: Some(vec![PodCondition {
@@ -264,7 +265,7 @@ fn wait_reasons_come_from_the_pod() {
         ..Default::default()
     };
     let (reason, message) = pod_wait(&pod_with(unscheduled));
-    assert_eq!(reason, POD_PENDING);
+    assert_eq!(reason, reason::RUNNER_POD_PENDING);
     assert!(message.contains("0/1 nodes are available"), "{message}");
     assert!(!is_gone(&pod_with(PodStatus::default())));
     assert!(is_gone(&pod_with(PodStatus {

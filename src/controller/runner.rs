@@ -41,6 +41,20 @@ pub struct Plan {
     pub issued: IssuedToken,
     /// Close the runner's control channel with this reason.
     pub close: Option<&'static str>,
+    pub decommission: Decommission,
+}
+
+/// `baton.dev/decommission: "true"` on a Runner: the runner is told `delete`
+/// (it wipes its state directory and exits), then its token and Runner go.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Decommission {
+    /// Not asked for.
+    No,
+    /// Connected: tell it now.
+    Now,
+    /// Not connected: it is told when it next connects (the annotation keeps
+    /// the request, whatever restarts in between).
+    WhenConnected,
 }
 
 /// How a runner stands for GitOps tools (kstatus, Argo CD). `Ready` means what the
@@ -129,6 +143,13 @@ pub fn plan(
             "ControlChannelOpen",
             "control channel open",
         )
+    } else if session.is_some_and(|s| s.idle) {
+        Desired::new(
+            "Connected",
+            false,
+            "Idle",
+            "its control channel ended; the runner keeps reconnecting",
+        )
     } else {
         Desired::new(
             "Connected",
@@ -137,7 +158,18 @@ pub fn plan(
             "no control channel to this controller",
         )
     };
-    let health = runner_health(adoption, has_token, connected, runner.spec.disabled);
+    let decommission = match (decommissioned(runner), connected) {
+        (false, _) => Decommission::No,
+        (true, true) => Decommission::Now,
+        (true, false) => Decommission::WhenConnected,
+    };
+    let health = match decommission {
+        Decommission::WhenConnected => Health::not_ready(
+            "Decommissioning",
+            "baton.dev/decommission is set: the runner is told to wipe its state and exit when it next connects",
+        ),
+        _ => runner_health(adoption, has_token, connected, runner.spec.disabled),
+    };
     let generation = runner.metadata.generation;
     let session_field =
         |f: fn(&SessionView) -> &String| session.map(f).filter(|v| !v.is_empty()).cloned();
@@ -182,6 +214,7 @@ pub fn plan(
         status,
         issued,
         close,
+        decommission,
     }
 }
 
@@ -242,6 +275,9 @@ pub async fn reconcile(runner: Arc<Runner>, ctx: Arc<Context>) -> Result<Action,
 
     // Apply.
     let tokens: Api<RunnerToken> = Api::namespaced(ctx.client.clone(), &ns);
+    if plan.decommission == Decommission::Now {
+        return decommission(&ctx, &runner, &key).await;
+    }
     let mut requeue = None;
     match &plan.issued {
         IssuedToken::Keep => {}
@@ -318,6 +354,34 @@ pub async fn reconcile(runner: Arc<Runner>, ctx: Arc<Context>) -> Result<Action,
         }
     }
     Ok(requeue.map_or_else(Action::await_change, Action::requeue))
+}
+
+/// Tell a connected runner `delete`, then remove its Runner (whose deletion
+/// revokes its adoption token: see `runner_deleted`).
+async fn decommission(ctx: &Context, runner: &Runner, key: &RunnerKey) -> Result<Action, Error> {
+    let told = ctx.hub.send(key, crate::server::hub::Control::Delete);
+    info!(
+        told,
+        "decommissioned: told the runner to wipe its state and exit"
+    );
+    events::publish_on(
+        &ctx.client,
+        runner,
+        false,
+        "Decommissioned",
+        "told the runner to wipe its state directory and exit".into(),
+    )
+    .await;
+    let api: Api<Runner> = Api::namespaced(ctx.client.clone(), &key.namespace);
+    match api.delete(&key.name, &DeleteParams::background()).await {
+        Ok(_) => Ok(Action::await_change()),
+        Err(kube::Error::Api(s)) if s.code == 404 => Ok(Action::await_change()),
+        Err(source) => Err(Error::Kube {
+            doing: "delete the decommissioned Runner",
+            name: key.name.clone(),
+            source,
+        }),
+    }
 }
 
 /// The runner's Jobs that are Assigned or Running, from the Job cache.

@@ -83,6 +83,9 @@ pub struct SessionView {
     /// Registered with a valid token (`Some(RunnerToken name)`), or without.
     pub token: Option<String>,
     pub connected: bool,
+    /// Not connected, but it was since this process knew it: the runner is
+    /// Idle, retrying its control channel.
+    pub idle: bool,
 }
 
 struct Connection {
@@ -98,6 +101,8 @@ struct Session {
     version: String,
     token: Option<String>,
     connection: Option<Connection>,
+    /// A control channel was open once.
+    was_connected: bool,
 }
 
 impl Session {
@@ -107,6 +112,7 @@ impl Session {
             version: self.version.clone(),
             token: self.token.clone(),
             connected: self.connection.is_some(),
+            idle: self.connection.is_none() && self.was_connected,
         }
     }
 }
@@ -211,6 +217,7 @@ impl Hub {
                     reason: "replaced by a newer connection of the same runner".into(),
                 });
             }
+            s.was_connected = true;
             s.connection = Some(Connection {
                 id,
                 tx,

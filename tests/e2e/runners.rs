@@ -310,7 +310,14 @@ async fn decommission_wipes_the_state_dir_and_exits_zero() {
         let status = agent.proc.wait_exit(30).await?;
         ensure!(status.code() == Some(0), "runner exited {status:?}");
         ensure!(!agent.state_dir.exists(), "state directory still there");
-        ensure!(api.get_opt("r1").await?.is_none(), "Runner still there");
+        // The controller deletes the Runner once it told the runner.
+        let runner_gone =
+            kube::runtime::wait::await_condition(api.clone(), "r1", |r: Option<&Runner>| {
+                r.is_none()
+            });
+        tokio::time::timeout(std::time::Duration::from_secs(30), runner_gone)
+            .await
+            .context("Runner still there")??;
         // Its adoption token goes with it.
         let gone = kube::runtime::wait::await_condition(
             tokens(&ns),
@@ -570,3 +577,5 @@ async fn bad_input_to_the_api_gets_a_clear_4xx() {
     })
     .await;
 }
+
+mod decommission;

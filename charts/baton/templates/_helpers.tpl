@@ -66,7 +66,7 @@ otherwise.
   verbs: [update]
 - apiGroups: [baton.dev]
   resources: [runners]
-  verbs: [list, watch, create]
+  verbs: [list, watch, create, delete]
 - apiGroups: [baton.dev]
   resources: [runners/status]
   verbs: [patch]

@@ -1,6 +1,7 @@
 //! The queue's decision, pure: FIFO by creationTimestamp, each Job to a usable
 //! runner whose labels match and that has room.
 
+use crate::crd::reasons::reason;
 use std::collections::BTreeMap;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
@@ -74,7 +75,7 @@ pub fn plan_queue(queue: &[Queued], runners: &[RunnerView]) -> BTreeMap<String, 
     for job in queue {
         let decision = if let Some(why) = &job.invalid {
             Decision::Wait {
-                reason: "InvalidSpec",
+                reason: reason::INVALID_SPEC,
                 message: why.clone(),
             }
         } else if let Some(sel) = &job.selector {
@@ -104,12 +105,12 @@ pub fn plan_queue(queue: &[Queued], runners: &[RunnerView]) -> BTreeMap<String, 
                     }
                 }
                 None if matching.is_empty() => Decision::Wait {
-                    reason: "NoMatchingRunner",
+                    reason: reason::NO_MATCHING_RUNNER,
                     message: "no adopted, connected and enabled runner matches runnerSelector"
                         .into(),
                 },
                 None => Decision::Wait {
-                    reason: "RunnersBusy",
+                    reason: reason::RUNNERS_BUSY,
                     message: format!(
                         "{} matching runner(s), all at maxConcurrentJobs",
                         matching.len()
@@ -138,7 +139,7 @@ pub fn plan_queue(queue: &[Queued], runners: &[RunnerView]) -> BTreeMap<String, 
             }
         } else {
             Decision::Wait {
-                reason: on_demand::STARTING,
+                reason: reason::RUNNER_STARTING,
                 message: "waiting for its on-demand runner".into(),
             }
         };

@@ -2,6 +2,7 @@
 //! RunnerToken, its Pod (Pod Security `restricted`), the namespace's runner
 //! ServiceAccount and Role, and how its pod's state reads.
 
+use crate::crd::reasons::reason;
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{
@@ -301,7 +302,7 @@ pub fn pod_wait(pod: &Pod) -> (&'static str, String) {
                 "ErrImagePull" | "ImagePullBackOff" | "InvalidImageName"
             ) {
                 return (
-                    IMAGE_PULL_FAILED,
+                    reason::IMAGE_PULL_FAILED,
                     format!(
                         "runner pod {name}: {reason}: {}",
                         w.message.as_deref().unwrap_or("cannot pull the image")
@@ -317,7 +318,7 @@ pub fn pod_wait(pod: &Pod) -> (&'static str, String) {
         .find(|c| c.type_ == "PodScheduled" && c.status == "False");
     if let Some(c) = unscheduled {
         return (
-            POD_PENDING,
+            reason::RUNNER_POD_PENDING,
             format!(
                 "runner pod {name} is not scheduled: {}",
                 c.message.as_deref().unwrap_or("no reason given")
@@ -325,7 +326,7 @@ pub fn pod_wait(pod: &Pod) -> (&'static str, String) {
         );
     }
     (
-        STARTING,
+        reason::RUNNER_STARTING,
         format!("runner pod {name} is starting; waiting for its runner to register"),
     )
 }

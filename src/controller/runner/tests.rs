@@ -28,6 +28,7 @@ fn session(token: Option<&str>, connected: bool) -> SessionView {
         version: "0.1.0".into(),
         token: token.map(str::to_owned),
         connected,
+        idle: false,
     }
 }
 
@@ -238,4 +239,51 @@ fn decommission_annotation() {
     assert!(!decommissioned(&r));
     r.metadata.annotations = Some([(DECOMMISSION_ANNOTATION.to_owned(), "true".to_owned())].into());
     assert!(decommissioned(&r));
+}
+
+#[test]
+fn a_runner_whose_channel_ended_is_idle_in_its_status() {
+    let r = runner(Some(AdoptionDecision::Adopted), false);
+    let mut sess = session(Some("t"), false);
+    let never = plan(&r, Some(&sess), None, at(10));
+    assert_eq!(cond(&never, "Connected"), s("False", "Disconnected"));
+    sess.idle = true;
+    let idle = plan(&r, Some(&sess), None, at(10));
+    assert_eq!(cond(&idle, "Connected"), s("False", "Idle"));
+    assert_eq!(cond(&idle, "Ready"), s("False", "NotConnected"));
+}
+
+#[test]
+fn decommission_waits_for_the_runner_to_connect() {
+    let mut r = runner(Some(AdoptionDecision::Adopted), false);
+    r.metadata.annotations = Some([(DECOMMISSION_ANNOTATION.to_owned(), "true".to_owned())].into());
+    let cases = [
+        (
+            None,
+            Decommission::WhenConnected,
+            s("False", "Decommissioning"),
+        ),
+        (
+            Some(session(Some("t"), false)),
+            Decommission::WhenConnected,
+            s("False", "Decommissioning"),
+        ),
+        (
+            Some(session(Some("t"), true)),
+            Decommission::Now,
+            s("True", "Ready"),
+        ),
+    ];
+    for (sess, want, ready) in cases {
+        let p = plan(&r, sess.as_ref(), None, at(10));
+        assert_eq!(p.decommission, want, "{sess:?}");
+        assert_eq!(cond(&p, "Ready"), ready, "{sess:?}");
+    }
+    let plain = plan(
+        &runner(None, false),
+        Some(&session(Some("t"), true)),
+        None,
+        at(10),
+    );
+    assert_eq!(plain.decommission, Decommission::No);
 }
