@@ -10,5 +10,6 @@ pub mod controller;
 pub mod crd;
 pub mod domain;
 pub mod executor;
+pub mod protocol;
 pub mod runner;
 pub mod server;

@@ -7,8 +7,8 @@ use std::time::Duration;
 use futures::{Stream, StreamExt};
 use serde::Deserialize;
 
+use crate::protocol::{ErrorBody, RegisterRequest, RegisterResponse};
 use crate::server::ca::{CaError, CaOrigin, parse_ca_pem, read_ca_file};
-use crate::server::input::{ErrorBody, RegisterRequest, RegisterResponse};
 use crate::server::jobs::{
     AppendQuery, AppendResponse, Assignment, ClaimRequest, ClaimResponse, StatusReport,
 };
@@ -310,20 +310,6 @@ pub struct SseEvent {
     pub data: String,
 }
 
-impl SseEvent {
-    /// The `reason` field of a `close` event's data.
-    pub fn reason(&self) -> String {
-        #[derive(Deserialize)]
-        struct R {
-            reason: Option<String>,
-        }
-        serde_json::from_str::<R>(&self.data)
-            .ok()
-            .and_then(|r| r.reason)
-            .unwrap_or_default()
-    }
-}
-
 /// Incremental SSE parser: feed it chunks as they come, get whole events out.
 #[derive(Default)]
 pub struct SseParser {
@@ -388,7 +374,12 @@ mod tests {
         let evs = p.push(b"ose\ndata:{\"event\":\"close\",\"reason\":\"bye\"}\n\n");
         assert_eq!(evs.len(), 1);
         assert_eq!(evs[0].event, "close");
-        assert_eq!(evs[0].reason(), "bye");
+        assert_eq!(
+            crate::protocol::ControlEvent::decode(&evs[0].event, &evs[0].data),
+            Ok(crate::protocol::ControlEvent::Close {
+                reason: "bye".into()
+            })
+        );
     }
 
     #[test]

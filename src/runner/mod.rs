@@ -17,8 +17,8 @@ use futures::StreamExt;
 use tracing::{debug, info, warn};
 
 use crate::controller::backoff;
+use crate::protocol::{ControlEvent, DecodeError, RegisterRequest};
 use crate::server::health::{self, Readiness};
-use crate::server::input::RegisterRequest;
 use client::{Client, ClientError, Registration};
 use state::StateDir;
 
@@ -84,15 +84,6 @@ enum Ended {
 }
 
 const READY: &str = "runner";
-
-/// The payload of `assign` and `cancel` events.
-#[derive(serde::Deserialize)]
-struct JobRef {
-    namespace: String,
-    name: String,
-    #[serde(default)]
-    epoch: i64,
-}
 
 /// Parse `k=v,k2=v2`.
 pub fn parse_labels(s: &str) -> Result<BTreeMap<String, String>, String> {
@@ -290,6 +281,28 @@ impl Agent {
         }
     }
 
+    /// Jobs assigned while we were away (or before a restart). In a task: a slow
+    /// server must not stall the ping watch of the control loop.
+    fn resume_assigned(&self, namespace: &str, token: &str) {
+        let (client, jobs) = (self.client.clone(), self.jobs.clone());
+        let (name, ns, token) = (
+            self.req.name.clone(),
+            namespace.to_owned(),
+            token.to_owned(),
+        );
+        tokio::spawn(async move {
+            match client.assignments(&name, &ns, &token).await {
+                Ok(list) => {
+                    for a in list {
+                        info!(namespace = %a.namespace, job = %a.name, epoch = a.epoch, "resuming an assigned job");
+                        jobs.start(&a.namespace, &a.name, a.epoch, a.cancel, &token);
+                    }
+                }
+                Err(e) => warn!("list assigned jobs: {e}"),
+            }
+        });
+    }
+
     /// Hold the control channel until it ends.
     async fn hold(&mut self, namespace: &str, token: &str) -> Result<Ended, RunnerError> {
         let stream = match self.client.control(&self.req.name, namespace, token).await {
@@ -316,64 +329,54 @@ impl Agent {
                 Ok(Some(Err(e))) => return Ok(Ended::Reconnect(e.to_string(), open)),
                 Ok(Some(Ok(ev))) => ev,
             };
-            match ev.event.as_str() {
-                "hello" => {
+            let ev = match ControlEvent::decode(&ev.event, &ev.data) {
+                Ok(ev) => ev,
+                Err(e @ DecodeError::Unknown(_)) => {
+                    debug!("{e}: ignored");
+                    continue;
+                }
+                Err(e) => {
+                    warn!(data = %ev.data, "{e}");
+                    continue;
+                }
+            };
+            match ev {
+                ControlEvent::Hello { disabled, .. } => {
                     open = true;
-                    let disabled = ev.data.contains("\"disabled\":true");
                     let state = if disabled { "Disabled" } else { "Connected" };
                     self.enter(state, true, "control channel open");
                     // A new controller (restart, failover) may lack running Jobs' logs.
                     self.jobs.reconnected();
-                    // Jobs assigned while we were away (or before a restart). In a
-                    // task: a slow server must not stall the ping watch of this loop.
-                    let (client, jobs) = (self.client.clone(), self.jobs.clone());
-                    let (name, ns, token) = (
-                        self.req.name.clone(),
-                        namespace.to_owned(),
-                        token.to_owned(),
-                    );
-                    tokio::spawn(async move {
-                        match client.assignments(&name, &ns, &token).await {
-                            Ok(list) => {
-                                for a in list {
-                                    info!(namespace = %a.namespace, job = %a.name, epoch = a.epoch, "resuming an assigned job");
-                                    jobs.start(&a.namespace, &a.name, a.epoch, a.cancel, &token);
-                                }
-                            }
-                            Err(e) => warn!("list assigned jobs: {e}"),
-                        }
-                    });
+                    self.resume_assigned(namespace, token);
                 }
-                "ping" => debug!("ping"),
-                "disable" => self.enter("Disabled", true, "disabled: taking no new jobs"),
-                "enable" => self.enter("Connected", true, "enabled: taking jobs"),
-                "delete" => {
+                ControlEvent::Ping => debug!("ping"),
+                ControlEvent::Disable => {
+                    self.enter("Disabled", true, "disabled: taking no new jobs")
+                }
+                ControlEvent::Enable => self.enter("Connected", true, "enabled: taking jobs"),
+                ControlEvent::Delete => {
                     info!(dir = %self.dir.path().display(), "decommissioned: wiping the state directory and exiting");
                     self.dir.wipe()?;
                     return Ok(Ended::Deleted);
                 }
-                "close" => {
+                ControlEvent::Close { reason } => {
                     return Ok(Ended::Reconnect(
-                        format!("server closed it: {}", ev.reason()),
+                        format!("server closed it: {reason}"),
                         open,
                     ));
                 }
-                "assign" => match serde_json::from_str::<JobRef>(&ev.data) {
-                    Ok(j) => {
-                        info!(namespace = %j.namespace, job = %j.name, epoch = j.epoch, "job assigned");
-                        self.jobs
-                            .start(&j.namespace, &j.name, j.epoch, false, token);
-                    }
-                    Err(e) => warn!(data = %ev.data, "malformed assign event: {e}"),
-                },
-                "cancel" => match serde_json::from_str::<JobRef>(&ev.data) {
-                    Ok(j) => {
-                        let found = self.jobs.cancel(&j.namespace, &j.name);
-                        info!(namespace = %j.namespace, job = %j.name, found, "job cancel requested");
-                    }
-                    Err(e) => warn!(data = %ev.data, "malformed cancel event: {e}"),
-                },
-                other => debug!(event = other, "unknown control event ignored"),
+                ControlEvent::Assign {
+                    namespace,
+                    name,
+                    epoch,
+                } => {
+                    info!(%namespace, job = %name, epoch, "job assigned");
+                    self.jobs.start(&namespace, &name, epoch, false, token);
+                }
+                ControlEvent::Cancel { namespace, name } => {
+                    let found = self.jobs.cancel(&namespace, &name);
+                    info!(%namespace, job = %name, found, "job cancel requested");
+                }
             }
         }
     }

@@ -18,11 +18,12 @@ use warp::sse::Event;
 
 use super::adoption::{self, Known, Outcome};
 use super::hub::{Control, RunnerKey};
-use super::input::{self, ApiError, ControlQuery, RegisterRequest, RegisterResponse};
+use super::input::{self, ApiError};
 use super::token::{self, TokenCheck};
 use super::{ApiState, FIELD_MANAGER};
 use crate::crd::runner::AdoptionDecision;
 use crate::crd::{Runner, RunnerSpec, runner_token};
+use crate::protocol::{ControlQuery, RegisterRequest, RegisterResponse};
 
 type Response = warp::reply::Response;
 
@@ -372,8 +373,8 @@ impl Drop for ConnectionGuard {
     }
 }
 
-fn event(name: &str, data: serde_json::Value) -> Event {
-    Event::default().event(name).data(data.to_string())
+fn event(ev: &Control) -> Event {
+    Event::default().event(ev.name()).data(ev.data())
 }
 
 /// `hello`, then commands from the hub and a `ping` every ping interval; at each ping
@@ -387,10 +388,10 @@ fn control_stream(
     disabled: bool,
 ) -> impl Stream<Item = Result<Event, std::convert::Infallible>> + Send + 'static {
     let ping: Duration = state.config.ping_interval;
-    let hello = event(
-        "hello",
-        serde_json::json!({ "disabled": disabled, "pingSeconds": ping.as_secs().max(1) }),
-    );
+    let hello = event(&Control::Hello {
+        disabled,
+        ping_seconds: ping.as_secs().max(1),
+    });
     let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + ping, ping);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let guard = ConnectionGuard {
@@ -408,15 +409,14 @@ fn control_stream(
             let (ev, done) = tokio::select! {
                 cmd = rx.recv() => {
                     let cmd = cmd?;
-                    let data = serde_json::to_value(&cmd).unwrap_or_default();
-                    (event(cmd.name(), data), cmd.is_final())
+                    (event(&cmd), cmd.is_final())
                 }
                 _ = ticker.tick() => {
                     match allowed(&guard.state, &presented, &guard.key.name, Some(&guard.key.namespace)) {
-                        Ok(_) => (event("ping", serde_json::json!({})), false),
+                        Ok(_) => (event(&Control::Ping), false),
                         Err(e) => {
                             info!(runner = %guard.key, reason = e.reason, "control channel closed: {}", e.message);
-                            (event("close", serde_json::json!({ "event": "close", "reason": e.message })), true)
+                            (event(&Control::Close { reason: e.message }), true)
                         }
                     }
                 }

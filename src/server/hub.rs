@@ -9,7 +9,6 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
-use serde::Serialize;
 use tokio::sync::mpsc;
 
 /// A runner: the namespace of its Runner, and its name.
@@ -34,46 +33,8 @@ impl std::fmt::Display for RunnerKey {
     }
 }
 
-/// A command on a runner's control channel (server-sent events).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-#[serde(tag = "event", rename_all = "camelCase")]
-pub enum Control {
-    /// Take jobs again.
-    Enable,
-    /// Take no new jobs.
-    Disable,
-    /// Wipe the state directory and exit.
-    Delete,
-    /// A Job handed to the runner at `epoch`: claim it, then run it.
-    Assign {
-        namespace: String,
-        name: String,
-        epoch: i64,
-    },
-    /// Cancel a Job the runner holds.
-    Cancel { namespace: String, name: String },
-    /// The server ends the channel (rejected, token revoked, forgotten, replaced).
-    Close { reason: String },
-}
-
-impl Control {
-    /// The SSE `event:` name.
-    pub fn name(&self) -> &'static str {
-        match self {
-            Control::Enable => "enable",
-            Control::Disable => "disable",
-            Control::Delete => "delete",
-            Control::Assign { .. } => "assign",
-            Control::Cancel { .. } => "cancel",
-            Control::Close { .. } => "close",
-        }
-    }
-
-    /// Whether the channel ends after this event.
-    pub fn is_final(&self) -> bool {
-        matches!(self, Control::Delete | Control::Close { .. })
-    }
-}
+/// A command on a runner's control channel: the wire's [`ControlEvent`]s.
+pub use crate::protocol::ControlEvent as Control;
 
 /// What the reconciler may know of a runner's session.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]

@@ -95,7 +95,7 @@ fn register_body(name: &str) -> String {
 }
 
 async fn reason_of(res: &warp::http::Response<warp::hyper::body::Bytes>) -> String {
-    serde_json::from_slice::<input::ErrorBody>(res.body())
+    serde_json::from_slice::<crate::protocol::ErrorBody>(res.body())
         .map(|b| b.error)
         .unwrap_or_else(|_| String::from_utf8_lossy(res.body()).into_owned())
 }
@@ -519,7 +519,7 @@ async fn pending_registration_of_a_known_runner_answers_202() {
         .reply(&routes(f.state.clone()))
         .await;
     assert_eq!(res.status(), 202);
-    let body: input::RegisterResponse = serde_json::from_slice(res.body()).unwrap();
+    let body: crate::protocol::RegisterResponse = serde_json::from_slice(res.body()).unwrap();
     assert_eq!(body.state, "Pending");
     assert_eq!(body.namespace, "ns");
     assert!(body.token.is_none());
@@ -535,7 +535,7 @@ async fn pending_registration_of_a_known_runner_answers_202() {
         .reply(&routes(f.state.clone()))
         .await;
     assert_eq!(res.status(), 200);
-    let body: input::RegisterResponse = serde_json::from_slice(res.body()).unwrap();
+    let body: crate::protocol::RegisterResponse = serde_json::from_slice(res.body()).unwrap();
     assert_eq!(body.state, "Preadopted");
     let view = f.state.hub.view(&hub::RunnerKey::new("ns", "r1")).unwrap();
     assert_eq!(view.token.as_deref(), Some("good"));
