@@ -5,7 +5,6 @@ use std::path::Path;
 use std::time::Duration;
 
 use futures::{Stream, StreamExt};
-use serde::Deserialize;
 
 use crate::protocol::{ErrorBody, RegisterRequest, RegisterResponse};
 use crate::server::ca::{CaError, CaOrigin, parse_ca_pem, read_ca_file};
