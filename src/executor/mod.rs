@@ -12,7 +12,10 @@
 //!   same way and end Cancelled, steps not started are Cancelled, the Job ends
 //!   Cancelled.
 //! - Resuming: steps the backend already knows ([`Backend::discover`]) are watched
-//!   and tailed (from [`LogSink::resume_offset`]), never started again.
+//!   and tailed (from [`LogSink::resume_offset`]), never started again. What the
+//!   server recorded of earlier runs ([`StatusSink::recorded`]) keeps timeouts on
+//!   real time: the Job's counts from its recorded `startTime`, a resumed step's
+//!   from its own.
 //! - Logs: ordered chunks per step with byte offsets; a step's log is complete
 //!   before its final status is reported.
 
@@ -24,6 +27,7 @@ use std::collections::BTreeMap;
 use std::future::Future;
 use std::time::Duration;
 
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 pub use tokio_util::sync::CancellationToken;
 
 use crate::backend::{Backend, BackendError, LogChunk};
@@ -58,6 +62,20 @@ pub trait StatusSink: Send + Sync {
     /// The Job changed: Running at the start, then how it ended.
     fn job_changed(&self, phase: JobPhase, reason: Option<&str>)
     -> impl Future<Output = ()> + Send;
+    /// What was recorded of the Job before this run (a runner resuming it after a
+    /// restart, or taking it over); nothing for a first run.
+    fn recorded(&self) -> Recorded {
+        Recorded::default()
+    }
+}
+
+/// The Job's status as recorded before this run.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Recorded {
+    /// `status.startTime`: the Job's `timeout` counts from here.
+    pub start_time: Option<Time>,
+    /// `status.steps`: a resumed step's `timeout` counts from its `startTime`.
+    pub steps: Vec<StepStatus>,
 }
 
 /// Receives steps' logs: per step, chunks in order, each starting where the

@@ -11,6 +11,7 @@ use k8s_openapi::jiff::Timestamp;
 use tokio::time::Instant;
 use tracing::Instrument;
 
+mod resume;
 mod retry;
 
 use super::dag::{Dag, Scheduler};
@@ -21,6 +22,7 @@ use super::{
 use crate::backend::{Backend, BackendError, StepRequest, Workflow};
 use crate::crd::duration;
 use crate::crd::job::{JobPhase, JobSpec, StepPhase, StepStatus};
+use resume::Start;
 
 /// Why running steps were stopped before they ended on their own.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -53,6 +55,14 @@ enum How {
     Exited,
     TimedOut,
     Stopped,
+}
+
+/// One attempt of a step for its task: its start request (none when resuming one
+/// the backend already runs), where its log continues, when it times out.
+struct Attempt {
+    request: Option<StepRequest>,
+    log_from: u64,
+    deadline: Option<Instant>,
 }
 
 /// The spec, checked: its DAG and parsed timeouts.
@@ -100,7 +110,8 @@ impl<'s> Plan<'s> {
 struct State {
     sched: Scheduler,
     statuses: Vec<StepStatus>,
-    started: Vec<Option<Instant>>,
+    /// When each step's current attempt started.
+    started: Vec<Option<Start>>,
     durations: Vec<Option<Duration>>,
     outputs: Vec<Vec<(String, String)>>,
     outputs_used: usize,
@@ -123,7 +134,7 @@ impl State {
     }
 
     fn mark_running(&mut self, step: usize) {
-        self.started[step] = Some(Instant::now());
+        self.started[step] = Some(Start::now());
         let status = &mut self.statuses[step];
         status.phase = StepPhase::Running;
         status.start_time = Some(now());
@@ -169,7 +180,6 @@ impl<B: Backend> Executor<'_, B> {
         logs: &L,
         cancel: &CancellationToken,
     ) -> Result<JobReport, ExecutorError> {
-        let job_started = Instant::now();
         let (plan, dag) = Plan::new(spec)?;
         self.backend
             .setup_workflow(workflow)
@@ -203,31 +213,30 @@ impl<B: Backend> Executor<'_, B> {
             outputs_used: 0,
             retries: vec![0; n],
         };
+        // A resumed Job's timeout counts from when it first started, not from now.
+        let job_started = Start::recorded(status.recorded().start_time.as_ref());
+        let job_deadline = plan.job_timeout.map(|t| job_started.deadline(t));
         status.job_changed(JobPhase::Running, None).await;
 
         let stop_all = CancellationToken::new();
-        let job_deadline = plan.job_timeout.map(|t| job_started + t);
         let mut cause = None;
         let mut running = FuturesUnordered::new();
-
-        for found in discovered {
-            let Some(i) = spec.steps.iter().position(|s| s.name == found.name) else {
-                tracing::warn!(workflow = %workflow.id, step = %found.name, "discovered a step the Job does not have; left alone");
-                continue;
-            };
-            tracing::info!(workflow = %workflow.id, step = %found.name, state = ?found.state, "resuming a step found running or ended");
-            state.sched.adopt(i);
-            state.mark_running(i);
-            state.set_retry(i, found.retry);
-            self.name_attempt(&mut state, workflow, i);
-            status.step_changed(&state.statuses[i]).await;
-            let from = logs.resume_offset(&found.name);
-            running.push(self.step_task(workflow, i, None, &plan, stop_all.clone(), logs, from));
+        let resumed = self
+            .resume(&mut state, &plan, workflow, discovered, status, logs)
+            .await;
+        for (i, attempt) in resumed {
+            running.push(self.step_task(workflow, i, attempt, &plan, stop_all.clone(), logs));
         }
 
         loop {
             if cause.is_none() && cancel.is_cancelled() {
                 cause = Some(StopCause::Cancelled);
+                stop_all.cancel();
+            }
+            // Past already (a resumed Job): start nothing more.
+            if cause.is_none() && job_deadline.is_some_and(|d| d <= Instant::now()) {
+                tracing::info!(workflow = %workflow.id, "job timeout; stopping its steps");
+                cause = Some(StopCause::JobTimeout);
                 stop_all.cancel();
             }
             if cause.is_none() {
@@ -246,14 +255,18 @@ impl<B: Backend> Executor<'_, B> {
                     state.mark_running(i);
                     self.name_attempt(&mut state, workflow, i);
                     status.step_changed(&state.statuses[i]).await;
+                    let attempt = Attempt {
+                        request: Some(request),
+                        log_from: 0,
+                        deadline: state.deadline(&plan, i),
+                    };
                     running.push(self.step_task(
                         workflow,
                         i,
-                        Some(request),
+                        attempt,
                         &plan,
                         stop_all.clone(),
                         logs,
-                        0,
                     ));
                 }
             }
@@ -265,8 +278,12 @@ impl<B: Backend> Executor<'_, B> {
                     if let Some(request) = self.rerun(&mut state, &plan, i, &end, cause, logs).await {
                         self.name_attempt(&mut state, workflow, i);
                         status.step_changed(&state.statuses[i]).await;
-                        let from = request.log_offset;
-                        running.push(self.step_task(workflow, i, Some(request), &plan, stop_all.clone(), logs, from));
+                        let attempt = Attempt {
+                            log_from: request.log_offset,
+                            request: Some(request),
+                            deadline: state.deadline(&plan, i),
+                        };
+                        running.push(self.step_task(workflow, i, attempt, &plan, stop_all.clone(), logs));
                     } else {
                         self.record(&mut state, &plan, i, end, cause);
                         status.step_changed(&state.statuses[i]).await;
@@ -362,19 +379,22 @@ impl<B: Backend> Executor<'_, B> {
 
     /// Start (unless resuming), tail, and wait for one step; stop it on its timeout
     /// or when the run stops everything. Ends once its log is fully delivered.
-    #[allow(clippy::too_many_arguments)]
     async fn step_task<L: LogSink>(
         &self,
         workflow: &Workflow,
         i: usize,
-        request: Option<StepRequest>,
+        attempt: Attempt,
         plan: &Plan<'_>,
         stop_all: CancellationToken,
         logs: &L,
-        log_from: u64,
     ) -> (usize, StepEnd) {
         let name = plan.spec.steps[i].name.as_str();
         let span = tracing::info_span!("step", workflow = %workflow.id, step = name);
+        let Attempt {
+            request,
+            log_from,
+            deadline,
+        } = attempt;
         async move {
             if let Some(request) = &request
                 && let Err(error) = self.backend.start_step(workflow, request).await
@@ -382,14 +402,20 @@ impl<B: Backend> Executor<'_, B> {
                 return (i, StepEnd::StartFailed(error));
             }
             let forward = async {
-                let mut end = LogEnd { offset: log_from, last: None };
+                let mut end = LogEnd {
+                    offset: log_from,
+                    last: None,
+                };
                 match self.backend.tail_step(workflow, name, log_from).await {
                     Ok(mut chunks) => {
                         while let Some(chunk) = chunks.next().await {
                             match chunk {
                                 Ok(chunk) => {
                                     if let Some(&last) = chunk.bytes.last() {
-                                        end = LogEnd { offset: chunk.offset + chunk.bytes.len() as u64, last: Some(last) };
+                                        end = LogEnd {
+                                            offset: chunk.offset + chunk.bytes.len() as u64,
+                                            last: Some(last),
+                                        };
                                     }
                                     logs.append(chunk).await;
                                 }
@@ -405,19 +431,30 @@ impl<B: Backend> Executor<'_, B> {
                 end
             };
             let watch = async {
-                let timeout = plan.step_timeouts[i];
                 tokio::select! {
                     exit = self.backend.wait_step(workflow, name) => (exit, How::Exited),
-                    () = sleep_until(timeout.map(|t| Instant::now() + t)) => (self.stop(workflow, name).await, How::TimedOut),
+                    () = sleep_until(deadline) => (self.stop(workflow, name).await, How::TimedOut),
                     () = stop_all.cancelled() => (self.stop(workflow, name).await, How::Stopped),
                 }
             };
             let ((exit, how), log) = tokio::join!(watch, forward);
             let outputs = match exit {
-                Ok(_) => Some(self.backend.read_outputs(workflow, name, self.options.outputs_limit.saturating_add(1)).await),
+                Ok(_) => Some(
+                    self.backend
+                        .read_outputs(workflow, name, self.options.outputs_limit.saturating_add(1))
+                        .await,
+                ),
                 Err(_) => None,
             };
-            (i, StepEnd::Ended { exit, how, outputs, log })
+            (
+                i,
+                StepEnd::Ended {
+                    exit,
+                    how,
+                    outputs,
+                    log,
+                },
+            )
         }
         .instrument(span)
         .await

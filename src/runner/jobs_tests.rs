@@ -110,6 +110,8 @@ fn sink(server: &str) -> Sink {
             epoch: 1,
             spec: serde_json::from_value(serde_json::json!({ "steps": [] })).expect("spec"),
             log_offsets: Default::default(),
+            start_time: None,
+            steps: Vec::new(),
         },
         fenced: CancellationToken::new(),
         sent: Mutex::default(),
@@ -183,4 +185,30 @@ async fn a_replay_gives_a_new_leader_every_kept_log_including_finished_steps() {
         lock(&store).get("build").map(Vec::as_slice),
         Some(&b"compiled\n"[..])
     );
+}
+
+#[test]
+fn a_resumed_run_gets_the_recorded_start_times_of_its_claim() {
+    // An older server's claim has neither field: nothing recorded.
+    let old: ClaimResponse = serde_json::from_value(serde_json::json!({
+        "namespace": "ns", "name": "job", "uid": "uid", "epoch": 1,
+        "spec": { "steps": [] }, "logOffsets": {}
+    }))
+    .expect("claim");
+    assert_eq!(old.start_time, None);
+    assert!(old.steps.is_empty());
+
+    let mut s = sink("http://127.0.0.1:1");
+    let started = k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+        k8s_openapi::jiff::Timestamp::UNIX_EPOCH,
+    );
+    s.claim.start_time = Some(started.clone());
+    s.claim.steps = vec![StepStatus {
+        name: "a".into(),
+        start_time: Some(started.clone()),
+        ..Default::default()
+    }];
+    let recorded = s.recorded();
+    assert_eq!(recorded.start_time, Some(started));
+    assert_eq!(recorded.steps, s.claim.steps);
 }

@@ -393,6 +393,8 @@ async fn claim(
         log_offsets.insert(step.name.clone(), n);
     }
     info!(namespace = ns, job = name, runner = %req.runner, epoch = req.epoch, "job claimed");
+    // A resumed run continues the recorded clocks (timeouts).
+    let recorded = job.status.clone().unwrap_or_default();
     Ok(reply_json(
         StatusCode::OK,
         &ClaimResponse {
@@ -402,6 +404,8 @@ async fn claim(
             epoch: req.epoch,
             spec: job.spec.clone(),
             log_offsets,
+            start_time: recorded.start_time,
+            steps: recorded.steps,
         },
     ))
 }

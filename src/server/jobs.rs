@@ -48,6 +48,13 @@ pub struct ClaimResponse {
     pub spec: JobSpec,
     /// Bytes of each step's log the server already holds.
     pub log_offsets: BTreeMap<String, u64>,
+    /// `status.startTime`: a resumed run's Job timeout counts from here.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start_time: Option<Time>,
+    /// `status.steps` as recorded: a resumed step's timeout counts from its
+    /// `startTime`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub steps: Vec<StepStatus>,
 }
 
 /// A runner's report: a step changed, or the Job did (or both).

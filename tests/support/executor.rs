@@ -12,7 +12,7 @@ use baton::backend::{LocalBackend, LogChunk, Workflow};
 use baton::crd::JobSpec;
 use baton::crd::job::{JobPhase, StepPhase, StepStatus};
 use baton::executor::{
-    CancellationToken, Executor, ExecutorOptions, JobReport, LogSink, StatusSink,
+    CancellationToken, Executor, ExecutorOptions, JobReport, LogSink, Recorded, StatusSink,
 };
 use tokio::sync::watch;
 
@@ -23,14 +23,22 @@ pub struct Recorder {
     pub logs: Mutex<BTreeMap<String, Vec<u8>>>,
     pub events: Mutex<Vec<(String, StepPhase)>>,
     pub running: watch::Sender<BTreeSet<String>>,
+    /// What it says was recorded before the run (a resumed run).
+    pub recorded: Recorded,
 }
 
 impl Recorder {
     pub fn new() -> Self {
+        Self::resuming(Recorded::default())
+    }
+
+    /// A sink of a run resuming a Job with this recorded status.
+    pub fn resuming(recorded: Recorded) -> Self {
         Self {
             logs: Mutex::default(),
             events: Mutex::default(),
             running: watch::Sender::new(BTreeSet::new()),
+            recorded,
         }
     }
 
@@ -69,6 +77,9 @@ impl StatusSink for Recorder {
         });
     }
     async fn job_changed(&self, _: JobPhase, _: Option<&str>) {}
+    fn recorded(&self) -> Recorded {
+        self.recorded.clone()
+    }
 }
 
 impl LogSink for Recorder {

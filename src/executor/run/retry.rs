@@ -2,7 +2,9 @@
 //! someone else, its node gone: [`BackendError::Lost`]) runs again as a new
 //! attempt, while the Job's retries allow. A step that failed on its own (a
 //! non-zero exit, a timeout, a start failure) never does. The new attempt's log
-//! continues the step's log after one line saying why; its timeout starts anew.
+//! continues the step's log after one line saying why; its timeout starts anew, and
+//! so does the step's `startTime` (the current attempt's), which a resumed run
+//! measures that timeout from.
 
 use super::{Executor, How, Plan, State, StepEnd, StopCause};
 use crate::backend::{Backend, LogChunk, StepRequest};
@@ -55,6 +57,7 @@ impl<B: Backend> Executor<'_, B> {
         })
         .await;
         state.set_retry(i, next);
+        state.mark_running(i);
         Some(StepRequest {
             step: step.clone(),
             env: state.injected_env(i),
