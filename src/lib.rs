@@ -1,8 +1,10 @@
 //! Baton: a Kubernetes operator that runs CI/CD jobs on runners.
 //!
 //! Layers, each using only those above it:
-//! `crd` (types, no I/O) → `backend` (where steps run) → `executor` (DAG, `when`,
-//! timeouts, outputs) → `server` / `controller` → `runner` → `cli`.
+//! `crd` (types and the pure Job status transitions, no I/O) → `protocol` (the
+//! runner ⇄ server wire types) → `domain` (adoption, tokens, Events, CA, backoff,
+//! the Job status writer) → `backend` (where steps run) → `executor` (DAG,
+//! `when`, timeouts, outputs) → `server` (HTTP) / `controller` → `runner` → `cli`.
 
 pub mod backend;
 pub mod cli;

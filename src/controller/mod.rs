@@ -1,7 +1,6 @@
 //! `baton controller`: the RunnerToken and Runner reconcilers, their watch caches
 //! (shared with the runner API), and the runner API server, under one shutdown.
 
-pub mod backoff;
 pub mod job;
 pub mod leader;
 pub mod on_demand;
@@ -24,10 +23,11 @@ use kube::{Client, Resource, ResourceExt};
 use tracing::{info, warn};
 
 use crate::crd::{Job, Runner, RunnerToken};
+use crate::domain::{adoption, backoff};
 use crate::server::health::Readiness;
 use crate::server::hub::{Hub, RunnerKey};
 use crate::server::metrics::{Kind, Metrics};
-use crate::server::{self, ApiConfig, ApiState, adoption};
+use crate::server::{self, ApiConfig, ApiState};
 
 /// What a reconcile was doing when it failed.
 #[derive(Debug, thiserror::Error)]
@@ -40,7 +40,7 @@ pub enum Error {
         source: kube::Error,
     },
     #[error(transparent)]
-    Mint(#[from] server::token::MintError),
+    Mint(#[from] crate::domain::token::MintError),
     #[error("object has no namespace")]
     NoNamespace,
 }

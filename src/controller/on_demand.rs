@@ -82,7 +82,7 @@ pub struct RunnerCa {
 
 impl RunnerCa {
     /// Read and check the file: at least one certificate, each usable as a root.
-    pub fn load(path: std::path::PathBuf) -> Result<Self, crate::server::ca::CaError> {
+    pub fn load(path: std::path::PathBuf) -> Result<Self, crate::domain::ca::CaError> {
         let pem = Self::read(&path)?;
         Ok(Self {
             path,
@@ -90,9 +90,9 @@ impl RunnerCa {
         })
     }
 
-    fn read(path: &std::path::Path) -> Result<String, crate::server::ca::CaError> {
-        let ders = crate::server::ca::read_ca_file(path)?;
-        Ok(crate::server::ca::to_pem(&ders))
+    fn read(path: &std::path::Path) -> Result<String, crate::domain::ca::CaError> {
+        let ders = crate::domain::ca::read_ca_file(path)?;
+        Ok(crate::domain::ca::to_pem(&ders))
     }
 
     /// The certificates as PEM text (only CERTIFICATE blocks), fresh from the file.

@@ -159,9 +159,9 @@ fn runner_ca_file_is_checked_at_load_and_passes_certificates_only() {
         "{pem}"
     );
     let certs =
-        crate::server::ca::parse_ca_pem(pem.as_bytes(), &crate::server::ca::CaOrigin::Pem).unwrap();
+        crate::domain::ca::parse_ca_pem(pem.as_bytes(), &crate::domain::ca::CaOrigin::Pem).unwrap();
     assert_eq!(certs.len(), 1);
-    assert_eq!(pem, crate::server::ca::to_pem(&certs));
+    assert_eq!(pem, crate::domain::ca::to_pem(&certs));
     assert_eq!(
         pem.trim(),
         TEST_CA.trim(),

@@ -18,10 +18,11 @@ use crate::crd::conditions::{self, Desired, Health};
 use crate::crd::job::JobPhase;
 use crate::crd::runner::{AdoptionDecision, AdoptionState, DECOMMISSION_ANNOTATION};
 use crate::crd::{Runner, RunnerStatus, RunnerToken, RunnerTokenSpec};
-use crate::server::adoption::{self, ISSUED_FOR_LABEL};
+use crate::domain::adoption::{self, ISSUED_FOR_LABEL};
+use crate::domain::events;
+use crate::domain::token;
+use crate::server::FIELD_MANAGER;
 use crate::server::hub::{RunnerKey, SessionView};
-use crate::server::token;
-use crate::server::{FIELD_MANAGER, events};
 
 /// What to do about the token an adoption issues.
 #[derive(Clone, Debug, PartialEq)]

@@ -18,7 +18,8 @@ use super::{Context, Error};
 use crate::crd::conditions::{self, Desired, Health};
 use crate::crd::runner_token::{DEFAULT_TTL, SECRET_KEY};
 use crate::crd::{RunnerToken, RunnerTokenStatus, duration};
-use crate::server::{FIELD_MANAGER, events, token};
+use crate::domain::{events, token};
+use crate::server::FIELD_MANAGER;
 
 /// Label on the Secrets the controller writes (value: the RunnerToken's name).
 pub const SECRET_LABEL: &str = "baton.dev/runner-token";

@@ -1,4 +1,10 @@
-//! Domain pieces that do I/O and that the controller and the runner API share,
-//! below both (neither imports the other through here).
+//! Domain pieces that the controller, the runner API and the runner agent share,
+//! below all three: adoption rules, tokens, Events, CA certificates, retry
+//! backoff, and the one Job status writer.
 
+pub mod adoption;
+pub mod backoff;
+pub mod ca;
+pub mod events;
 pub mod job_write;
+pub mod token;

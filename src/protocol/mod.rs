@@ -3,6 +3,7 @@
 //! (claim, status report, log append). Serde types only: no HTTP, no I/O.
 
 pub mod control;
+pub mod jobs;
 pub mod register;
 
 pub use control::{ControlEvent, DecodeError};

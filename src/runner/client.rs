@@ -6,11 +6,11 @@ use std::time::Duration;
 
 use futures::{Stream, StreamExt};
 
-use crate::protocol::{ErrorBody, RegisterRequest, RegisterResponse};
-use crate::server::ca::{CaError, CaOrigin, parse_ca_pem, read_ca_file};
-use crate::server::jobs::{
+use crate::domain::ca::{CaError, CaOrigin, parse_ca_pem, read_ca_file};
+use crate::protocol::jobs::{
     AppendQuery, AppendResponse, Assignment, ClaimRequest, ClaimResponse, StatusReport,
 };
+use crate::protocol::{ErrorBody, RegisterRequest, RegisterResponse};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
@@ -191,7 +191,7 @@ fn with_root_cause(e: &reqwest::Error) -> String {
     }
 }
 
-/// The job calls of the runner API (see `server::jobs`).
+/// The job calls of the runner API (see [`crate::protocol::jobs`]).
 impl Client {
     async fn json_or_refused<T: serde::de::DeserializeOwned>(
         doing: &'static str,

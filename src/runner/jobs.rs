@@ -30,7 +30,7 @@ use crate::crd::job::{JobPhase, StepStatus};
 use crate::executor::{
     CancellationToken, Executor, ExecutorOptions, JobReport, LogSink, Recorded, StatusSink,
 };
-use crate::server::jobs::{AppendQuery, ClaimRequest, ClaimResponse, MAX_LOG_BODY, StatusReport};
+use crate::protocol::jobs::{AppendQuery, ClaimRequest, ClaimResponse, MAX_LOG_BODY, StatusReport};
 
 mod sent;
 use sent::{JOB_LOG_KEEP, STEP_LOG_KEEP, SentLog, gap_stored, resend_from};

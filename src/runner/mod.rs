@@ -16,7 +16,7 @@ use std::time::Duration;
 use futures::StreamExt;
 use tracing::{debug, info, warn};
 
-use crate::controller::backoff;
+use crate::domain::backoff;
 use crate::protocol::{ControlEvent, DecodeError, RegisterRequest};
 use crate::server::health::{self, Readiness};
 use client::{Client, ClientError, Registration};

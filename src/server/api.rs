@@ -16,13 +16,13 @@ use warp::Filter;
 use warp::http::StatusCode;
 use warp::sse::Event;
 
-use super::adoption::{self, Known, Outcome};
 use super::hub::{Control, RunnerKey};
 use super::input::{self, ApiError};
-use super::token::{self, TokenCheck};
 use super::{ApiState, FIELD_MANAGER};
 use crate::crd::runner::AdoptionDecision;
 use crate::crd::{Runner, RunnerSpec, runner_token};
+use crate::domain::adoption::{self, Known, Outcome};
+use crate::domain::token::{self, TokenCheck};
 use crate::protocol::{ControlQuery, RegisterRequest, RegisterResponse};
 
 type Response = warp::reply::Response;

@@ -25,12 +25,12 @@ use super::jobs::{
     ReadQuery, StatusReport,
 };
 use super::logs::{LogError, LogKey};
-use super::token::{self, TokenCheck};
 use crate::crd::job::JobPhase;
 use crate::crd::job_status::{self, Transition};
 use crate::crd::reasons::reason;
 use crate::crd::{Job, JobStatus};
 use crate::domain::job_write::{self, Written};
+use crate::domain::token::{self, TokenCheck};
 
 type Response = warp::reply::Response;
 type Bytes = warp::hyper::body::Bytes;
@@ -491,7 +491,7 @@ async fn report_event(
     };
     let mut shown = job.clone();
     shown.status = Some(after.clone());
-    super::events::publish(&state.client, &shown, warning, why, note).await;
+    crate::domain::events::publish(&state.client, &shown, warning, why, note).await;
 }
 
 async fn append(

@@ -12,12 +12,13 @@ use kube::runtime::watcher::Event;
 
 use crate::crd::job::{JobPhase, JobStatus};
 use crate::crd::{Job, JobSpec, RunnerTokenSpec, RunnerTokenStatus, Step};
+use crate::domain::token;
 use crate::protocol::ErrorBody;
 use crate::server::health::Readiness;
 use crate::server::hub::Hub;
 use crate::server::jobs::{AppendResponse, Assignment};
 use crate::server::logs::LogStore;
-use crate::server::{ApiConfig, ApiState, routes, token};
+use crate::server::{ApiConfig, ApiState, routes};
 
 struct Fixture {
     state: ApiState,

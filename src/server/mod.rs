@@ -1,13 +1,12 @@
 //! The HTTP side of `baton controller`: the runner API (register, SSE control
-//! channel), the connected-runner hub, tokens, and the health routes.
+//! channel, job routes), the connected-runner hub, log storage, and the health
+//! routes. Wire types are in [`crate::protocol`]; the rules it shares with the
+//! controller and the runner in [`crate::domain`] and [`crate::crd::job_status`].
 //!
 //! The server reads the controller's watch caches ([`Store`]s) but never imports the
 //! controller: the controller builds an [`ApiState`] and hands it in.
 
-pub mod adoption;
 pub mod api;
-pub mod ca;
-pub mod events;
 pub mod health;
 pub mod hub;
 pub mod input;
@@ -16,7 +15,6 @@ pub mod jobs;
 pub mod logs;
 pub mod metrics;
 pub mod tls;
-pub mod token;
 
 use std::convert::Infallible;
 use std::future::Future;

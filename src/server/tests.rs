@@ -12,6 +12,7 @@ use kube::runtime::watcher::Event;
 use super::*;
 use crate::crd::runner::{AdoptionDecision, RunnerStatus};
 use crate::crd::{RunnerSpec, RunnerTokenSpec, RunnerTokenStatus};
+use crate::domain::token;
 
 const ID: &str = "0123456789abcdef";
 

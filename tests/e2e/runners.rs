@@ -108,7 +108,7 @@ async fn pending_runner_is_adopted_and_stores_its_token() {
         let stored = std::fs::read_to_string(&token_file)?;
         ensure!(
             issued.status.and_then(|s| s.token_hash)
-                == Some(baton::server::token::hash(stored.trim())),
+                == Some(baton::domain::token::hash(stored.trim())),
             "the stored token is the one issued"
         );
         Ok(())
@@ -125,7 +125,7 @@ async fn runner_token_preadopts_and_binds_to_its_runner_name() {
         // Only a hash outside the Secret.
         let rt = tokens(&ns).get("t1").await?;
         let status = rt.status.clone().context("status")?;
-        ensure!(status.token_hash.as_deref() == Some(baton::server::token::hash(&token).as_str()));
+        ensure!(status.token_hash.as_deref() == Some(baton::domain::token::hash(&token).as_str()));
         ensure!(
             !serde_json::to_string(&rt)?.contains(&token),
             "plaintext outside the Secret"

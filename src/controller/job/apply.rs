@@ -12,8 +12,8 @@ use super::decide::{CleanUp, JobPlan, Requeue, SOON, Tell};
 use crate::backend::kubernetes::{job_selector, workspace_claim_name};
 use crate::controller::{Context, Error, on_demand};
 use crate::crd::Job;
+use crate::domain::events;
 use crate::domain::job_write::{self, Written};
-use crate::server::events;
 use crate::server::hub::{Control, RunnerKey};
 
 fn kube_err(doing: &'static str, name: String) -> impl FnOnce(kube::Error) -> Error {

@@ -30,7 +30,7 @@ pub fn runner_name(job: &str, attempt: u32) -> String {
             .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
             .take(39)
             .collect();
-        let digest = &crate::server::token::hash(job)[..10];
+        let digest = &crate::domain::token::hash(job)[..10];
         format!("{}-{digest}", cut.trim_matches('-'))
     };
     if attempt <= 1 {

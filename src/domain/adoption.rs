@@ -15,7 +15,7 @@
 //! | none                       | another runner id        | 409 name taken              |
 
 use crate::crd::runner::{AdoptionDecision, AdoptionState};
-use crate::server::token::TokenCheck;
+use crate::domain::token::TokenCheck;
 
 /// What the cluster knows of a runner of that name (its Runner object).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -148,7 +148,7 @@ pub const ISSUED_FOR_LABEL: &str = "baton.dev/issued-for-runner";
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::server::token::ValidToken;
+    use crate::domain::token::ValidToken;
     use AdoptionDecision::{Adopted, Rejected};
 
     fn valid() -> TokenCheck {
