@@ -17,9 +17,9 @@
 //! Role to manage step pods; applied on each pod creation and owned by nothing, so
 //! no Job's deletion takes them from another Job's runner.
 //!
-//! The builders and [`pod_wait`] are pure (in `spec.rs`); [`prepare`] does the I/O.
+//! The builders and [`pod_wait`] are pure (in `spec.rs`), and so is the decision
+//! ([`plan_runner_pod`], in `plan.rs`); [`prepare`] reads, plans and applies.
 
-use crate::crd::reasons::reason;
 use k8s_openapi::api::core::v1::{Pod, Secret, ServiceAccount};
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use kube::ResourceExt;
@@ -112,12 +112,14 @@ impl RunnerCa {
     }
 }
 
+mod plan;
 mod spec;
+pub use plan::{PodObserved, PodPlan, TokenSeen, plan_runner_pod};
 pub use spec::*;
 
 /// A Job's on-demand runner as the queue sees it: assign to `runner` once usable,
 /// else wait with `reason`/`message`.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Slot {
     pub runner: Option<String>,
     pub job_uid: String,
@@ -165,176 +167,119 @@ pub fn pod_named(ctx: &Context, ns: &str, name: &str) -> Option<std::sync::Arc<P
 }
 
 /// Make sure a queued on-demand Job has its runner (token, pod, account) and say
-/// which runner to assign it to, or why it waits.
+/// which runner to assign it to, or why it waits: read → [`plan_runner_pod`] → apply.
 pub async fn prepare(ctx: &Context, job: &Job) -> Result<Slot, Error> {
-    let ns = job.namespace().ok_or(Error::NoNamespace)?;
-    let name = job.name_any();
-    let uid = job.uid().unwrap_or_default();
-    let wait = |reason: &'static str, message: String| Slot {
-        runner: None,
-        job_uid: uid.clone(),
-        reason,
-        message,
-    };
     let Some(server_url) = ctx.on_demand.server_url.clone() else {
-        return Ok(wait(
-            reason::ON_DEMAND_UNAVAILABLE,
-            "this Job has no runnerSelector, so it needs an on-demand runner pod, but the \
-             controller runs without --runner-server-url (the runner API address runner pods \
-             reach); set it, or give the Job a runnerSelector"
-                .into(),
-        ));
+        return Ok(plan::unavailable(job));
     };
+    let seen = observe(ctx, job).await?;
+    let plan = plan_runner_pod(job, &seen, &ctx.on_demand, &server_url);
+    apply(ctx, job, &plan).await?;
+    Ok(plan.slot)
+}
+
+/// The Job's runner tokens and pods (watch caches), and whether the current
+/// attempt's token Secret exists (read: Secrets are not cached by label here).
+async fn observe(ctx: &Context, job: &Job) -> Result<PodObserved, Error> {
+    let ns = job.namespace().ok_or(Error::NoNamespace)?;
+    let uid = job.uid().unwrap_or_default();
     ctx.runner_pods.wait_until_ready().await.ok();
-    let tokens: Vec<_> = ctx
+    let tokens: Vec<TokenSeen> = ctx
         .tokens
         .state()
         .into_iter()
         .filter(|t| t.namespace().as_deref() == Some(ns.as_str()) && of_job(&t.metadata, &uid))
+        .map(|t| TokenSeen {
+            name: t.name_any(),
+            attempt: attempt_of(&t.metadata),
+            spec: t.spec.clone(),
+        })
         .collect();
-    let latest = tokens
+    let pods: Vec<Pod> = pods_of(ctx, &ns, &uid)
         .iter()
-        .filter_map(|t| attempt_of(&t.metadata))
-        .max()
-        .unwrap_or(0);
-    let handed = job.status.as_ref().and_then(|s| s.runner.as_deref());
-    let attempt = attempt_for(&name, latest, handed);
-    let runner = runner_name(&name, attempt);
+        .map(|p| (**p).clone())
+        .collect();
+    let runner = runner_name(&job.name_any(), plan::current_attempt(job, &tokens));
+    let secret_ready = if pods.iter().any(|p| p.name_any() == runner) {
+        true
+    } else {
+        let secret = super::token::secret_name(&runner);
+        Api::<Secret>::namespaced(ctx.client.clone(), &ns)
+            .get_opt(&secret)
+            .await
+            .map_err(kube_err("read the on-demand token Secret", &secret))?
+            .is_some()
+    };
+    Ok(PodObserved {
+        tokens,
+        pods,
+        secret_ready,
+        ca_pem: ctx.on_demand.ca.as_ref().map(RunnerCa::pem),
+    })
+}
 
+/// Carry out a [`PodPlan`]: token first, then revocations and deletions, then
+/// the account and the pod.
+async fn apply(ctx: &Context, job: &Job, plan: &PodPlan) -> Result<(), Error> {
+    let ns = job.namespace().ok_or(Error::NoNamespace)?;
     let pp = PatchParams::apply(FIELD_MANAGER).force();
-    let token = desired_token(job, attempt).ok_or(Error::NoNamespace)?;
     let token_api: Api<RunnerToken> = Api::namespaced(ctx.client.clone(), &ns);
-    let have = tokens
-        .iter()
-        .any(|t| t.name_any() == runner && t.spec == token.spec);
-    if !have {
-        token_api
-            .patch(&runner, &pp, &Patch::Apply(&token))
-            .await
-            .map_err(kube_err("apply the on-demand RunnerToken", &runner))?;
-    }
-
-    // Earlier attempts' runners are lost: revoke their tokens, remove their pods.
     let pod_api: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
-    for old in tokens
-        .iter()
-        .filter(|t| attempt_of(&t.metadata).is_some_and(|a| a < attempt))
-    {
-        match token_api
-            .delete(&old.name_any(), &DeleteParams::background())
+    if let Some(token) = &plan.apply_token {
+        let name = token.name_any();
+        token_api
+            .patch(&name, &pp, &Patch::Apply(token))
             .await
-        {
-            Ok(_) => info!(token = %old.name_any(), "revoked a lost on-demand runner's token"),
+            .map_err(kube_err("apply the on-demand RunnerToken", &name))?;
+    }
+    for old in &plan.revoke_tokens {
+        match token_api.delete(old, &DeleteParams::background()).await {
+            Ok(_) => info!(token = %old, "revoked a lost on-demand runner's token"),
             Err(e) if not_found(&e) => {}
-            Err(e) => {
-                return Err(kube_err(
-                    "delete an old on-demand RunnerToken",
-                    &old.name_any(),
-                )(e));
-            }
+            Err(e) => return Err(kube_err("delete an old on-demand RunnerToken", old)(e)),
         }
     }
-    for old in pods_of(ctx, &ns, &uid)
-        .iter()
-        .filter(|p| attempt_of(&p.metadata).is_some_and(|a| a < attempt))
-        .filter(|p| p.metadata.deletion_timestamp.is_none())
-    {
-        match pod_api
-            .delete(&old.name_any(), &DeleteParams::background())
-            .await
-        {
-            Ok(_) => info!(pod = %old.name_any(), "removed a lost runner pod"),
+    for pod in &plan.delete_pods {
+        match pod_api.delete(pod, &DeleteParams::background()).await {
+            Ok(_) => info!(%pod, "removed a lost or ended runner pod"),
             Err(e) if not_found(&e) => {}
-            Err(e) => return Err(kube_err("delete an old runner pod", &old.name_any())(e)),
+            Err(e) => return Err(kube_err("delete an old runner pod", pod)(e)),
         }
     }
+    if plan.apply_rbac {
+        apply_rbac(ctx, &ns, &pp).await?;
+    }
+    if let Some(pod) = &plan.create_pod {
+        let name = pod.name_any();
+        let pp = PostParams {
+            field_manager: Some(FIELD_MANAGER.into()),
+            ..Default::default()
+        };
+        match pod_api.create(&pp, pod).await {
+            Ok(_) => info!(pod = %name, "created an on-demand runner pod"),
+            Err(kube::Error::Api(s)) if s.code == 409 => {}
+            Err(e) => return Err(kube_err("create the runner pod", &name)(e)),
+        }
+    }
+    Ok(())
+}
 
-    match pod_named(ctx, &ns, &runner) {
-        Some(pod) if is_gone(&pod) => {
-            // Ended (or going) before it took the Job: replace it once it is gone.
-            if pod.metadata.deletion_timestamp.is_none() {
-                match pod_api.delete(&runner, &DeleteParams::background()).await {
-                    Ok(_) => {}
-                    Err(e) if not_found(&e) => {}
-                    Err(e) => return Err(kube_err("delete an ended runner pod", &runner)(e)),
-                }
-            }
-            Ok(wait(
-                reason::RUNNER_STARTING,
-                format!("runner pod {runner} ended before it took the Job; replacing it"),
-            ))
-        }
-        Some(pod) => {
-            let (reason, message) = pod_wait(&pod);
-            Ok(Slot {
-                runner: Some(runner),
-                job_uid: uid.clone(),
-                reason,
-                message,
-            })
-        }
-        None => {
-            let secret = super::token::secret_name(&runner);
-            let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
-            let ready = secrets
-                .get_opt(&secret)
-                .await
-                .map_err(kube_err("read the on-demand token Secret", &secret))?
-                .is_some();
-            if !ready {
-                return Ok(wait(
-                    reason::RUNNER_STARTING,
-                    format!("waiting for the Secret {secret} of RunnerToken {runner}"),
-                ));
-            }
-            let uses_ours = job
-                .spec
-                .on_demand
-                .as_ref()
-                .and_then(|o| o.service_account_name.as_ref())
-                .is_none();
-            if uses_ours {
-                let (sa, role, binding) = desired_rbac(&ns);
-                Api::<ServiceAccount>::namespaced(ctx.client.clone(), &ns)
-                    .patch(RUNNER_ACCOUNT, &pp, &Patch::Apply(&sa))
-                    .await
-                    .map_err(kube_err("apply the runner ServiceAccount", RUNNER_ACCOUNT))?;
-                Api::<Role>::namespaced(ctx.client.clone(), &ns)
-                    .patch(RUNNER_ACCOUNT, &pp, &Patch::Apply(&role))
-                    .await
-                    .map_err(kube_err("apply the runner Role", RUNNER_ACCOUNT))?;
-                Api::<RoleBinding>::namespaced(ctx.client.clone(), &ns)
-                    .patch(RUNNER_ACCOUNT, &pp, &Patch::Apply(&binding))
-                    .await
-                    .map_err(kube_err("apply the runner RoleBinding", RUNNER_ACCOUNT))?;
-            }
-            let ca_pem = ctx.on_demand.ca.as_ref().map(RunnerCa::pem);
-            let pod = desired_pod(
-                job,
-                attempt,
-                &secret,
-                &server_url,
-                ca_pem.as_deref(),
-                &ctx.on_demand,
-            )
-            .ok_or(Error::NoNamespace)?;
-            let pp = PostParams {
-                field_manager: Some(FIELD_MANAGER.into()),
-                ..Default::default()
-            };
-            match pod_api.create(&pp, &pod).await {
-                Ok(_) => info!(pod = %runner, attempt, "created an on-demand runner pod"),
-                Err(kube::Error::Api(s)) if s.code == 409 => {}
-                Err(e) => return Err(kube_err("create the runner pod", &runner)(e)),
-            }
-            Ok(Slot {
-                runner: Some(runner.clone()),
-                job_uid: uid.clone(),
-                reason: reason::RUNNER_STARTING,
-                message: format!("runner pod {runner} created; waiting for it to start"),
-            })
-        }
-    }
+/// The namespace's `baton-runner` ServiceAccount, Role and RoleBinding.
+async fn apply_rbac(ctx: &Context, ns: &str, pp: &PatchParams) -> Result<(), Error> {
+    let (sa, role, binding) = desired_rbac(ns);
+    Api::<ServiceAccount>::namespaced(ctx.client.clone(), ns)
+        .patch(RUNNER_ACCOUNT, pp, &Patch::Apply(&sa))
+        .await
+        .map_err(kube_err("apply the runner ServiceAccount", RUNNER_ACCOUNT))?;
+    Api::<Role>::namespaced(ctx.client.clone(), ns)
+        .patch(RUNNER_ACCOUNT, pp, &Patch::Apply(&role))
+        .await
+        .map_err(kube_err("apply the runner Role", RUNNER_ACCOUNT))?;
+    Api::<RoleBinding>::namespaced(ctx.client.clone(), ns)
+        .patch(RUNNER_ACCOUNT, pp, &Patch::Apply(&binding))
+        .await
+        .map_err(kube_err("apply the runner RoleBinding", RUNNER_ACCOUNT))?;
+    Ok(())
 }
 
 /// A finished Job: remove runner pods that never took it (e.g. still pending when
