@@ -93,6 +93,7 @@ fn state(dir: &Path) -> ApiState {
     let client =
         kube::Client::try_from(kube::Config::new("http://127.0.0.1:9".parse().unwrap())).unwrap();
     ApiState {
+        events: baton::domain::events::Events::new(client.clone()),
         client,
         runners: reflector::store().0,
         tokens: reflector::store().0,

@@ -95,6 +95,8 @@ pub struct Context {
     /// uids of finished Jobs whose step pods this process removed.
     pub cleaned: std::sync::Mutex<std::collections::HashSet<String>>,
     pub backoff: backoff::PerObject,
+    /// The process's one Event recorder (shared with the runner API).
+    pub events: crate::domain::events::Events,
     pub metrics: Arc<Metrics>,
 }
 
@@ -288,6 +290,7 @@ pub async fn run(
         stop.clone().cancelled_owned().shared()
     };
     let metrics = Arc::new(Metrics::new());
+    let events = crate::domain::events::Events::new(client.clone());
     let state = ApiState {
         client: client.clone(),
         runners: runners.clone(),
@@ -298,6 +301,7 @@ pub async fn run(
         readiness: readiness.clone(),
         config: config.api.clone(),
         metrics: metrics.clone(),
+        events: events.clone(),
     };
     let (kick, kicks) = job::Kick::new(jobs.clone());
     let ctx = Arc::new(Context {
@@ -316,6 +320,7 @@ pub async fn run(
         disconnected: std::sync::Mutex::default(),
         cleaned: std::sync::Mutex::default(),
         backoff: backoff::PerObject::new(Duration::from_millis(500), Duration::from_secs(300)),
+        events,
         metrics,
     });
 

@@ -19,7 +19,6 @@ use crate::crd::job::JobPhase;
 use crate::crd::runner::{AdoptionDecision, AdoptionState, DECOMMISSION_ANNOTATION};
 use crate::crd::{Runner, RunnerStatus, RunnerToken, RunnerTokenSpec};
 use crate::domain::adoption::{self, ISSUED_FOR_LABEL};
-use crate::domain::events;
 use crate::domain::token;
 use crate::server::FIELD_MANAGER;
 use crate::server::hub::{RunnerKey, SessionView};
@@ -296,9 +295,7 @@ pub async fn reconcile(runner: Arc<Runner>, ctx: Arc<Context>) -> Result<Action,
                     source,
                 })?;
             info!(token = %issued_name, "adopted: issued a token");
-            events::publish_on(
-                &ctx.client,
-                &*runner,
+            ctx.events.publish(&*runner,
                 false,
                 "TokenIssued",
                 format!("adopted: issued RunnerToken {issued_name}; the runner collects it on its next poll"),
@@ -351,7 +348,9 @@ pub async fn reconcile(runner: Arc<Runner>, ctx: Arc<Context>) -> Result<Action,
                 .map(|c| c.message.clone())
                 .unwrap_or_default();
             let warning = now == AdoptionState::Rejected;
-            events::publish_on(&ctx.client, &*runner, warning, &format!("{now:?}"), why).await;
+            ctx.events
+                .publish(&*runner, warning, &format!("{now:?}"), why)
+                .await;
         }
     }
     Ok(requeue.map_or_else(Action::await_change, Action::requeue))
@@ -365,14 +364,14 @@ async fn decommission(ctx: &Context, runner: &Runner, key: &RunnerKey) -> Result
         told,
         "decommissioned: told the runner to wipe its state and exit"
     );
-    events::publish_on(
-        &ctx.client,
-        runner,
-        false,
-        "Decommissioned",
-        "told the runner to wipe its state directory and exit".into(),
-    )
-    .await;
+    ctx.events
+        .publish(
+            runner,
+            false,
+            "Decommissioned",
+            "told the runner to wipe its state directory and exit".into(),
+        )
+        .await;
     let api: Api<Runner> = Api::namespaced(ctx.client.clone(), &key.namespace);
     match api.delete(&key.name, &DeleteParams::background()).await {
         Ok(_) => Ok(Action::await_change()),

@@ -18,7 +18,7 @@ use super::{Context, Error};
 use crate::crd::conditions::{self, Desired, Health};
 use crate::crd::runner_token::{DEFAULT_TTL, SECRET_KEY};
 use crate::crd::{RunnerToken, RunnerTokenStatus, duration};
-use crate::domain::{events, token};
+use crate::domain::token;
 use crate::server::FIELD_MANAGER;
 
 /// Label on the Secrets the controller writes (value: the RunnerToken's name).
@@ -193,14 +193,14 @@ pub async fn reconcile(rt: Arc<RunnerToken>, ctx: Arc<Context>) -> Result<Action
                     source,
                 })?;
             info!(secret = %sname, "minted a runner token");
-            events::publish_on(
-                &ctx.client,
-                &*rt,
-                false,
-                "Minted",
-                format!("minted a token into Secret {sname} (key {SECRET_KEY})"),
-            )
-            .await;
+            ctx.events
+                .publish(
+                    &*rt,
+                    false,
+                    "Minted",
+                    format!("minted a token into Secret {sname} (key {SECRET_KEY})"),
+                )
+                .await;
             Ok(token::hash(&plain))
         }
         Err(why) => Err(why),
@@ -234,7 +234,7 @@ pub async fn reconcile(rt: Arc<RunnerToken>, ctx: Arc<Context>) -> Result<Action
             && was.as_deref() != Some(reason.as_str())
         {
             info!(reason, "runner token unusable: {message}");
-            events::publish_on(&ctx.client, &*rt, true, &reason, message).await;
+            ctx.events.publish(&*rt, true, &reason, message).await;
         }
     }
     Ok(requeue.map_or_else(Action::await_change, Action::requeue))

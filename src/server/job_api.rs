@@ -491,7 +491,7 @@ async fn report_event(
     };
     let mut shown = job.clone();
     shown.status = Some(after.clone());
-    crate::domain::events::publish(&state.client, &shown, warning, why, note).await;
+    state.events.publish(&shown, warning, why, note).await;
 }
 
 async fn append(

@@ -57,6 +57,7 @@ fn fixture(name: &str) -> Fixture {
     let _ = std::fs::remove_dir_all(&dir);
     Fixture {
         state: ApiState {
+            events: crate::domain::events::Events::new(client.clone()),
             client,
             runners,
             tokens,

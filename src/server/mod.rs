@@ -82,6 +82,8 @@ pub struct ApiState {
     pub readiness: Readiness,
     pub config: ApiConfig,
     pub metrics: Arc<metrics::Metrics>,
+    /// The process's one Event recorder.
+    pub events: crate::domain::events::Events,
 }
 
 /// Health routes, `/metrics`, and the runner API, with every rejection turned into a JSON 4xx.

@@ -34,6 +34,7 @@ fn fixture() -> Fixture {
     let readiness = Readiness::default();
     Fixture {
         state: ApiState {
+            events: crate::domain::events::Events::new(client.clone()),
             client,
             runners: runners_r,
             tokens: tokens_r,

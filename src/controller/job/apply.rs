@@ -12,7 +12,6 @@ use super::decide::{CleanUp, JobPlan, Requeue, SOON, Tell};
 use crate::backend::kubernetes::{job_selector, workspace_claim_name};
 use crate::controller::{Context, Error, on_demand};
 use crate::crd::Job;
-use crate::domain::events;
 use crate::domain::job_write::{self, Written};
 use crate::server::hub::{Control, RunnerKey};
 
@@ -63,7 +62,9 @@ pub async fn apply(
     }
     if let Some(note) = plan.note {
         info!(reason = note.reason, "{}", note.message);
-        events::publish(&ctx.client, job, note.warning, note.reason, note.message).await;
+        ctx.events
+            .publish(job, note.warning, note.reason, note.message)
+            .await;
     }
     if let Some(clean) = plan.clean_up {
         clean_up(ctx, job, clean).await?;
