@@ -5,20 +5,20 @@ pub mod job;
 pub mod leader;
 pub mod on_demand;
 pub mod runner;
+mod runtime;
 pub mod token;
+mod watches;
 
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::{FutureExt, StreamExt};
-use k8s_openapi::api::core::v1::{Pod, Secret};
+use futures::FutureExt;
+use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Api, DeleteParams};
-use kube::runtime::controller::{Action, Controller};
-use kube::runtime::reflector::{self, ObjectRef, Store};
-use kube::runtime::{WatchStreamExt, watcher};
+use kube::runtime::reflector::{self, ObjectRef, Store, store::Writer};
 use kube::{Client, Resource, ResourceExt};
 use tracing::{info, warn};
 
@@ -26,13 +26,13 @@ use crate::crd::{Job, Runner, RunnerToken};
 use crate::domain::{adoption, backoff};
 use crate::server::health::Readiness;
 use crate::server::hub::{Hub, RunnerKey};
-use crate::server::metrics::{Kind, Metrics};
+use crate::server::metrics::Metrics;
 use crate::server::{self, ApiConfig, ApiState};
 
 /// What a reconcile was doing when it failed.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("{doing} {name}: {source}")]
+    #[error("{doing} {name}")]
     Kube {
         doing: &'static str,
         name: String,
@@ -94,7 +94,7 @@ pub struct Context {
     pub keep_step_pods: bool,
     /// uids of finished Jobs whose step pods this process removed.
     pub cleaned: std::sync::Mutex<std::collections::HashSet<String>>,
-    pub backoff: backoff::PerObject,
+    pub backoff: backoff::PerObject<runtime::ObjectKey>,
     /// The process's one Event recorder (shared with the runner API).
     pub events: crate::domain::events::Events,
     pub metrics: Arc<Metrics>,
@@ -196,34 +196,6 @@ pub struct Config {
     pub tls: Option<server::tls::TlsFiles>,
 }
 
-/// A reconcile of `kind`, counted and timed: the one place each reconciler is measured.
-async fn measured(
-    kind: Kind,
-    metrics: Arc<Metrics>,
-    reconcile: impl Future<Output = Result<Action, Error>>,
-) -> Result<Action, Error> {
-    let started = std::time::Instant::now();
-    let res = reconcile.await;
-    metrics.reconciled(kind, res.is_ok(), started.elapsed());
-    res
-}
-
-fn error_policy<K: Resource<DynamicType = ()>>(
-    obj: Arc<K>,
-    err: &Error,
-    ctx: Arc<Context>,
-) -> Action {
-    let key = format!(
-        "{}/{}/{}",
-        K::kind(&()),
-        obj.namespace().unwrap_or_default(),
-        obj.name_any()
-    );
-    let delay = ctx.backoff.failed(&key);
-    warn!(object = %key, category = err.category(), retry_in = ?delay, "reconcile failed: {err}");
-    Action::requeue(delay)
-}
-
 fn api<K>(client: &Client, namespace: Option<&str>) -> Api<K>
 where
     K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>,
@@ -231,6 +203,131 @@ where
     match namespace {
         Some(ns) => Api::namespaced(client.clone(), ns),
         None => Api::all(client.clone()),
+    }
+}
+
+/// The watch caches: read by the reconcilers and the runner API, written by the
+/// watches (`watches.rs`).
+struct Caches {
+    runners: (Store<Runner>, Writer<Runner>),
+    tokens: (Store<RunnerToken>, Writer<RunnerToken>),
+    jobs: (Store<Job>, Writer<Job>),
+    runner_pods: (Store<Pod>, Writer<Pod>),
+}
+
+impl Caches {
+    fn new() -> Self {
+        Self {
+            runners: reflector::store(),
+            tokens: reflector::store(),
+            jobs: reflector::store(),
+            runner_pods: reflector::store(),
+        }
+    }
+}
+
+/// A cancellation that fires on `shutdown` or when this replica loses its
+/// leadership, and the future every part of the controller stops on.
+fn stop_on(
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> (tokio_util::sync::CancellationToken, impl watches::Shutdown) {
+    let stop = tokio_util::sync::CancellationToken::new();
+    let on_signal = stop.clone();
+    tokio::spawn(async move {
+        tokio::select! {
+            () = shutdown => on_signal.cancel(),
+            () = on_signal.cancelled() => {}
+        }
+    });
+    let stopped = stop.clone().cancelled_owned().shared();
+    (stop, stopped)
+}
+
+fn log_store(config: &Config) -> Arc<server::logs::LogStore> {
+    let data_dir = config
+        .data_dir
+        .clone()
+        .unwrap_or_else(|| std::env::temp_dir().join("baton-data"));
+    let logs = Arc::new(server::logs::LogStore::new(
+        data_dir.join("logs"),
+        config.log_cap,
+    ));
+    info!(dir = %logs.root().display(), cap = config.log_cap, "step logs stored here");
+    logs
+}
+
+/// The reconcilers' shared context and the runner API's state, over the same
+/// caches, hub, log store, metrics and Event recorder.
+fn context(
+    client: &Client,
+    config: &Config,
+    caches: &Caches,
+    hub: Arc<Hub>,
+    readiness: Readiness,
+) -> (Arc<Context>, ApiState, KickReceiver) {
+    let logs = log_store(config);
+    let metrics = Arc::new(Metrics::new());
+    let events = crate::domain::events::Events::new(client.clone());
+    let state = ApiState {
+        client: client.clone(),
+        runners: caches.runners.0.clone(),
+        tokens: caches.tokens.0.clone(),
+        jobs: caches.jobs.0.clone(),
+        logs: logs.clone(),
+        hub: hub.clone(),
+        readiness,
+        config: config.api.clone(),
+        metrics: metrics.clone(),
+        events: events.clone(),
+    };
+    let (kick, kicks) = job::Kick::new(caches.jobs.0.clone());
+    let ctx = Arc::new(Context {
+        client: client.clone(),
+        hub,
+        tokens: caches.tokens.0.clone(),
+        runners: caches.runners.0.clone(),
+        jobs: caches.jobs.0.clone(),
+        runner_pods: caches.runner_pods.0.clone(),
+        on_demand: config.on_demand.clone(),
+        logs,
+        recent: tokio::sync::Mutex::default(),
+        kick,
+        runner_lost_after: config.runner_lost_after,
+        keep_step_pods: config.keep_step_pods,
+        disconnected: std::sync::Mutex::default(),
+        cleaned: std::sync::Mutex::default(),
+        backoff: backoff::PerObject::new(Duration::from_millis(500), Duration::from_secs(300)),
+        events,
+        metrics,
+    });
+    (ctx, state, kicks)
+}
+
+type KickReceiver = tokio::sync::mpsc::UnboundedReceiver<ObjectRef<Job>>;
+
+/// Remove the logs of Jobs deleted while no controller watched, once the Job
+/// cache has synced.
+fn sweep_logs(ctx: &Context, ns: Option<String>) {
+    let (jobs, logs) = (ctx.jobs.clone(), ctx.logs.clone());
+    tokio::spawn(async move {
+        if jobs.wait_until_ready().await.is_ok() {
+            let live = jobs.state().iter().filter_map(|j| j.uid()).collect();
+            let removed = logs.sweep(&live, ns.as_deref()).await;
+            info!(
+                removed,
+                "removed the logs of Jobs deleted while no controller watched"
+            );
+        }
+    });
+}
+
+fn elector(client: &Client, config: &Config) -> Result<Option<leader::Elector>, StartError> {
+    match config.leader_election.clone() {
+        Some(le) => {
+            le.validate().map_err(StartError::Leader)?;
+            Ok(Some(leader::Elector::new(client.clone(), le)))
+        }
+        None => Ok(None),
     }
 }
 
@@ -246,304 +343,96 @@ pub async fn run(
         .map_err(server::ServerError::from)?;
     let client = Client::try_default().await.map_err(StartError::Client)?;
     let ns = config.api.namespace.clone();
-    let mut elector = match config.leader_election.clone() {
-        Some(le) => {
-            le.validate().map_err(StartError::Leader)?;
-            Some(leader::Elector::new(client.clone(), le))
-        }
-        None => None,
-    };
+    let elector = elector(&client, &config)?;
     let readiness = Readiness::default();
     readiness.require("crds", "not checked yet");
     let hub = Arc::new(Hub::default());
     if elector.is_some() {
         hub.stand_by();
     }
-    let (runners, runner_writer) = reflector::store::<Runner>();
-    let (tokens, token_writer) = reflector::store::<RunnerToken>();
-    let (jobs, job_writer) = reflector::store::<Job>();
-    let (runner_pods, pod_writer) = reflector::store::<Pod>();
-    let data_dir = config
-        .data_dir
-        .clone()
-        .unwrap_or_else(|| std::env::temp_dir().join("baton-data"));
-    let logs = Arc::new(server::logs::LogStore::new(
-        data_dir.join("logs"),
-        config.log_cap,
-    ));
-    info!(dir = %logs.root().display(), cap = config.log_cap, "step logs stored here");
-
+    let caches = Caches::new();
+    let (ctx, state, kicks) = context(&client, &config, &caches, hub.clone(), readiness.clone());
     let (listener, addr) = server::bind(config.listen).await?;
     info!(%addr, namespace = ns.as_deref().unwrap_or("*"), tls = tls.is_some(), "runner API listening");
+    let (stop, shutdown) = stop_on(shutdown);
 
-    // Stops the server and the controllers: on the shutdown signal, or when this
-    // replica loses its leadership.
-    let stop = tokio_util::sync::CancellationToken::new();
-    let shutdown = {
-        let on_signal = stop.clone();
-        tokio::spawn(async move {
-            tokio::select! {
-                () = shutdown => on_signal.cancel(),
-                () = on_signal.cancelled() => {}
-            }
-        });
-        stop.clone().cancelled_owned().shared()
-    };
-    let metrics = Arc::new(Metrics::new());
-    let events = crate::domain::events::Events::new(client.clone());
-    let state = ApiState {
-        client: client.clone(),
-        runners: runners.clone(),
-        tokens: tokens.clone(),
-        jobs: jobs.clone(),
-        logs: logs.clone(),
-        hub: hub.clone(),
-        readiness: readiness.clone(),
-        config: config.api.clone(),
-        metrics: metrics.clone(),
-        events: events.clone(),
-    };
-    let (kick, kicks) = job::Kick::new(jobs.clone());
-    let ctx = Arc::new(Context {
-        client: client.clone(),
-        hub: hub.clone(),
-        tokens: tokens.clone(),
-        runners: runners.clone(),
-        jobs: jobs.clone(),
-        runner_pods: runner_pods.clone(),
-        on_demand: config.on_demand.clone(),
-        logs: logs.clone(),
-        recent: tokio::sync::Mutex::default(),
-        kick,
-        runner_lost_after: config.runner_lost_after,
-        keep_step_pods: config.keep_step_pods,
-        disconnected: std::sync::Mutex::default(),
-        cleaned: std::sync::Mutex::default(),
-        backoff: backoff::PerObject::new(Duration::from_millis(500), Duration::from_secs(300)),
-        events,
-        metrics,
-    });
-
-    // Runners: one watch feeds the cache, the reconciler, and the hub's deletions.
-    let forget_hub = hub.clone();
-    let forget_client = client.clone();
-    let runner_events = watcher(
-        api::<Runner>(&client, ns.as_deref()),
-        watcher::Config::default(),
-    )
-    .default_backoff()
-    .reflect(runner_writer)
-    .inspect(move |ev| {
-        if let Ok(watcher::Event::Delete(r)) = ev {
-            runner_deleted(&forget_hub, &forget_client, r);
-        }
-    })
-    .applied_objects();
-    let changes = hub.take_changes().map(|rx| {
-        futures::stream::unfold(rx, |mut rx| async move {
-            let key: RunnerKey = rx.recv().await?;
-            Some((
-                ObjectRef::<Runner>::new(&key.name).within(&key.namespace),
-                rx,
-            ))
-        })
-    });
-    let mut runner_controller = Controller::for_stream(runner_events, runners.clone())
-        .graceful_shutdown_on(shutdown.clone());
-    if let Some(changes) = changes {
-        runner_controller = runner_controller.reconcile_on(changes);
-    }
-    let runner_controller = runner_controller
-        .run(
-            |obj, ctx| {
-                measured(
-                    Kind::Runner,
-                    ctx.metrics.clone(),
-                    runner::reconcile(obj, ctx),
-                )
-            },
-            error_policy,
+    let Caches {
+        runners,
+        tokens,
+        jobs,
+        runner_pods,
+    } = caches;
+    let controllers = futures::future::join3(
+        watches::runners(ns.as_deref(), runners.1, ctx.clone(), shutdown.clone()),
+        watches::tokens(ns.as_deref(), tokens.1, ctx.clone(), shutdown.clone()),
+        watches::jobs(
+            ns.as_deref(),
+            (jobs.1, runner_pods.1),
+            kicks,
             ctx.clone(),
-        )
-        .for_each(|res| {
-            if let Ok((obj, _)) = res {
-                ctx.backoff.succeeded(&format!(
-                    "Runner/{}/{}",
-                    obj.namespace.as_deref().unwrap_or(""),
-                    obj.name
-                ));
-            }
-            futures::future::ready(())
-        });
-
-    // RunnerTokens: the cache the server checks tokens against, and their Secrets.
-    let revoke_hub = hub.clone();
-    let token_events = watcher(api::<RunnerToken>(&client, ns.as_deref()), watcher::Config::default())
-        .default_backoff()
-        .reflect(token_writer)
-        .inspect(move |ev| {
-            if let Ok(watcher::Event::Delete(t)) = ev {
-                let ns = t.namespace().unwrap_or_default();
-                info!(namespace = %ns, token = %t.name_any(), "RunnerToken deleted: its token is revoked");
-                revoke_hub.close_token(&ns, &t.name_any(), "the RunnerToken was deleted");
-            }
-        })
-        .applied_objects();
-    let token_controller = Controller::for_stream(token_events, tokens.clone())
-        .owns(
-            api::<Secret>(&client, ns.as_deref()),
-            watcher::Config::default().labels(token::SECRET_LABEL),
-        )
-        .graceful_shutdown_on(shutdown.clone())
-        .run(
-            |obj, ctx| {
-                measured(
-                    Kind::RunnerToken,
-                    ctx.metrics.clone(),
-                    token::reconcile(obj, ctx),
-                )
-            },
-            error_policy,
-            ctx.clone(),
-        )
-        .for_each(|res| {
-            if let Ok((obj, _)) = res {
-                ctx.backoff.succeeded(&format!(
-                    "RunnerToken/{}/{}",
-                    obj.namespace.as_deref().unwrap_or(""),
-                    obj.name
-                ));
-            }
-            futures::future::ready(())
-        });
-
-    // Jobs: the queue, assignment, cancellation, TTL; the cache the server fences with.
-    // A deleted Job's logs go with it (and a sweep at start catches deletions missed
-    // while no controller watched); a deleted active Job frees its runner's room.
-    let deleted_logs = logs.clone();
-    let deleted_kick = ctx.kick.clone();
-    let runner_hub = hub.clone();
-    let job_events = watcher(
-        api::<Job>(&client, ns.as_deref()),
-        watcher::Config::default(),
-    )
-    .default_backoff()
-    .reflect(job_writer)
-    .inspect(move |ev| {
-        // A Job's runner counts its active Jobs (status.activeJobs).
-        if let Ok(watcher::Event::Apply(j) | watcher::Event::Delete(j)) = ev
-            && let (Some(ns), Some(runner)) = (
-                j.namespace(),
-                j.status.as_ref().and_then(|s| s.runner.as_ref()),
-            )
-        {
-            runner_hub.touch(&RunnerKey::new(&ns, runner));
-        }
-        if let Ok(watcher::Event::Delete(j)) = ev
-            && let (Some(ns), Some(uid)) = (j.namespace(), j.uid())
-        {
-            deleted_kick.kick_namespace(&ns);
-            let logs = deleted_logs.clone();
-            let name = j.name_any();
-            tokio::spawn(async move { logs.remove_job(&ns, &name, &uid).await });
-        }
-    })
-    .applied_objects();
-    let kicks = futures::stream::unfold(kicks, |mut rx| async move {
-        let r = rx.recv().await?;
-        Some((r, rx))
-    });
-    // On-demand runner pods: a cache, and each change wakes their Job (owner).
-    let pod_events = watcher(
-        api::<Pod>(&client, ns.as_deref()),
-        watcher::Config::default().labels(on_demand::JOB_LABEL),
-    )
-    .default_backoff()
-    .reflect(pod_writer)
-    .touched_objects()
-    .filter_map(|pod| {
-        futures::future::ready(pod.ok().and_then(|p| {
-            let owner = p
-                .owner_references()
-                .iter()
-                .find(|o| o.kind == "Job" && o.api_version == "baton.dev/v1alpha1")?
-                .name
-                .clone();
-            Some(ObjectRef::<Job>::new(&owner).within(&p.namespace()?))
-        }))
-    });
-    let job_controller = Controller::for_stream(job_events, jobs.clone())
-        .reconcile_on(kicks)
-        .reconcile_on(pod_events)
-        .graceful_shutdown_on(shutdown.clone())
-        .run(
-            |obj, ctx| measured(Kind::Job, ctx.metrics.clone(), job::reconcile(obj, ctx)),
-            error_policy,
-            ctx.clone(),
-        )
-        .for_each(|res| {
-            if let Ok((obj, _)) = res {
-                ctx.backoff.succeeded(&format!(
-                    "Job/{}/{}",
-                    obj.namespace.as_deref().unwrap_or(""),
-                    obj.name
-                ));
-            }
-            futures::future::ready(())
-        });
-
-    let sweep_jobs = jobs.clone();
-    let sweep_logs = logs.clone();
-    let sweep_ns = ns.clone();
-    tokio::spawn(async move {
-        if sweep_jobs.wait_until_ready().await.is_ok() {
-            let live = sweep_jobs.state().iter().filter_map(|j| j.uid()).collect();
-            let removed = sweep_logs.sweep(&live, sweep_ns.as_deref()).await;
-            info!(
-                removed,
-                "removed the logs of Jobs deleted while no controller watched"
-            );
-        }
-    });
+            shutdown.clone(),
+        ),
+    );
+    sweep_logs(&ctx, ns.clone());
     let serve = server::serve(listener, state, tls, shutdown.clone());
     let crds_ready = wait_for_crds(client.clone(), readiness.clone());
-    // Lead: with leader election, only once the Lease is held (a standby serves
-    // health and /metrics, and answers runners 503). The watches start only then.
-    let lead = async {
-        if let Some(e) = elector.as_mut() {
-            tokio::select! {
-                () = e.acquire() => {}
-                () = shutdown.clone() => return Ok(()),
-            }
-        }
-        // Runners are refused (503) until the caches they are checked against synced.
-        readiness.require("watch/runners", "not synced yet");
-        readiness.require("watch/runnertokens", "not synced yet");
-        readiness.require("watch/jobs", "not synced yet");
-        hub.activate();
-        let ready = track_watches(readiness.clone(), runners, tokens, jobs);
-        let hold = async {
-            match elector.as_mut() {
-                Some(e) => e.hold().await,
-                None => futures::future::pending().await,
-            }
-        };
-        let outcome = tokio::select! {
-            _ = async { tokio::join!(runner_controller, token_controller, job_controller, ready) } => Ok(()),
-            lost = hold => {
-                warn!("{lost}; stopping so a restart stands by again");
-                stop.cancel();
-                Err(StartError::LostLeadership(lost))
-            }
-        };
-        if let (Ok(()), Some(e)) = (&outcome, elector.as_mut()) {
-            e.release().await;
-        }
-        outcome
-    };
-    let (led, (), ()) = tokio::join!(lead, serve, crds_ready_until(crds_ready, shutdown.clone()));
+    let caches = (runners.0, tokens.0, jobs.0);
+    let led = lead(
+        elector,
+        &hub,
+        readiness,
+        caches,
+        controllers,
+        stop,
+        shutdown.clone(),
+    );
+    let (led, (), ()) = tokio::join!(led, serve, crds_ready_until(crds_ready, shutdown));
     info!("controller stopped");
     led
+}
+
+/// Lead: with leader election, only once the Lease is held (a standby serves
+/// health and /metrics, and answers runners 503). The watches start only then;
+/// runners are refused (503) until the caches they are checked against synced.
+async fn lead(
+    mut elector: Option<leader::Elector>,
+    hub: &Hub,
+    readiness: Readiness,
+    caches: (Store<Runner>, Store<RunnerToken>, Store<Job>),
+    controllers: impl Future,
+    stop: tokio_util::sync::CancellationToken,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), StartError> {
+    if let Some(e) = elector.as_mut() {
+        tokio::select! {
+            () = e.acquire() => {}
+            () = shutdown => return Ok(()),
+        }
+    }
+    readiness.require("watch/runners", "not synced yet");
+    readiness.require("watch/runnertokens", "not synced yet");
+    readiness.require("watch/jobs", "not synced yet");
+    hub.activate();
+    let (runners, tokens, jobs) = caches;
+    let ready = track_watches(readiness, runners, tokens, jobs);
+    let hold = async {
+        match elector.as_mut() {
+            Some(e) => e.hold().await,
+            None => futures::future::pending().await,
+        }
+    };
+    let outcome = tokio::select! {
+        _ = async { tokio::join!(controllers, ready) } => Ok(()),
+        lost = hold => {
+            warn!("{lost}; stopping so a restart stands by again");
+            stop.cancel();
+            Err(StartError::LostLeadership(lost))
+        }
+    };
+    if let (Ok(()), Some(e)) = (&outcome, elector.as_mut()) {
+        e.release().await;
+    }
+    outcome
 }
 
 /// Run the CRD check until it passes or the controller stops.

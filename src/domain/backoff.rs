@@ -26,14 +26,15 @@ pub fn jitter() -> f64 {
         .unwrap_or(0.5)
 }
 
-/// Attempts per object: grows on each error, forgotten on success.
-pub struct PerObject {
-    attempts: Mutex<HashMap<String, u32>>,
+/// Attempts per object (keyed by `K`, e.g. an object reference): grows on each
+/// error, forgotten on success.
+pub struct PerObject<K> {
+    attempts: Mutex<HashMap<K, u32>>,
     base: Duration,
     max: Duration,
 }
 
-impl PerObject {
+impl<K: Eq + std::hash::Hash + Clone> PerObject<K> {
     pub fn new(base: Duration, max: Duration) -> Self {
         Self {
             attempts: Mutex::default(),
@@ -42,22 +43,22 @@ impl PerObject {
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, u32>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<K, u32>> {
         self.attempts
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// The delay before the next try of `key`, counting this failure.
-    pub fn failed(&self, key: &str) -> Duration {
+    pub fn failed(&self, key: &K) -> Duration {
         let mut attempts = self.lock();
-        let n = attempts.entry(key.to_owned()).or_insert(0);
+        let n = attempts.entry(key.clone()).or_insert(0);
         let d = delay(*n, self.base, self.max, jitter());
         *n = n.saturating_add(1);
         d
     }
 
-    pub fn succeeded(&self, key: &str) {
+    pub fn succeeded(&self, key: &K) {
         self.lock().remove(key);
     }
 }
@@ -91,15 +92,15 @@ mod tests {
     #[test]
     fn per_object_resets_on_success() {
         let b = PerObject::new(Duration::from_millis(100), Duration::from_secs(60));
-        let first = b.failed("a");
-        let _ = b.failed("a");
-        let third = b.failed("a");
+        let first = b.failed(&"a");
+        let _ = b.failed(&"a");
+        let third = b.failed(&"a");
         assert!(third > first, "{third:?} > {first:?}");
         assert!(
-            b.failed("b") <= Duration::from_millis(100),
+            b.failed(&"b") <= Duration::from_millis(100),
             "independent per object"
         );
-        b.succeeded("a");
-        assert!(b.failed("a") <= Duration::from_millis(100));
+        b.succeeded(&"a");
+        assert!(b.failed(&"a") <= Duration::from_millis(100));
     }
 }
