@@ -94,20 +94,9 @@ pub fn runner_health(
     }
 }
 
-/// The pure middle: spec + previous status + the hub's session + the issued token.
-pub fn plan(
-    runner: &Runner,
-    session: Option<&SessionView>,
-    issued: Option<&RunnerToken>,
-    now: Timestamp,
-) -> Plan {
-    let previous = runner.status.clone().unwrap_or_default();
-    let decision = runner.spec.adoption;
-    let has_token = session.map(|s| s.token.is_some());
-    let adoption = adoption::status_adoption(decision, has_token, previous.adoption);
-    let connected = session.is_some_and(|s| s.connected);
-
-    let adopted_cond = match adoption {
+/// The `Adopted` condition for an adoption state.
+fn adopted_condition(adoption: AdoptionState, has_token: Option<bool>) -> Desired {
+    match adoption {
         AdoptionState::Preadopted => Desired::new(
             "Adopted",
             true,
@@ -135,8 +124,13 @@ pub fn plan(
             "Pending",
             "waiting for an operator to set spec.adoption to Adopted or Rejected",
         ),
-    };
-    let connected_cond = if connected {
+    }
+}
+
+/// The `Connected` condition: open, Idle (its channel ended; it retries), or
+/// never connected to this controller.
+fn connected_condition(session: Option<&SessionView>) -> Desired {
+    if session.is_some_and(|s| s.connected) {
         Desired::new(
             "Connected",
             true,
@@ -157,7 +151,24 @@ pub fn plan(
             "Disconnected",
             "no control channel to this controller",
         )
-    };
+    }
+}
+
+/// The pure middle: spec + previous status + the hub's session + the issued token.
+pub fn plan(
+    runner: &Runner,
+    session: Option<&SessionView>,
+    issued: Option<&RunnerToken>,
+    now: Timestamp,
+) -> Plan {
+    let previous = runner.status.clone().unwrap_or_default();
+    let decision = runner.spec.adoption;
+    let has_token = session.map(|s| s.token.is_some());
+    let adoption = adoption::status_adoption(decision, has_token, previous.adoption);
+    let connected = session.is_some_and(|s| s.connected);
+
+    let adopted_cond = adopted_condition(adoption, has_token);
+    let connected_cond = connected_condition(session);
     let decommission = match (decommissioned(runner), connected) {
         (false, _) => Decommission::No,
         (true, true) => Decommission::Now,
@@ -189,8 +200,25 @@ pub fn plan(
 
     // A Pending runner that was adopted gets a token of its own.
     let wants_token = decision == Some(AdoptionDecision::Adopted) && has_token == Some(false);
-    let issued = match issued {
-        _ if !wants_token => IssuedToken::Keep,
+    let issued = if wants_token {
+        issued_plan(runner, issued, now)
+    } else {
+        IssuedToken::Keep
+    };
+    let close = (decision == Some(AdoptionDecision::Rejected) && connected)
+        .then_some("rejected by an operator (spec.adoption: Rejected)");
+    Plan {
+        status,
+        issued,
+        close,
+        decommission,
+    }
+}
+
+/// What an adopted runner without a token of its own needs: its token created,
+/// or replaced when it expired before the runner collected it.
+fn issued_plan(runner: &Runner, issued: Option<&RunnerToken>, now: Timestamp) -> IssuedToken {
+    match issued {
         None => {
             issued_token(runner).map_or(IssuedToken::Keep, |t| IssuedToken::Create(Box::new(t)))
         }
@@ -207,14 +235,6 @@ pub fn plan(
                 IssuedToken::Keep
             }
         }
-    };
-    let close = (decision == Some(AdoptionDecision::Rejected) && connected)
-        .then_some("rejected by an operator (spec.adoption: Rejected)");
-    Plan {
-        status,
-        issued,
-        close,
-        decommission,
     }
 }
 
@@ -278,42 +298,7 @@ pub async fn reconcile(runner: Arc<Runner>, ctx: Arc<Context>) -> Result<Action,
     if plan.decommission == Decommission::Now {
         return decommission(&ctx, &runner, &key).await;
     }
-    let mut requeue = None;
-    match &plan.issued {
-        IssuedToken::Keep => {}
-        IssuedToken::Create(t) => {
-            tokens
-                .patch(
-                    &issued_name,
-                    &PatchParams::apply(FIELD_MANAGER).force(),
-                    &Patch::Apply(t.as_ref()),
-                )
-                .await
-                .map_err(|source| Error::Kube {
-                    doing: "apply the RunnerToken issued by adoption",
-                    name: issued_name.clone(),
-                    source,
-                })?;
-            info!(token = %issued_name, "adopted: issued a token");
-            ctx.events.publish(&*runner,
-                false,
-                "TokenIssued",
-                format!("adopted: issued RunnerToken {issued_name}; the runner collects it on its next poll"),
-            )
-            .await;
-        }
-        IssuedToken::Replace => {
-            tokens
-                .delete(&issued_name, &DeleteParams::background())
-                .await
-                .map_err(|source| Error::Kube {
-                    doing: "delete the expired RunnerToken issued by adoption",
-                    name: issued_name.clone(),
-                    source,
-                })?;
-            requeue = Some(Duration::from_secs(1));
-        }
-    }
+    let requeue = apply_issued(&ctx, &runner, &plan.issued, &tokens).await?;
     if ctx.hub.set_disabled(&key, runner.spec.disabled) {
         info!(disabled = runner.spec.disabled, "told the runner");
     }
@@ -337,23 +322,76 @@ pub async fn reconcile(runner: Arc<Runner>, ctx: Arc<Context>) -> Result<Action,
 
     // Status, only when it changed.
     if runner.status.as_ref() != Some(&plan.status) {
-        super::apply_status::<Runner>(&ctx, &ns, &name, &plan.status, "write Runner status")
-            .await?;
-        let before = runner.status.as_ref().and_then(|s| s.adoption);
-        if let Some(now) = plan.status.adoption
-            && before != Some(now)
-        {
-            info!(adoption = ?now, "runner adoption changed");
-            let why = conditions::find(&plan.status.conditions, "Adopted")
-                .map(|c| c.message.clone())
-                .unwrap_or_default();
-            let warning = now == AdoptionState::Rejected;
-            ctx.events
-                .publish(&*runner, warning, &format!("{now:?}"), why)
-                .await;
-        }
+        write_status(&ctx, &runner, &plan.status).await?;
     }
     Ok(requeue.map_or_else(Action::await_change, Action::requeue))
+}
+
+/// Create the adopted runner's token, or delete an expired one (a fresh one
+/// follows: look again in a second).
+async fn apply_issued(
+    ctx: &Context,
+    runner: &Runner,
+    issued: &IssuedToken,
+    tokens: &Api<RunnerToken>,
+) -> Result<Option<Duration>, Error> {
+    let issued_name = adoption::issued_token_name(&runner.name_any());
+    match issued {
+        IssuedToken::Keep => {}
+        IssuedToken::Create(t) => {
+            tokens
+                .patch(
+                    &issued_name,
+                    &PatchParams::apply(FIELD_MANAGER).force(),
+                    &Patch::Apply(t.as_ref()),
+                )
+                .await
+                .map_err(|source| Error::Kube {
+                    doing: "apply the RunnerToken issued by adoption",
+                    name: issued_name.clone(),
+                    source,
+                })?;
+            info!(token = %issued_name, "adopted: issued a token");
+            ctx.events.publish(runner,
+                false,
+                "TokenIssued",
+                format!("adopted: issued RunnerToken {issued_name}; the runner collects it on its next poll"),
+            )
+            .await;
+        }
+        IssuedToken::Replace => {
+            tokens
+                .delete(&issued_name, &DeleteParams::background())
+                .await
+                .map_err(|source| Error::Kube {
+                    doing: "delete the expired RunnerToken issued by adoption",
+                    name: issued_name.clone(),
+                    source,
+                })?;
+            return Ok(Some(Duration::from_secs(1)));
+        }
+    }
+    Ok(None)
+}
+
+/// Write the Runner's status; an Event when its adoption state changed.
+async fn write_status(ctx: &Context, runner: &Runner, status: &RunnerStatus) -> Result<(), Error> {
+    let (ns, name) = (runner.namespace().unwrap_or_default(), runner.name_any());
+    super::apply_status::<Runner>(ctx, &ns, &name, status, "write Runner status").await?;
+    let before = runner.status.as_ref().and_then(|s| s.adoption);
+    if let Some(now) = status.adoption
+        && before != Some(now)
+    {
+        info!(adoption = ?now, "runner adoption changed");
+        let why = conditions::find(&status.conditions, "Adopted")
+            .map(|c| c.message.clone())
+            .unwrap_or_default();
+        let warning = now == AdoptionState::Rejected;
+        ctx.events
+            .publish(runner, warning, &format!("{now:?}"), why)
+            .await;
+    }
+    Ok(())
 }
 
 /// Tell a connected runner `delete`, then remove its Runner (whose deletion

@@ -150,6 +150,39 @@ pub fn desired_status(rt: &RunnerToken, obs: &Observed) -> (RunnerTokenStatus, O
     (status, requeue)
 }
 
+/// Mint a token into the RunnerToken's Secret; its hash for the status.
+async fn mint(
+    ctx: &Context,
+    rt: &RunnerToken,
+    secrets: &Api<Secret>,
+    sname: &str,
+) -> Result<String, Error> {
+    let plain = token::mint()?;
+    let secret = desired_secret(rt, sname, &plain).ok_or(Error::NoNamespace)?;
+    secrets
+        .patch(
+            sname,
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(&secret),
+        )
+        .await
+        .map_err(|source| Error::Kube {
+            doing: "apply the token Secret",
+            name: sname.to_owned(),
+            source,
+        })?;
+    info!(secret = %sname, "minted a runner token");
+    ctx.events
+        .publish(
+            rt,
+            false,
+            "Minted",
+            format!("minted a token into Secret {sname} (key {SECRET_KEY})"),
+        )
+        .await;
+    Ok(token::hash(&plain))
+}
+
 #[instrument(skip_all, fields(kind = "RunnerToken", namespace = rt.namespace().unwrap_or_default(), name = rt.name_any()))]
 pub async fn reconcile(rt: Arc<RunnerToken>, ctx: Arc<Context>) -> Result<Action, Error> {
     let ns = rt.namespace().ok_or(Error::NoNamespace)?;
@@ -177,32 +210,7 @@ pub async fn reconcile(rt: Arc<RunnerToken>, ctx: Arc<Context>) -> Result<Action
     // Apply: mint when the Secret is missing or holds no token.
     let token_hash = match in_secret {
         Ok(Some(plain)) => Ok(token::hash(&plain)),
-        Ok(None) => {
-            let plain = token::mint()?;
-            let secret = desired_secret(&rt, &sname, &plain).ok_or(Error::NoNamespace)?;
-            secrets
-                .patch(
-                    &sname,
-                    &PatchParams::apply(FIELD_MANAGER).force(),
-                    &Patch::Apply(&secret),
-                )
-                .await
-                .map_err(|source| Error::Kube {
-                    doing: "apply the token Secret",
-                    name: sname.clone(),
-                    source,
-                })?;
-            info!(secret = %sname, "minted a runner token");
-            ctx.events
-                .publish(
-                    &*rt,
-                    false,
-                    "Minted",
-                    format!("minted a token into Secret {sname} (key {SECRET_KEY})"),
-                )
-                .await;
-            Ok(token::hash(&plain))
-        }
+        Ok(None) => Ok(mint(&ctx, &rt, &secrets, &sname).await?),
         Err(why) => Err(why),
     };
 

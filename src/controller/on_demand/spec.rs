@@ -16,6 +16,7 @@ use kube::api::ObjectMeta;
 use kube::{Resource, ResourceExt};
 
 use super::*;
+use crate::crd::job::OnDemand;
 use crate::crd::runner_token::SECRET_KEY;
 use crate::crd::{Job, RunnerToken, RunnerTokenSpec};
 
@@ -98,29 +99,25 @@ fn restricted_container() -> SecurityContext {
     }
 }
 
-/// The runner pod of attempt `attempt`: `baton runner --once` with the token from
-/// `secret`, trusting `ca_pem` (PEM text, as `BATON_CA_PEM`) when given, passing the
-/// `restricted` Pod Security Standard.
-pub fn desired_pod(
-    job: &Job,
-    attempt: u32,
+/// The runner container: `baton runner --once` against `server_url`, its token
+/// from `secret`, trusting `ca_pem` when given.
+fn runner_container(
+    name: &str,
+    ns: &str,
+    image: String,
     secret: &str,
     server_url: &str,
     ca_pem: Option<&str>,
-    config: &OnDemandConfig,
-) -> Option<Pod> {
-    let uid = job.uid()?;
-    let ns = job.namespace()?;
-    let name = runner_name(&job.name_any(), attempt);
-    let od = job.spec.on_demand.clone().unwrap_or_default();
+    od: &OnDemand,
+) -> Container {
     let args = [
         "runner",
         "--server",
         server_url,
         "--name",
-        &name,
+        name,
         "--namespace",
-        &ns,
+        ns,
         "--state-dir",
         "/tmp/state",
         "--backend",
@@ -131,9 +128,9 @@ pub fn desired_pod(
     ]
     .map(str::to_owned)
     .to_vec();
-    let container = Container {
+    Container {
         name: "runner".into(),
-        image: Some(od.image.clone().unwrap_or_else(|| config.image.clone())),
+        image: Some(image),
         image_pull_policy: Some("IfNotPresent".into()),
         args: Some(args),
         env: Some(
@@ -176,7 +173,26 @@ pub fn desired_pod(
         }),
         security_context: Some(restricted_container()),
         ..Default::default()
-    };
+    }
+}
+
+/// The runner pod of attempt `attempt`: `baton runner --once` with the token from
+/// `secret`, trusting `ca_pem` (PEM text, as `BATON_CA_PEM`) when given, passing the
+/// `restricted` Pod Security Standard.
+pub fn desired_pod(
+    job: &Job,
+    attempt: u32,
+    secret: &str,
+    server_url: &str,
+    ca_pem: Option<&str>,
+    config: &OnDemandConfig,
+) -> Option<Pod> {
+    let uid = job.uid()?;
+    let ns = job.namespace()?;
+    let name = runner_name(&job.name_any(), attempt);
+    let od = job.spec.on_demand.clone().unwrap_or_default();
+    let image = od.image.clone().unwrap_or_else(|| config.image.clone());
+    let container = runner_container(&name, &ns, image, secret, server_url, ca_pem, &od);
     Some(Pod {
         metadata: ObjectMeta {
             name: Some(name),
