@@ -31,6 +31,21 @@ async fn cancelling_a_job_whose_runner_is_gone_ends_it_and_removes_its_step_pods
         };
         let j = wait_for(&jobs(&ns), "orphan", running, 120).await?;
         let uid = j.metadata.uid.clone().context("uid")?;
+        // The step's pod runs (a step is reported Running before its pod exists).
+        let pods: Api<k8s_openapi::api::core::v1::Pod> =
+            Api::namespaced(ns.client.clone(), &ns.name);
+        let of_job = kube::api::ListParams::default().labels(&format!("baton.dev/job-uid={uid}"));
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while !pods
+            .list(&of_job)
+            .await?
+            .items
+            .iter()
+            .any(|p| crate::support::pod_phase(p) == "Running")
+        {
+            ensure!(Instant::now() < deadline, "the step pod never ran");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
         s.runner.proc.kill().await;
         let cancelled_at = Instant::now();
         jobs(&ns)
