@@ -64,6 +64,18 @@ fn row<'a>(stdout: &'a str, step: &str) -> Vec<&'a str> {
 }
 
 #[test]
+fn generate_name_runs_under_a_generated_name() {
+    let (code, stdout, stderr) = baton_run(&example("generate-name.yaml"), &[]);
+    assert_eq!(code, 0, "{stdout}\n{stderr}");
+    let header = stdout
+        .lines()
+        .find(|l| l.starts_with("=== Job "))
+        .unwrap_or_else(|| panic!("no Job header in:\n{stdout}"));
+    assert!(header.starts_with("=== Job build-"), "{header}");
+    assert_eq!(row(&stdout, "build")[1..3], ["Succeeded", "0"]);
+}
+
+#[test]
 fn hello_succeeds() {
     let (code, stdout, stderr) = baton_run(&example("hello.yaml"), &[]);
     assert_eq!(code, 0, "{stdout}\n{stderr}");

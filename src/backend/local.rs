@@ -5,17 +5,23 @@
 //! `<root>/<workflow>/workspace/` (stands in for `/workspace`, exported as
 //! `BATON_WORKSPACE`, the default working directory) and
 //! `<root>/<workflow>/steps/<step>/{log,output}` (the merged stdout+stderr, and the
-//! file `$BATON_OUTPUT` names). Steps are remembered in memory, so `discover` and
+//! file `$BATON_OUTPUT` names), beside the attempt's [`record`]; a re-run after a
+//! lost attempt is in `retry-N/` under it, its log continuing the step's log at the
+//! offset the executor gave. Steps are remembered in memory, so `discover` and
 //! resuming work for as long as this backend value lives; dropping it kills every
-//! step still running.
+//! step still running. A [`LocalBackend::resumable`] one (a runner's) also reads
+//! the records of an earlier process: ended attempts come back with their exit
+//! code, log and outputs; one that was running is killed and lost (`RunnerLost`).
 
 mod launch;
 mod process;
+mod record;
 
 use std::collections::{BTreeMap, HashMap};
 use std::ffi::OsString;
 use std::io::SeekFrom;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
@@ -38,8 +44,10 @@ const LOG_CHUNK: u64 = 64 * 1024;
 pub struct LocalBackend {
     root: PathBuf,
     host_env: BTreeMap<OsString, OsString>,
-    /// Keyed by (workflow id, step name): the step identity.
+    /// Keyed by (workflow id, step name): the step identity; its latest attempt.
     steps: Mutex<HashMap<(String, String), Arc<LocalStep>>>,
+    /// Whether `discover` reads what an earlier process recorded on disk.
+    resumable: bool,
 }
 
 #[derive(Debug)]
@@ -47,6 +55,11 @@ struct LocalStep {
     handle: Handle,
     log_path: PathBuf,
     output_path: PathBuf,
+    retry: u32,
+    /// Where this attempt's log starts in the step's log.
+    log_base: u64,
+    /// Why it was lost, when its runner died while it ran.
+    lost: Option<String>,
 }
 
 impl LocalBackend {
@@ -62,7 +75,22 @@ impl LocalBackend {
             root: root.into(),
             host_env,
             steps: Mutex::new(HashMap::new()),
+            resumable: false,
         }
+    }
+
+    /// Steps outlive this value: a new backend over the same root (a restarted
+    /// runner) discovers them from disk. Not for `baton run`, whose kept work
+    /// directory must not make a second run skip anything.
+    pub fn resumable(mut self) -> Self {
+        self.resumable = true;
+        self
+    }
+
+    /// At a runner's start: kill every step process group under `root` that a
+    /// runner process which died left running. Returns how many.
+    pub fn reap_orphans(root: &Path) -> usize {
+        record::reap_orphans(root)
     }
 
     /// The directory standing in for `/workspace` in `workflow`'s steps.
@@ -101,11 +129,13 @@ impl LocalBackend {
     }
 
     /// Everything `start_step` does; synchronous, so it runs under the lock and two
-    /// starts of one step cannot both spawn.
+    /// starts of one attempt cannot both spawn.
     fn start_locked(&self, workflow: &Workflow, request: &StepRequest) -> Result<(), BackendError> {
         let name = request.step.name.as_str();
         let mut steps = self.lock();
-        if steps.contains_key(&key(workflow, name)) {
+        if let Some(known) = steps.get(&key(workflow, name))
+            && known.retry >= request.retry
+        {
             return Ok(());
         }
         let io_err = |doing: &'static str| {
@@ -115,8 +145,9 @@ impl LocalBackend {
                 source,
             }
         };
-        let dir = self.step_dir(workflow, name);
+        let dir = record::attempt_dir(&self.step_dir(workflow, name), request.retry);
         std::fs::create_dir_all(&dir).map_err(io_err("create the step directory"))?;
+        record::clear_exit(&dir).map_err(io_err("clear an earlier exit record"))?;
         let output_path = dir.join("output");
         std::fs::File::create(&output_path).map_err(io_err("create the $BATON_OUTPUT file"))?;
         let log_path = dir.join("log");
@@ -128,17 +159,66 @@ impl LocalBackend {
             &self.workspace(workflow),
             &output_path,
         )?;
-        tracing::debug!(workflow = %workflow.id, step = name, program = ?launch.program, "start step process");
-        let handle = process::spawn(name, launch, log_file)?;
-        steps.insert(
-            key(workflow, name),
-            Arc::new(LocalStep {
-                handle,
-                log_path,
-                output_path,
-            }),
-        );
+        tracing::debug!(workflow = %workflow.id, step = name, program = ?launch.program, retry = request.retry, "start step process");
+        let handle = process::spawn(name, launch, log_file, dir.clone())?;
+        let attempt = record::AttemptRecord {
+            step: name.to_owned(),
+            retry: request.retry,
+            log_offset: request.log_offset,
+            pgid: handle.pgid,
+            start_ticks: record::start_ticks(handle.pgid),
+        };
+        if let Err(error) = record::write_attempt(&dir, &attempt) {
+            // It runs all the same; only a restarted runner would not find it.
+            tracing::warn!(step = name, %error, "record the step's attempt");
+        }
+        let step = LocalStep {
+            handle,
+            log_path,
+            output_path,
+            retry: request.retry,
+            log_base: request.log_offset,
+            lost: None,
+        };
+        steps.insert(key(workflow, name), Arc::new(step));
         Ok(())
+    }
+
+    /// Remember the steps an earlier process recorded for `workflow` (resumable
+    /// backends): ended ones as they ended; running ones are killed and lost.
+    fn load_recorded(&self, workflow: &Workflow) {
+        let steps_dir = self.workflow_dir(workflow).join("steps");
+        let Ok(entries) = std::fs::read_dir(&steps_dir) else {
+            return;
+        };
+        let mut steps = self.lock();
+        for entry in entries.filter_map(Result::ok) {
+            let Some((dir, attempt, exit)) = record::latest(&entry.path()) else {
+                continue;
+            };
+            let id = key(workflow, &attempt.step);
+            if steps.contains_key(&id) {
+                continue;
+            }
+            let lost = exit.is_none().then(|| {
+                let killed = record::kill_orphan(&attempt);
+                tracing::warn!(workflow = %workflow.id, step = %attempt.step, pgid = attempt.pgid, killed, "step left running by a runner that stopped: lost");
+                "the runner running it stopped while it ran; its processes were killed".to_owned()
+            });
+            let log_path = dir.join("log");
+            let log_len = std::fs::metadata(&log_path).map_or(0, |m| m.len());
+            // A lost one was killed (just now, or when its runner went).
+            let end = exit.unwrap_or(128 + Signal::SIGKILL as i32);
+            let step = LocalStep {
+                handle: Handle::ended(attempt.pgid, end, log_len),
+                log_path,
+                output_path: dir.join("output"),
+                retry: attempt.retry,
+                log_base: attempt.log_offset,
+                lost,
+            };
+            steps.insert(id, Arc::new(step));
+        }
     }
 }
 
@@ -146,6 +226,7 @@ impl Drop for LocalBackend {
     fn drop(&mut self) {
         for step in self.lock().values() {
             if step.handle.exit.borrow().is_none() {
+                step.handle.interrupted.store(true, Ordering::SeqCst);
                 process::signal_group(step.handle.pgid, Signal::SIGKILL);
             }
         }
@@ -191,6 +272,9 @@ impl Backend for LocalBackend {
     }
 
     async fn discover(&self, workflow: &Workflow) -> Result<Vec<DiscoveredStep>, BackendError> {
+        if self.resumable {
+            self.load_recorded(workflow);
+        }
         let mut found: Vec<DiscoveredStep> = self
             .lock()
             .iter()
@@ -198,6 +282,9 @@ impl Backend for LocalBackend {
             .map(|((_, name), step)| DiscoveredStep {
                 name: name.clone(),
                 state: match &*step.handle.exit.borrow() {
+                    // As the kubernetes backend does with lost pods: waiting on it
+                    // tells how it ended (lost).
+                    _ if step.lost.is_some() => StepState::Running,
                     Some(Ok(exit_code)) => StepState::Exited {
                         exit_code: *exit_code,
                     },
@@ -207,8 +294,7 @@ impl Backend for LocalBackend {
                     },
                     None => StepState::Running,
                 },
-                // Local processes are never lost, so never re-run.
-                retry: 0,
+                retry: step.retry,
             })
             .collect();
         found.sort_by(|a, b| a.name.cmp(&b.name));
@@ -237,7 +323,8 @@ impl Backend for LocalBackend {
                 doing: "open the log file",
                 source,
             })?;
-        file.seek(SeekFrom::Start(from_offset))
+        // Offsets count the step's log; this attempt's file starts at `log_base`.
+        file.seek(SeekFrom::Start(from_offset.saturating_sub(local.log_base)))
             .await
             .map_err(|source| BackendError::Io {
                 step: step.to_owned(),
@@ -247,14 +334,23 @@ impl Backend for LocalBackend {
         let tail = Tail {
             step: step.to_owned(),
             file,
-            offset: from_offset,
+            base: local.log_base,
+            offset: from_offset.saturating_sub(local.log_base),
             progress: local.handle.log.clone(),
         };
         Ok(futures::stream::unfold(tail, Tail::next).boxed())
     }
 
     async fn wait_step(&self, workflow: &Workflow, step: &str) -> Result<i32, BackendError> {
-        let mut exit = self.get(workflow, step)?.handle.exit.clone();
+        let local = self.get(workflow, step)?;
+        if let Some(message) = &local.lost {
+            return Err(BackendError::Lost {
+                step: step.to_owned(),
+                reason: "RunnerLost",
+                message: message.clone(),
+            });
+        }
+        let mut exit = local.handle.exit.clone();
         process::wait(&mut exit)
             .await
             .map_err(|message| BackendError::Failed {
@@ -287,6 +383,7 @@ impl Backend for LocalBackend {
         grace: Duration,
     ) -> Result<(), BackendError> {
         let local = self.get(workflow, step)?;
+        local.handle.interrupted.store(true, Ordering::SeqCst);
         process::stop(local.handle.pgid, local.handle.exit.clone(), grace)
             .await
             .map(drop)
@@ -354,6 +451,9 @@ async fn read_prefix(path: &Path, limit: usize) -> std::io::Result<Vec<u8>> {
 struct Tail {
     step: String,
     file: tokio::fs::File,
+    /// Where the file starts in the step's log.
+    base: u64,
+    /// Position in the file.
     offset: u64,
     progress: watch::Receiver<LogProgress>,
 }
@@ -371,7 +471,7 @@ impl Tail {
                         bytes.truncate(n);
                         let chunk = LogChunk {
                             step: self.step.clone(),
-                            offset: self.offset,
+                            offset: self.base + self.offset,
                             bytes,
                         };
                         self.offset += n as u64;
@@ -396,5 +496,44 @@ impl Tail {
                 return None;
             }
         }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::crd::Step;
+
+    #[tokio::test]
+    async fn a_step_given_up_with_its_backend_is_lost_not_failed() {
+        let root = std::env::temp_dir().join(format!("baton-local-drop-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        let host: BTreeMap<OsString, OsString> =
+            std::env::vars_os().filter(|(k, _)| k == "PATH").collect();
+        let workflow = Workflow::new("wf");
+        let step = Step {
+            name: "s".into(),
+            script: Some("sleep 30".into()),
+            ..Default::default()
+        };
+        let first = LocalBackend::with_host_env(&root, host.clone()).resumable();
+        first.setup_workflow(&workflow).await.unwrap();
+        let request = StepRequest::new(step, Vec::new());
+        first.start_step(&workflow, &request).await.unwrap();
+        let mut exit = first.get(&workflow, "s").unwrap().handle.exit.clone();
+        // A runner shutting down: the step is killed, and its end is not an exit.
+        drop(first);
+        assert_eq!(process::wait(&mut exit).await, Ok(137));
+
+        let second = LocalBackend::with_host_env(&root, host).resumable();
+        let found = second.discover(&workflow).await.unwrap();
+        assert_eq!(found.len(), 1);
+        assert_eq!(found[0].state, StepState::Running, "waiting tells");
+        let error = second.wait_step(&workflow, "s").await.unwrap_err();
+        assert_eq!(error.reason(), "RunnerLost");
+        second.destroy_workflow(&workflow).await.unwrap();
+        assert!(!root.join("wf").exists());
+        let _ = std::fs::remove_dir_all(&root);
     }
 }

@@ -1,12 +1,15 @@
 //! `kubectl baton job run | logs | cancel`.
 //!
-//! `run` applies a Job (a create); `cancel` patches `spec.cancel: true`; both are
-//! what a GitOps repository could do too. Logs come from the controller's server
-//! (`--server` / `BATON_SERVER`), which lets a caller read them only if Kubernetes
-//! RBAC allows it to `get` that Job: the caller's bearer token (`--token` /
-//! `BATON_TOKEN`) is checked there with a TokenReview and a SubjectAccessReview.
-//! A kubeconfig that authenticates with client certificates has no bearer token to
-//! forward: pass a ServiceAccount token (`kubectl create token ...`) instead.
+//! `run` applies a Job (a create: with `metadata.generateName`, a new Job with a
+//! generated name each run, whose name is printed and followed; a fixed name that
+//! exists already is refused with how to go on); `cancel` patches
+//! `spec.cancel: true`; both are what a GitOps repository could do too. Logs come
+//! from the controller's server (`--server` / `BATON_SERVER`), which lets a caller
+//! read them only if Kubernetes RBAC allows it to `get` that Job: the caller's
+//! bearer token (`--token` / `BATON_TOKEN`) is checked there with a TokenReview and
+//! a SubjectAccessReview. A kubeconfig that authenticates with client certificates
+//! has no bearer token to forward: pass a ServiceAccount token (`kubectl create
+//! token ...`) instead.
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -15,6 +18,7 @@ use std::time::Duration;
 use anyhow::{Context, anyhow, bail};
 use clap::Subcommand;
 use futures::StreamExt;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::ResourceExt;
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::runtime::wait::await_condition;
@@ -39,7 +43,8 @@ pub struct ServerArgs {
 /// `job run | logs | cancel`.
 #[derive(Debug, Subcommand)]
 pub enum JobVerb {
-    /// Apply a Job manifest; with -f follow its logs to the end and exit with its
+    /// Create a Job from a manifest (with metadata.generateName, a new Job each
+    /// run, its name printed); with -f follow its logs to the end and exit with its
     /// result (0 Succeeded, 1 Failed or Cancelled).
     Run {
         file: PathBuf,
@@ -83,6 +88,8 @@ pub async fn job(verb: JobVerb) -> anyhow::Result<i32> {
                 .with_context(|| format!("read {}", file.display()))?;
             let mut job: Job = serde_saphyr::from_str(&text)
                 .map_err(|e| anyhow!("{} is not a Job manifest: {e}", file.display()))?;
+            let naming = naming(&job.metadata)
+                .map_err(|problem| anyhow!("{}: {problem}", file.display()))?;
             let (client, ns) = kube.connect().await?;
             job.metadata.namespace = Some(ns.clone());
             let api: Api<Job> = Api::namespaced(client, &ns);
@@ -90,7 +97,10 @@ pub async fn job(verb: JobVerb) -> anyhow::Result<i32> {
                 field_manager: Some(MANAGER.into()),
                 ..Default::default()
             };
-            let created = api.create(&pp, &job).await.context("create the Job")?;
+            let created = api
+                .create(&pp, &job)
+                .await
+                .map_err(|e| create_failed(e, &ns, &naming))?;
             let name = created.name_any();
             eprintln!("job.baton.dev/{name} created");
             if !follow {
@@ -124,6 +134,42 @@ pub async fn job(verb: JobVerb) -> anyhow::Result<i32> {
             println!("job.baton.dev/{name} cancel requested");
             Ok(0)
         }
+    }
+}
+
+/// How `job run` names the Job it creates.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Naming {
+    /// `metadata.name`: one Job of that name; a second run finds it exists.
+    Fixed(String),
+    /// `metadata.generateName` (and no name): the API server adds a random
+    /// suffix, so every run creates a new Job.
+    Generated(String),
+}
+
+/// How the manifest names its Job, or why it cannot be created.
+fn naming(meta: &ObjectMeta) -> Result<Naming, String> {
+    let set = |v: &Option<String>| v.clone().filter(|v| !v.is_empty());
+    // As the API server does: a name wins over generateName.
+    match (set(&meta.name), set(&meta.generate_name)) {
+        (Some(name), _) => Ok(Naming::Fixed(name)),
+        (None, Some(prefix)) => Ok(Naming::Generated(prefix)),
+        (None, None) => Err(
+            "a Job needs metadata.name, or metadata.generateName (e.g. \"build-\") for a new Job each run"
+                .to_owned(),
+        ),
+    }
+}
+
+/// What a failed create says: for a fixed name that exists (a second run of
+/// the same manifest), how to run it again.
+fn create_failed(error: kube::Error, ns: &str, naming: &Naming) -> anyhow::Error {
+    match (&error, naming) {
+        (kube::Error::Api(status), Naming::Fixed(name)) if status.is_already_exists() => anyhow!(
+            "Job {ns}/{name} already exists: delete it (kubectl delete job.baton.dev {name} -n {ns}), \
+             or use metadata.generateName: {name}- in the manifest to get a new name each run"
+        ),
+        _ => anyhow::Error::from(error).context("create the Job"),
     }
 }
 
@@ -205,4 +251,77 @@ async fn print_logs(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn meta(name: Option<&str>, generate_name: Option<&str>) -> ObjectMeta {
+        ObjectMeta {
+            name: name.map(str::to_owned),
+            generate_name: generate_name.map(str::to_owned),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_manifest_names_its_job_by_name_or_generate_name() {
+        let cases = [
+            (meta(Some("build"), None), Ok(Naming::Fixed("build".into()))),
+            (
+                meta(None, Some("build-")),
+                Ok(Naming::Generated("build-".into())),
+            ),
+            // As the API server does: a name wins over generateName.
+            (
+                meta(Some("build"), Some("build-")),
+                Ok(Naming::Fixed("build".into())),
+            ),
+            (
+                meta(Some(""), Some("build-")),
+                Ok(Naming::Generated("build-".into())),
+            ),
+        ];
+        for (meta, want) in cases {
+            assert_eq!(naming(&meta), want, "{meta:?}");
+        }
+        let problem = naming(&meta(None, None)).unwrap_err();
+        assert!(
+            problem.contains("metadata.name") && problem.contains("metadata.generateName"),
+            "{problem}"
+        );
+    }
+
+    fn api_error(code: u16, reason: &str, message: &str) -> kube::Error {
+        kube::Error::Api(
+            kube::core::Status::failure(message, reason)
+                .with_code(code)
+                .boxed(),
+        )
+    }
+
+    #[test]
+    fn an_existing_job_of_a_fixed_name_says_how_to_run_again() {
+        let exists = api_error(
+            409,
+            "AlreadyExists",
+            "jobs.baton.dev \"build\" already exists",
+        );
+        let message = create_failed(exists, "ci", &Naming::Fixed("build".into())).to_string();
+        assert_eq!(
+            message,
+            "Job ci/build already exists: delete it (kubectl delete job.baton.dev build -n ci), \
+             or use metadata.generateName: build- in the manifest to get a new name each run"
+        );
+        // Anything else says what failed, with the API server's words.
+        let other = create_failed(
+            api_error(403, "Forbidden", "no"),
+            "ci",
+            &Naming::Fixed("build".into()),
+        );
+        assert_eq!(other.to_string(), "create the Job");
+        assert!(format!("{other:#}").contains("no"), "{other:#}");
+    }
 }

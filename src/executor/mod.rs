@@ -13,9 +13,11 @@
 //!   Cancelled.
 //! - Resuming: steps the backend already knows ([`Backend::discover`]) are watched
 //!   and tailed (from [`LogSink::resume_offset`]), never started again. What the
-//!   server recorded of earlier runs ([`StatusSink::recorded`]) keeps timeouts on
-//!   real time: the Job's counts from its recorded `startTime`, a resumed step's
-//!   from its own.
+//!   server recorded of earlier runs ([`StatusSink::recorded`]) decides the rest: a
+//!   finished step's result stands; a step recorded running that the backend does
+//!   not have went with its runner (lost, `RunnerLost`, re-run while retries
+//!   allow); timeouts stay on real time (the Job's counts from its recorded
+//!   `startTime`, a resumed step's from its own).
 //! - Logs: ordered chunks per step with byte offsets; a step's log is complete
 //!   before its final status is reported.
 
@@ -74,7 +76,8 @@ pub trait StatusSink: Send + Sync {
 pub struct Recorded {
     /// `status.startTime`: the Job's `timeout` counts from here.
     pub start_time: Option<Time>,
-    /// `status.steps`: a resumed step's `timeout` counts from its `startTime`.
+    /// `status.steps`: a finished step's result stands; a resumed step's `timeout`
+    /// counts from its `startTime`.
     pub steps: Vec<StepStatus>,
 }
 

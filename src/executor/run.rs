@@ -11,14 +11,13 @@ use k8s_openapi::jiff::Timestamp;
 use tokio::time::Instant;
 use tracing::Instrument;
 
+mod outcome;
 mod resume;
 mod retry;
 
 use super::dag::{Dag, Scheduler};
 use super::outputs;
-use super::{
-    CancellationToken, Executor, ExecutorError, JobReport, LogSink, StatusSink, StepReport,
-};
+use super::{CancellationToken, Executor, ExecutorError, JobReport, LogSink, StatusSink};
 use crate::backend::{Backend, BackendError, StepRequest, Workflow};
 use crate::crd::duration;
 use crate::crd::job::{JobPhase, JobSpec, StepPhase, StepStatus};
@@ -63,6 +62,8 @@ struct Attempt {
     request: Option<StepRequest>,
     log_from: u64,
     deadline: Option<Instant>,
+    /// Known lost already (gone with the runner that ran it): ends at once so.
+    lost: Option<BackendError>,
 }
 
 /// The spec, checked: its DAG and parsed timeouts.
@@ -120,6 +121,33 @@ struct State {
 }
 
 impl State {
+    /// Every step Pending, nothing run yet.
+    fn new(dag: Dag, spec: &JobSpec) -> Self {
+        let n = spec.steps.len();
+        Self {
+            sched: Scheduler::new(
+                dag,
+                spec.steps
+                    .iter()
+                    .map(|s| s.when.unwrap_or_default())
+                    .collect(),
+            ),
+            statuses: spec
+                .steps
+                .iter()
+                .map(|s| StepStatus {
+                    name: s.name.clone(),
+                    ..Default::default()
+                })
+                .collect(),
+            started: vec![None; n],
+            durations: vec![None; n],
+            outputs: vec![Vec::new(); n],
+            outputs_used: 0,
+            retries: vec![0; n],
+        }
+    }
+
     /// `BATON_OUTPUT_<KEY>` for every output of the steps upstream of `step`.
     fn injected_env(&self, step: usize) -> Vec<(String, String)> {
         let dag = self.sched.dag();
@@ -190,29 +218,7 @@ impl<B: Backend> Executor<'_, B> {
             .discover(workflow)
             .await
             .map_err(ExecutorError::Discover)?;
-        let n = spec.steps.len();
-        let mut state = State {
-            sched: Scheduler::new(
-                dag,
-                spec.steps
-                    .iter()
-                    .map(|s| s.when.unwrap_or_default())
-                    .collect(),
-            ),
-            statuses: spec
-                .steps
-                .iter()
-                .map(|s| StepStatus {
-                    name: s.name.clone(),
-                    ..Default::default()
-                })
-                .collect(),
-            started: vec![None; n],
-            durations: vec![None; n],
-            outputs: vec![Vec::new(); n],
-            outputs_used: 0,
-            retries: vec![0; n],
-        };
+        let mut state = State::new(dag, spec);
         // A resumed Job's timeout counts from when it first started, not from now.
         let job_started = Start::recorded(status.recorded().start_time.as_ref());
         let job_deadline = plan.job_timeout.map(|t| job_started.deadline(t));
@@ -259,6 +265,7 @@ impl<B: Backend> Executor<'_, B> {
                         request: Some(request),
                         log_from: 0,
                         deadline: state.deadline(&plan, i),
+                        lost: None,
                     };
                     running.push(self.step_task(
                         workflow,
@@ -282,6 +289,7 @@ impl<B: Backend> Executor<'_, B> {
                             log_from: request.log_offset,
                             request: Some(request),
                             deadline: state.deadline(&plan, i),
+                            lost: None,
                         };
                         running.push(self.step_task(workflow, i, attempt, &plan, stop_all.clone(), logs));
                     } else {
@@ -302,79 +310,9 @@ impl<B: Backend> Executor<'_, B> {
             }
         }
 
-        for i in state.sched.pending() {
-            let (phase, reason, message) = match cause {
-                Some(StopCause::JobTimeout) => (
-                    StepPhase::Skipped,
-                    "JobTimeout",
-                    "the Job's timeout passed before it could start",
-                ),
-                _ => (
-                    StepPhase::Cancelled,
-                    "Cancelled",
-                    "the Job was cancelled before it started",
-                ),
-            };
-            state.mark_ended(i, phase, Some(reason), Some(message.to_owned()));
-            status.step_changed(&state.statuses[i]).await;
-        }
-
-        let failed: Vec<&str> = state
-            .statuses
-            .iter()
-            .filter(|s| s.phase == StepPhase::Failed)
-            .map(|s| s.name.as_str())
-            .collect();
-        let (phase, reason, message) = match cause {
-            Some(StopCause::Cancelled) => (
-                JobPhase::Cancelled,
-                Some("Cancelled"),
-                Some("the Job was cancelled".to_owned()),
-            ),
-            Some(StopCause::JobTimeout) => (
-                JobPhase::Failed,
-                Some("Timeout"),
-                Some(format!(
-                    "the Job exceeded its timeout of {}",
-                    plan.job_timeout.map(duration::format).unwrap_or_default()
-                )),
-            ),
-            None if failed.is_empty() => (JobPhase::Succeeded, None, None),
-            None => (
-                JobPhase::Failed,
-                Some("StepFailed"),
-                Some(format!("{} failed", failed.join(", "))),
-            ),
-        };
-        status.job_changed(phase, reason).await;
-
-        let merged = outputs::merge(
-            state
-                .sched
-                .dag()
-                .order()
-                .iter()
-                .map(|&i| state.outputs[i].as_slice()),
-        );
-        let steps = state
-            .statuses
-            .into_iter()
-            .zip(state.durations)
-            .zip(state.outputs)
-            .map(|((status, duration), outputs)| StepReport {
-                status,
-                duration,
-                outputs,
-            })
-            .collect();
-        Ok(JobReport {
-            phase,
-            reason: reason.map(str::to_owned),
-            message,
-            steps,
-            outputs: merged,
-            duration: job_started.elapsed(),
-        })
+        Ok(self
+            .conclude(state, &plan, cause, status, job_started)
+            .await)
     }
 
     /// Start (unless resuming), tail, and wait for one step; stop it on its timeout
@@ -394,8 +332,26 @@ impl<B: Backend> Executor<'_, B> {
             request,
             log_from,
             deadline,
+            lost,
         } = attempt;
         async move {
+            if let Some(error) = lost {
+                let log = LogEnd {
+                    offset: log_from,
+                    last: None,
+                };
+                let how = How::Exited;
+                let (exit, outputs) = (Err(error), None);
+                return (
+                    i,
+                    StepEnd::Ended {
+                        exit,
+                        how,
+                        outputs,
+                        log,
+                    },
+                );
+            }
             if let Some(request) = &request
                 && let Err(error) = self.backend.start_step(workflow, request).await
             {
@@ -473,118 +429,6 @@ impl<B: Backend> Executor<'_, B> {
             .stop_step(workflow, step, self.options.grace)
             .await?;
         self.backend.wait_step(workflow, step).await
-    }
-
-    /// Turn how a step ended into its phase, reason, exit code and outputs.
-    fn record(
-        &self,
-        state: &mut State,
-        plan: &Plan<'_>,
-        i: usize,
-        end: StepEnd,
-        cause: Option<StopCause>,
-    ) {
-        let (exit, how, raw_outputs) = match end {
-            StepEnd::StartFailed(error) => {
-                state.mark_ended(
-                    i,
-                    StepPhase::Failed,
-                    Some(error.reason()),
-                    Some(error.to_string()),
-                );
-                return;
-            }
-            StepEnd::Ended {
-                exit, how, outputs, ..
-            } => (exit, how, outputs),
-        };
-        let exit_code = match exit {
-            Ok(code) => code,
-            Err(error) => {
-                state.mark_ended(
-                    i,
-                    StepPhase::Failed,
-                    Some(error.reason()),
-                    Some(error.to_string()),
-                );
-                return;
-            }
-        };
-        state.statuses[i].exit_code = Some(exit_code);
-
-        // Outputs count whatever the exit code: an onFailure step may want them.
-        let mut output_failure: Option<(&str, String)> = None;
-        match raw_outputs {
-            Some(Ok(raw)) => {
-                let left = self
-                    .options
-                    .outputs_limit
-                    .saturating_sub(state.outputs_used);
-                if raw.len() > left {
-                    output_failure = Some((
-                        "OutputsTooLarge",
-                        format!(
-                            "$BATON_OUTPUT holds more than the {left} bytes left of the Job's {} byte limit; its outputs are ignored",
-                            self.options.outputs_limit
-                        ),
-                    ));
-                } else {
-                    state.outputs_used += raw.len();
-                    let parsed = outputs::parse(&raw);
-                    state.outputs[i] = parsed.values;
-                    if !parsed.problems.is_empty() {
-                        let lines: Vec<String> =
-                            parsed.problems.iter().map(ToString::to_string).collect();
-                        output_failure = Some((
-                            "InvalidOutput",
-                            format!("$BATON_OUTPUT: {}", lines.join("; ")),
-                        ));
-                    }
-                }
-            }
-            Some(Err(error)) => output_failure = Some(("InvalidOutput", error.to_string())),
-            None => {}
-        }
-        if let Some((_, message)) = &output_failure {
-            tracing::warn!(step = %plan.spec.steps[i].name, %message, "step outputs");
-        }
-
-        let timeout_text = |t: Option<Duration>| t.map(duration::format).unwrap_or_default();
-        let (phase, reason, message) = match (how, cause) {
-            (How::TimedOut, _) => (
-                StepPhase::Failed,
-                Some("Timeout"),
-                Some(format!(
-                    "exceeded its timeout of {}",
-                    timeout_text(plan.step_timeouts[i])
-                )),
-            ),
-            (How::Stopped, Some(StopCause::JobTimeout)) => (
-                StepPhase::Failed,
-                Some("Timeout"),
-                Some(format!(
-                    "the Job exceeded its timeout of {}",
-                    timeout_text(plan.job_timeout)
-                )),
-            ),
-            (How::Stopped, _) => (
-                StepPhase::Cancelled,
-                Some("Cancelled"),
-                Some("the Job was cancelled".to_owned()),
-            ),
-            (How::Exited, _) if exit_code != 0 => {
-                let mut message = format!("exited with code {exit_code}");
-                if let Some((_, problem)) = &output_failure {
-                    message = format!("{message}; {problem}");
-                }
-                (StepPhase::Failed, Some("Error"), Some(message))
-            }
-            (How::Exited, _) => match output_failure {
-                Some((reason, problem)) => (StepPhase::Failed, Some(reason), Some(problem)),
-                None => (StepPhase::Succeeded, None, None),
-            },
-        };
-        state.mark_ended(i, phase, reason, message);
     }
 }
 

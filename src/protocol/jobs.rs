@@ -36,8 +36,8 @@ pub struct ClaimResponse {
     /// `status.startTime`: a resumed run's Job timeout counts from here.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub start_time: Option<Time>,
-    /// `status.steps` as recorded: a resumed step's timeout counts from its
-    /// `startTime`.
+    /// `status.steps` as recorded: a finished step's result stands, a resumed
+    /// step's timeout counts from its `startTime`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub steps: Vec<StepStatus>,
 }

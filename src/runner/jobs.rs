@@ -61,6 +61,10 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl JobRunner {
+    /// With the local backend, first kills the step processes a runner process
+    /// that died left running under `work_dir`: those of Jobs it resumes would be
+    /// killed then anyway, and those of Jobs handed to other runners meanwhile
+    /// are not resumed here at all.
     pub fn new(
         client: Client,
         runner: String,
@@ -68,6 +72,9 @@ impl JobRunner {
         work_dir: PathBuf,
         kube: Option<kube::Client>,
     ) -> Self {
+        if backend == BackendKind::Local {
+            LocalBackend::reap_orphans(&work_dir);
+        }
         Self {
             client,
             runner,
@@ -165,7 +172,8 @@ impl JobRunner {
     ) -> Result<JobReport, String> {
         match self.backend {
             BackendKind::Local => {
-                let backend = LocalBackend::new(self.work_dir.join(ns).join(name));
+                // Resumable: a restarted runner finds its steps' records.
+                let backend = LocalBackend::new(self.work_dir.join(ns).join(name)).resumable();
                 Executor::new(&backend, ExecutorOptions::default())
                     .run(workflow, &claim.spec, sink, sink, cancel)
                     .await

@@ -39,7 +39,8 @@ pub struct Config {
     pub labels: BTreeMap<String, String>,
     pub backend: BackendKind,
     pub health_addr: SocketAddr,
-    /// `BATON_RUNNER_TOKEN`: used when the state directory holds no token.
+    /// `BATON_RUNNER_TOKEN`: used when the state directory holds no token, or
+    /// when the server refuses the one it holds.
     pub env_token: Option<String>,
     /// No event for this long on the control channel: reconnect (default 30 s).
     pub ping_timeout: Duration,
@@ -72,6 +73,34 @@ pub enum RunnerError {
 enum Source {
     StateDir,
     Env,
+}
+
+/// The token to present first: the state directory's, else `BATON_RUNNER_TOKEN`.
+fn first_token(stored: Option<String>, env: Option<&str>) -> Option<(String, Source)> {
+    match stored {
+        Some(t) => Some((t, Source::StateDir)),
+        None => env.map(|t| (t.to_owned(), Source::Env)),
+    }
+}
+
+/// The token to present after `refused` (from `source`) was refused (401):
+/// `BATON_RUNNER_TOKEN` when the state directory's was refused and the variable
+/// holds another; otherwise none, which registers without one, as Pending.
+fn after_refusal(source: Source, refused: &str, env: Option<&str>) -> Option<(String, Source)> {
+    match (source, env) {
+        (Source::StateDir, Some(env)) if env != refused => Some((env.to_owned(), Source::Env)),
+        _ => None,
+    }
+}
+
+impl Source {
+    /// Where the token came from, for logs (never the token itself).
+    fn describe(self) -> &'static str {
+        match self {
+            Self::StateDir => "the state directory",
+            Self::Env => "BATON_RUNNER_TOKEN",
+        }
+    }
 }
 
 /// How a held control channel ended.
@@ -202,10 +231,10 @@ impl Agent {
     }
 
     async fn run(mut self) -> Result<i32, RunnerError> {
-        let mut token = match self.dir.token()? {
-            Some(t) => Some((t, Source::StateDir)),
-            None => self.config.env_token.clone().map(|t| (t, Source::Env)),
-        };
+        let mut token = first_token(self.dir.token()?, self.config.env_token.as_deref());
+        if let Some((_, source)) = &token {
+            info!(from = source.describe(), "registering with a token");
+        }
         let mut attempt: u32 = 0;
         loop {
             let presented = token.as_ref().map(|(t, _)| t.as_str());
@@ -220,13 +249,18 @@ impl Agent {
                 }
                 Ok(Registration::Registered(r)) => {
                     attempt = 0;
-                    let Some((t, _)) = token.clone() else {
+                    let Some((t, source)) = token.clone() else {
                         continue;
                     };
                     self.enter(
                         "Registered",
                         false,
-                        &format!("registered as {} in {}", r.state, r.namespace),
+                        &format!(
+                            "registered as {} in {} with the token from {}",
+                            r.state,
+                            r.namespace,
+                            source.describe()
+                        ),
                     );
                     match self.hold(&r.namespace, &t).await? {
                         Ended::Deleted => return Ok(0),
@@ -258,14 +292,26 @@ impl Agent {
                     message,
                     ..
                 }) if token.is_some() => {
-                    warn!(
-                        reason,
-                        "token refused ({message}); registering without it, as Pending"
-                    );
-                    if let Some((_, Source::StateDir)) = token {
+                    let Some((refused, source)) = token.take() else {
+                        continue;
+                    };
+                    if source == Source::StateDir {
                         self.dir.remove_token()?;
                     }
-                    token = None;
+                    token = after_refusal(source, &refused, self.config.env_token.as_deref());
+                    let from = source.describe();
+                    match &token {
+                        Some((_, next)) => warn!(
+                            reason,
+                            from,
+                            "token refused ({message}); trying the one from {}",
+                            next.describe()
+                        ),
+                        None => warn!(
+                            reason,
+                            from, "token refused ({message}); registering without one, as Pending"
+                        ),
+                    }
                 }
                 Err(e @ ClientError::Refused { status: 403, .. }) => {
                     self.enter("Rejected", false, &e.to_string());
@@ -385,6 +431,120 @@ impl Agent {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::{Arc, Mutex};
+
+    #[test]
+    fn which_token_is_presented() {
+        let tok = |t: &str, s| Some((t.to_owned(), s));
+        assert_eq!(
+            first_token(Some("dir".into()), Some("env")),
+            tok("dir", Source::StateDir)
+        );
+        assert_eq!(first_token(None, Some("env")), tok("env", Source::Env));
+        assert_eq!(first_token(None, None), None);
+        // After a 401: (who was refused, the token, BATON_RUNNER_TOKEN) -> next.
+        let cases = [
+            (
+                Source::StateDir,
+                "dir",
+                Some("env"),
+                tok("env", Source::Env),
+            ),
+            (Source::StateDir, "dir", None, None),
+            // The same token again would be refused again.
+            (Source::StateDir, "same", Some("same"), None),
+            (Source::Env, "env", Some("env"), None),
+        ];
+        for (source, refused, env, want) in cases {
+            assert_eq!(
+                after_refusal(source, refused, env),
+                want,
+                "{source:?} {refused} {env:?}"
+            );
+        }
+    }
+
+    /// A register endpoint that refuses the token `old`, accepts `new`, and keeps
+    /// anyone else Pending; it records what each attempt presented.
+    async fn register_server(presented: Arc<Mutex<Vec<String>>>) -> String {
+        use warp::Filter;
+        use warp::http::StatusCode;
+        let register = warp::post()
+            .and(warp::path!("v1" / "register"))
+            .and(warp::header::optional::<String>("authorization"))
+            .map(move |auth: Option<String>| {
+                let token = auth.map_or("-".to_owned(), |a| a.replace("Bearer ", ""));
+                let (status, body) = match token.as_str() {
+                    "old" => (
+                        StatusCode::UNAUTHORIZED,
+                        serde_json::json!({"error": "InvalidToken", "message": "unknown token"}),
+                    ),
+                    "new" => (
+                        StatusCode::OK,
+                        serde_json::json!({"state": "Preadopted", "namespace": "ns", "name": "r1"}),
+                    ),
+                    _ => (
+                        StatusCode::ACCEPTED,
+                        serde_json::json!({"state": "Pending", "namespace": "ns", "name": "r1", "pollSeconds": 1}),
+                    ),
+                };
+                presented.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push(token);
+                warp::reply::with_status(warp::reply::json(&body), status)
+            });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        // No control channel: the runner reconnects (registering again) at once.
+        tokio::spawn(warp::serve(register).incoming(listener).run());
+        format!("http://{addr}")
+    }
+
+    #[tokio::test]
+    async fn a_refused_stored_token_gives_way_to_the_environment_token() {
+        let presented = Arc::new(Mutex::new(Vec::new()));
+        let server = register_server(presented.clone()).await;
+        let state_dir = std::env::temp_dir().join(format!("baton-token-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&state_dir);
+        StateDir::open(&state_dir)
+            .and_then(|d| d.save_token("old"))
+            .expect("state dir");
+        let config = Config {
+            server,
+            name: "r1".into(),
+            state_dir: state_dir.clone(),
+            namespace: None,
+            labels: BTreeMap::new(),
+            backend: BackendKind::Local,
+            health_addr: "127.0.0.1:0".parse().expect("addr"),
+            env_token: Some("new".into()),
+            ping_timeout: Duration::from_secs(5),
+            backoff_base: Duration::from_millis(10),
+            backoff_max: Duration::from_millis(50),
+            once: None,
+            ca_file: None,
+            ca_pem: None,
+        };
+        let seen = |n: usize| {
+            let presented = presented.clone();
+            async move {
+                while presented.lock().map_or(0, |p| p.len()) < n {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+            }
+        };
+        let ran = tokio::time::timeout(Duration::from_secs(20), run(config, seen(3))).await;
+        assert!(matches!(ran, Ok(Ok(0))), "{ran:?}");
+        let presented = presented.lock().map(|p| p.clone()).unwrap_or_default();
+        assert_eq!(presented[..3], ["old", "new", "new"], "{presented:?}");
+        let dir = StateDir::open(&state_dir).expect("state dir");
+        assert_eq!(
+            dir.token().expect("read"),
+            None,
+            "the refused token is gone"
+        );
+        let _ = std::fs::remove_dir_all(&state_dir);
+    }
 
     #[test]
     fn labels_parse() {

@@ -14,6 +14,7 @@ use baton::crd::job::{JobPhase, StepPhase, StepStatus};
 use baton::executor::{
     CancellationToken, Executor, ExecutorOptions, JobReport, LogSink, Recorded, StatusSink,
 };
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use tokio::sync::watch;
 
 pub const BOUND: Duration = Duration::from_secs(20);
@@ -23,6 +24,8 @@ pub struct Recorder {
     pub logs: Mutex<BTreeMap<String, Vec<u8>>>,
     pub events: Mutex<Vec<(String, StepPhase)>>,
     pub running: watch::Sender<BTreeSet<String>>,
+    /// Every step's latest status.
+    pub statuses: Mutex<BTreeMap<String, StepStatus>>,
     /// What it says was recorded before the run (a resumed run).
     pub recorded: Recorded,
 }
@@ -38,8 +41,20 @@ impl Recorder {
             logs: Mutex::default(),
             events: Mutex::default(),
             running: watch::Sender::new(BTreeSet::new()),
+            statuses: Mutex::default(),
             recorded,
         }
+    }
+
+    /// The sink of a run taking over from `earlier` (a restarted runner): it holds
+    /// the logs `earlier` got and the statuses it reported, as a server would.
+    pub fn taking_over(earlier: &Recorder, start_time: Option<Time>) -> Self {
+        let rec = Self::resuming(Recorded {
+            start_time,
+            steps: earlier.statuses.lock().unwrap().values().cloned().collect(),
+        });
+        *rec.logs.lock().unwrap() = earlier.logs.lock().unwrap().clone();
+        rec
     }
 
     pub fn log(&self, step: &str) -> String {
@@ -68,6 +83,10 @@ impl StatusSink for Recorder {
             .lock()
             .unwrap()
             .push((status.name.clone(), status.phase));
+        self.statuses
+            .lock()
+            .unwrap()
+            .insert(status.name.clone(), status.clone());
         self.running.send_modify(|r| {
             if status.phase == StepPhase::Running {
                 r.insert(status.name.clone());
@@ -93,6 +112,14 @@ impl LogSink for Recorder {
             chunk.step
         );
         log.extend_from_slice(&chunk.bytes);
+    }
+
+    fn resume_offset(&self, step: &str) -> u64 {
+        self.logs
+            .lock()
+            .unwrap()
+            .get(step)
+            .map_or(0, |l| l.len() as u64)
     }
 }
 

@@ -4,7 +4,10 @@
 
 use std::os::fd::OwnedFd;
 use std::os::unix::process::ExitStatusExt;
+use std::path::PathBuf;
 use std::process::{ExitStatus, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use nix::errno::Errno;
@@ -15,6 +18,7 @@ use tokio::net::unix::pipe;
 use tokio::sync::watch;
 
 use super::launch::Launch;
+use super::record;
 use crate::backend::BackendError;
 
 /// How long the pipe is still read after the step's process group was killed: only
@@ -40,10 +44,37 @@ pub struct Handle {
     /// Set once, after the log is closed, so a waiter sees the complete log.
     pub exit: watch::Receiver<Exit>,
     pub log: watch::Receiver<LogProgress>,
+    /// Set before the backend ends the step itself (stopped, or given up when the
+    /// backend is dropped): such an end is not the step's own exit and is not
+    /// recorded, so a runner restarted before the end was reported counts the step
+    /// as lost, not as failed with the signal's exit code.
+    pub interrupted: Arc<AtomicBool>,
 }
 
-/// Spawn the step's process and its supervisor task; needs a tokio runtime.
-pub fn spawn(step: &str, launch: Launch, log_file: std::fs::File) -> Result<Handle, BackendError> {
+impl Handle {
+    /// The handle of a step that ended before this process (read back from disk).
+    pub fn ended(pgid: i32, exit_code: i32, log_len: u64) -> Self {
+        let log = LogProgress {
+            len: log_len,
+            closed: true,
+        };
+        Self {
+            pgid,
+            exit: watch::channel(Some(Ok(exit_code))).1,
+            log: watch::channel(log).1,
+            interrupted: Arc::default(),
+        }
+    }
+}
+
+/// Spawn the step's process and its supervisor task; needs a tokio runtime. Its
+/// exit code is recorded in `record_dir` once it ended.
+pub fn spawn(
+    step: &str,
+    launch: Launch,
+    log_file: std::fs::File,
+    record_dir: PathBuf,
+) -> Result<Handle, BackendError> {
     let io_err = |doing: &'static str| {
         move |source| BackendError::Io {
             step: step.to_owned(),
@@ -87,14 +118,22 @@ pub fn spawn(step: &str, launch: Launch, log_file: std::fs::File) -> Result<Hand
         .map_err(io_err("watch the log pipe"))?;
     let (exit_tx, exit) = watch::channel(None);
     let (log_tx, log) = watch::channel(LogProgress::default());
+    let interrupted = Arc::new(AtomicBool::new(false));
     let supervisor = Supervisor {
         step: step.to_owned(),
         pgid,
         exit_tx,
         log_tx,
+        record_dir,
+        interrupted: interrupted.clone(),
     };
     tokio::spawn(supervisor.run(child, pipe, tokio::fs::File::from_std(log_file)));
-    Ok(Handle { pgid, exit, log })
+    Ok(Handle {
+        pgid,
+        exit,
+        log,
+        interrupted,
+    })
 }
 
 struct Supervisor {
@@ -102,6 +141,8 @@ struct Supervisor {
     pgid: i32,
     exit_tx: watch::Sender<Exit>,
     log_tx: watch::Sender<LogProgress>,
+    record_dir: PathBuf,
+    interrupted: Arc<AtomicBool>,
 }
 
 impl Supervisor {
@@ -167,6 +208,18 @@ impl Supervisor {
                     .map_err(|e| format!("wait for the process: {e}"))
             }
         };
+        // On disk before anyone learns of it: a runner that reported the step's end
+        // and then restarted finds the end, not a step to count as lost.
+        if !self.interrupted.load(Ordering::SeqCst) {
+            // An end we cannot tell counts as killed, as `discover` reports it.
+            let code = exit
+                .as_ref()
+                .copied()
+                .unwrap_or(128 + Signal::SIGKILL as i32);
+            if let Err(error) = record::write_exit(&self.record_dir, code) {
+                tracing::warn!(step = %self.step, %error, "record the step's exit");
+            }
+        }
         self.exit_tx.send_replace(Some(exit));
     }
 }

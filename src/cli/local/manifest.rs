@@ -5,6 +5,7 @@
 
 use std::path::Path;
 
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use serde::Deserialize;
 use serde_saphyr::Spanned;
 
@@ -101,10 +102,12 @@ pub fn load(path: &Path, text: &str) -> Result<Loaded, Vec<String>> {
             problems.extend(doc_problems.into_iter().map(|p| format!("{}: {p}", at(i))));
             continue;
         };
-        let name = job.metadata.name.clone().unwrap_or_default();
+        let name = local_name(&job.metadata);
         let label = format!("Job {}", if name.is_empty() { "<unnamed>" } else { &name });
         if name.is_empty() {
-            doc_problems.push(format!("{label}: metadata.name is required"));
+            doc_problems.push(format!(
+                "{label}: metadata.name or metadata.generateName is required"
+            ));
         }
         let mut unknown = Vec::new();
         if let Ok(round_trip) = serde_json::to_value(&job) {
@@ -138,6 +141,36 @@ pub fn load(path: &Path, text: &str) -> Result<Loaded, Vec<String>> {
     } else {
         Err(problems)
     }
+}
+
+/// The Job's name: `metadata.name`, else `metadata.generateName` plus five random
+/// characters, as the API server would make it (so each run has its own name);
+/// empty when it has neither.
+fn local_name(meta: &ObjectMeta) -> String {
+    let set = |v: &Option<String>| v.clone().filter(|v| !v.is_empty());
+    match (set(&meta.name), set(&meta.generate_name)) {
+        (Some(name), _) => name,
+        (None, Some(prefix)) => format!("{prefix}{}", random_suffix()),
+        (None, None) => String::new(),
+    }
+}
+
+/// Five characters from the API server's alphabet for generated names (no
+/// vowels, no look-alikes).
+fn random_suffix() -> String {
+    const ALPHABET: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
+    let mut bytes = [0u8; 5];
+    // No OS randomness is no reason to refuse a run: the clock will do.
+    if getrandom::fill(&mut bytes).is_err() {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos());
+        bytes[..4].copy_from_slice(&nanos.to_le_bytes());
+    }
+    bytes
+        .iter()
+        .map(|b| char::from(ALPHABET[usize::from(*b) % ALPHABET.len()]))
+        .collect()
 }
 
 /// Paths of fields in `original` that do not survive a round trip through the
@@ -268,6 +301,33 @@ mod tests {
         )
         .unwrap_err();
         assert!(err[0].contains("runs Jobs only"), "{err:?}");
+    }
+
+    #[test]
+    fn generate_name_gives_each_run_a_new_name() {
+        let job = |meta: &str| {
+            format!(
+                "{HEADER}metadata: {meta}\nspec:\n  steps: [{{name: a, image: busybox:1.36, script: x}}]\n"
+            )
+        };
+        let text = job("{generateName: build-}");
+        let (one, two) = (load_str(&text).unwrap(), load_str(&text).unwrap());
+        let name = &one.jobs[0].name;
+        assert!(name.starts_with("build-"), "{name}");
+        assert_eq!(name.len(), "build-".len() + 5, "{name}");
+        assert_ne!(name, &two.jobs[0].name, "a new name each run");
+        assert_eq!(
+            load_str(&job("{name: fixed, generateName: build-}"))
+                .unwrap()
+                .jobs[0]
+                .name,
+            "fixed"
+        );
+        let err = load_str(&job("{}")).unwrap_err();
+        assert!(
+            err[0].contains("metadata.name or metadata.generateName is required"),
+            "{err:?}"
+        );
     }
 
     #[test]

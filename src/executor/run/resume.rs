@@ -1,8 +1,12 @@
 //! Resuming a Job: steps the backend already knows are watched again, never
-//! started twice, and every clock continues from what was recorded (the Job's
-//! `startTime`, a step attempt's `startTime`), so timeouts bound real time however
-//! often the Job changes hands or its runner restarts.
+//! started twice; steps recorded as finished keep their result; a step recorded
+//! running that the backend no longer has is lost with its runner (`RunnerLost`,
+//! re-run while `spec.retries` allows, its log continued after a line saying
+//! why). Every clock continues from what was recorded (the Job's `startTime`, a
+//! step attempt's `startTime`), so timeouts bound real time however often the Job
+//! changes hands or its runner restarts.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
@@ -10,8 +14,9 @@ use k8s_openapi::jiff::Timestamp;
 use tokio::time::Instant;
 
 use super::{Attempt, Executor, Plan, State, now};
-use crate::backend::{Backend, DiscoveredStep, Workflow};
-use crate::crd::job::StepStatus;
+use crate::backend::{Backend, BackendError, DiscoveredStep, StepState, Workflow};
+use crate::crd::job::{StepPhase, StepStatus};
+use crate::executor::outputs;
 use crate::executor::{LogSink, StatusSink};
 
 /// When something started, on this process's clock: `at`, minus how long it had
@@ -54,19 +59,53 @@ impl Start {
     }
 }
 
-/// The recorded start of the attempt `retry` of `step`, if that attempt is the one
-/// the record describes.
-fn recorded_start<'r>(recorded: &'r [StepStatus], step: &str, retry: u32) -> Option<&'r Time> {
-    let status = recorded.iter().find(|s| s.name == step)?;
-    let attempt = u32::try_from(status.retries.unwrap_or(0)).unwrap_or(0);
-    (attempt == retry)
+/// Which attempt a recorded status describes.
+fn attempt_of(status: &StepStatus) -> u32 {
+    u32::try_from(status.retries.unwrap_or(0)).unwrap_or(0)
+}
+
+/// The recorded start of the attempt `retry`, if that attempt is the one the
+/// record describes.
+fn recorded_start(recorded: Option<&StepStatus>, retry: u32) -> Option<&Time> {
+    let status = recorded?;
+    (attempt_of(status) == retry)
         .then_some(status.start_time.as_ref())
         .flatten()
 }
 
+/// What a resumed run does with one step.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Resume {
+    /// Not started yet: the scheduler starts it when its turn comes.
+    Fresh,
+    /// Recorded as finished: that result stands, it never runs again.
+    Finished,
+    /// The backend has it (running or ended): watch it again.
+    Adopt,
+    /// Recorded as running, but the backend has no such attempt: it went with the
+    /// runner that ran it. Lost, so re-run while `spec.retries` allows.
+    Lost,
+}
+
+/// Decide from what the server recorded of a step and what the backend found of
+/// it. An attempt older than the recorded one is stale (a later one ran
+/// elsewhere) and counts as not found.
+fn decide(recorded: Option<&StepStatus>, found: Option<&DiscoveredStep>) -> Resume {
+    let recorded_attempt = recorded.map_or(0, attempt_of);
+    let found = found.filter(|f| f.retry >= recorded_attempt);
+    match (recorded.map(|s| s.phase), found) {
+        (Some(phase), _) if phase.is_finished() => Resume::Finished,
+        (_, Some(_)) => Resume::Adopt,
+        (Some(StepPhase::Running), None) => Resume::Lost,
+        _ => Resume::Fresh,
+    }
+}
+
 impl<B: Backend> Executor<'_, B> {
-    /// Adopt the steps the backend found: each is marked Running again (with its
-    /// recorded start) and reported; returns the attempts to watch and tail.
+    /// Bring what was recorded and what the backend found into the run: finished
+    /// steps keep their result, steps the backend has are marked Running again
+    /// (with their recorded start) and reported, steps gone with their runner are
+    /// lost. Returns the attempts to watch (or to count as lost).
     pub(super) async fn resume<S: StatusSink, L: LogSink>(
         &self,
         state: &mut State,
@@ -77,26 +116,95 @@ impl<B: Backend> Executor<'_, B> {
         logs: &L,
     ) -> Vec<(usize, Attempt)> {
         let recorded = status.recorded();
+        let mut found: BTreeMap<String, DiscoveredStep> = discovered
+            .into_iter()
+            .map(|f| (f.name.clone(), f))
+            .collect();
         let mut resumed = Vec::new();
-        for found in discovered {
-            let Some(i) = plan.spec.steps.iter().position(|s| s.name == found.name) else {
-                tracing::warn!(workflow = %workflow.id, step = %found.name, "discovered a step the Job does not have; left alone");
-                continue;
-            };
-            tracing::info!(workflow = %workflow.id, step = %found.name, state = ?found.state, "resuming a step found running or ended");
-            state.sched.adopt(i);
-            state.mark_resumed(i, recorded_start(&recorded.steps, &found.name, found.retry));
-            state.set_retry(i, found.retry);
-            self.name_attempt(state, workflow, i);
-            status.step_changed(&state.statuses[i]).await;
-            let attempt = Attempt {
-                request: None,
-                log_from: logs.resume_offset(&found.name),
-                deadline: state.deadline(plan, i),
-            };
-            resumed.push((i, attempt));
+        for (i, step) in plan.spec.steps.iter().enumerate() {
+            let rec = recorded.steps.iter().find(|s| s.name == step.name);
+            let f = found.remove(&step.name);
+            match (decide(rec, f.as_ref()), rec, f) {
+                (Resume::Finished, Some(rec), f) => {
+                    self.keep_finished(state, workflow, i, rec, f).await;
+                }
+                (Resume::Adopt, rec, Some(f)) => {
+                    tracing::info!(workflow = %workflow.id, step = %f.name, state = ?f.state, "resuming a step found running or ended");
+                    state.sched.adopt(i);
+                    state.mark_resumed(i, recorded_start(rec, f.retry));
+                    state.set_retry(i, f.retry);
+                    self.name_attempt(state, workflow, i);
+                    status.step_changed(&state.statuses[i]).await;
+                    let attempt = Attempt {
+                        request: None,
+                        log_from: logs.resume_offset(&f.name),
+                        deadline: state.deadline(plan, i),
+                        lost: None,
+                    };
+                    resumed.push((i, attempt));
+                }
+                (Resume::Lost, Some(rec), _) => {
+                    tracing::warn!(workflow = %workflow.id, step = %step.name, "a step recorded running is gone with its runner: lost");
+                    state.sched.adopt(i);
+                    state.mark_resumed(i, rec.start_time.as_ref());
+                    state.set_retry(i, attempt_of(rec));
+                    self.name_attempt(state, workflow, i);
+                    let lost = BackendError::Lost {
+                        step: step.name.clone(),
+                        reason: "RunnerLost",
+                        message: "the runner running it stopped while it ran, and nothing of it is left to resume".into(),
+                    };
+                    let attempt = Attempt {
+                        request: None,
+                        log_from: logs.resume_offset(&step.name),
+                        deadline: None,
+                        lost: Some(lost),
+                    };
+                    resumed.push((i, attempt));
+                }
+                _ => {}
+            }
+        }
+        for name in found.keys() {
+            tracing::warn!(workflow = %workflow.id, step = %name, "discovered a step the Job does not have; left alone");
         }
         resumed
+    }
+
+    /// A step recorded as finished: its result stands and it is not reported again.
+    /// Its outputs still reach the steps after it, if the backend still has them.
+    async fn keep_finished(
+        &self,
+        state: &mut State,
+        workflow: &Workflow,
+        i: usize,
+        recorded: &StepStatus,
+        found: Option<DiscoveredStep>,
+    ) {
+        tracing::info!(workflow = %workflow.id, step = %recorded.name, phase = ?recorded.phase, "step finished before: its recorded result stands");
+        state.sched.finish(i, recorded.phase);
+        state.statuses[i] = recorded.clone();
+        state.retries[i] = attempt_of(recorded);
+        if !matches!(found.map(|f| f.state), Some(StepState::Exited { .. })) {
+            return;
+        }
+        let limit = self.options.outputs_limit;
+        let left = limit.saturating_sub(state.outputs_used);
+        match self
+            .backend
+            .read_outputs(workflow, &recorded.name, limit.saturating_add(1))
+            .await
+        {
+            Ok(raw) if raw.len() <= left => {
+                state.outputs_used += raw.len();
+                state.outputs[i] = outputs::parse(&raw).values;
+            }
+            // Its recorded status says what was wrong with them.
+            Ok(_) => {}
+            Err(error) => {
+                tracing::warn!(step = %recorded.name, %error, "read a finished step's outputs");
+            }
+        }
     }
 }
 
@@ -147,14 +255,51 @@ mod tests {
 
     #[test]
     fn only_the_recorded_attempt_has_a_recorded_start() {
-        let steps = vec![StepStatus {
+        let step = StepStatus {
             name: "a".into(),
             retries: Some(1),
             start_time: ago(5),
             ..Default::default()
-        }];
-        assert!(recorded_start(&steps, "a", 1).is_some());
-        assert!(recorded_start(&steps, "a", 0).is_none());
-        assert!(recorded_start(&steps, "b", 0).is_none());
+        };
+        assert!(recorded_start(Some(&step), 1).is_some());
+        assert!(recorded_start(Some(&step), 0).is_none());
+        assert!(recorded_start(None, 0).is_none());
+    }
+
+    #[test]
+    fn what_a_resumed_run_does_with_each_step() {
+        use Resume::*;
+        use StepPhase::*;
+        let rec = |phase, retries| StepStatus {
+            name: "s".into(),
+            phase,
+            retries,
+            ..Default::default()
+        };
+        let found = |retry| DiscoveredStep {
+            name: "s".into(),
+            state: StepState::Running,
+            retry,
+        };
+        let cases = [
+            (None, None, Fresh),
+            (Some(rec(Pending, None)), None, Fresh),
+            (None, Some(found(0)), Adopt),
+            (Some(rec(Running, None)), Some(found(0)), Adopt),
+            (Some(rec(Running, Some(1))), Some(found(2)), Adopt),
+            (Some(rec(Running, None)), None, Lost),
+            // A later attempt was recorded: the one found is stale.
+            (Some(rec(Running, Some(1))), Some(found(0)), Lost),
+            (Some(rec(Succeeded, None)), None, Finished),
+            (Some(rec(Failed, None)), Some(found(0)), Finished),
+            (Some(rec(Skipped, None)), None, Finished),
+        ];
+        for (recorded, found, want) in cases {
+            assert_eq!(
+                decide(recorded.as_ref(), found.as_ref()),
+                want,
+                "{recorded:?} / {found:?}"
+            );
+        }
     }
 }

@@ -1,5 +1,6 @@
 //! `spec.retries`: a step whose pod was lost to infrastructure (evicted, deleted by
-//! someone else, its node gone: [`BackendError::Lost`]) runs again as a new
+//! someone else, its node gone; or a local process gone with the runner that ran
+//! it: [`BackendError::Lost`]) runs again as a new
 //! attempt, while the Job's retries allow. A step that failed on its own (a
 //! non-zero exit, a timeout, a start failure) never does. The new attempt's log
 //! continues the step's log after one line saying why; its timeout starts anew, and

@@ -1,0 +1,209 @@
+//! How a run ends: each step's outcome from how its process ended, then the
+//! Job's phase and the report.
+
+use std::time::Duration;
+
+use super::{Executor, How, Plan, Start, State, StepEnd, StopCause};
+use crate::backend::Backend;
+use crate::crd::duration;
+use crate::crd::job::{JobPhase, StepPhase};
+use crate::executor::{JobReport, StatusSink, StepReport, outputs};
+
+impl<B: Backend> Executor<'_, B> {
+    /// Steps never started end Skipped (the Job timed out) or Cancelled; then the
+    /// Job's phase is reported and the report built.
+    pub(super) async fn conclude<S: StatusSink>(
+        &self,
+        mut state: State,
+        plan: &Plan<'_>,
+        cause: Option<StopCause>,
+        status: &S,
+        job_started: Start,
+    ) -> JobReport {
+        for i in state.sched.pending() {
+            let (phase, reason, message) = match cause {
+                Some(StopCause::JobTimeout) => (
+                    StepPhase::Skipped,
+                    "JobTimeout",
+                    "the Job's timeout passed before it could start",
+                ),
+                _ => (
+                    StepPhase::Cancelled,
+                    "Cancelled",
+                    "the Job was cancelled before it started",
+                ),
+            };
+            state.mark_ended(i, phase, Some(reason), Some(message.to_owned()));
+            status.step_changed(&state.statuses[i]).await;
+        }
+
+        let failed: Vec<&str> = state
+            .statuses
+            .iter()
+            .filter(|s| s.phase == StepPhase::Failed)
+            .map(|s| s.name.as_str())
+            .collect();
+        let (phase, reason, message) = match cause {
+            Some(StopCause::Cancelled) => (
+                JobPhase::Cancelled,
+                Some("Cancelled"),
+                Some("the Job was cancelled".to_owned()),
+            ),
+            Some(StopCause::JobTimeout) => (
+                JobPhase::Failed,
+                Some("Timeout"),
+                Some(format!(
+                    "the Job exceeded its timeout of {}",
+                    plan.job_timeout.map(duration::format).unwrap_or_default()
+                )),
+            ),
+            None if failed.is_empty() => (JobPhase::Succeeded, None, None),
+            None => (
+                JobPhase::Failed,
+                Some("StepFailed"),
+                Some(format!("{} failed", failed.join(", "))),
+            ),
+        };
+        status.job_changed(phase, reason).await;
+
+        let merged = outputs::merge(
+            state
+                .sched
+                .dag()
+                .order()
+                .iter()
+                .map(|&i| state.outputs[i].as_slice()),
+        );
+        let steps = state
+            .statuses
+            .into_iter()
+            .zip(state.durations)
+            .zip(state.outputs)
+            .map(|((status, duration), outputs)| StepReport {
+                status,
+                duration,
+                outputs,
+            })
+            .collect();
+        JobReport {
+            phase,
+            reason: reason.map(str::to_owned),
+            message,
+            steps,
+            outputs: merged,
+            duration: job_started.elapsed(),
+        }
+    }
+
+    /// Turn how a step ended into its phase, reason, exit code and outputs.
+    pub(super) fn record(
+        &self,
+        state: &mut State,
+        plan: &Plan<'_>,
+        i: usize,
+        end: StepEnd,
+        cause: Option<StopCause>,
+    ) {
+        let (exit, how, raw_outputs) = match end {
+            StepEnd::StartFailed(error) => {
+                state.mark_ended(
+                    i,
+                    StepPhase::Failed,
+                    Some(error.reason()),
+                    Some(error.to_string()),
+                );
+                return;
+            }
+            StepEnd::Ended {
+                exit, how, outputs, ..
+            } => (exit, how, outputs),
+        };
+        let exit_code = match exit {
+            Ok(code) => code,
+            Err(error) => {
+                state.mark_ended(
+                    i,
+                    StepPhase::Failed,
+                    Some(error.reason()),
+                    Some(error.to_string()),
+                );
+                return;
+            }
+        };
+        state.statuses[i].exit_code = Some(exit_code);
+
+        // Outputs count whatever the exit code: an onFailure step may want them.
+        let mut output_failure: Option<(&str, String)> = None;
+        match raw_outputs {
+            Some(Ok(raw)) => {
+                let left = self
+                    .options
+                    .outputs_limit
+                    .saturating_sub(state.outputs_used);
+                if raw.len() > left {
+                    output_failure = Some((
+                        "OutputsTooLarge",
+                        format!(
+                            "$BATON_OUTPUT holds more than the {left} bytes left of the Job's {} byte limit; its outputs are ignored",
+                            self.options.outputs_limit
+                        ),
+                    ));
+                } else {
+                    state.outputs_used += raw.len();
+                    let parsed = outputs::parse(&raw);
+                    state.outputs[i] = parsed.values;
+                    if !parsed.problems.is_empty() {
+                        let lines: Vec<String> =
+                            parsed.problems.iter().map(ToString::to_string).collect();
+                        output_failure = Some((
+                            "InvalidOutput",
+                            format!("$BATON_OUTPUT: {}", lines.join("; ")),
+                        ));
+                    }
+                }
+            }
+            Some(Err(error)) => output_failure = Some(("InvalidOutput", error.to_string())),
+            None => {}
+        }
+        if let Some((_, message)) = &output_failure {
+            tracing::warn!(step = %plan.spec.steps[i].name, %message, "step outputs");
+        }
+
+        let timeout_text = |t: Option<Duration>| t.map(duration::format).unwrap_or_default();
+        let (phase, reason, message) = match (how, cause) {
+            (How::TimedOut, _) => (
+                StepPhase::Failed,
+                Some("Timeout"),
+                Some(format!(
+                    "exceeded its timeout of {}",
+                    timeout_text(plan.step_timeouts[i])
+                )),
+            ),
+            (How::Stopped, Some(StopCause::JobTimeout)) => (
+                StepPhase::Failed,
+                Some("Timeout"),
+                Some(format!(
+                    "the Job exceeded its timeout of {}",
+                    timeout_text(plan.job_timeout)
+                )),
+            ),
+            (How::Stopped, _) => (
+                StepPhase::Cancelled,
+                Some("Cancelled"),
+                Some("the Job was cancelled".to_owned()),
+            ),
+            (How::Exited, _) if exit_code != 0 => {
+                let mut message = format!("exited with code {exit_code}");
+                if let Some((_, problem)) = &output_failure {
+                    message = format!("{message}; {problem}");
+                }
+                (StepPhase::Failed, Some("Error"), Some(message))
+            }
+            (How::Exited, _) => match output_failure {
+                Some((reason, problem)) => (StepPhase::Failed, Some(reason), Some(problem)),
+                None => (StepPhase::Succeeded, None, None),
+            },
+        };
+        state.mark_ended(i, phase, reason, message);
+    }
+}
