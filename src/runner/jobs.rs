@@ -139,14 +139,17 @@ impl JobRunner {
         }
         let this = self.clone();
         let token = token.to_owned();
-        tokio::spawn(async move {
+        // One span per Job run: every line it logs carries the Job and epoch.
+        let span = tracing::info_span!("job", namespace = %key.0, name = %key.1, epoch);
+        let run = async move {
             this.run_job(&key.0, &key.1, epoch, &token, token_c).await;
             let mut running = lock(&this.running);
             if running.get(&key).is_some_and(|(e, _)| *e == epoch) {
                 running.remove(&key);
                 this.ended.notify_one();
             }
-        });
+        };
+        tokio::spawn(tracing::Instrument::instrument(run, span));
     }
 
     /// Cancel a running Job.

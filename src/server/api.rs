@@ -41,7 +41,7 @@ pub fn routes(
         .and(with_state.clone())
         .and(warp::header::optional::<String>("content-type"))
         .and(warp::header::optional::<String>("authorization"))
-        .and(warp::body::content_length_limit(input::MAX_BODY))
+        .and(input::body_limit("registration", input::MAX_BODY))
         .and(warp::body::bytes())
         .then(
             |state: ApiState,

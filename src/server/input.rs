@@ -6,8 +6,35 @@ use warp::http::StatusCode;
 
 use crate::protocol::{ControlQuery, ErrorBody, RegisterRequest};
 
-/// Largest request body the API reads.
+/// Largest request body the API reads (registration, claim).
 pub const MAX_BODY: u64 = 16 * 1024;
+
+/// A body over its route's limit (refused from its Content-Length, unread).
+#[derive(Debug)]
+pub struct BodyTooLarge {
+    pub what: &'static str,
+    pub max: u64,
+}
+
+impl warp::reject::Reject for BodyTooLarge {}
+
+/// The size limit of one route: a declared length over `max` is refused with a
+/// message naming this route's limit; a body without a length is refused too.
+pub fn body_limit(
+    what: &'static str,
+    max: u64,
+) -> impl warp::Filter<Extract = (), Error = warp::Rejection> + Clone {
+    use warp::Filter;
+    warp::header::optional::<u64>("content-length")
+        .and_then(move |len: Option<u64>| async move {
+            match len {
+                Some(n) if n > max => Err(warp::reject::custom(BodyTooLarge { what, max })),
+                _ => Ok(()),
+            }
+        })
+        .untuple_one()
+        .and(warp::body::content_length_limit(max))
+}
 
 /// An answer other than success: status code, a stable reason, a message for people.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -61,7 +61,7 @@ pub fn routes(
         .and(with_state.clone())
         .and(warp::header::optional::<String>("content-type"))
         .and(auth)
-        .and(warp::body::content_length_limit(input::MAX_BODY))
+        .and(input::body_limit("claim", input::MAX_BODY))
         .and(warp::body::bytes())
         .then(
             |ns: String,
@@ -80,7 +80,7 @@ pub fn routes(
         .and(with_state.clone())
         .and(warp::header::optional::<String>("content-type"))
         .and(auth)
-        .and(warp::body::content_length_limit(jobs::MAX_STATUS_BODY))
+        .and(input::body_limit("status report", jobs::MAX_STATUS_BODY))
         .and(warp::body::bytes())
         .then(
             |ns: String,
@@ -99,7 +99,7 @@ pub fn routes(
         .and(with_state.clone())
         .and(query_map())
         .and(auth)
-        .and(warp::body::content_length_limit(jobs::MAX_LOG_BODY))
+        .and(input::body_limit("log chunk", jobs::MAX_LOG_BODY))
         .and(warp::body::bytes())
         .then(
             |ns: String,

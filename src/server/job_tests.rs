@@ -346,3 +346,53 @@ async fn claims_and_reports_check_their_input_first() {
         (401, "TokenMissing")
     );
 }
+
+/// Each route refuses an oversized body from its Content-Length, unread, and the
+/// refusal names that route's own limit (not one limit for all).
+#[tokio::test]
+async fn each_route_states_its_own_body_limit() {
+    let f = fixture("limits");
+    let routes = routes(f.state.clone());
+    let cases: &[(&str, u64, &str)] = &[
+        (
+            "/v1/register",
+            crate::server::input::MAX_BODY,
+            "a registration body may be at most 16384 bytes",
+        ),
+        (
+            "/v1/jobs/ns/j/claim",
+            crate::server::input::MAX_BODY,
+            "a claim body may be at most 16384 bytes",
+        ),
+        (
+            "/v1/jobs/ns/j/status",
+            crate::protocol::jobs::MAX_STATUS_BODY,
+            "a status report body may be at most 2097152 bytes",
+        ),
+        (
+            "/v1/jobs/ns/j/logs?step=s&offset=0&runner=r1&epoch=1",
+            crate::protocol::jobs::MAX_LOG_BODY,
+            "a log chunk body may be at most 1048576 bytes",
+        ),
+    ];
+    for (path, max, want) in cases {
+        let over = (max + 1).to_string();
+        let res = warp::test::request()
+            .method("POST")
+            .path(path)
+            .header("authorization", "Bearer tok-r1")
+            .header("content-type", "application/json")
+            .body("{}")
+            // After the body, which sets its own length: the declared length wins.
+            .header("content-length", over.as_str())
+            .reply(&routes)
+            .await;
+        assert_eq!(res.status().as_u16(), 413, "{path}: {:?}", res.body());
+        let body: crate::protocol::ErrorBody = serde_json::from_slice(res.body()).unwrap();
+        assert_eq!(
+            (body.error.as_str(), body.message.as_str()),
+            ("PayloadTooLarge", *want),
+            "{path}"
+        );
+    }
+}

@@ -140,6 +140,14 @@ pub async fn recover(err: warp::Rejection) -> Result<warp::reply::Response, Infa
             "StandingBy",
             "this controller replica stands by; the leader serves the runner API",
         )
+    } else if let Some(t) = err.find::<input::BodyTooLarge>() {
+        // Before the method check: sibling routes of the same path (a GET
+        // beside this POST) add a MethodNotAllowed to the same rejection.
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "PayloadTooLarge",
+            format!("a {} body may be at most {} bytes", t.what, t.max),
+        )
     } else if err.is_not_found() {
         ApiError::new(StatusCode::NOT_FOUND, "NotFound", "no such route")
     } else if err.find::<reject::MethodNotAllowed>().is_some() {
