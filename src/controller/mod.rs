@@ -1,6 +1,8 @@
 //! `baton controller`: the RunnerToken and Runner reconcilers, their watch caches
 //! (shared with the runner API), and the runner API server, under one shutdown.
 
+#[cfg(test)]
+mod fixtures;
 pub mod job;
 pub mod leader;
 pub mod on_demand;

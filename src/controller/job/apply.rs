@@ -167,3 +167,7 @@ async fn delete(ctx: &Context, job: &Job) -> Result<(), Error> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+#[path = "apply_tests.rs"]
+mod tests;
