@@ -17,6 +17,7 @@ mod launch;
 mod process;
 mod record;
 
+use crate::crd::reasons::reason;
 use std::collections::{BTreeMap, HashMap};
 use std::ffi::OsString;
 use std::io::SeekFrom;
@@ -346,7 +347,7 @@ impl Backend for LocalBackend {
         if let Some(message) = &local.lost {
             return Err(BackendError::Lost {
                 step: step.to_owned(),
-                reason: "RunnerLost",
+                reason: reason::RUNNER_LOST,
                 message: message.clone(),
             });
         }

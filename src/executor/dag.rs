@@ -20,6 +20,7 @@
 //! A failure in one branch never stops an independent branch. Cancelling the Job
 //! (not a `when` matter) marks every step not yet started Cancelled, `always` too.
 
+use crate::crd::reasons::reason;
 use std::collections::{BTreeSet, HashMap};
 use std::fmt;
 
@@ -229,7 +230,7 @@ impl SkipReason {
     /// The step's status `reason`.
     pub fn as_str(self) -> &'static str {
         match self {
-            Self::DependencyFailed => "DependencyFailed",
+            Self::DependencyFailed => reason::DEPENDENCY_FAILED,
             Self::DependencySkipped => "DependencySkipped",
             Self::DependencyCancelled => "DependencyCancelled",
             Self::NotOnFailure => "NotOnFailure",

@@ -1,6 +1,7 @@
 //! What a step pod's object says about the step: a pure reading of its status,
 //! shared by `wait_step`, `tail_step` and `discover`.
 
+use crate::crd::reasons::reason;
 use k8s_openapi::api::core::v1::{ContainerStateWaiting, Pod};
 
 use super::pod::CONTAINER;
@@ -121,7 +122,7 @@ fn trouble(waiting: &ContainerStateWaiting) -> Option<Trouble> {
     let message = waiting.message.clone().unwrap_or_default();
     let step_reason = match reason {
         "ErrImagePull" | "ImagePullBackOff" | "InvalidImageName" | "ErrImageNeverPull" => {
-            "ImagePullFailed"
+            reason::IMAGE_PULL_FAILED
         }
         "CreateContainerConfigError" if message.contains("secret") => "SecretNotFound",
         "CreateContainerConfigError" => "InvalidEnv",

@@ -1,6 +1,7 @@
 //! How a run ends: each step's outcome from how its process ended, then the
 //! Job's phase and the report.
 
+use crate::crd::reasons::reason;
 use std::time::Duration;
 
 use super::{Executor, How, Plan, Start, State, StepEnd, StopCause};
@@ -29,7 +30,7 @@ impl<B: Backend> Executor<'_, B> {
                 ),
                 _ => (
                     StepPhase::Cancelled,
-                    "Cancelled",
+                    reason::CANCELLED,
                     "the Job was cancelled before it started",
                 ),
             };
@@ -46,12 +47,12 @@ impl<B: Backend> Executor<'_, B> {
         let (phase, reason, message) = match cause {
             Some(StopCause::Cancelled) => (
                 JobPhase::Cancelled,
-                Some("Cancelled"),
+                Some(reason::CANCELLED),
                 Some("the Job was cancelled".to_owned()),
             ),
             Some(StopCause::JobTimeout) => (
                 JobPhase::Failed,
-                Some("Timeout"),
+                Some(reason::TIMEOUT),
                 Some(format!(
                     "the Job exceeded its timeout of {}",
                     plan.job_timeout.map(duration::format).unwrap_or_default()
@@ -60,7 +61,7 @@ impl<B: Backend> Executor<'_, B> {
             None if failed.is_empty() => (JobPhase::Succeeded, None, None),
             None => (
                 JobPhase::Failed,
-                Some("StepFailed"),
+                Some(reason::STEP_FAILED),
                 Some(format!("{} failed", failed.join(", "))),
             ),
         };
@@ -173,7 +174,7 @@ impl<B: Backend> Executor<'_, B> {
         let (phase, reason, message) = match (how, cause) {
             (How::TimedOut, _) => (
                 StepPhase::Failed,
-                Some("Timeout"),
+                Some(reason::TIMEOUT),
                 Some(format!(
                     "exceeded its timeout of {}",
                     timeout_text(plan.step_timeouts[i])
@@ -181,7 +182,7 @@ impl<B: Backend> Executor<'_, B> {
             ),
             (How::Stopped, Some(StopCause::JobTimeout)) => (
                 StepPhase::Failed,
-                Some("Timeout"),
+                Some(reason::TIMEOUT),
                 Some(format!(
                     "the Job exceeded its timeout of {}",
                     timeout_text(plan.job_timeout)
@@ -189,7 +190,7 @@ impl<B: Backend> Executor<'_, B> {
             ),
             (How::Stopped, _) => (
                 StepPhase::Cancelled,
-                Some("Cancelled"),
+                Some(reason::CANCELLED),
                 Some("the Job was cancelled".to_owned()),
             ),
             (How::Exited, _) if exit_code != 0 => {

@@ -6,6 +6,7 @@
 //! step attempt's `startTime`), so timeouts bound real time however often the Job
 //! changes hands or its runner restarts.
 
+use crate::crd::reasons::reason;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
@@ -151,7 +152,7 @@ impl<B: Backend> Executor<'_, B> {
                     self.name_attempt(state, workflow, i);
                     let lost = BackendError::Lost {
                         step: step.name.clone(),
-                        reason: "RunnerLost",
+                        reason: reason::RUNNER_LOST,
                         message: "the runner running it stopped while it ran, and nothing of it is left to resume".into(),
                     };
                     let attempt = Attempt {
