@@ -26,6 +26,25 @@ pub fn jitter() -> f64 {
         .unwrap_or(0.5)
 }
 
+/// A retry schedule: capped exponential with jitter, the one every retry loop
+/// of Baton uses (named per caller, so each says how patient it is).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Schedule {
+    pub base: Duration,
+    pub max: Duration,
+}
+
+impl Schedule {
+    pub const fn new(base: Duration, max: Duration) -> Self {
+        Self { base, max }
+    }
+
+    /// The pause before retry number `attempt` (0-based).
+    pub fn pause(&self, attempt: u32) -> Duration {
+        delay(attempt, self.base, self.max, jitter())
+    }
+}
+
 /// Attempts per object (keyed by `K`, e.g. an object reference): grows on each
 /// error, forgotten on success.
 pub struct PerObject<K> {

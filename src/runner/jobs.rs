@@ -16,6 +16,7 @@
 //! what it lacks is sent again, so a new leader on an empty log store ends up
 //! with the whole log of every running Job.
 
+use crate::domain::backoff::Schedule;
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -226,7 +227,7 @@ impl JobRunner {
                         warn!(namespace = ns, job = name, "claim failed: {e}");
                         return;
                     }
-                    tokio::time::sleep(Duration::from_millis(200 * u64::from(attempt))).await;
+                    tokio::time::sleep(CLAIM.pause(attempt - 1)).await;
                 }
             }
         };
@@ -298,9 +299,13 @@ fn is_permanent(e: &ClientError) -> bool {
     matches!(e.status(), Some(400 | 404 | 409 | 413 | 415))
 }
 
-/// 250 ms, doubling, at most 5 s.
+/// Status reports and log appends: 250 ms, doubling, at most 5 s (with jitter).
+const CALLS: Schedule = Schedule::new(Duration::from_millis(250), Duration::from_secs(5));
+/// A claim: 200 ms, doubling, at most 2 s, ten tries.
+const CLAIM: Schedule = Schedule::new(Duration::from_millis(200), Duration::from_secs(2));
+
 fn retry_pause(attempt: u64) -> Duration {
-    Duration::from_millis((250u64 << attempt.min(5)).min(5000))
+    CALLS.pause(u32::try_from(attempt).unwrap_or(u32::MAX))
 }
 
 /// Status and log sink of one run: everything goes to the server.

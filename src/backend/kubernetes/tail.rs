@@ -19,6 +19,9 @@ use crate::backend::{BackendError, LogChunk, LogStream};
 const READ_SIZE: usize = 64 * 1024;
 /// Re-opened connections in a row that brought no new byte before giving up.
 const MAX_REOPEN: u32 = 10;
+/// The pause before re-opening a log that ended early: 200 ms, doubling, at most 2 s.
+const REOPEN: crate::domain::backoff::Schedule =
+    crate::domain::backoff::Schedule::new(Duration::from_millis(200), Duration::from_secs(2));
 /// After a log stream ended: how long the pod's status may lag behind the
 /// container's end before the stream is taken as dropped and re-opened.
 const STATUS_LAG: Duration = Duration::from_secs(5);
@@ -155,7 +158,9 @@ async fn run(pods: Api<Pod>, attempt: Arc<AttemptState>, from_offset: u64, tx: S
                 .await;
             return;
         }
-        tokio::time::sleep(Duration::from_millis(200 * u64::from(fruitless))).await;
+        if fruitless > 0 {
+            tokio::time::sleep(REOPEN.pause(fruitless - 1)).await;
+        }
     }
 }
 
