@@ -162,29 +162,7 @@ async fn failover(ns: &TestNs) -> anyhow::Result<()> {
 
     // Every step pod ever created for the Job, by uid (the controller removes them
     // when the Job ends): a step run twice would show as a second uid.
-    let pods: Api<Pod> = Api::namespaced(ns.client.clone(), n);
-    let seen = std::sync::Arc::new(std::sync::Mutex::new(BTreeSet::new()));
-    let recorder = {
-        let seen = seen.clone();
-        let stream = watcher(
-            pods.clone(),
-            watcher::Config::default().labels("baton.dev/job-name=through-failover"),
-        )
-        .touched_objects();
-        tokio::spawn(async move {
-            let mut stream = std::pin::pin!(stream);
-            while let Some(Ok(p)) = stream.next().await {
-                let step = p
-                    .metadata
-                    .labels
-                    .as_ref()
-                    .and_then(|l| l.get("baton.dev/step").cloned())
-                    .unwrap_or_default();
-                let uid = p.metadata.uid.unwrap_or_default();
-                seen.lock().expect("lock").insert((step, uid));
-            }
-        })
-    };
+    let recorder = crate::support::StepPodRecorder::start(&ns.client, n, "through-failover");
     let jobs: Api<Job> = Api::namespaced(ns.client.clone(), n);
     let job: Job = serde_json::from_value(serde_json::json!({
         "apiVersion": "baton.dev/v1alpha1",
@@ -280,13 +258,7 @@ async fn failover(ns: &TestNs) -> anyhow::Result<()> {
         "the Job was not handed to another runner: {st:?}"
     );
     // Run once: one step pod per step, ever.
-    recorder.abort();
-    let steps: Vec<String> = seen
-        .lock()
-        .expect("lock")
-        .iter()
-        .map(|(step, _)| step.clone())
-        .collect();
+    let steps: Vec<String> = recorder.all().into_iter().map(|(step, _)| step).collect();
     ensure!(
         steps == ["count", "first"],
         "one step pod per step, none run twice: {steps:?}"
