@@ -62,6 +62,18 @@ fn selectors() {
     assert!(selector_matches(&expr("Exists", &[]), &labels));
     assert!(!selector_matches(&expr("DoesNotExist", &[]), &labels));
     assert!(!selector_matches(&expr("Bogus", &[]), &labels));
+    let no_values = LabelSelector {
+        match_expressions: Some(vec![LabelSelectorRequirement {
+            key: "os".into(),
+            operator: "In".into(),
+            values: None,
+        }]),
+        ..Default::default()
+    };
+    assert!(
+        !selector_matches(&no_values, &labels),
+        "In without values matches nothing"
+    );
 }
 
 #[test]

@@ -5,6 +5,7 @@ use crate::crd::reasons::reason;
 use std::collections::BTreeMap;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+use kube::core::{Selector, SelectorExt};
 
 use crate::controller::on_demand;
 
@@ -46,25 +47,11 @@ pub enum Decision {
     },
 }
 
-/// Whether `labels` satisfy `sel` (matchLabels and matchExpressions).
+/// Whether `labels` satisfy `sel` (matchLabels and matchExpressions), by
+/// kube's own selector; a selector that does not parse (`In` without values, an
+/// unknown operator) matches nothing.
 pub fn selector_matches(sel: &LabelSelector, labels: &BTreeMap<String, String>) -> bool {
-    let by_labels = sel
-        .match_labels
-        .iter()
-        .flatten()
-        .all(|(k, v)| labels.get(k) == Some(v));
-    let by_exprs = sel.match_expressions.iter().flatten().all(|e| {
-        let values = e.values.as_deref().unwrap_or_default();
-        let have = labels.get(&e.key);
-        match e.operator.as_str() {
-            "In" => have.is_some_and(|v| values.contains(v)),
-            "NotIn" => have.is_none_or(|v| !values.contains(v)),
-            "Exists" => have.is_some(),
-            "DoesNotExist" => have.is_none(),
-            _ => false,
-        }
-    });
-    by_labels && by_exprs
+    Selector::try_from(sel.clone()).is_ok_and(|s| s.matches(labels))
 }
 
 /// The pure middle: FIFO over `queue`, each Job to the matching usable runner with
