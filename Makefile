@@ -27,9 +27,10 @@ build: ## Debug build of the baton binary
 release: ## Release build (what the image ships)
 	$(CARGO) build --release --bin baton
 
-lint: ## cargo fmt --check and clippy with warnings denied
+lint: ## cargo fmt --check and clippy with warnings denied (the e2e suite too)
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --all-targets -- -D warnings
+	$(CARGO) clippy --test e2e -- -D warnings
 
 helm-lint: ## helm lint --strict the chart (helm comes with cluster-up)
 	@test -x $(HELM) || { echo "no helm at $(HELM): make cluster-up (or BUILD_ONLY=helm hack/cluster/build.sh)"; exit 1; }

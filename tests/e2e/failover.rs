@@ -7,18 +7,15 @@
 //!
 //! Prints the figures: Lease takeover, runner reconnection, Job completion.
 
-use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, ensure};
 use baton::crd::Job;
 use baton::crd::job::JobPhase;
-use futures::StreamExt;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Pod, Service};
 use kube::api::{Api, DeleteParams, ListParams, PostParams};
-use kube::runtime::{WatchStreamExt, watcher};
 
 use crate::helm::{
     CONTROLLER_SELECTOR, FULLNAME as LEASE, LEADER_LABEL, RELEASE, chart_dir, cleanup,
@@ -162,6 +159,7 @@ async fn failover(ns: &TestNs) -> anyhow::Result<()> {
 
     // Every step pod ever created for the Job, by uid (the controller removes them
     // when the Job ends): a step run twice would show as a second uid.
+    let pods: Api<Pod> = Api::namespaced(ns.client.clone(), n);
     let recorder = crate::support::StepPodRecorder::start(&ns.client, n, "through-failover");
     let jobs: Api<Job> = Api::namespaced(ns.client.clone(), n);
     let job: Job = serde_json::from_value(serde_json::json!({
