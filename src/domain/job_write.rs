@@ -12,8 +12,8 @@ use crate::server::FIELD_MANAGER;
 /// How a status write ended.
 #[derive(Debug)]
 pub enum Written {
-    /// It landed; the Job as the API server now has it.
-    Landed(Box<Job>),
+    /// It landed.
+    Landed,
     /// The Job changed since it was read: read again and decide again.
     Conflict,
     /// The Job is gone.
@@ -35,7 +35,7 @@ pub async fn replace_status(
         ..Default::default()
     };
     match api.replace_status(&job.name_any(), &pp, &next).await {
-        Ok(landed) => Ok(Written::Landed(Box::new(landed))),
+        Ok(_) => Ok(Written::Landed),
         Err(kube::Error::Api(s)) if s.code == 409 => Ok(Written::Conflict),
         Err(kube::Error::Api(s)) if s.code == 404 => Ok(Written::Gone),
         Err(e) => Err(e),

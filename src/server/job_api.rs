@@ -20,10 +20,7 @@ use warp::http::StatusCode;
 
 use super::ApiState;
 use super::input::{self, ApiError};
-use super::jobs::{
-    self, AppendQuery, AppendResponse, Assignment, ClaimRequest, ClaimResponse, ListQuery,
-    ReadQuery, StatusReport,
-};
+use super::jobs;
 use super::logs::{LogError, LogKey};
 use crate::crd::job::JobPhase;
 use crate::crd::job_status::{self, Transition};
@@ -31,6 +28,10 @@ use crate::crd::reasons::reason;
 use crate::crd::{Job, JobStatus};
 use crate::domain::job_write::{self, Written};
 use crate::domain::token::{self, TokenCheck};
+use crate::protocol::jobs::{
+    AppendQuery, AppendResponse, Assignment, ClaimRequest, ClaimResponse, ListQuery, MAX_LOG_BODY,
+    MAX_STATUS_BODY, ReadQuery, StatusReport,
+};
 
 type Response = warp::reply::Response;
 type Bytes = warp::hyper::body::Bytes;
@@ -80,7 +81,7 @@ pub fn routes(
         .and(with_state.clone())
         .and(warp::header::optional::<String>("content-type"))
         .and(auth)
-        .and(input::body_limit("status report", jobs::MAX_STATUS_BODY))
+        .and(input::body_limit("status report", MAX_STATUS_BODY))
         .and(warp::body::bytes())
         .then(
             |ns: String,
@@ -99,7 +100,7 @@ pub fn routes(
         .and(with_state.clone())
         .and(query_map())
         .and(auth)
-        .and(input::body_limit("log chunk", jobs::MAX_LOG_BODY))
+        .and(input::body_limit("log chunk", MAX_LOG_BODY))
         .and(warp::body::bytes())
         .then(
             |ns: String,
@@ -435,7 +436,7 @@ async fn report(
             ));
         }
         match job_write::replace_status(&state.client, &job, next.clone()).await {
-            Ok(Written::Landed(_)) => {
+            Ok(Written::Landed) => {
                 let created = job.metadata.creation_timestamp.as_ref();
                 state.metrics.job_status_written(created, &current, &next);
                 report_event(state, &job, &req, &current, &next).await;
@@ -489,9 +490,7 @@ async fn report_event(
         (Some(r), None) => r.clone(),
         _ => format!("runner {} at epoch {}", req.runner, req.epoch),
     };
-    let mut shown = job.clone();
-    shown.status = Some(after.clone());
-    state.events.publish(&shown, warning, why, note).await;
+    state.events.publish(job, warning, why, note).await;
 }
 
 async fn append(

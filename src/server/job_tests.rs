@@ -14,9 +14,9 @@ use crate::crd::job::{JobPhase, JobStatus};
 use crate::crd::{Job, JobSpec, RunnerTokenSpec, RunnerTokenStatus, Step};
 use crate::domain::token;
 use crate::protocol::ErrorBody;
+use crate::protocol::jobs::{AppendResponse, Assignment, MAX_LOG_BODY, MAX_STATUS_BODY};
 use crate::server::health::Readiness;
 use crate::server::hub::Hub;
-use crate::server::jobs::{AppendResponse, Assignment};
 use crate::server::logs::LogStore;
 use crate::server::{ApiConfig, ApiState, routes};
 
@@ -366,12 +366,12 @@ async fn each_route_states_its_own_body_limit() {
         ),
         (
             "/v1/jobs/ns/j/status",
-            crate::protocol::jobs::MAX_STATUS_BODY,
+            MAX_STATUS_BODY,
             "a status report body may be at most 2097152 bytes",
         ),
         (
             "/v1/jobs/ns/j/logs?step=s&offset=0&runner=r1&epoch=1",
-            crate::protocol::jobs::MAX_LOG_BODY,
+            MAX_LOG_BODY,
             "a log chunk body may be at most 1048576 bytes",
         ),
     ];

@@ -4,7 +4,7 @@
 //! - `GET  /v1/jobs?runner=R[&namespace=NS]` (runner token): Jobs assigned to R.
 //! - `POST /v1/jobs/{ns}/{name}/claim` (runner token, `{runner, epoch}`): the Job's
 //!   spec, uid and the log lengths already stored, so a resumed run continues.
-//! - `POST /v1/jobs/{ns}/{name}/status` (runner token, [`StatusReport`]).
+//! - `POST /v1/jobs/{ns}/{name}/status` (runner token, [`crate::protocol::jobs::StatusReport`]).
 //! - `POST /v1/jobs/{ns}/{name}/logs?step&offset&runner&epoch` (runner token, bytes).
 //! - `GET  /v1/jobs/{ns}/{name}/logs?step[&follow=true]` (a Kubernetes bearer token
 //!   whose user may `get` that Job).
@@ -20,7 +20,6 @@ use warp::http::StatusCode;
 use super::input::ApiError;
 use crate::crd::JobStatus;
 use crate::crd::job_status;
-pub use crate::protocol::jobs::*;
 
 pub fn stale(message: impl Into<String>) -> ApiError {
     ApiError::new(StatusCode::CONFLICT, "StaleEpoch", message)

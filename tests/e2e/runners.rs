@@ -13,7 +13,7 @@ use kube::api::{Api, ListParams, Patch, PatchParams};
 use kube::runtime::wait::Condition;
 
 use crate::procs::{Agent, Controller, TempDir, baton, baton_ok, http};
-use crate::support::{TestNs, in_namespace, wait_for};
+use crate::support::{TestNs, in_namespace, wait_for, wait_gone};
 
 /// A Runner whose status shows `adoption`, and `Connected` as given.
 fn runner_is(adoption: AdoptionState, connected: bool) -> impl Condition<Runner> {
@@ -311,22 +311,11 @@ async fn decommission_wipes_the_state_dir_and_exits_zero() {
         ensure!(status.code() == Some(0), "runner exited {status:?}");
         ensure!(!agent.state_dir.exists(), "state directory still there");
         // The controller deletes the Runner once it told the runner.
-        let runner_gone =
-            kube::runtime::wait::await_condition(api.clone(), "r1", |r: Option<&Runner>| {
-                r.is_none()
-            });
-        tokio::time::timeout(std::time::Duration::from_secs(30), runner_gone)
-            .await
-            .context("Runner still there")??;
+        wait_gone(&api, "r1", 30).await?;
         // Its adoption token goes with it.
-        let gone = kube::runtime::wait::await_condition(
-            tokens(&ns),
-            "r1-adopted",
-            |t: Option<&RunnerToken>| t.is_none(),
-        );
-        tokio::time::timeout(std::time::Duration::from_secs(30), gone)
+        wait_gone(&tokens(&ns), "r1-adopted", 30)
             .await
-            .context("the adoption token of a decommissioned runner was not deleted")??;
+            .context("the adoption token of a decommissioned runner was not deleted")?;
         Ok(())
     })
     .await;

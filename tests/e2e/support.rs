@@ -62,6 +62,25 @@ where
     .ok_or_else(|| anyhow!("{name} was deleted while waiting on it"))
 }
 
+/// Wait (bounded) until `name` no longer exists.
+pub async fn wait_gone<K>(api: &Api<K>, name: &str, secs: u64) -> anyhow::Result<()>
+where
+    K: Clone + std::fmt::Debug + Send + DeserializeOwned + Resource + 'static,
+    K::DynamicType: Default,
+{
+    let gone = await_condition(api.clone(), name, |o: Option<&K>| o.is_none());
+    tokio::time::timeout(Duration::from_secs(secs), gone)
+        .await
+        .map_err(|_| {
+            anyhow!(
+                "{} {name} still there after {secs}s",
+                K::kind(&Default::default())
+            )
+        })?
+        .with_context(|| format!("watch {name}"))?;
+    Ok(())
+}
+
 /// A pod that ended, successfully or not.
 pub fn pod_finished() -> impl Condition<Pod> {
     |pod: Option<&Pod>| {

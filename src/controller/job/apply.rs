@@ -37,7 +37,7 @@ pub async fn apply(
             .await
             .map_err(kube_err("write the status of Job", name.clone()))?;
         match written {
-            Written::Landed(_) => {}
+            Written::Landed => {}
             // A decision on stale data: look again with fresh data.
             Written::Conflict => return Ok(Action::requeue(SOON)),
             Written::Gone => return Ok(Action::await_change()),
@@ -123,18 +123,13 @@ async fn remove_step_pods(ctx: &Context, job: &Job) -> Result<(), Error> {
     let lp = ListParams::default().labels(&job_selector(&uid));
     let claim = workspace_claim_name(&job.name_any(), &uid);
     let claims: Api<PersistentVolumeClaim> = Api::namespaced(ctx.client.clone(), &ns);
-    let gone = pods
-        .delete_collection(&DeleteParams::background(), &lp)
-        .await
-        .map(drop);
-    let gone = match gone {
-        Ok(()) => claims
-            .delete(&claim, &DeleteParams::background())
-            .await
-            .map(drop),
-        Err(e) => Err(e),
+    let gone = async {
+        pods.delete_collection(&DeleteParams::background(), &lp)
+            .await?;
+        claims.delete(&claim, &DeleteParams::background()).await?;
+        Ok::<(), kube::Error>(())
     };
-    match gone {
+    match gone.await {
         Ok(()) => info!("step pods and workspace of the finished Job removed"),
         Err(kube::Error::Api(s)) if s.code == 404 => {}
         Err(kube::Error::Api(s)) if s.code == 403 => {

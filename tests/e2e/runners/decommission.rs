@@ -33,20 +33,12 @@ async fn an_idle_runner_shows_in_status_and_is_decommissioned_when_it_returns() 
         let status = back.proc.wait_exit(30).await?;
         ensure!(status.code() == Some(0), "runner exited {status:?}");
         ensure!(!state.exists(), "state directory still there");
-        let gone = kube::runtime::wait::await_condition(api.clone(), "r1", |r: Option<&Runner>| {
-            r.is_none()
-        });
-        tokio::time::timeout(std::time::Duration::from_secs(30), gone)
+        wait_gone(&api, "r1", 30)
             .await
-            .context("the decommissioned Runner was not deleted")??;
-        let token_gone = kube::runtime::wait::await_condition(
-            tokens(&ns),
-            "r1-adopted",
-            |t: Option<&RunnerToken>| t.is_none(),
-        );
-        tokio::time::timeout(std::time::Duration::from_secs(30), token_gone)
+            .context("the decommissioned Runner was not deleted")?;
+        wait_gone(&tokens(&ns), "r1-adopted", 30)
             .await
-            .context("the adoption token of a decommissioned runner was not deleted")??;
+            .context("the adoption token of a decommissioned runner was not deleted")?;
         Ok(())
     })
     .await;
