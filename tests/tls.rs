@@ -103,6 +103,7 @@ fn state(dir: &Path) -> ApiState {
         readiness: Readiness::default(),
         config: ApiConfig::default(),
         metrics: Default::default(),
+        challenges: Arc::new(baton::domain::challenge::Challenges::new().unwrap()),
     }
 }
 
@@ -316,12 +317,21 @@ async fn the_runner_client_reaches_the_server_with_its_ca_file_only() {
     let ca_file = dir.write("ca.crt", &ca.pem);
 
     // Through TLS the server answers (and refuses an unknown token).
+    let key = baton::domain::identity::Identity::generate().unwrap();
     let with_ca = Client::with_ca(&url, Some(&ca_file)).unwrap();
-    let err = with_ca.control("r1", "ns", "bogus").await.err().unwrap();
+    let err = with_ca
+        .control("r1", "ns", "bogus", &key)
+        .await
+        .err()
+        .unwrap();
     assert_eq!(err.status(), Some(401), "{err}");
 
     let without = Client::new(&url).unwrap();
-    let err = without.control("r1", "ns", "bogus").await.err().unwrap();
+    let err = without
+        .control("r1", "ns", "bogus", &key)
+        .await
+        .err()
+        .unwrap();
     assert_eq!(err.status(), None, "{err}");
     // The message itself names the cause, as the agent logs it.
     assert!(

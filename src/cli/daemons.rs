@@ -35,6 +35,15 @@ pub struct ControllerArgs {
     /// How often a Pending runner polls.
     #[arg(long, value_parser = parse_duration, default_value = "5s", env = "BATON_POLL_INTERVAL")]
     pub poll_interval: Duration,
+    /// Pending (tokenless) Runners allowed per namespace that opted in with the
+    /// label baton.dev/pending-runners=allow; past it registrations get 429.
+    #[arg(
+        long,
+        value_name = "N",
+        default_value_t = 20,
+        env = "BATON_MAX_PENDING_RUNNERS"
+    )]
+    pub max_pending_runners: usize,
     /// Where step logs are stored (default: a directory under the system temp dir).
     #[arg(long, value_name = "DIR", env = "BATON_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
@@ -227,6 +236,7 @@ pub async fn controller(args: ControllerArgs) -> anyhow::Result<i32> {
             ping_interval: args.ping_interval,
             poll_interval: args.poll_interval,
             namespace: args.namespace,
+            max_pending_runners: args.max_pending_runners,
         },
         data_dir: args.data_dir,
         log_cap: args.log_cap,

@@ -38,6 +38,7 @@ pub fn mocked_context(name: &str) -> (Arc<Context>, ApiHandle) {
         &caches,
         Arc::new(Hub::default()),
         Readiness::default(),
+        Arc::new(crate::domain::challenge::Challenges::new().expect("OS randomness")),
     );
     (ctx, handle)
 }

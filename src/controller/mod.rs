@@ -25,6 +25,7 @@ use kube::{Client, Resource, ResourceExt};
 use tracing::{info, warn};
 
 use crate::crd::{Job, Runner, RunnerToken};
+use crate::domain::challenge::Challenges;
 use crate::domain::{adoption, backoff};
 use crate::server::health::Readiness;
 use crate::server::hub::{Hub, RunnerKey};
@@ -67,6 +68,8 @@ pub enum StartError {
     Server(#[from] server::ServerError),
     #[error("{0}")]
     Leader(String),
+    #[error("draw the runner API's challenge key from the OS random source: {0}")]
+    Random(getrandom::Error),
     /// The process must end so a restart can stand by again (its caches and hub
     /// belong to a leadership that is over).
     #[error(transparent)]
@@ -266,6 +269,7 @@ fn context(
     caches: &Caches,
     hub: Arc<Hub>,
     readiness: Readiness,
+    challenges: Arc<Challenges>,
 ) -> (Arc<Context>, ApiState, KickReceiver) {
     let logs = log_store(config);
     let metrics = Arc::new(Metrics::new());
@@ -281,6 +285,7 @@ fn context(
         config: config.api.clone(),
         metrics: metrics.clone(),
         events: events.clone(),
+        challenges,
     };
     let (kick, kicks) = job::Kick::new(caches.jobs.0.clone());
     let ctx = Arc::new(Context {
@@ -353,7 +358,15 @@ pub async fn run(
         hub.stand_by();
     }
     let caches = Caches::new();
-    let (ctx, state, kicks) = context(&client, &config, &caches, hub.clone(), readiness.clone());
+    let challenges = Arc::new(Challenges::new().map_err(StartError::Random)?);
+    let (ctx, state, kicks) = context(
+        &client,
+        &config,
+        &caches,
+        hub.clone(),
+        readiness.clone(),
+        challenges,
+    );
     let (listener, addr) = server::bind(config.listen).await?;
     info!(%addr, namespace = ns.as_deref().unwrap_or("*"), tls = tls.is_some(), "runner API listening");
     let (stop, shutdown) = stop_on(shutdown);

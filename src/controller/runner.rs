@@ -19,6 +19,7 @@ use crate::crd::job::JobPhase;
 use crate::crd::runner::{AdoptionDecision, AdoptionState, DECOMMISSION_ANNOTATION};
 use crate::crd::{Runner, RunnerStatus, RunnerToken, RunnerTokenSpec};
 use crate::domain::adoption::{self, ISSUED_FOR_LABEL};
+use crate::domain::identity;
 use crate::domain::token;
 use crate::server::FIELD_MANAGER;
 use crate::server::hub::{RunnerKey, SessionView};
@@ -154,11 +155,13 @@ fn connected_condition(session: Option<&SessionView>) -> Desired {
     }
 }
 
-/// The pure middle: spec + previous status + the hub's session + the issued token.
+/// The pure middle: spec + previous status + the hub's session + the issued token
+/// (+ the pool token the runner registered with, if it did).
 pub fn plan(
     runner: &Runner,
     session: Option<&SessionView>,
     issued: Option<&RunnerToken>,
+    pool: Option<&RunnerToken>,
     now: Timestamp,
 ) -> Plan {
     let previous = runner.status.clone().unwrap_or_default();
@@ -188,6 +191,11 @@ pub fn plan(
         adoption: Some(adoption),
         runner_id: session_field(|s| &s.runner_id).or(previous.runner_id),
         version: session_field(|s| &s.version).or(previous.version),
+        key_fingerprint: match session_field(|s| &s.public_key) {
+            Some(k) => identity::fingerprint(&k).ok(),
+            None => previous.key_fingerprint,
+        },
+        public_key: session_field(|s| &s.public_key).or(previous.public_key),
         active_jobs: Some(previous.active_jobs.unwrap_or(0)),
         conditions: conditions::merge(
             &previous.conditions,
@@ -198,10 +206,13 @@ pub fn plan(
         observed_generation: generation,
     };
 
-    // A Pending runner that was adopted gets a token of its own.
-    let wants_token = decision == Some(AdoptionDecision::Adopted) && has_token == Some(false);
+    // A Pending runner that was adopted, or one that registered with a pool token,
+    // gets a token of its own (bound to its name).
+    let pool_token = session.is_some_and(|s| s.token.is_some() && !s.own_token);
+    let wants_token = (decision == Some(AdoptionDecision::Adopted) && has_token == Some(false))
+        || (pool_token && decision != Some(AdoptionDecision::Rejected));
     let issued = if wants_token {
-        issued_plan(runner, issued, now)
+        issued_plan(runner, issued, pool, now)
     } else {
         IssuedToken::Keep
     };
@@ -217,11 +228,15 @@ pub fn plan(
 
 /// What an adopted runner without a token of its own needs: its token created,
 /// or replaced when it expired before the runner collected it.
-fn issued_plan(runner: &Runner, issued: Option<&RunnerToken>, now: Timestamp) -> IssuedToken {
+fn issued_plan(
+    runner: &Runner,
+    issued: Option<&RunnerToken>,
+    pool: Option<&RunnerToken>,
+    now: Timestamp,
+) -> IssuedToken {
     match issued {
-        None => {
-            issued_token(runner).map_or(IssuedToken::Keep, |t| IssuedToken::Create(Box::new(t)))
-        }
+        None => issued_token(runner, pool)
+            .map_or(IssuedToken::Keep, |t| IssuedToken::Create(Box::new(t))),
         Some(t) => {
             let expires = t
                 .status
@@ -238,13 +253,17 @@ fn issued_plan(runner: &Runner, issued: Option<&RunnerToken>, now: Timestamp) ->
     }
 }
 
-/// The RunnerToken issued when runner `runner` is adopted: only it may use it, it
-/// carries the Runner's labels, and it is not owned by the Runner, so forgetting the
-/// Runner leaves the runner a token that still works.
-pub fn issued_token(runner: &Runner) -> Option<RunnerToken> {
+/// The RunnerToken issued when runner `runner` is adopted or registers with a pool
+/// token: only it may use it, it carries the Runner's labels, and it is not owned by
+/// the Runner, so forgetting the Runner leaves the runner a token that still works.
+/// One issued through a pool token is owned by that token: deleting the pool token
+/// revokes every runner token issued through it (garbage collection).
+pub fn issued_token(runner: &Runner, pool: Option<&RunnerToken>) -> Option<RunnerToken> {
     let name = runner.name_any();
+    let owner = pool.and_then(|p| p.owner_ref(&()));
     Some(RunnerToken {
         metadata: ObjectMeta {
+            owner_references: owner.map(|o| vec![o]),
             name: Some(adoption::issued_token_name(&name)),
             namespace: Some(runner.namespace()?),
             labels: Some(BTreeMap::from([(
@@ -283,12 +302,18 @@ pub async fn reconcile(runner: Arc<Runner>, ctx: Arc<Context>) -> Result<Action,
     let session = ctx.hub.view(&key);
     let issued_name = adoption::issued_token_name(&name);
     let issued = ctx.tokens.get(&ObjectRef::new(&issued_name).within(&ns));
+    let pool = session
+        .as_ref()
+        .filter(|s| !s.own_token)
+        .and_then(|s| s.token.as_deref())
+        .and_then(|t| ctx.tokens.get(&ObjectRef::new(t).within(&ns)));
 
     // Pure middle.
     let mut plan = plan(
         &runner,
         session.as_ref(),
         issued.as_deref(),
+        pool.as_deref(),
         Timestamp::now(),
     );
     plan.status.active_jobs = Some(active_jobs(&ctx, &ns, &name));

@@ -100,6 +100,14 @@ pub struct RunnerStatus {
     /// The runner's version.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub version: Option<String>,
+    /// The public key (`ed25519:…`) bound to this Runner at its first registration:
+    /// only the holder of its private key (or of a token issued for this runner
+    /// name) may register and connect as it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub public_key: Option<String>,
+    /// SHA-256 fingerprint of `publicKey`, as OpenSSH prints it (`SHA256:…`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_fingerprint: Option<String>,
     /// Jobs the runner is running now.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub active_jobs: Option<i32>,

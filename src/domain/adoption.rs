@@ -1,18 +1,26 @@
 //! The adoption state machine, as pure functions: what the server answers a runner
-//! that registers (given its token and what the cluster knows of it), and which
-//! `status.adoption` a Runner shows.
+//! that registers (given its token, its key, and what the cluster knows of it), and
+//! which `status.adoption` a Runner shows.
 //!
-//! | token presented            | Runner known as          | answer                      |
-//! |----------------------------|--------------------------|-----------------------------|
-//! | any                        | `spec.adoption: Rejected`| 403 Rejected                |
-//! | expired / unknown / other runner's | not rejected     | 401 (runner drops it, registers without) |
-//! | valid                      | none (new or forgotten)  | 200 Preadopted, create      |
-//! | valid                      | undecided                | 200 Preadopted              |
-//! | valid                      | `Adopted`                | 200 Adopted                 |
-//! | none                       | none (new or forgotten)  | 202 Pending, create         |
-//! | none                       | undecided, same id       | 202 Pending                 |
-//! | none                       | `Adopted`, same id       | issue its token (200 when minted, 202 until then) |
-//! | none                       | another runner id        | 409 name taken              |
+//! Every registration proves it holds a key pair (checked before `decide`). The
+//! first registration binds the key to the Runner; from then on only that key
+//! speaks for the name, unless the runner presents a token bound to this very
+//! runner name (an operator issued it for that name: a runner pod that lost its
+//! state directory comes back this way). A pool token (no `runnerName`) only
+//! registers: the runner then collects a token of its own, bound to its name.
+//!
+//! | token presented        | Runner known as                | answer                          |
+//! |------------------------|--------------------------------|---------------------------------|
+//! | any                    | `spec.adoption: Rejected`      | 403 Rejected                    |
+//! | expired / unknown / other runner's | not rejected       | 401 (runner drops it)           |
+//! | not its own            | bound to another key           | 409 KeyMismatch                 |
+//! | its own (bound to name)| any key, or none               | 200 Preadopted/Adopted (binds)  |
+//! | pool                   | none, or same key / no key     | its own token issued (202 until minted, 200 with it) |
+//! | none                   | none, name not reserved        | 202 Pending, create             |
+//! | none                   | none, name reserved by a token | 409 NameReserved                |
+//! | none                   | exists without a key           | 409 NameTaken (not created by it) |
+//! | none                   | undecided, same key            | 202 Pending                     |
+//! | none                   | `Adopted`, same key            | its own token issued            |
 
 use crate::crd::runner::{AdoptionDecision, AdoptionState};
 use crate::domain::token::TokenCheck;
@@ -21,8 +29,8 @@ use crate::domain::token::TokenCheck;
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Known {
     pub decision: Option<AdoptionDecision>,
-    /// `status.runnerId`: the id the runner registered with.
-    pub runner_id: Option<String>,
+    /// The key bound to the Runner (`status.publicKey`, or this process's session).
+    pub public_key: Option<String>,
 }
 
 /// The server's answer to a registration.
@@ -38,13 +46,17 @@ pub enum Outcome {
         reason: &'static str,
         message: String,
     },
-    /// 409: without a token, a name already held by another runner id is refused.
-    Conflict { message: String },
+    /// 409: the name belongs to another key, or is reserved.
+    Conflict {
+        reason: &'static str,
+        message: String,
+    },
     /// 202: waits for an operator's decision; create the Runner when `create`.
     Pending { create: bool },
-    /// Adopted while it had no token: hand it the token issued for it.
-    IssueToken,
-    /// 200: registered with a valid token.
+    /// Hand the runner the token issued for it (202 until minted); create the
+    /// Runner when `create` (a pool token's first registration).
+    IssueToken { create: bool },
+    /// 200: registered with its own valid token.
     Registered {
         adoption: AdoptionState,
         create: bool,
@@ -59,14 +71,42 @@ impl Outcome {
             Outcome::Forbidden { .. } => 403,
             Outcome::Conflict { .. } => 409,
             Outcome::Pending { .. } => 202,
-            Outcome::IssueToken | Outcome::Registered { .. } => 200,
+            Outcome::IssueToken { .. } | Outcome::Registered { .. } => 200,
         }
     }
 }
 
-/// Decide a registration (or a control-channel request, which additionally needs
-/// a `Registered` outcome).
-pub fn decide(check: &TokenCheck, known: Option<&Known>, runner_id: &str) -> Outcome {
+/// What a registration presents besides its token.
+#[derive(Clone, Copy, Debug)]
+pub struct Presented<'a> {
+    /// The public key it proved it holds.
+    pub public_key: &'a str,
+    /// Whether a RunnerToken's `runnerName` reserves this name (for tokenless
+    /// registrations: only that token's holder may take it).
+    pub reserved: bool,
+}
+
+fn token_refusal(check: &TokenCheck) -> Option<Outcome> {
+    let (reason, message) = match check {
+        TokenCheck::Expired { token } => (
+            "TokenExpired",
+            format!("the token of RunnerToken {token} has expired"),
+        ),
+        TokenCheck::Unknown => (
+            "TokenUnknown",
+            "the token matches no RunnerToken (unknown, or its RunnerToken was deleted)".into(),
+        ),
+        TokenCheck::WrongRunner { token, runner_name } => (
+            "TokenForAnotherRunner",
+            format!("RunnerToken {token} may only be used by runner {runner_name}"),
+        ),
+        TokenCheck::Absent | TokenCheck::Valid(_) => return None,
+    };
+    Some(Outcome::Unauthorized { reason, message })
+}
+
+/// Decide a registration.
+pub fn decide(check: &TokenCheck, known: Option<&Known>, presented: Presented<'_>) -> Outcome {
     let decision = known.and_then(|k| k.decision);
     if decision == Some(AdoptionDecision::Rejected) {
         return Outcome::Forbidden {
@@ -76,40 +116,47 @@ pub fn decide(check: &TokenCheck, known: Option<&Known>, runner_id: &str) -> Out
                 .into(),
         };
     }
-    match check {
-        TokenCheck::Expired { token } => Outcome::Unauthorized {
-            reason: "TokenExpired",
-            message: format!("the token of RunnerToken {token} has expired"),
-        },
-        TokenCheck::Unknown => Outcome::Unauthorized {
-            reason: "TokenUnknown",
-            message: "the token matches no RunnerToken (unknown, or its RunnerToken was deleted)"
+    if let Some(refusal) = token_refusal(check) {
+        return refusal;
+    }
+    let own_token = matches!(check, TokenCheck::Valid(v) if v.bound);
+    let bound_key = known.and_then(|k| k.public_key.as_deref());
+    if !own_token && bound_key.is_some_and(|k| k != presented.public_key) {
+        return Outcome::Conflict {
+            reason: "KeyMismatch",
+            message: "this runner name is bound to another key: present a token issued \
+                      for this runner, or delete the Runner to let a new runner take the name"
                 .into(),
-        },
-        TokenCheck::WrongRunner { token, runner_name } => Outcome::Unauthorized {
-            reason: "TokenForAnotherRunner",
-            message: format!("RunnerToken {token} may only be used by runner {runner_name}"),
-        },
-        TokenCheck::Valid(_) => Outcome::Registered {
-            adoption: if decision == Some(AdoptionDecision::Adopted) {
-                AdoptionState::Adopted
-            } else {
-                AdoptionState::Preadopted
-            },
+        };
+    }
+    let adoption = if decision == Some(AdoptionDecision::Adopted) {
+        AdoptionState::Adopted
+    } else {
+        AdoptionState::Preadopted
+    };
+    match (check, known) {
+        (TokenCheck::Valid(v), _) if v.bound => Outcome::Registered {
+            adoption,
             create: known.is_none(),
         },
-        TokenCheck::Absent => match known {
-            None => Outcome::Pending { create: true },
-            Some(k) if k.runner_id.as_deref().is_some_and(|id| id != runner_id) => {
-                Outcome::Conflict {
-                    message: "a runner with another id holds this name; \
-                              present its token, or delete the Runner"
-                        .into(),
-                }
-            }
-            Some(_) if decision == Some(AdoptionDecision::Adopted) => Outcome::IssueToken,
-            Some(_) => Outcome::Pending { create: false },
+        (TokenCheck::Valid(_), _) => Outcome::IssueToken {
+            create: known.is_none(),
         },
+        (_, None) if presented.reserved => Outcome::Conflict {
+            reason: "NameReserved",
+            message: "a RunnerToken reserves this runner name: present it".into(),
+        },
+        (_, None) => Outcome::Pending { create: true },
+        (_, Some(_)) if bound_key.is_none() => Outcome::Conflict {
+            reason: "NameTaken",
+            message: "a Runner of this name exists that no runner key is bound to \
+                      (an operator or the controller created it): present its token"
+                .into(),
+        },
+        (_, Some(_)) if decision == Some(AdoptionDecision::Adopted) => {
+            Outcome::IssueToken { create: false }
+        }
+        (_, Some(_)) => Outcome::Pending { create: false },
     }
 }
 
@@ -151,18 +198,22 @@ mod tests {
     use crate::domain::token::ValidToken;
     use AdoptionDecision::{Adopted, Rejected};
 
-    fn valid() -> TokenCheck {
+    const KEY: &str = "ed25519:mine";
+    const OTHER_KEY: &str = "ed25519:theirs";
+
+    fn valid(bound: bool) -> TokenCheck {
         TokenCheck::Valid(ValidToken {
             token: "t".into(),
             namespace: "ns".into(),
             labels: Default::default(),
+            bound,
         })
     }
 
-    fn known(decision: Option<AdoptionDecision>, id: &str) -> Option<Known> {
+    fn known(decision: Option<AdoptionDecision>, key: Option<&str>) -> Option<Known> {
         Some(Known {
             decision,
-            runner_id: Some(id.into()),
+            public_key: key.map(str::to_owned),
         })
     }
 
@@ -170,11 +221,22 @@ mod tests {
         match o {
             Outcome::Unauthorized { reason, .. } => format!("401 {reason}"),
             Outcome::Forbidden { reason, .. } => format!("403 {reason}"),
-            Outcome::Conflict { .. } => "409".into(),
+            Outcome::Conflict { reason, .. } => format!("409 {reason}"),
             Outcome::Pending { create } => format!("202 Pending create={create}"),
-            Outcome::IssueToken => "200 IssueToken".into(),
+            Outcome::IssueToken { create } => format!("IssueToken create={create}"),
             Outcome::Registered { adoption, create } => format!("200 {adoption:?} create={create}"),
         }
+    }
+
+    fn run(check: &TokenCheck, known: Option<Known>, reserved: bool) -> String {
+        short(&decide(
+            check,
+            known.as_ref(),
+            Presented {
+                public_key: KEY,
+                reserved,
+            },
+        ))
     }
 
     #[test]
@@ -184,116 +246,36 @@ mod tests {
             token: "t".into(),
             runner_name: "r2".into(),
         };
-        let cases: Vec<(&str, TokenCheck, Option<Known>, &str)> = vec![
-            (
-                "first contact, no token",
-                TokenCheck::Absent,
-                None,
-                "202 Pending create=true",
-            ),
-            (
-                "polling while undecided",
-                TokenCheck::Absent,
-                known(None, "id1"),
-                "202 Pending create=false",
-            ),
-            (
-                "adopted while pending: gets its token",
-                TokenCheck::Absent,
-                known(Some(Adopted), "id1"),
-                "200 IssueToken",
-            ),
-            (
-                "rejected, no token",
-                TokenCheck::Absent,
-                known(Some(Rejected), "id1"),
-                "403 Rejected",
-            ),
-            (
-                "name held by another id",
-                TokenCheck::Absent,
-                known(None, "other"),
-                "409",
-            ),
-            (
-                "another id cannot take an adopted name",
-                TokenCheck::Absent,
-                known(Some(Adopted), "other"),
-                "409",
-            ),
-            (
-                "first contact with a valid token",
-                valid(),
-                None,
-                "200 Preadopted create=true",
-            ),
-            (
-                "valid token, undecided",
-                valid(),
-                known(None, "id1"),
-                "200 Preadopted create=false",
-            ),
-            (
-                "valid token, adopted",
-                valid(),
-                known(Some(Adopted), "id1"),
-                "200 Adopted create=false",
-            ),
-            (
-                "valid token, new id (state wiped)",
-                valid(),
-                known(None, "other"),
-                "200 Preadopted create=false",
-            ),
-            (
-                "valid token, rejected",
-                valid(),
-                known(Some(Rejected), "id1"),
-                "403 Rejected",
-            ),
-            (
-                "forgotten (Runner deleted), token still valid",
-                valid(),
-                None,
-                "200 Preadopted create=true",
-            ),
-            (
-                "expired token",
-                expired.clone(),
-                known(None, "id1"),
-                "401 TokenExpired",
-            ),
-            (
-                "expired token, forgotten",
-                expired.clone(),
-                None,
-                "401 TokenExpired",
-            ),
-            (
-                "expired token, rejected: rejection wins",
-                expired,
-                known(Some(Rejected), "id1"),
-                "403 Rejected",
-            ),
-            (
-                "deleted or garbage token",
-                TokenCheck::Unknown,
-                known(Some(Adopted), "id1"),
-                "401 TokenUnknown",
-            ),
-            (
-                "token for another runner name",
-                other,
-                None,
-                "401 TokenForAnotherRunner",
-            ),
+        let absent = TokenCheck::Absent;
+        let (own, pool) = (valid(true), valid(false));
+        #[rustfmt::skip]
+        let cases: Vec<(&str, &TokenCheck, Option<Known>, bool, &str)> = vec![
+            ("first contact, no token", &absent, None, false, "202 Pending create=true"),
+            ("first contact, no token, name reserved by a token", &absent, None, true, "409 NameReserved"),
+            ("polling while undecided", &absent, known(None, Some(KEY)), false, "202 Pending create=false"),
+            ("adopted while pending: gets its token", &absent, known(Some(Adopted), Some(KEY)), false, "IssueToken create=false"),
+            ("rejected, no token", &absent, known(Some(Rejected), Some(KEY)), false, "403 Rejected"),
+            ("name bound to another key", &absent, known(None, Some(OTHER_KEY)), false, "409 KeyMismatch"),
+            ("another key cannot collect an adopted name's token", &absent, known(Some(Adopted), Some(OTHER_KEY)), false, "409 KeyMismatch"),
+            ("squatting a Runner someone else created (on-demand, preadopted)", &absent, known(None, None), false, "409 NameTaken"),
+            ("own token, first contact", &own, None, false, "200 Preadopted create=true"),
+            ("own token, Runner made by the operator: binds the key", &own, known(None, None), false, "200 Preadopted create=false"),
+            ("own token, undecided", &own, known(None, Some(KEY)), false, "200 Preadopted create=false"),
+            ("own token, adopted", &own, known(Some(Adopted), Some(KEY)), false, "200 Adopted create=false"),
+            ("own token, state wiped (new key): rebinds", &own, known(None, Some(OTHER_KEY)), false, "200 Preadopted create=false"),
+            ("own token, rejected", &own, known(Some(Rejected), Some(KEY)), true, "403 Rejected"),
+            ("pool token, first contact: gets a token of its own", &pool, None, false, "IssueToken create=true"),
+            ("pool token, same key", &pool, known(None, Some(KEY)), false, "IssueToken create=false"),
+            ("pool token cannot take another key's runner", &pool, known(Some(Adopted), Some(OTHER_KEY)), false, "409 KeyMismatch"),
+            ("pool token, Runner without a key: binds", &pool, known(None, None), false, "IssueToken create=false"),
+            ("expired token", &expired, known(None, Some(KEY)), false, "401 TokenExpired"),
+            ("expired token, forgotten", &expired, None, false, "401 TokenExpired"),
+            ("expired token, rejected: rejection wins", &expired, known(Some(Rejected), Some(KEY)), false, "403 Rejected"),
+            ("deleted or garbage token", &TokenCheck::Unknown, known(Some(Adopted), Some(KEY)), false, "401 TokenUnknown"),
+            ("token for another runner name", &other, None, false, "401 TokenForAnotherRunner"),
         ];
-        for (what, check, known, want) in cases {
-            assert_eq!(
-                short(&decide(&check, known.as_ref(), "id1")),
-                want,
-                "{what}"
-            );
+        for (what, check, known, reserved, want) in cases {
+            assert_eq!(run(check, known, reserved), want, "{what}");
         }
     }
 
@@ -301,15 +283,17 @@ mod tests {
     /// holds after the previous step.
     #[test]
     fn reject_then_forget_then_return() {
+        let own = valid(true);
         // Rejected while it holds a valid token: refused.
-        let o = decide(&valid(), known(Some(Rejected), "id1").as_ref(), "id1");
-        assert_eq!(o.http_status(), 403);
+        assert_eq!(
+            run(&own, known(Some(Rejected), Some(KEY)), false),
+            "403 Rejected"
+        );
         // Forget = delete the Runner: the same token works as if never rejected.
-        let o = decide(&valid(), None, "id1");
-        assert_eq!(short(&o), "200 Preadopted create=true");
+        assert_eq!(run(&own, None, false), "200 Preadopted create=true");
         // Without a token it would start over as Pending.
         assert_eq!(
-            short(&decide(&TokenCheck::Absent, None, "id1")),
+            run(&TokenCheck::Absent, None, false),
             "202 Pending create=true"
         );
     }

@@ -39,11 +39,14 @@ pub fn hash(token: &str) -> String {
 
 /// Whether `token` hashes to `expected_hex`, compared in constant time.
 pub fn verify(token: &str, expected_hex: &str) -> bool {
+    digest_matches(&Sha256::digest(token.as_bytes()), expected_hex)
+}
+
+fn digest_matches(actual: &[u8], expected_hex: &str) -> bool {
     let Ok(expected) = hex::decode(expected_hex) else {
         return false;
     };
-    let actual = Sha256::digest(token.as_bytes());
-    actual.as_slice().ct_eq(&expected).into()
+    actual.ct_eq(&expected).into()
 }
 
 /// When a token minted at `created` with lifetime `ttl` stops being valid.
@@ -81,11 +84,14 @@ pub struct ValidToken {
     pub namespace: String,
     /// Labels the runner gets.
     pub labels: std::collections::BTreeMap<String, String>,
+    /// Bound to this runner's name (`spec.runnerName`): the runner's own
+    /// credential. A pool token (no `runnerName`) only registers.
+    pub bound: bool,
 }
 
 /// Check `presented` for runner `runner_name` against `tokens` (the watch cache).
-/// Every candidate's hash is compared in constant time; a RunnerToken being deleted
-/// no longer counts.
+/// The presented token is hashed once and compared with every candidate's hash in
+/// constant time; a RunnerToken being deleted no longer counts.
 pub fn check<'a>(
     presented: Option<&str>,
     runner_name: &str,
@@ -95,6 +101,7 @@ pub fn check<'a>(
     let Some(presented) = presented else {
         return TokenCheck::Absent;
     };
+    let actual = Sha256::digest(presented.as_bytes());
     let mut found = None;
     for rt in tokens {
         let Some(status) = rt.status.as_ref() else {
@@ -104,7 +111,7 @@ pub fn check<'a>(
             continue;
         };
         // No early exit: every candidate costs the same.
-        if verify(presented, expected) && rt.metadata.deletion_timestamp.is_none() {
+        if digest_matches(&actual, expected) && rt.metadata.deletion_timestamp.is_none() {
             found = Some(rt);
         }
     }
@@ -132,6 +139,7 @@ pub fn check<'a>(
         token: name,
         namespace: rt.namespace().unwrap_or_default(),
         labels: rt.spec.labels.clone(),
+        bound: rt.spec.runner_name.is_some(),
     })
 }
 
@@ -211,8 +219,8 @@ mod tests {
         let all: Vec<&RunnerToken> = tokens.iter().chain([&deleting]).collect();
         let cases: [(Option<&str>, &str, &str); 7] = [
             (None, "r1", "Absent"),
-            (Some("t-any"), "r1", "Valid any"),
-            (Some("t-r1"), "r1", "Valid only-r1"),
+            (Some("t-any"), "r1", "Valid any pool"),
+            (Some("t-r1"), "r1", "Valid only-r1 bound"),
             (Some("t-r1"), "r2", "WrongRunner"),
             (Some("t-old"), "r1", "Expired"),
             (Some("garbage"), "r1", "Unknown"),
@@ -222,7 +230,13 @@ mod tests {
             let got = check(presented, runner, all.iter().copied(), at(100));
             let label = match &got {
                 TokenCheck::Absent => "Absent".to_owned(),
-                TokenCheck::Valid(v) => format!("Valid {}", v.token),
+                TokenCheck::Valid(v) => {
+                    format!(
+                        "Valid {} {}",
+                        v.token,
+                        if v.bound { "bound" } else { "pool" }
+                    )
+                }
                 TokenCheck::Expired { .. } => "Expired".to_owned(),
                 TokenCheck::WrongRunner { .. } => "WrongRunner".to_owned(),
                 TokenCheck::Unknown => "Unknown".to_owned(),

@@ -7,4 +7,7 @@ pub mod jobs;
 pub mod register;
 
 pub use control::{ControlEvent, DecodeError};
-pub use register::{ControlQuery, ErrorBody, RegisterRequest, RegisterResponse};
+pub use register::{
+    CHALLENGE_HEADER, ChallengeResponse, ControlQuery, ErrorBody, RegisterRequest,
+    RegisterResponse, SIGNATURE_HEADER,
+};

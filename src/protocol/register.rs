@@ -29,7 +29,28 @@ pub struct RegisterRequest {
     /// The runner's version.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub version: Option<String>,
+    /// `ed25519:<base64url>`: the runner's public key, bound to its Runner.
+    #[serde(default)]
+    pub public_key: String,
+    /// A challenge from `GET /v1/challenge`, signed below.
+    #[serde(default)]
+    pub challenge: String,
+    /// The runner's signature over the challenge (see `domain::identity`).
+    #[serde(default)]
+    pub signature: String,
 }
+
+/// `GET /v1/challenge`: something to sign, good once and for a minute.
+#[derive(Deserialize, Serialize, Debug, Clone, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct ChallengeResponse {
+    pub challenge: String,
+    pub expires_in_seconds: u64,
+}
+
+/// Headers of `GET /v1/control` carrying the key proof (a GET has no body).
+pub const CHALLENGE_HEADER: &str = "baton-challenge";
+pub const SIGNATURE_HEADER: &str = "baton-signature";
 
 /// Successful answer to a registration (200, or 202 while Pending).
 #[derive(Deserialize, Serialize, Debug, Clone, PartialEq, Eq)]

@@ -7,10 +7,14 @@ use std::time::Duration;
 use futures::{Stream, StreamExt};
 
 use crate::domain::ca::{CaError, CaOrigin, parse_ca_pem, read_ca_file};
+use crate::domain::identity::{Identity, Purpose};
 use crate::protocol::jobs::{
     AppendQuery, AppendResponse, Assignment, ClaimRequest, ClaimResponse, StatusReport,
 };
-use crate::protocol::{ErrorBody, RegisterRequest, RegisterResponse};
+use crate::protocol::{
+    CHALLENGE_HEADER, ChallengeResponse, ErrorBody, RegisterRequest, RegisterResponse,
+    SIGNATURE_HEADER,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
@@ -100,17 +104,39 @@ impl Client {
         })
     }
 
+    /// A fresh challenge to sign (each is good once, for a minute).
+    async fn challenge(&self) -> Result<String, ClientError> {
+        const DOING: &str = "ask for a challenge";
+        let res = self
+            .http
+            .get(format!("{}/v1/challenge", self.base))
+            .timeout(Duration::from_secs(15))
+            .send()
+            .await;
+        let body: ChallengeResponse = Self::json_or_refused(DOING, res).await?;
+        Ok(body.challenge)
+    }
+
+    /// Register, proving with `identity` that this runner holds its key.
     pub async fn register(
         &self,
         req: &RegisterRequest,
         token: Option<&str>,
+        identity: &Identity,
     ) -> Result<Registration, ClientError> {
         const DOING: &str = "register";
+        let challenge = self.challenge().await?;
+        let req = RegisterRequest {
+            public_key: identity.public_key(),
+            signature: identity.sign(Purpose::Register, &challenge, &req.name),
+            challenge,
+            ..req.clone()
+        };
         let mut r = self
             .http
             .post(format!("{}/v1/register", self.base))
             .timeout(Duration::from_secs(15))
-            .json(req);
+            .json(&req);
         if let Some(t) = token {
             r = r.bearer_auth(t);
         }
@@ -143,13 +169,18 @@ impl Client {
         name: &str,
         namespace: &str,
         token: &str,
+        identity: &Identity,
     ) -> Result<impl Stream<Item = Result<SseEvent, ClientError>> + use<>, ClientError> {
         const DOING: &str = "open the control channel";
+        let challenge = self.challenge().await?;
+        let signature = identity.sign(Purpose::Control, &challenge, name);
         let res = self
             .http
             .get(format!("{}/v1/control", self.base))
             .query(&[("name", name), ("namespace", namespace)])
             .header("accept", "text/event-stream")
+            .header(CHALLENGE_HEADER, challenge)
+            .header(SIGNATURE_HEADER, signature)
             .bearer_auth(token)
             .send()
             .await

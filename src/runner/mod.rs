@@ -135,10 +135,12 @@ pub async fn run(
 ) -> Result<i32, RunnerError> {
     let dir = StateDir::open(&config.state_dir)?;
     let runner_id = dir.runner_id()?;
+    let identity = dir.identity()?;
+    let public_key = identity.public_key();
     let readiness = Readiness::default();
     readiness.require(READY, "starting: not registered yet");
     let (listener, health_addr) = crate::server::bind(config.health_addr).await?;
-    info!(addr = %health_addr, name = %config.name, runner_id = %runner_id, backend = ?config.backend, "runner health listening");
+    info!(addr = %health_addr, name = %config.name, runner_id = %runner_id, key = %crate::domain::identity::fingerprint(&public_key).unwrap_or_default(), backend = ?config.backend, "runner health listening");
     let health = warp::serve(health::routes(readiness.clone()))
         .incoming(listener)
         .run();
@@ -182,7 +184,10 @@ pub async fn run(
             namespace: config.namespace.clone(),
             labels: config.labels.clone(),
             version: Some(env!("CARGO_PKG_VERSION").to_owned()),
+            public_key,
+            ..Default::default()
         },
+        identity,
         config,
         state: String::new(),
     };
@@ -201,6 +206,7 @@ struct Agent {
     dir: StateDir,
     readiness: Readiness,
     req: RegisterRequest,
+    identity: crate::domain::identity::Identity,
     config: Config,
     /// Last state logged, so each change is one log line and repeats are quiet.
     state: String,
@@ -238,7 +244,11 @@ impl Agent {
         let mut attempt: u32 = 0;
         loop {
             let presented = token.as_ref().map(|(t, _)| t.as_str());
-            match self.client.register(&self.req, presented).await {
+            match self
+                .client
+                .register(&self.req, presented, &self.identity)
+                .await
+            {
                 Ok(Registration::Registered(r)) if r.token.is_some() => {
                     if let Some(t) = r.token {
                         self.dir.save_token(&t)?;
@@ -351,7 +361,11 @@ impl Agent {
 
     /// Hold the control channel until it ends.
     async fn hold(&mut self, namespace: &str, token: &str) -> Result<Ended, RunnerError> {
-        let stream = match self.client.control(&self.req.name, namespace, token).await {
+        let stream = match self
+            .client
+            .control(&self.req.name, namespace, token, &self.identity)
+            .await
+        {
             Ok(s) => s,
             Err(e) => return Ok(Ended::Reconnect(e.to_string(), false)),
         };
@@ -491,12 +505,15 @@ mod tests {
                 presented.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push(token);
                 warp::reply::with_status(warp::reply::json(&body), status)
             });
+        let challenge = warp::get().and(warp::path!("v1" / "challenge")).map(|| {
+            warp::reply::json(&serde_json::json!({"challenge": "c", "expiresInSeconds": 60}))
+        });
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");
         let addr = listener.local_addr().expect("addr");
         // No control channel: the runner reconnects (registering again) at once.
-        tokio::spawn(warp::serve(register).incoming(listener).run());
+        tokio::spawn(warp::serve(challenge.or(register)).incoming(listener).run());
         format!("http://{addr}")
     }
 

@@ -1,13 +1,16 @@
-//! The runner's state directory: its id (generated once), its token (mode 0600,
-//! written atomically), and the wipe that `delete` asks for.
+//! The runner's state directory: its id and key pair (generated once), its token
+//! (files mode 0600, written atomically), and the wipe that `delete` asks for.
 
 use std::fs;
 use std::io::Write;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
+use crate::domain::identity::{Identity, KeyError};
+
 const ID_FILE: &str = "runner-id";
 const TOKEN_FILE: &str = "token";
+const KEY_FILE: &str = "key";
 
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {
@@ -20,6 +23,12 @@ pub enum StateError {
     },
     #[error("generate a runner id from the OS random source: {0}")]
     Random(getrandom::Error),
+    #[error("the runner's key {path}: {source}")]
+    Key {
+        path: PathBuf,
+        #[source]
+        source: KeyError,
+    },
 }
 
 fn io(doing: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> StateError {
@@ -64,6 +73,25 @@ impl StateDir {
         getrandom::fill(&mut bytes).map_err(StateError::Random)?;
         let id = hex::encode(bytes);
         self.write_private(ID_FILE, &id)?;
+        Ok(id)
+    }
+
+    /// The runner's key pair: read, or generated and kept (mode 0600). A key file
+    /// that does not parse is an error, never silently replaced: the Runner is
+    /// bound to that key, and a new one would lock the runner out of its name.
+    pub fn identity(&self) -> Result<Identity, StateError> {
+        let file = self.path.join(KEY_FILE);
+        let key_err = |source| StateError::Key {
+            path: file.clone(),
+            source,
+        };
+        match fs::read_to_string(&file) {
+            Ok(text) => return Identity::from_text(&text).map_err(key_err),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io("read the runner's key", &file)(e)),
+        }
+        let id = Identity::generate().map_err(key_err)?;
+        self.write_private(KEY_FILE, &id.to_text())?;
         Ok(id)
     }
 
@@ -145,6 +173,23 @@ mod tests {
         assert_eq!(mode, 0o700);
         s.wipe().unwrap();
         assert!(!dir.exists());
+    }
+
+    #[test]
+    fn key_is_generated_once_private_and_a_broken_one_is_an_error() {
+        let dir = StateDir::open(&temp()).unwrap();
+        let a = dir.identity().unwrap();
+        let b = dir.identity().unwrap();
+        assert_eq!(a.public_key(), b.public_key());
+        let mode = fs::metadata(dir.path().join(KEY_FILE))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+        fs::write(dir.path().join(KEY_FILE), "garbage").unwrap();
+        let err = dir.identity().unwrap_err().to_string();
+        assert!(err.contains("key"), "{err}");
+        dir.wipe().unwrap();
     }
 
     #[test]

@@ -1,29 +1,27 @@
-//! The runner API: `POST /v1/register` and the `GET /v1/control` event stream.
-//!
-//! Handlers read the watch caches (Runners, RunnerTokens) and the hub, ask the pure
-//! [`adoption::decide`] what to answer, and do the little I/O that follows (create a
-//! Runner, read an issued token's Secret).
+//! The runner API's front door: `GET /v1/challenge`, `POST /v1/register` (see
+//! [`super::register`]) and the `GET /v1/control` event stream, with the checks
+//! they share: a runner's token, its key proof, and the namespace served.
 
 use std::time::Duration;
 
 use futures::Stream;
-use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{Api, PostParams};
 use kube::runtime::reflector::ObjectRef;
-use tracing::{debug, info, warn};
+use tracing::{debug, info};
 use warp::Filter;
 use warp::http::StatusCode;
 use warp::sse::Event;
 
 use super::hub::{Control, RunnerKey};
 use super::input::{self, ApiError};
-use super::{ApiState, FIELD_MANAGER};
+use super::{ApiState, register};
 use crate::crd::runner::AdoptionDecision;
-use crate::crd::{Runner, RunnerSpec, runner_token};
 use crate::domain::adoption::{self, Known, Outcome};
-use crate::domain::token::{self, TokenCheck};
-use crate::protocol::{ControlQuery, RegisterRequest, RegisterResponse};
+use crate::domain::identity::{self, Purpose};
+use crate::domain::token::{self, TokenCheck, ValidToken};
+use crate::protocol::{
+    CHALLENGE_HEADER, ChallengeResponse, ControlQuery, RegisterResponse, SIGNATURE_HEADER,
+};
 
 type Response = warp::reply::Response;
 
@@ -48,30 +46,98 @@ pub fn routes(
              ct: Option<String>,
              auth: Option<String>,
              body: warp::hyper::body::Bytes| async move {
-                register(&state, ct.as_deref(), auth.as_deref(), &body)
+                register::handle(&state, ct.as_deref(), auth.as_deref(), &body)
                     .await
                     .unwrap_or_else(ApiError::into_response)
             },
         );
+    let challenge = warp::path!("v1" / "challenge")
+        .and(warp::get())
+        .and(with_state.clone())
+        .map(|state: ApiState| challenge(&state).unwrap_or_else(ApiError::into_response));
     let control = warp::path!("v1" / "control")
         .and(warp::get())
         .and(with_state)
         .and(warp::query::<ControlQuery>())
         .and(warp::header::optional::<String>("authorization"))
+        .and(warp::header::optional::<String>(CHALLENGE_HEADER))
+        .and(warp::header::optional::<String>(SIGNATURE_HEADER))
         .then(
-            |state: ApiState, q: ControlQuery, auth: Option<String>| async move {
-                control(&state, &q, auth.as_deref()).unwrap_or_else(ApiError::into_response)
+            |state: ApiState,
+             q: ControlQuery,
+             auth: Option<String>,
+             challenge: Option<String>,
+             signature: Option<String>| async move {
+                let proof = Proof {
+                    challenge: challenge.unwrap_or_default(),
+                    signature: signature.unwrap_or_default(),
+                };
+                control(&state, &q, auth.as_deref(), &proof).unwrap_or_else(ApiError::into_response)
             },
         );
-    register.or(control).unify()
+    challenge.or(register).unify().or(control).unify()
 }
 
-fn json(status: StatusCode, body: &RegisterResponse) -> Response {
+fn unix_now() -> u64 {
+    Timestamp::now().as_second().try_into().unwrap_or(0)
+}
+
+/// `GET /v1/challenge`: no authentication (it grants nothing, and costs the server
+/// no memory: see [`Challenges`](crate::domain::challenge::Challenges)).
+fn challenge(state: &ApiState) -> Result<Response, ApiError> {
+    state.readiness.check().map_err(unavailable)?;
+    let challenge = state
+        .challenges
+        .issue(unix_now())
+        .map_err(|e| unavailable(e.to_string()))?;
+    use warp::Reply;
+    let body = ChallengeResponse {
+        challenge,
+        expires_in_seconds: crate::domain::challenge::LIFETIME_SECS,
+    };
+    Ok(warp::reply::json(&body).into_response())
+}
+
+/// A signed challenge, as a registration body or the control channel's headers carry it.
+pub(super) struct Proof {
+    pub challenge: String,
+    pub signature: String,
+}
+
+/// The holder of `public_key`'s private key signed a challenge of ours, unused,
+/// for `purpose` as runner `name`.
+pub(super) fn verify_proof(
+    state: &ApiState,
+    public_key: &str,
+    purpose: Purpose,
+    name: &str,
+    proof: &Proof,
+) -> Result<(), ApiError> {
+    input::validate_proof(public_key, &proof.challenge, &proof.signature)?;
+    let invalid =
+        |message: String| ApiError::new(StatusCode::UNAUTHORIZED, "ProofInvalid", message);
+    // The signature first: redeeming marks the challenge used, which a forged
+    // signature must not be able to do to someone else's challenge.
+    identity::verify(
+        public_key,
+        purpose,
+        &proof.challenge,
+        name,
+        &proof.signature,
+    )
+    .map_err(|e| invalid(e.to_string()))?;
+    state
+        .challenges
+        .redeem(&proof.challenge, unix_now())
+        .map_err(|e| invalid(e.to_string()))
+}
+
+pub(super) fn json(status: StatusCode, body: &RegisterResponse) -> Response {
     use warp::Reply;
     warp::reply::with_status(warp::reply::json(body), status).into_response()
 }
 
-fn refusal(outcome: Outcome) -> ApiError {
+pub(super) fn refusal(outcome: Outcome) -> ApiError {
     match outcome {
         Outcome::Unauthorized { reason, message } => {
             ApiError::new(StatusCode::UNAUTHORIZED, reason, message)
@@ -79,7 +145,9 @@ fn refusal(outcome: Outcome) -> ApiError {
         Outcome::Forbidden { reason, message } => {
             ApiError::new(StatusCode::FORBIDDEN, reason, message)
         }
-        Outcome::Conflict { message } => ApiError::new(StatusCode::CONFLICT, "NameTaken", message),
+        Outcome::Conflict { reason, message } => {
+            ApiError::new(StatusCode::CONFLICT, reason, message)
+        }
         other => ApiError::new(
             StatusCode::INTERNAL_SERVER_ERROR,
             "Internal",
@@ -88,13 +156,13 @@ fn refusal(outcome: Outcome) -> ApiError {
     }
 }
 
-fn unavailable(why: String) -> ApiError {
+pub(super) fn unavailable(why: String) -> ApiError {
     ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "NotReady", why)
 }
 
 /// The namespace a runner's Runner lives in: a valid token's own, else the one it
 /// asked for, else the server's, else `default`.
-fn namespace_for(state: &ApiState, check: &TokenCheck, asked: Option<&str>) -> String {
+pub(super) fn namespace_for(state: &ApiState, check: &TokenCheck, asked: Option<&str>) -> String {
     match check {
         TokenCheck::Valid(v) => v.namespace.clone(),
         _ => asked
@@ -104,7 +172,7 @@ fn namespace_for(state: &ApiState, check: &TokenCheck, asked: Option<&str>) -> S
     }
 }
 
-fn serves(state: &ApiState, ns: &str) -> Result<(), ApiError> {
+pub(super) fn serves(state: &ApiState, ns: &str) -> Result<(), ApiError> {
     match &state.config.namespace {
         Some(only) if only != ns => Err(ApiError::new(
             StatusCode::FORBIDDEN,
@@ -115,23 +183,24 @@ fn serves(state: &ApiState, ns: &str) -> Result<(), ApiError> {
     }
 }
 
-fn known(state: &ApiState, key: &RunnerKey) -> Option<Known> {
+/// What the cluster (the Runner) and this process (the hub) know of a runner.
+pub(super) fn known(state: &ApiState, key: &RunnerKey) -> Option<Known> {
     let runner = state
         .runners
         .get(&ObjectRef::new(&key.name).within(&key.namespace))?;
-    let runner_id = state
+    let public_key = state
         .hub
         .view(key)
-        .map(|v| v.runner_id)
-        .filter(|id| !id.is_empty())
-        .or_else(|| runner.status.as_ref().and_then(|s| s.runner_id.clone()));
+        .map(|v| v.public_key)
+        .filter(|k| !k.is_empty())
+        .or_else(|| runner.status.as_ref().and_then(|s| s.public_key.clone()));
     Some(Known {
         decision: runner.spec.adoption,
-        runner_id,
+        public_key,
     })
 }
 
-fn check_token(state: &ApiState, presented: Option<&str>, name: &str) -> TokenCheck {
+pub(super) fn check_token(state: &ApiState, presented: Option<&str>, name: &str) -> TokenCheck {
     let tokens = state.tokens.state();
     token::check(
         presented,
@@ -141,222 +210,129 @@ fn check_token(state: &ApiState, presented: Option<&str>, name: &str) -> TokenCh
     )
 }
 
-async fn register(
-    state: &ApiState,
-    content_type: Option<&str>,
-    authorization: Option<&str>,
-    body: &[u8],
-) -> Result<Response, ApiError> {
-    let req = input::parse_register(content_type, body)?;
-    let presented = input::bearer(authorization)?;
-    state.readiness.check().map_err(unavailable)?;
-    let check = check_token(state, presented.as_deref(), &req.name);
-    let ns = namespace_for(state, &check, req.namespace.as_deref());
-    serves(state, &ns)?;
-    let key = RunnerKey::new(&ns, &req.name);
-    let outcome = adoption::decide(&check, known(state, &key).as_ref(), &req.runner_id);
-    let version = req.version.clone().unwrap_or_default();
-    let mut reply = RegisterResponse {
-        state: String::new(),
-        namespace: ns.clone(),
-        name: req.name.clone(),
-        token: None,
-        poll_seconds: None,
-        ping_seconds: None,
-        message: String::new(),
-    };
-    match outcome {
-        Outcome::Pending { create } => {
-            state.hub.registered(&key, &req.runner_id, &version, None);
-            if create {
-                create_runner(state, &key, &req, &Default::default()).await?;
-                info!(runner = %key, runner_id = %req.runner_id, "runner registered, pending adoption");
-            } else {
-                debug!(runner = %key, "pending runner polled");
-            }
-            reply.state = "Pending".into();
-            reply.poll_seconds = Some(state.config.poll_interval.as_secs().max(1));
-            reply.message = format!(
-                "waiting for an operator: kubectl baton runner adopt {} -n {ns}",
-                req.name
-            );
-            Ok(json(StatusCode::ACCEPTED, &reply))
-        }
-        Outcome::IssueToken => {
-            state.hub.registered(&key, &req.runner_id, &version, None);
-            reply.state = "Adopted".into();
-            match issued_token(state, &key).await? {
-                Some(token) => {
-                    info!(runner = %key, "adopted runner collected its token");
-                    reply.token = Some(token);
-                    Ok(json(StatusCode::OK, &reply))
-                }
-                None => {
-                    reply.poll_seconds = Some(state.config.poll_interval.as_secs().max(1));
-                    reply.message = "adopted; its token is being issued".into();
-                    Ok(json(StatusCode::ACCEPTED, &reply))
-                }
-            }
-        }
-        Outcome::Registered { adoption, create } => {
-            let TokenCheck::Valid(valid) = &check else {
-                return Err(refusal(Outcome::Registered { adoption, create }));
-            };
-            state
-                .hub
-                .registered(&key, &req.runner_id, &version, Some(&valid.token));
-            if create {
-                create_runner(state, &key, &req, &valid.labels).await?;
-            }
-            info!(runner = %key, adoption = ?adoption, token = %valid.token, "runner registered");
-            reply.state = format!("{adoption:?}");
-            reply.ping_seconds = Some(state.config.ping_interval.as_secs().max(1));
-            Ok(json(StatusCode::OK, &reply))
-        }
-        refused => {
-            info!(runner = %key, outcome = ?refused, "registration refused");
-            Err(refusal(refused))
-        }
-    }
-}
-
-async fn create_runner(
-    state: &ApiState,
-    key: &RunnerKey,
-    req: &RegisterRequest,
-    token_labels: &std::collections::BTreeMap<String, String>,
-) -> Result<(), ApiError> {
-    let mut labels = req.labels.clone();
-    labels.extend(token_labels.clone());
-    let mut runner = Runner::new(
-        &key.name,
-        RunnerSpec {
-            labels,
-            ..Default::default()
-        },
-    );
-    runner.metadata.namespace = Some(key.namespace.clone());
-    let api: Api<Runner> = Api::namespaced(state.client.clone(), &key.namespace);
-    let pp = PostParams {
-        field_manager: Some(FIELD_MANAGER.into()),
-        ..Default::default()
-    };
-    match api.create(&pp, &runner).await {
-        Ok(_) => Ok(()),
-        // Created a moment ago and not in the cache yet: fine.
-        Err(kube::Error::Api(s)) if s.code == 409 => Ok(()),
-        Err(e) => {
-            warn!(runner = %key, error = %e, "create Runner failed");
-            Err(unavailable(format!("create Runner {key}: {e}")))
-        }
-    }
-}
-
-/// The plaintext of the token issued for an adopted runner, once minted.
-async fn issued_token(state: &ApiState, key: &RunnerKey) -> Result<Option<String>, ApiError> {
-    let name = adoption::issued_token_name(&key.name);
-    let Some(rt) = state
-        .tokens
-        .get(&ObjectRef::new(&name).within(&key.namespace))
-    else {
-        return Ok(None);
-    };
-    let issued_for = rt
-        .metadata
-        .labels
-        .as_ref()
-        .and_then(|l| l.get(adoption::ISSUED_FOR_LABEL));
-    let Some(status) = rt.status.as_ref() else {
-        return Ok(None);
-    };
-    let (Some(secret), Some(hash)) = (&status.secret_name, &status.token_hash) else {
-        return Ok(None);
-    };
-    let expires = status.expires_at.as_ref().map(|t| t.0);
-    if issued_for != Some(&key.name)
-        || rt.metadata.deletion_timestamp.is_some()
-        || token::is_expired(expires, Timestamp::now())
-    {
-        return Ok(None);
-    }
-    let api: Api<Secret> = Api::namespaced(state.client.clone(), &key.namespace);
-    let secret = api
-        .get_opt(secret)
-        .await
-        .map_err(|e| unavailable(format!("read Secret {secret} of RunnerToken {name}: {e}")))?;
-    let plaintext = secret
-        .and_then(|s| s.data)
-        .and_then(|d| d.get(runner_token::SECRET_KEY).cloned())
-        .and_then(|b| String::from_utf8(b.0).ok());
-    Ok(plaintext.filter(|t| token::verify(t, hash)))
-}
-
 fn control(
     state: &ApiState,
     q: &ControlQuery,
     authorization: Option<&str>,
+    proof: &Proof,
 ) -> Result<Response, ApiError> {
     input::validate_control(q)?;
     let presented = input::bearer(authorization)?.ok_or_else(|| {
         ApiError::new(
             StatusCode::UNAUTHORIZED,
             "TokenMissing",
-            "the control channel needs a token: register and wait for adoption",
+            "the control channel needs the runner's own token: register first",
         )
     })?;
     state.readiness.check().map_err(unavailable)?;
-    let key = allowed(state, &presented, &q.name, q.namespace.as_deref())?;
+    let (key, valid, public_key) = allowed(state, &presented, &q.name, q.namespace.as_deref())?;
+    verify_proof(state, &public_key, Purpose::Control, &q.name, proof)?;
     let disabled = state
         .runners
         .get(&ObjectRef::new(&key.name).within(&key.namespace))
         .is_some_and(|r| r.spec.disabled);
-    let TokenCheck::Valid(valid) = check_token(state, Some(&presented), &q.name) else {
-        return Err(ApiError::new(
-            StatusCode::UNAUTHORIZED,
-            "TokenUnknown",
-            "token no longer valid",
-        ));
-    };
     let (id, rx) = state.hub.connect(&key, &valid.token, disabled);
     info!(runner = %key, connection = id, "control channel opened");
-    let stream = control_stream(state.clone(), key, presented, id, rx, disabled);
+    let held = Held {
+        presented,
+        public_key,
+    };
+    let stream = control_stream(state.clone(), key, held, id, rx, disabled);
     use warp::Reply;
     Ok(warp::sse::reply(stream).into_response())
 }
 
-/// Whether the holder of `presented` may hold runner `name`'s control channel now.
+/// Whether the holder of `presented` may hold runner `name`'s control channel now:
+/// the runner's own token (bound to its name, not a pool token), a Runner not
+/// rejected, and the key bound to it (returned: the proof must be made with it).
 fn allowed(
     state: &ApiState,
     presented: &str,
     name: &str,
     asked_ns: Option<&str>,
-) -> Result<RunnerKey, ApiError> {
+) -> Result<(RunnerKey, ValidToken, String), ApiError> {
     let check = check_token(state, Some(presented), name);
     let ns = namespace_for(state, &check, asked_ns);
     serves(state, &ns)?;
     let key = RunnerKey::new(&ns, name);
-    let runner = state.runners.get(&ObjectRef::new(name).within(&ns));
-    if runner.as_ref().and_then(|r| r.spec.adoption) == Some(AdoptionDecision::Rejected) {
+    let known = known(state, &key);
+    let rejected = known
+        .as_ref()
+        .is_some_and(|k| k.decision == Some(AdoptionDecision::Rejected));
+    if rejected {
+        // Whatever the token: the operator's rejection wins.
         return Err(refusal(adoption::decide(
             &check,
-            Some(&Known {
-                decision: Some(AdoptionDecision::Rejected),
-                runner_id: None,
-            }),
-            "",
+            known.as_ref(),
+            adoption::Presented {
+                public_key: "",
+                reserved: false,
+            },
         )));
     }
-    if !matches!(check, TokenCheck::Valid(_)) {
-        return Err(refusal(adoption::decide(&check, None, "")));
-    }
-    if runner.is_none() && state.hub.view(&key).is_none() {
-        return Err(ApiError::new(
+    let valid = match check {
+        TokenCheck::Valid(v) if v.bound => v,
+        TokenCheck::Valid(v) => {
+            return Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "PoolToken",
+                format!(
+                    "RunnerToken {} is a pool token: it registers runners, and each \
+                     runner then uses the token issued for it",
+                    v.token
+                ),
+            ));
+        }
+        other => return Err(token_refused(&other)),
+    };
+    let public_key = known.and_then(|k| k.public_key).ok_or_else(|| {
+        ApiError::new(
             StatusCode::NOT_FOUND,
             "NotRegistered",
-            format!("no Runner {key}: register first"),
+            format!("no Runner {key} with a key bound to it: register first"),
+        )
+    })?;
+    Ok((key, valid, public_key))
+}
+
+/// The 401 for a token that is not valid (expired, unknown, another runner's).
+pub(super) fn token_refused(check: &TokenCheck) -> ApiError {
+    let outcome = adoption::decide(
+        check,
+        None,
+        adoption::Presented {
+            public_key: "",
+            reserved: false,
+        },
+    );
+    match outcome {
+        o @ (Outcome::Unauthorized { .. } | Outcome::Forbidden { .. }) => refusal(o),
+        _ => ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "TokenMissing",
+            "this route needs the runner's own token",
+        ),
+    }
+}
+
+/// What an open control channel was opened with, checked again at every ping.
+struct Held {
+    presented: String,
+    public_key: String,
+}
+
+/// At a ping: the channel's token still valid and its own, the Runner not rejected,
+/// and still bound to the key the channel was opened with.
+fn still_allowed(state: &ApiState, held: &Held, key: &RunnerKey) -> Result<(), ApiError> {
+    let (_, _, bound) = allowed(state, &held.presented, &key.name, Some(&key.namespace))?;
+    if bound != held.public_key {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "KeyMismatch",
+            "the Runner was bound to another key",
         ));
     }
-    Ok(key)
+    Ok(())
 }
 
 /// Ends the hub's connection when the stream is dropped (the runner went away).
@@ -378,11 +354,12 @@ fn event(ev: &Control) -> Event {
 }
 
 /// `hello`, then commands from the hub and a `ping` every ping interval; at each ping
-/// the token and the Runner are checked again, and a `close` ends the stream.
+/// the token, the Runner and its bound key are checked again, and a `close` ends
+/// the stream.
 fn control_stream(
     state: ApiState,
     key: RunnerKey,
-    presented: String,
+    held: Held,
     id: u64,
     rx: tokio::sync::mpsc::UnboundedReceiver<Control>,
     disabled: bool,
@@ -400,8 +377,9 @@ fn control_stream(
         id,
     };
     let init = (guard, rx, ticker, false);
+    let held = std::sync::Arc::new(held);
     let rest = futures::stream::unfold(init, move |(guard, mut rx, mut ticker, done)| {
-        let presented = presented.clone();
+        let held = held.clone();
         async move {
             if done {
                 return None;
@@ -412,8 +390,8 @@ fn control_stream(
                     (event(&cmd), cmd.is_final())
                 }
                 _ = ticker.tick() => {
-                    match allowed(&guard.state, &presented, &guard.key.name, Some(&guard.key.namespace)) {
-                        Ok(_) => (event(&Control::Ping), false),
+                    match still_allowed(&guard.state, &held, &guard.key) {
+                        Ok(()) => (event(&Control::Ping), false),
                         Err(e) => {
                             info!(runner = %guard.key, reason = e.reason, "control channel closed: {}", e.message);
                             (event(&Control::Close { reason: e.message }), true)

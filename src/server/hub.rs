@@ -43,10 +43,26 @@ pub struct SessionView {
     pub version: String,
     /// Registered with a valid token (`Some(RunnerToken name)`), or without.
     pub token: Option<String>,
+    /// That token is bound to this runner (its own), not a pool token.
+    pub own_token: bool,
+    /// The public key it proved it holds (`ed25519:…`).
+    pub public_key: String,
     pub connected: bool,
     /// Not connected, but it was since this process knew it: the runner is
     /// Idle, retrying its control channel.
     pub idle: bool,
+}
+
+/// What a registration tells the hub.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Registration<'a> {
+    pub runner_id: &'a str,
+    pub version: &'a str,
+    /// The RunnerToken it presented, if valid.
+    pub token: Option<&'a str>,
+    /// That token is bound to this runner.
+    pub own_token: bool,
+    pub public_key: &'a str,
 }
 
 struct Connection {
@@ -61,6 +77,8 @@ struct Session {
     runner_id: String,
     version: String,
     token: Option<String>,
+    own_token: bool,
+    public_key: String,
     connection: Option<Connection>,
     /// A control channel was open once.
     was_connected: bool,
@@ -72,6 +90,8 @@ impl Session {
             runner_id: self.runner_id.clone(),
             version: self.version.clone(),
             token: self.token.clone(),
+            own_token: self.own_token,
+            public_key: self.public_key.clone(),
             connected: self.connection.is_some(),
             idle: self.connection.is_none() && self.was_connected,
         }
@@ -143,15 +163,17 @@ impl Hub {
             .take()
     }
 
-    /// Record a registration. A change of credential announces a change.
-    pub fn registered(&self, key: &RunnerKey, runner_id: &str, version: &str, token: Option<&str>) {
+    /// Record a registration. A change of credential or key announces a change.
+    pub fn registered(&self, key: &RunnerKey, reg: &Registration<'_>) {
         let changed = {
             let mut sessions = self.lock();
             let s = sessions.entry(key.clone()).or_default();
             let before = s.view();
-            s.runner_id = runner_id.to_owned();
-            s.version = version.to_owned();
-            s.token = token.map(str::to_owned);
+            s.runner_id = reg.runner_id.to_owned();
+            s.version = reg.version.to_owned();
+            s.token = reg.token.map(str::to_owned);
+            s.own_token = reg.own_token;
+            s.public_key = reg.public_key.to_owned();
             s.view() != before
         };
         if changed {
@@ -313,9 +335,16 @@ mod tests {
         assert!(hub.take_changes().is_none(), "handed out once");
         let key = RunnerKey::new("ns", "r1");
 
-        hub.registered(&key, "id1", "v1", Some("tok"));
+        let reg = Registration {
+            runner_id: "id1",
+            version: "v1",
+            token: Some("tok"),
+            own_token: true,
+            public_key: "ed25519:k",
+        };
+        hub.registered(&key, &reg);
         assert_eq!(changes.try_recv().unwrap(), key);
-        hub.registered(&key, "id1", "v1", Some("tok"));
+        hub.registered(&key, &reg);
         assert!(changes.try_recv().is_err(), "same registration: no change");
 
         let (id, mut rx) = hub.connect(&key, "tok", false);

@@ -4,6 +4,7 @@
 
 use warp::http::StatusCode;
 
+use crate::domain::{challenge, identity};
 use crate::protocol::{ControlQuery, ErrorBody, RegisterRequest};
 
 /// Largest request body the API reads (registration, claim).
@@ -114,7 +115,31 @@ pub fn parse_register(
             "version must be at most 64 printable characters",
         ));
     }
+    validate_proof(&req.public_key, &req.challenge, &req.signature)?;
     Ok(req)
+}
+
+/// The key proof's fields are present and well-formed (whether the signature
+/// verifies, and the challenge is ours, is checked after).
+pub fn validate_proof(public_key: &str, challenge: &str, signature: &str) -> Result<(), ApiError> {
+    if public_key.is_empty() || challenge.is_empty() || signature.is_empty() {
+        return Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "ProofMissing",
+            "a runner proves it holds its key: publicKey, and a challenge from \
+             GET /v1/challenge signed with it (a runner older than this server does \
+             not: upgrade it)",
+        ));
+    }
+    identity::parse_public(public_key)
+        .map_err(|e| ApiError::bad_request("InvalidPublicKey", e.to_string()))?;
+    if challenge.len() > challenge::MAX_LEN || signature.len() > 128 {
+        return Err(ApiError::bad_request(
+            "InvalidProof",
+            "challenge or signature too long",
+        ));
+    }
+    Ok(())
 }
 
 /// The control query's fields, validated.
@@ -220,9 +245,53 @@ mod tests {
 
     #[test]
     fn a_good_registration_parses() {
-        let body = br#"{"name":"r1","runnerId":"0123456789abcdef","namespace":"ci","labels":{"pool":"a","baton.dev/os":"linux"},"version":"0.1.0"}"#;
-        let req = parse_register(Some("application/json; charset=utf-8"), body);
+        let body = format!(
+            r#"{{"name":"r1","runnerId":"0123456789abcdef","namespace":"ci","labels":{{"pool":"a","baton.dev/os":"linux"}},"version":"0.1.0",{}}}"#,
+            proof()
+        );
+        let req = parse_register(Some("application/json; charset=utf-8"), body.as_bytes());
         assert_eq!(req.map(|r| r.labels.len()), Ok(2));
+    }
+
+    /// Well-formed proof fields (verified later, by the route).
+    fn proof() -> String {
+        let key = format!("ed25519:{}", "A".repeat(43));
+        format!(r#""publicKey":"{key}","challenge":"c","signature":"s""#)
+    }
+
+    #[test]
+    fn registrations_without_a_well_formed_key_proof_are_refused() {
+        let ok = r#""name":"r1","runnerId":"0123456789abcdef""#;
+        let key = format!("ed25519:{}", "A".repeat(43));
+        let cases = [
+            (format!("{{{ok}}}"), 401, "ProofMissing"),
+            (
+                format!(r#"{{{ok},"publicKey":"{key}","challenge":"c"}}"#),
+                401,
+                "ProofMissing",
+            ),
+            (
+                format!(r#"{{{ok},"publicKey":"ssh-rsa AAAA","challenge":"c","signature":"s"}}"#),
+                400,
+                "InvalidPublicKey",
+            ),
+            (
+                format!(
+                    r#"{{{ok},"publicKey":"{key}","challenge":"{}","signature":"s"}}"#,
+                    "c".repeat(500)
+                ),
+                400,
+                "InvalidProof",
+            ),
+        ];
+        for (body, status, reason) in cases {
+            let err = parse_register(JSON, body.as_bytes()).err();
+            assert_eq!(
+                err.as_ref().map(|e| (e.status.as_u16(), e.reason)),
+                Some((status, reason)),
+                "{body}"
+            );
+        }
     }
 
     #[test]

@@ -243,12 +243,21 @@ fn runner_auth(
         tokens.iter().map(|t| t.as_ref()),
         Timestamp::now(),
     ) {
-        TokenCheck::Valid(v) if v.namespace == ns => Ok(()),
-        TokenCheck::Valid(v) => Err(ApiError::new(
+        TokenCheck::Valid(v) if v.namespace != ns => Err(ApiError::new(
             StatusCode::FORBIDDEN,
             "WrongNamespace",
             format!("the token belongs to namespace {}, not {ns}", v.namespace),
         )),
+        // A pool token registers runners; only a runner's own token acts as it.
+        TokenCheck::Valid(v) if !v.bound => Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "PoolToken",
+            format!(
+                "RunnerToken {} is a pool token: job routes take the token issued for runner {runner}",
+                v.token
+            ),
+        )),
+        TokenCheck::Valid(_) => rejected(state, runner, ns),
         TokenCheck::WrongRunner { runner_name, .. } => Err(ApiError::new(
             StatusCode::FORBIDDEN,
             "TokenForAnotherRunner",
@@ -265,6 +274,22 @@ fn runner_auth(
             "the token is not known",
         )),
     }
+}
+
+/// A rejected runner is refused on every route, whatever token it holds.
+fn rejected(state: &ApiState, runner: &str, ns: &str) -> Result<(), ApiError> {
+    let decision = state
+        .runners
+        .get(&ObjectRef::new(runner).within(ns))
+        .and_then(|r| r.spec.adoption);
+    if decision == Some(crate::crd::runner::AdoptionDecision::Rejected) {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "Rejected",
+            "an operator rejected this runner (spec.adoption: Rejected)",
+        ));
+    }
+    Ok(())
 }
 
 fn unavailable(doing: &str, e: impl std::fmt::Display) -> ApiError {

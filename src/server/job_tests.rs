@@ -70,6 +70,7 @@ fn fixture(name: &str) -> Fixture {
                 ..Default::default()
             },
             metrics: Default::default(),
+            challenges: Arc::new(crate::domain::challenge::Challenges::new().unwrap()),
         },
         jobs,
     }

@@ -14,6 +14,7 @@ pub mod job_api;
 pub mod jobs;
 pub mod logs;
 pub mod metrics;
+pub mod register;
 pub mod tls;
 
 use std::convert::Infallible;
@@ -58,6 +59,8 @@ pub struct ApiConfig {
     pub poll_interval: Duration,
     /// Serve only this namespace (the controller watches only it).
     pub namespace: Option<String>,
+    /// Pending (tokenless) Runners allowed per namespace that opted in.
+    pub max_pending_runners: usize,
 }
 
 impl Default for ApiConfig {
@@ -66,6 +69,7 @@ impl Default for ApiConfig {
             ping_interval: Duration::from_secs(10),
             poll_interval: Duration::from_secs(5),
             namespace: None,
+            max_pending_runners: 20,
         }
     }
 }
@@ -84,6 +88,8 @@ pub struct ApiState {
     pub metrics: Arc<metrics::Metrics>,
     /// The process's one Event recorder.
     pub events: crate::domain::events::Events,
+    /// The challenges runners sign to prove they hold their keys.
+    pub challenges: Arc<crate::domain::challenge::Challenges>,
 }
 
 /// Health routes, `/metrics`, and the runner API, with every rejection turned into a JSON 4xx.

@@ -12,6 +12,7 @@ use kube::runtime::watcher::Event;
 use super::*;
 use crate::crd::runner::{AdoptionDecision, RunnerStatus};
 use crate::crd::{RunnerSpec, RunnerTokenSpec, RunnerTokenStatus};
+use crate::domain::identity::{Identity, Purpose};
 use crate::domain::token;
 
 const ID: &str = "0123456789abcdef";
@@ -50,6 +51,7 @@ fn fixture() -> Fixture {
                 ..Default::default()
             },
             metrics: Default::default(),
+            challenges: Arc::new(crate::domain::challenge::Challenges::new().unwrap()),
         },
         runners,
         tokens,
@@ -86,14 +88,42 @@ impl Fixture {
         r.metadata.namespace = Some("ns".into());
         r.status = Some(RunnerStatus {
             runner_id: Some(ID.into()),
+            public_key: Some(key().public_key()),
             ..Default::default()
         });
         self.runners.apply_watcher_event(&Event::Apply(r));
     }
 }
 
-fn register_body(name: &str) -> String {
-    format!(r#"{{"name":"{name}","runnerId":"{ID}","namespace":"ns"}}"#)
+/// The test runner's key (one per test process: Runners in the fixtures are bound to it).
+fn key() -> &'static Identity {
+    static KEY: std::sync::OnceLock<Identity> = std::sync::OnceLock::new();
+    KEY.get_or_init(|| Identity::generate().unwrap())
+}
+
+/// A fresh challenge of this server, signed by `id` for `purpose` as `name`.
+fn proof(state: &ApiState, id: &Identity, purpose: Purpose, name: &str) -> (String, String) {
+    let now = Timestamp::now().as_second() as u64;
+    let challenge = state.challenges.issue(now).unwrap();
+    let signature = id.sign(purpose, &challenge, name);
+    (challenge, signature)
+}
+
+/// A registration body with `fields` (JSON members, no braces) and a valid proof.
+fn signed_body(state: &ApiState, name: &str, fields: &str) -> String {
+    let (challenge, signature) = proof(state, key(), Purpose::Register, name);
+    let pk = key().public_key();
+    format!(
+        r#"{{{fields},"publicKey":"{pk}","challenge":"{challenge}","signature":"{signature}"}}"#
+    )
+}
+
+fn register_body(state: &ApiState, name: &str) -> String {
+    signed_body(
+        state,
+        name,
+        &format!(r#""name":"{name}","runnerId":"{ID}","namespace":"ns""#),
+    )
 }
 
 async fn reason_of(res: &warp::http::Response<warp::hyper::body::Bytes>) -> String {
@@ -109,7 +139,9 @@ async fn bad_input_table() {
     f.token("good", "tok-good", None, 3600);
     f.token("old", "tok-old", None, -10);
     f.token("other", "tok-other", Some("someone-else"), 3600);
+    f.token("own", "tok-r1", Some("r1"), 3600);
     f.runner("rejected", Some(AdoptionDecision::Rejected));
+    let st = f.state.clone();
     let routes = routes(f.state.clone());
     let big = format!(
         r#"{{"name":"r1","runnerId":"{ID}","version":"{}"}}"#,
@@ -204,7 +236,7 @@ async fn bad_input_table() {
             "/v1/register",
             Some("text/plain"),
             None,
-            register_body("r1"),
+            register_body(&st, "r1"),
             415,
             "UnsupportedMediaType",
         ),
@@ -214,7 +246,7 @@ async fn bad_input_table() {
             "/v1/register",
             None,
             None,
-            register_body("r1"),
+            register_body(&st, "r1"),
             415,
             "UnsupportedMediaType",
         ),
@@ -224,7 +256,7 @@ async fn bad_input_table() {
             "/v1/register",
             Some(json),
             Some("Bearer nonsense"),
-            register_body("r1"),
+            register_body(&st, "r1"),
             401,
             "TokenUnknown",
         ),
@@ -234,7 +266,7 @@ async fn bad_input_table() {
             "/v1/register",
             Some(json),
             Some("Basic dXNlcjpwdw=="),
-            register_body("r1"),
+            register_body(&st, "r1"),
             401,
             "MalformedToken",
         ),
@@ -244,7 +276,7 @@ async fn bad_input_table() {
             "/v1/register",
             Some(json),
             Some("Bearer tok-old"),
-            register_body("r1"),
+            register_body(&st, "r1"),
             401,
             "TokenExpired",
         ),
@@ -254,7 +286,7 @@ async fn bad_input_table() {
             "/v1/register",
             Some(json),
             Some("Bearer tok-other"),
-            register_body("r1"),
+            register_body(&st, "r1"),
             401,
             "TokenForAnotherRunner",
         ),
@@ -264,7 +296,7 @@ async fn bad_input_table() {
             "/v1/register",
             Some(json),
             Some("Bearer tok-good"),
-            register_body("rejected"),
+            register_body(&st, "rejected"),
             403,
             "Rejected",
         ),
@@ -274,7 +306,7 @@ async fn bad_input_table() {
             "/v1/register",
             Some(json),
             None,
-            register_body("rejected"),
+            register_body(&st, "rejected"),
             403,
             "Rejected",
         ),
@@ -284,7 +316,11 @@ async fn bad_input_table() {
             "/v1/register",
             Some(json),
             None,
-            format!(r#"{{"name":"r1","runnerId":"{ID}","namespace":"elsewhere"}}"#),
+            signed_body(
+                &st,
+                "r1",
+                &format!(r#""name":"r1","runnerId":"{ID}","namespace":"elsewhere""#),
+            ),
             403,
             "NamespaceNotServed",
         ),
@@ -363,10 +399,81 @@ async fn bad_input_table() {
             "GET",
             "/v1/control?name=r1",
             None,
-            Some("Bearer tok-good"),
+            Some("Bearer tok-r1"),
             String::new(),
             404,
             "NotRegistered",
+        ),
+        (
+            "control with a pool token",
+            "GET",
+            "/v1/control?name=r1",
+            None,
+            Some("Bearer tok-good"),
+            String::new(),
+            403,
+            "PoolToken",
+        ),
+        (
+            "registration without a key proof",
+            "POST",
+            "/v1/register",
+            Some(json),
+            None,
+            format!(r#"{{"name":"r1","runnerId":"{ID}"}}"#),
+            401,
+            "ProofMissing",
+        ),
+        (
+            "registration signed by another key than the one presented",
+            "POST",
+            "/v1/register",
+            Some(json),
+            None,
+            {
+                let (challenge, signature) =
+                    proof(&st, &Identity::generate().unwrap(), Purpose::Register, "r1");
+                format!(
+                    r#"{{"name":"r1","runnerId":"{ID}","publicKey":"{}","challenge":"{challenge}","signature":"{signature}"}}"#,
+                    key().public_key()
+                )
+            },
+            401,
+            "ProofInvalid",
+        ),
+        (
+            "registration signed for the control channel (replayed across purposes)",
+            "POST",
+            "/v1/register",
+            Some(json),
+            None,
+            {
+                let (challenge, signature) = proof(&st, key(), Purpose::Control, "r1");
+                format!(
+                    r#"{{"name":"r1","runnerId":"{ID}","publicKey":"{}","challenge":"{challenge}","signature":"{signature}"}}"#,
+                    key().public_key()
+                )
+            },
+            401,
+            "ProofInvalid",
+        ),
+        (
+            "registration with a challenge this server never issued",
+            "POST",
+            "/v1/register",
+            Some(json),
+            None,
+            {
+                let other = crate::domain::challenge::Challenges::new().unwrap();
+                let challenge = other.issue(Timestamp::now().as_second() as u64).unwrap();
+                let signature = key().sign(Purpose::Register, &challenge, "r1");
+                format!(
+                    r#"{{"name":"r1","runnerId":"{ID}","publicKey":"{}","challenge":"{challenge}","signature":"{signature}"}}"#,
+                    key().public_key()
+                )
+            },
+            401,
+            "ProofInvalid",
         ),
         (
             "control, rejected",
@@ -414,7 +521,7 @@ async fn register_waits_for_readiness() {
         .method("POST")
         .path("/v1/register")
         .header("content-type", "application/json")
-        .body(register_body("r1"))
+        .body(register_body(&f.state, "r1"))
         .reply(&routes(f.state.clone()))
         .await;
     assert_eq!(res.status(), 503);
@@ -435,7 +542,7 @@ async fn a_standby_replica_refuses_runners_but_answers_health() {
         .path("/v1/register")
         .header("content-type", "application/json")
         .header("authorization", "Bearer tok-good")
-        .body(register_body("r1"))
+        .body(register_body(&f.state, "r1"))
         .reply(&routes(f.state.clone()))
         .await;
     assert_eq!(res.status(), 503);
@@ -460,7 +567,7 @@ async fn a_standby_replica_refuses_runners_but_answers_health() {
         .path("/v1/register")
         .header("content-type", "application/json")
         .header("authorization", "Bearer tok-good")
-        .body(register_body("r1"))
+        .body(register_body(&f.state, "r1"))
         .reply(&routes(f.state))
         .await;
     // (It goes on to create the Runner, which this fixture's client cannot reach.)
@@ -472,13 +579,16 @@ async fn a_standby_replica_refuses_runners_but_answers_health() {
 #[tokio::test]
 async fn a_valid_token_opens_the_control_channel_with_hello() {
     let mut f = fixture();
-    f.token("good", "tok-good", None, 3600);
+    f.token("own", "tok-r1", Some("r1"), 3600);
     f.runner("r1", None);
     let routes = routes(f.state.clone());
     let hub = f.state.hub.clone();
+    let (challenge, signature) = proof(&f.state, key(), Purpose::Control, "r1");
     let request = warp::test::request()
         .path("/v1/control?name=r1&namespace=ns")
-        .header("authorization", "Bearer tok-good")
+        .header("authorization", "Bearer tok-r1")
+        .header(crate::protocol::CHALLENGE_HEADER, challenge)
+        .header(crate::protocol::SIGNATURE_HEADER, signature)
         .reply(&routes);
     // warp::test collects the whole body: end the stream from the hub once open.
     let closer = async {
@@ -517,7 +627,7 @@ async fn pending_registration_of_a_known_runner_answers_202() {
         .method("POST")
         .path("/v1/register")
         .header("content-type", "application/json")
-        .body(register_body("r1"))
+        .body(register_body(&f.state, "r1"))
         .reply(&routes(f.state.clone()))
         .await;
     assert_eq!(res.status(), 202);
@@ -526,21 +636,62 @@ async fn pending_registration_of_a_known_runner_answers_202() {
     assert_eq!(body.namespace, "ns");
     assert!(body.token.is_none());
 
-    // Registered with a valid token: Preadopted, no Runner to create.
+    // With a pool token: Preadopted, and a token of its own is being issued (202
+    // until the controller mints it).
     f.token("good", "tok-good", None, 3600);
     let res = warp::test::request()
         .method("POST")
         .path("/v1/register")
         .header("content-type", "application/json")
         .header("authorization", "Bearer tok-good")
-        .body(register_body("r1"))
+        .body(register_body(&f.state, "r1"))
+        .reply(&routes(f.state.clone()))
+        .await;
+    assert_eq!(res.status(), 202);
+    let body: crate::protocol::RegisterResponse = serde_json::from_slice(res.body()).unwrap();
+    assert_eq!(body.state, "Preadopted");
+    assert!(body.token.is_none());
+    let view = f.state.hub.view(&hub::RunnerKey::new("ns", "r1")).unwrap();
+    assert_eq!(view.token.as_deref(), Some("good"));
+    assert!(!view.own_token, "a pool token is not the runner's own");
+
+    // With its own token: registered.
+    f.token("own", "tok-r1", Some("r1"), 3600);
+    let res = warp::test::request()
+        .method("POST")
+        .path("/v1/register")
+        .header("content-type", "application/json")
+        .header("authorization", "Bearer tok-r1")
+        .body(register_body(&f.state, "r1"))
         .reply(&routes(f.state.clone()))
         .await;
     assert_eq!(res.status(), 200);
-    let body: crate::protocol::RegisterResponse = serde_json::from_slice(res.body()).unwrap();
-    assert_eq!(body.state, "Preadopted");
     let view = f.state.hub.view(&hub::RunnerKey::new("ns", "r1")).unwrap();
-    assert_eq!(view.token.as_deref(), Some("good"));
+    assert!(view.own_token);
+    assert_eq!(view.public_key, key().public_key());
+
+    // Another key, tokenless or with the pool token: the name is bound to ours.
+    let other = Identity::generate().unwrap();
+    for auth in [None, Some("Bearer tok-good")] {
+        let (challenge, signature) = proof(&f.state, &other, Purpose::Register, "r1");
+        let body = format!(
+            r#"{{"name":"r1","runnerId":"{ID}","namespace":"ns","publicKey":"{}","challenge":"{challenge}","signature":"{signature}"}}"#,
+            other.public_key()
+        );
+        let mut req = warp::test::request()
+            .method("POST")
+            .path("/v1/register")
+            .header("content-type", "application/json");
+        if let Some(a) = auth {
+            req = req.header("authorization", a);
+        }
+        let res = req.body(body).reply(&routes(f.state.clone())).await;
+        assert_eq!(
+            (res.status().as_u16(), reason_of(&res).await.as_str()),
+            (409, "KeyMismatch"),
+            "{auth:?}"
+        );
+    }
 }
 
 #[tokio::test]

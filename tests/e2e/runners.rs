@@ -7,6 +7,8 @@ use anyhow::{Context, ensure};
 use baton::crd::conditions;
 use baton::crd::runner::AdoptionState;
 use baton::crd::{Runner, RunnerToken};
+use baton::domain::identity::{Identity, Purpose};
+use baton::protocol::{ChallengeResponse, RegisterRequest};
 use k8s_openapi::api::core::v1::Secret;
 use kube::ResourceExt;
 use kube::api::{Api, ListParams, Patch, PatchParams};
@@ -74,14 +76,34 @@ async fn register_raw(
     Ok((res.status().as_u16(), res.text().await?))
 }
 
-fn body_for(name: &str, ns: &str) -> String {
-    format!(r#"{{"name":"{name}","runnerId":"e2e-0123456789","namespace":"{ns}"}}"#)
+/// A registration body with a fresh key proof: a challenge from the server,
+/// signed by a new key (as a runner does; the bodies below are sent raw).
+async fn body_for(url: &str, name: &str, ns: &str) -> anyhow::Result<String> {
+    let id = Identity::generate()?;
+    let ch: ChallengeResponse = http()
+        .get(format!("{url}/v1/challenge"))
+        .send()
+        .await?
+        .json()
+        .await?;
+    let req = RegisterRequest {
+        name: name.to_owned(),
+        runner_id: "e2e-0123456789".to_owned(),
+        namespace: Some(ns.to_owned()),
+        public_key: id.public_key(),
+        signature: id.sign(Purpose::Register, &ch.challenge, name),
+        challenge: ch.challenge,
+        ..Default::default()
+    };
+    Ok(serde_json::to_string(&req)?)
 }
 
 #[tokio::test]
 async fn pending_runner_is_adopted_and_stores_its_token() {
     in_namespace("adopt", |ns| async move {
         let ctl = Controller::start(&ns.name, "127.0.0.1:0").await?;
+        // Its runners register without a token: an operator opted the namespace in.
+        ns.allow_pending_runners().await?;
         let dir = TempDir::new(&ns.name);
         let agent =
             Agent::start(&ctl.url, &ns.name, "r1", &dir.join("r1"), None, "pool=e2e").await?;
@@ -178,7 +200,7 @@ async fn rejected_runner_is_refused_and_listed_then_forgotten_and_back() {
         agent.wait_ready(503, 10).await?;
         let (status, body) = register_raw(
             &ctl.url,
-            &body_for("r1", &ns.name),
+            &body_for(&ctl.url, "r1", &ns.name).await?,
             Some("application/json"),
             Some(&token),
         )
@@ -218,6 +240,8 @@ async fn rejected_runner_is_refused_and_listed_then_forgotten_and_back() {
 async fn expired_token_is_refused_and_the_runner_waits_pending() {
     in_namespace("expired", |ns| async move {
         let ctl = Controller::start(&ns.name, "127.0.0.1:0").await?;
+        // Its runners register without a token: an operator opted the namespace in.
+        ns.allow_pending_runners().await?;
         let (code, _, err) =
             baton(&["token", "create", "bad", "-n", &ns.name, "--ttl", "3 days"]).await?;
         ensure!(
@@ -240,7 +264,7 @@ async fn expired_token_is_refused_and_the_runner_waits_pending() {
         .await?;
         let (status, body) = register_raw(
             &ctl.url,
-            &body_for("r1", &ns.name),
+            &body_for(&ctl.url, "r1", &ns.name).await?,
             Some("application/json"),
             Some(&token),
         )
@@ -271,6 +295,8 @@ async fn expired_token_is_refused_and_the_runner_waits_pending() {
 async fn deleting_the_runner_token_revokes_it_at_once() {
     in_namespace("revoke", |ns| async move {
         let ctl = Controller::start(&ns.name, "127.0.0.1:0").await?;
+        // Its runners register without a token: an operator opted the namespace in.
+        ns.allow_pending_runners().await?;
         let token = create_token(&ns, "t1", &[]).await?;
         let dir = TempDir::new(&ns.name);
         let agent =
@@ -283,7 +309,7 @@ async fn deleting_the_runner_token_revokes_it_at_once() {
         wait_for(&api, "r1", runner_is(AdoptionState::Pending, false), 30).await?;
         let (status, _) = register_raw(
             &ctl.url,
-            &body_for("r9", &ns.name),
+            &body_for(&ctl.url, "r9", &ns.name).await?,
             Some("application/json"),
             Some(&token),
         )
@@ -298,6 +324,8 @@ async fn deleting_the_runner_token_revokes_it_at_once() {
 async fn decommission_wipes_the_state_dir_and_exits_zero() {
     in_namespace("decom", |ns| async move {
         let ctl = Controller::start(&ns.name, "127.0.0.1:0").await?;
+        // Its runners register without a token: an operator opted the namespace in.
+        ns.allow_pending_runners().await?;
         let dir = TempDir::new(&ns.name);
         let mut agent = Agent::start(&ctl.url, &ns.name, "r1", &dir.join("r1"), None, "").await?;
         let api = runners(&ns);
@@ -325,6 +353,8 @@ async fn decommission_wipes_the_state_dir_and_exits_zero() {
 async fn controller_restart_while_runners_are_connected() {
     in_namespace("restart", |ns| async move {
         let mut ctl = Controller::start(&ns.name, "127.0.0.1:0").await?;
+        // Its runners register without a token: an operator opted the namespace in.
+        ns.allow_pending_runners().await?;
         let token = create_token(&ns, "t1", &[]).await?;
         let dir = TempDir::new(&ns.name);
         let r1 = Agent::start(&ctl.url, &ns.name, "r1", &dir.join("r1"), Some(&token), "").await?;
@@ -465,7 +495,7 @@ async fn disable_and_enable_reach_the_runner_and_show_in_status() {
 async fn bad_input_to_the_api_gets_a_clear_4xx() {
     in_namespace("badinput", |ns| async move {
         let ctl = Controller::start(&ns.name, "127.0.0.1:0").await?;
-        let ok = body_for("r1", &ns.name);
+        let ok = body_for(&ctl.url, "r1", &ns.name).await?;
         let json = Some("application/json");
         let big = format!(
             r#"{{"name":"r1","runnerId":"e2e-0123456789","version":"{}"}}"#,
@@ -516,7 +546,7 @@ async fn bad_input_to_the_api_gets_a_clear_4xx() {
             ),
             (
                 "bad name",
-                body_for("Not_A_Name", &ns.name),
+                body_for(&ctl.url, "Not_A_Name", &ns.name).await?,
                 json,
                 None,
                 400,

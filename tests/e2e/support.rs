@@ -102,6 +102,21 @@ pub struct TestNs {
     pub name: String,
 }
 
+impl TestNs {
+    /// Opt the namespace in to tokenless (Pending) runner registration, as an
+    /// operator does: `kubectl label namespace NS baton.dev/pending-runners=allow`.
+    pub async fn allow_pending_runners(&self) -> anyhow::Result<()> {
+        let api: Api<Namespace> = Api::all(self.client.clone());
+        let patch = serde_json::json!({
+            "metadata": {"labels": {"baton.dev/pending-runners": "allow"}}
+        });
+        api.patch(&self.name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+            .context("label the namespace baton.dev/pending-runners=allow")?;
+        Ok(())
+    }
+}
+
 /// Run `body` in a fresh namespace enforcing Pod Security `restricted`; on failure
 /// dump the namespace, always delete it, then fail the test with the error.
 pub async fn in_namespace<F, Fut>(prefix: &str, body: F)

@@ -27,6 +27,8 @@ fn session(token: Option<&str>, connected: bool) -> SessionView {
         runner_id: "id1".into(),
         version: "0.1.0".into(),
         token: token.map(str::to_owned),
+        own_token: true,
+        public_key: String::new(),
         connected,
         idle: false,
     }
@@ -135,7 +137,13 @@ fn status_for_each_lifecycle_point() {
         ),
     ];
     for (what, decision, disabled, sess, adoption, adopted, connected, ready, kstatus) in cases {
-        let p = plan(&runner(decision, disabled), sess.as_ref(), None, at(10));
+        let p = plan(
+            &runner(decision, disabled),
+            sess.as_ref(),
+            None,
+            None,
+            at(10),
+        );
         assert_eq!(p.status.adoption, Some(adoption), "{what}");
         assert_eq!(cond(&p, "Adopted"), adopted, "{what}");
         assert_eq!(cond(&p, "Connected"), connected, "{what}");
@@ -149,16 +157,16 @@ fn status_for_each_lifecycle_point() {
 #[test]
 fn restart_keeps_what_the_previous_status_knew() {
     let mut r = runner(None, false);
-    let first = plan(&r, Some(&session(Some("t"), true)), None, at(10));
+    let first = plan(&r, Some(&session(Some("t"), true)), None, None, at(10));
     r.status = Some(first.status.clone());
     // New controller process: nothing in the hub yet.
-    let after = plan(&r, None, None, at(20));
+    let after = plan(&r, None, None, None, at(20));
     assert_eq!(after.status.adoption, Some(AdoptionState::Preadopted));
     assert_eq!(after.status.runner_id.as_deref(), Some("id1"));
     assert_eq!(cond(&after, "Connected"), s("False", "Disconnected"));
     // The runner is back: the same status as before, transition times included.
     r.status = Some(after.status);
-    let back = plan(&r, Some(&session(Some("t"), true)), None, at(30));
+    let back = plan(&r, Some(&session(Some("t"), true)), None, None, at(30));
     assert_eq!(back.status.adoption, first.status.adoption);
     let ready = conditions::find(&back.status.conditions, "Adopted").unwrap();
     assert_eq!(
@@ -171,16 +179,16 @@ fn restart_keeps_what_the_previous_status_knew() {
 #[test]
 fn identical_inputs_write_nothing() {
     let mut r = runner(None, false);
-    let p = plan(&r, Some(&session(Some("t"), true)), None, at(10));
+    let p = plan(&r, Some(&session(Some("t"), true)), None, None, at(10));
     r.status = Some(p.status.clone());
-    let again = plan(&r, Some(&session(Some("t"), true)), None, at(99));
+    let again = plan(&r, Some(&session(Some("t"), true)), None, None, at(99));
     assert_eq!(Some(&again.status), r.status.as_ref());
 }
 
 #[test]
 fn adopting_a_pending_runner_issues_its_own_token() {
     let r = runner(Some(AdoptionDecision::Adopted), false);
-    let p = plan(&r, Some(&session(None, false)), None, at(10));
+    let p = plan(&r, Some(&session(None, false)), None, None, at(10));
     let IssuedToken::Create(t) = p.issued else {
         panic!("expected a token to be issued, got {:?}", p.issued);
     };
@@ -198,20 +206,50 @@ fn adopting_a_pending_runner_issues_its_own_token() {
         expires_at: Some(Time(at(100))),
         ..Default::default()
     });
-    let p = plan(&r, Some(&session(None, false)), Some(&issued), at(10));
+    let p = plan(&r, Some(&session(None, false)), Some(&issued), None, at(10));
     assert_eq!(p.issued, IssuedToken::Keep);
-    let p = plan(&r, Some(&session(None, false)), Some(&issued), at(100));
+    let p = plan(
+        &r,
+        Some(&session(None, false)),
+        Some(&issued),
+        None,
+        at(100),
+    );
     assert_eq!(p.issued, IssuedToken::Replace);
 
     // A runner that holds a token needs none, and an undecided one gets none.
-    let p = plan(&r, Some(&session(Some("t"), true)), None, at(10));
+    let p = plan(&r, Some(&session(Some("t"), true)), None, None, at(10));
     assert_eq!(p.issued, IssuedToken::Keep);
     let p = plan(
         &runner(None, false),
         Some(&session(None, false)),
         None,
+        None,
         at(10),
     );
+    assert_eq!(p.issued, IssuedToken::Keep);
+
+    // Registered with a pool token: a token of its own, owned by the pool token
+    // (deleting the pool revokes it), unless rejected.
+    let mut pool = RunnerToken::new("pool", Default::default());
+    pool.metadata.uid = Some("pool-uid".into());
+    let mut through_pool = session(Some("pool"), false);
+    through_pool.own_token = false;
+    let p = plan(
+        &runner(None, false),
+        Some(&through_pool),
+        None,
+        Some(&pool),
+        at(10),
+    );
+    let IssuedToken::Create(t) = &p.issued else {
+        panic!("no token issued: {:?}", p.issued);
+    };
+    assert_eq!(t.spec.runner_name.as_deref(), Some("r1"));
+    let owners = t.metadata.owner_references.clone().unwrap_or_default();
+    assert_eq!(owners.first().map(|o| o.uid.as_str()), Some("pool-uid"));
+    let rejected = runner(Some(AdoptionDecision::Rejected), false);
+    let p = plan(&rejected, Some(&through_pool), None, Some(&pool), at(10));
     assert_eq!(p.issued, IssuedToken::Keep);
 }
 
@@ -221,12 +259,14 @@ fn rejecting_a_connected_runner_closes_its_channel() {
         &runner(Some(AdoptionDecision::Rejected), false),
         Some(&session(Some("t"), true)),
         None,
+        None,
         at(1),
     );
     assert!(p.close.is_some());
     let p = plan(
         &runner(Some(AdoptionDecision::Rejected), false),
         Some(&session(Some("t"), false)),
+        None,
         None,
         at(1),
     );
@@ -245,10 +285,10 @@ fn decommission_annotation() {
 fn a_runner_whose_channel_ended_is_idle_in_its_status() {
     let r = runner(Some(AdoptionDecision::Adopted), false);
     let mut sess = session(Some("t"), false);
-    let never = plan(&r, Some(&sess), None, at(10));
+    let never = plan(&r, Some(&sess), None, None, at(10));
     assert_eq!(cond(&never, "Connected"), s("False", "Disconnected"));
     sess.idle = true;
-    let idle = plan(&r, Some(&sess), None, at(10));
+    let idle = plan(&r, Some(&sess), None, None, at(10));
     assert_eq!(cond(&idle, "Connected"), s("False", "Idle"));
     assert_eq!(cond(&idle, "Ready"), s("False", "NotConnected"));
 }
@@ -275,13 +315,14 @@ fn decommission_waits_for_the_runner_to_connect() {
         ),
     ];
     for (sess, want, ready) in cases {
-        let p = plan(&r, sess.as_ref(), None, at(10));
+        let p = plan(&r, sess.as_ref(), None, None, at(10));
         assert_eq!(p.decommission, want, "{sess:?}");
         assert_eq!(cond(&p, "Ready"), ready, "{sess:?}");
     }
     let plain = plan(
         &runner(None, false),
         Some(&session(Some("t"), true)),
+        None,
         None,
         at(10),
     );
