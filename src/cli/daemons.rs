@@ -54,6 +54,10 @@ pub struct ControllerArgs {
     /// to another runner (at a new epoch).
     #[arg(long, value_parser = parse_duration, default_value = "60s", env = "BATON_RUNNER_LOST_AFTER")]
     pub runner_lost_after: Duration,
+    /// A Pending Runner (no token, not adopted or rejected) not heard from this
+    /// long is deleted.
+    #[arg(long, value_parser = parse_duration, default_value = "1h", env = "BATON_PENDING_RUNNER_TTL")]
+    pub pending_runner_ttl: Duration,
     /// Keep finished Jobs' step pods and workspace claims (for debugging); by
     /// default they are removed when the Job finishes (logs and status stay).
     #[arg(long, env = "BATON_KEEP_STEP_PODS")]
@@ -241,6 +245,7 @@ pub async fn controller(args: ControllerArgs) -> anyhow::Result<i32> {
         data_dir: args.data_dir,
         log_cap: args.log_cap,
         runner_lost_after: args.runner_lost_after,
+        pending_runner_ttl: args.pending_runner_ttl,
         keep_step_pods: args.keep_step_pods,
         on_demand: controller::on_demand::OnDemandConfig {
             server_url: args.runner_server_url.filter(|u| !u.trim().is_empty()),

@@ -92,6 +92,8 @@ pub struct Context {
     pub kick: job::Kick,
     /// An active Job's runner disconnected this long is lost (its Job handed over).
     pub runner_lost_after: Duration,
+    /// A Pending Runner not heard from this long is deleted.
+    pub pending_ttl: Duration,
     /// Since when each active Job's runner has been seen disconnected.
     pub disconnected:
         std::sync::Mutex<std::collections::HashMap<(String, String), std::time::Instant>>,
@@ -192,6 +194,8 @@ pub struct Config {
     pub log_cap: u64,
     /// An active Job's runner disconnected this long is lost.
     pub runner_lost_after: Duration,
+    /// A Pending Runner not heard from this long is deleted.
+    pub pending_runner_ttl: Duration,
     /// Leave finished Jobs' step pods and workspace claims in place.
     pub keep_step_pods: bool,
     pub on_demand: on_demand::OnDemandConfig,
@@ -300,6 +304,7 @@ fn context(
         recent: tokio::sync::Mutex::default(),
         kick,
         runner_lost_after: config.runner_lost_after,
+        pending_ttl: config.pending_runner_ttl,
         keep_step_pods: config.keep_step_pods,
         disconnected: std::sync::Mutex::default(),
         cleaned: std::sync::Mutex::default(),

@@ -323,7 +323,18 @@ pub async fn reconcile(runner: Arc<Runner>, ctx: Arc<Context>) -> Result<Action,
     if plan.decommission == Decommission::Now {
         return decommission(&ctx, &runner, &key).await;
     }
+    let connected = session.as_ref().is_some_and(|s| s.connected);
+    let since_seen = ctx.hub.since_seen(&key);
+    let check_in = match pending::stale(&runner, connected, since_seen, ctx.pending_ttl) {
+        pending::Stale::Forget => return forget_stale(&ctx, &runner, since_seen).await,
+        pending::Stale::CheckIn(after) => Some(after),
+        pending::Stale::No => None,
+    };
     let requeue = apply_issued(&ctx, &runner, &plan.issued, &tokens).await?;
+    let requeue = match (requeue, check_in) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    };
     if ctx.hub.set_disabled(&key, runner.spec.disabled) {
         info!(disabled = runner.spec.disabled, "told the runner");
     }
@@ -399,6 +410,27 @@ async fn apply_issued(
     Ok(None)
 }
 
+/// Delete a Pending Runner nobody decided on and nobody heard from for the TTL.
+async fn forget_stale(ctx: &Context, runner: &Runner, quiet: Duration) -> Result<Action, Error> {
+    let (ns, name) = (runner.namespace().unwrap_or_default(), runner.name_any());
+    let api: Api<Runner> = Api::namespaced(ctx.client.clone(), &ns);
+    match api.delete(&name, &DeleteParams::background()).await {
+        Ok(_) => {
+            info!(
+                quiet_secs = quiet.as_secs(),
+                "removed a Pending runner not seen for the TTL"
+            );
+            Ok(Action::await_change())
+        }
+        Err(kube::Error::Api(s)) if s.code == 404 => Ok(Action::await_change()),
+        Err(source) => Err(Error::Kube {
+            doing: "delete a stale Pending Runner",
+            name,
+            source,
+        }),
+    }
+}
+
 /// Write the Runner's status; an Event when its adoption state changed.
 async fn write_status(ctx: &Context, runner: &Runner, status: &RunnerStatus) -> Result<(), Error> {
     let (ns, name) = (runner.namespace().unwrap_or_default(), runner.name_any());
@@ -462,6 +494,8 @@ fn active_jobs(ctx: &Context, ns: &str, runner: &str) -> i32 {
         .count();
     i32::try_from(n).unwrap_or(i32::MAX)
 }
+
+mod pending;
 
 #[cfg(test)]
 mod tests;

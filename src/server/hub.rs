@@ -82,6 +82,8 @@ struct Session {
     connection: Option<Connection>,
     /// A control channel was open once.
     was_connected: bool,
+    /// Last registration or connection (not part of the view: it changes all the time).
+    last_seen: Option<std::time::Instant>,
 }
 
 impl Session {
@@ -104,6 +106,9 @@ pub struct Hub {
     changes_tx: mpsc::UnboundedSender<RunnerKey>,
     changes_rx: Mutex<Option<mpsc::UnboundedReceiver<RunnerKey>>>,
     next_connection: AtomicU64,
+    /// When this hub started: "not seen since" counts from here for runners it
+    /// has not heard from.
+    started: std::time::Instant,
     /// False while this replica stands by (leader election, another replica
     /// leads): the runner API answers 503 and no runner is held here.
     active: AtomicBool,
@@ -117,6 +122,7 @@ impl Default for Hub {
             changes_tx,
             changes_rx: Mutex::new(Some(rx)),
             next_connection: AtomicU64::new(1),
+            started: std::time::Instant::now(),
             active: AtomicBool::new(true),
         }
     }
@@ -163,6 +169,13 @@ impl Hub {
             .take()
     }
 
+    /// How long since this process last heard from runner `key` (registration or
+    /// connection; since the hub started if never).
+    pub fn since_seen(&self, key: &RunnerKey) -> std::time::Duration {
+        let seen = self.lock().get(key).and_then(|s| s.last_seen);
+        seen.unwrap_or(self.started).elapsed()
+    }
+
     /// Record a registration. A change of credential or key announces a change.
     pub fn registered(&self, key: &RunnerKey, reg: &Registration<'_>) {
         let changed = {
@@ -174,6 +187,7 @@ impl Hub {
             s.token = reg.token.map(str::to_owned);
             s.own_token = reg.own_token;
             s.public_key = reg.public_key.to_owned();
+            s.last_seen = Some(std::time::Instant::now());
             s.view() != before
         };
         if changed {

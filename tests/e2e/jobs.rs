@@ -17,11 +17,11 @@ use kube::runtime::wait::Condition;
 use crate::procs::{Agent, Controller, TempDir, baton_ok, http};
 use crate::support::{TestNs, in_namespace, wait_for};
 
-fn jobs(ns: &TestNs) -> Api<Job> {
+pub(crate) fn jobs(ns: &TestNs) -> Api<Job> {
     Api::namespaced(ns.client.clone(), &ns.name)
 }
 
-fn phase_is(phase: JobPhase) -> impl Condition<Job> {
+pub(crate) fn phase_is(phase: JobPhase) -> impl Condition<Job> {
     move |j: Option<&Job>| j.and_then(|j| j.status.as_ref()?.phase) == Some(phase)
 }
 
@@ -34,14 +34,14 @@ fn scheduled_reason(reason: &'static str) -> impl Condition<Job> {
 }
 
 /// A controller and one preadopted static runner `r1` labelled `pool=e2e`.
-struct Setup {
-    ctl: Controller,
-    runner: Agent,
-    token: String,
-    dir: TempDir,
+pub(crate) struct Setup {
+    pub(crate) ctl: Controller,
+    pub(crate) runner: Agent,
+    pub(crate) token: String,
+    pub(crate) dir: TempDir,
 }
 
-async fn setup(ns: &TestNs) -> anyhow::Result<Setup> {
+pub(crate) async fn setup(ns: &TestNs) -> anyhow::Result<Setup> {
     setup_with(ns, "local").await
 }
 
@@ -78,7 +78,7 @@ async fn setup_env(ns: &TestNs, backend: &str, envs: &[(&str, &str)]) -> anyhow:
     })
 }
 
-fn job(name: &str, selector: &str, steps: serde_json::Value) -> anyhow::Result<Job> {
+pub(crate) fn job(name: &str, selector: &str, steps: serde_json::Value) -> anyhow::Result<Job> {
     let (k, v) = selector.split_once('=').context("selector k=v")?;
     Ok(serde_json::from_value(serde_json::json!({
         "apiVersion": "baton.dev/v1alpha1",
@@ -91,7 +91,7 @@ fn job(name: &str, selector: &str, steps: serde_json::Value) -> anyhow::Result<J
     }))?)
 }
 
-async fn apply(ns: &TestNs, job: &Job) -> anyhow::Result<()> {
+pub(crate) async fn apply(ns: &TestNs, job: &Job) -> anyhow::Result<()> {
     jobs(ns).create(&PostParams::default(), job).await?;
     Ok(())
 }

@@ -16,7 +16,7 @@ use kube::runtime::wait::Condition;
 use serde::Serialize;
 use tokio::io::AsyncWriteExt;
 
-use crate::procs::{Agent, Controller, TempDir};
+use crate::procs::{Agent, Controller, TempDir, baton_ok};
 use crate::support::{TestNs, in_namespace, wait_for};
 
 /// The kstatus tool, or a failure saying how to get it.
@@ -155,8 +155,22 @@ async fn gitops_tools_read_every_kind_right() {
         wait_for(&runners, "builder", adoption_is(AdoptionState::Adopted), 30).await?;
         expect(&tool, &runners, "builder", "InProgress").await?;
 
+        // A Runner declared in Git connects with a token bound to its name (a
+        // tokenless process cannot claim a Runner it did not create).
+        let token = baton_ok(&[
+            "token", "create", "builder", "-n", &ns.name, "--runner", "builder",
+        ])
+        .await?;
         let dir = TempDir::new(&ns.name);
-        let builder = Agent::start(&ctl.url, &ns.name, "builder", &dir.join("b"), None, "").await?;
+        let builder = Agent::start(
+            &ctl.url,
+            &ns.name,
+            "builder",
+            &dir.join("b"),
+            Some(token.trim()),
+            "",
+        )
+        .await?;
         builder.wait_ready(200, 30).await?;
         let connected = |r: Option<&Runner>| {
             r.and_then(|r| r.status.as_ref())
@@ -213,7 +227,7 @@ async fn gitops_tools_read_every_kind_right() {
         for (kind, name, reason) in [
             ("RunnerToken", "fleet", "Minted"),
             ("Runner", "banned", "Rejected"),
-            ("Runner", "builder", "TokenIssued"),
+            ("Runner", "builder", "Adopted"),
             ("Runner", "newcomer", "Pending"),
             ("Job", "fails", "Failed"),
             ("Job", "dropped", "Cancelled"),

@@ -9,6 +9,7 @@
 mod fixtures;
 mod support;
 
+mod attacks;
 mod chart;
 mod chart_tls;
 mod crds;
