@@ -7,6 +7,7 @@
 //! user holds the right; creates are dry runs (admission runs, nothing is stored)
 //! but for the cancel case. The policies are removed at the end whatever happened
 //! (the chart tests' `cleanup`).
+//! Also the chart's NetworkPolicy, rendered both ways and admitted by the server.
 
 use std::time::{Duration, Instant};
 
@@ -21,7 +22,7 @@ use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::{Client, Config};
 use serde_json::{Value, json};
 
-use crate::helm::{RELEASE, chart_dir, cleanup, helm};
+use crate::helm::{RELEASE, chart_dir, cleanup, helm, server_dry_run};
 use crate::support::{FIELD_MANAGER, STEP_IMAGE, TestNs, in_namespace};
 
 /// The Job author, impersonated; RBAC bindings are per namespace, so one name serves
@@ -358,4 +359,58 @@ async fn apply_policies(ns: &TestNs) -> anyhow::Result<()> {
     }
     ensure!(kinds.len() == 4, "two policies and two bindings: {kinds:?}");
     Ok(())
+}
+
+/// The NetworkPolicy the chart renders: runner pods of the served namespace (or of
+/// any namespace) on the controller's port, plus configured ranges and scrapers;
+/// admitted by the API server either way.
+#[tokio::test]
+async fn chart_network_policy_admits_runners_only() {
+    in_namespace("netpol", |ns| async move {
+        let chart = chart_dir();
+        let chart = chart.to_str().context("chart path is not UTF-8")?;
+        let n = ns.name.as_str();
+        let render = |extra: Vec<String>| async move {
+            let mut args: Vec<String> = ["template", RELEASE, chart, "--namespace", n]
+                .map(str::to_owned)
+                .to_vec();
+            args.extend(["--show-only".into(), "templates/networkpolicy.yaml".into()]);
+            args.extend(extra.into_iter().flat_map(|v| ["--set".to_owned(), v]));
+            helm(&args.iter().map(String::as_str).collect::<Vec<_>>()).await
+        };
+        let scoped = render(vec![
+            format!("watchNamespace={n}"),
+            "networkPolicy.runnerAPI.allowedCIDRs={10.20.0.0/16}".into(),
+            "networkPolicy.metrics.from[0].namespaceSelector.matchLabels.team=monitoring".into(),
+        ])
+        .await?;
+        let docs: Vec<Value> = serde_saphyr::from_multiple(&scoped)?;
+        let spec = &docs.iter().find(|d| !d.is_null()).context("no document")?["spec"];
+        let api_from = &spec["ingress"][0]["from"];
+        let served = json!({ "matchLabels": { "kubernetes.io/metadata.name": n } });
+        ensure!(
+            api_from[0]["namespaceSelector"] == served
+                && api_from[0]["podSelector"]["matchExpressions"][0]["key"]
+                    == "baton.dev/on-demand-attempt"
+                && api_from[1]["namespaceSelector"] == served
+                && api_from[1]["podSelector"]["matchLabels"]["app.kubernetes.io/component"]
+                    == "runner"
+                && api_from[2]["ipBlock"]["cidr"] == "10.20.0.0/16"
+                && spec["ingress"][1]["from"][0]["namespaceSelector"]["matchLabels"]["team"]
+                    == "monitoring"
+                && spec["policyTypes"] == json!(["Ingress"]),
+            "runner pods of {n}, the CIDR, the scrapers:\n{scoped}"
+        );
+        server_dry_run(&ns.client, n, &scoped).await?;
+        let wide = render(vec![]).await?;
+        ensure!(
+            wide.contains("namespaceSelector:\n        {}") && !wide.contains("ipBlock"),
+            "all namespaces, nothing else, by default:\n{wide}"
+        );
+        server_dry_run(&ns.client, n, &wide).await?;
+        let off = render(vec!["networkPolicy.enabled=false".into()]).await;
+        ensure!(off.is_err(), "disabled: no NetworkPolicy rendered: {off:?}");
+        Ok(())
+    })
+    .await;
 }

@@ -222,3 +222,12 @@ matchResources:
 {{- end }}
 {{- end }}
 
+{{/* A namespaceSelector's body for the namespaces this release serves: watchNamespace, else all. */}}
+{{- define "baton.servedNamespaces" -}}
+{{- if .Values.watchNamespace -}}
+matchLabels:
+  kubernetes.io/metadata.name: {{ .Values.watchNamespace }}
+{{- else -}}
+{}
+{{- end }}
+{{- end }}
