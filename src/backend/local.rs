@@ -12,7 +12,13 @@
 //! step still running. A [`LocalBackend::resumable`] one (a runner's) also reads
 //! the records of an earlier process: ended attempts come back with their exit
 //! code, log and outputs; one that was running is killed and lost (`RunnerLost`).
+//!
+//! A step's environment is built, not inherited: a few host variables
+//! ([`launch::INHERITED`]), then what the Job declares; no Baton credential of the
+//! runner reaches it. A runner keeps its work directory apart from its state
+//! directory ([`dirs`]).
 
+pub mod dirs;
 mod launch;
 mod process;
 mod record;
@@ -31,7 +37,7 @@ use nix::sys::signal::Signal;
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
 use tokio::sync::watch;
 
-pub use launch::{SECRET_PREFIX, secret_variable};
+pub use launch::{INHERITED, SECRET_PREFIX, secret_variable};
 
 use super::{
     Backend, BackendError, DiscoveredStep, LogChunk, LogStream, StepRequest, StepState, Workflow,
@@ -64,8 +70,9 @@ struct LocalStep {
 }
 
 impl LocalBackend {
-    /// A backend keeping workflows under `root`; steps inherit this process's
-    /// environment (minus `BATON_SECRET_*`, which `secretKeyRef` reads).
+    /// A backend keeping workflows under `root`. This process's environment is
+    /// where `secretKeyRef`s are looked up (`BATON_SECRET_*`); steps inherit only
+    /// its [`INHERITED`] variables.
     pub fn new(root: impl Into<PathBuf>) -> Self {
         Self::with_host_env(root, std::env::vars_os().collect())
     }
@@ -501,40 +508,5 @@ impl Tail {
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used)]
-mod tests {
-    use super::*;
-    use crate::crd::Step;
-
-    #[tokio::test]
-    async fn a_step_given_up_with_its_backend_is_lost_not_failed() {
-        let root = std::env::temp_dir().join(format!("baton-local-drop-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&root);
-        let host: BTreeMap<OsString, OsString> =
-            std::env::vars_os().filter(|(k, _)| k == "PATH").collect();
-        let workflow = Workflow::new("wf");
-        let step = Step {
-            name: "s".into(),
-            script: Some("sleep 30".into()),
-            ..Default::default()
-        };
-        let first = LocalBackend::with_host_env(&root, host.clone()).resumable();
-        first.setup_workflow(&workflow).await.unwrap();
-        let request = StepRequest::new(step, Vec::new());
-        first.start_step(&workflow, &request).await.unwrap();
-        let mut exit = first.get(&workflow, "s").unwrap().handle.exit.clone();
-        // A runner shutting down: the step is killed, and its end is not an exit.
-        drop(first);
-        assert_eq!(process::wait(&mut exit).await, Ok(137));
-
-        let second = LocalBackend::with_host_env(&root, host).resumable();
-        let found = second.discover(&workflow).await.unwrap();
-        assert_eq!(found.len(), 1);
-        assert_eq!(found[0].state, StepState::Running, "waiting tells");
-        let error = second.wait_step(&workflow, "s").await.unwrap_err();
-        assert_eq!(error.reason(), "RunnerLost");
-        second.destroy_workflow(&workflow).await.unwrap();
-        assert!(!root.join("wf").exists());
-        let _ = std::fs::remove_dir_all(&root);
-    }
-}
+#[path = "local/tests.rs"]
+mod tests;

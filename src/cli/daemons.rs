@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use clap::Args;
 
+use crate::backend::local::dirs as local_dirs;
 use crate::controller;
 use crate::crd::duration;
 use crate::runner::{self, BackendKind};
@@ -173,6 +174,11 @@ pub struct AgentArgs {
     /// Holds the runner id and the token.
     #[arg(long, value_name = "DIR", env = "BATON_STATE_DIR")]
     pub state_dir: PathBuf,
+    /// Where the local backend runs steps (workspaces, logs, outputs): made 0700,
+    /// and refused inside --state-dir or around it (steps must not find the token).
+    /// Default: beside the state directory, its name + "-work" (/srv/r1-work).
+    #[arg(long, value_name = "DIR", env = "BATON_WORK_DIR")]
+    pub work_dir: Option<PathBuf>,
     /// Where its Runner lives (a token's own namespace wins).
     #[arg(long, short = 'n', env = "BATON_NAMESPACE")]
     pub namespace: Option<String>,
@@ -271,6 +277,15 @@ pub async fn agent(args: AgentArgs) -> anyhow::Result<i32> {
             args.name
         );
     }
+    let work_dir = match args.work_dir.filter(|p| !p.as_os_str().is_empty()) {
+        Some(dir) => dir,
+        None => local_dirs::default_work_dir(&args.state_dir).map_err(anyhow::Error::msg)?,
+    };
+    if args.backend == BackendKind::Local {
+        local_dirs::private_dir(&work_dir).map_err(|e| anyhow::anyhow!("--work-dir: {e}"))?;
+        local_dirs::apart(&work_dir, &args.state_dir).map_err(anyhow::Error::msg)?;
+        local_dirs::shield_process().map_err(anyhow::Error::msg)?;
+    }
     let env_token = std::env::var("BATON_RUNNER_TOKEN")
         .ok()
         .map(|t| t.trim().to_owned())
@@ -279,6 +294,7 @@ pub async fn agent(args: AgentArgs) -> anyhow::Result<i32> {
         server: args.server,
         name: args.name,
         state_dir: args.state_dir,
+        work_dir,
         namespace: args.namespace,
         labels: args.labels,
         backend: args.backend,

@@ -12,17 +12,18 @@
 //! ([`on_demand::prepare`]) and is then assigned to that runner only; the pod going
 //! away mid-Job counts as a lost runner at once (the same hand-over, next epoch).
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 
 use k8s_openapi::jiff::Timestamp;
 use kube::ResourceExt;
 use kube::runtime::controller::Action;
+use kube::runtime::reflector::Store;
 use tracing::instrument;
 
 use super::{Context, Error, on_demand};
-use crate::crd::Job;
 use crate::crd::job::JobPhase;
+use crate::crd::{Job, RunnerToken};
 use crate::executor::dag::Dag;
 
 mod apply;
@@ -39,15 +40,43 @@ pub use queue::*;
 #[derive(Debug, Default)]
 pub struct Recent(HashMap<(String, String), (String, i64)>);
 
-/// Why a spec cannot run (a DAG cycle), if it cannot.
-pub fn invalid_spec(job: &Job) -> Option<String> {
-    Dag::from_steps(&job.spec.steps).err().map(|errors| {
-        errors
-            .iter()
-            .map(ToString::to_string)
-            .collect::<Vec<_>>()
-            .join("; ")
-    })
+/// Why a spec cannot run, if it cannot: a DAG cycle, or a step whose env reads a
+/// Secret holding a runner token (`runner_secrets`, the namespace's). The chart's
+/// admission policy refuses such a Job at create; this holds where it is not
+/// installed (docs/security.md).
+pub fn invalid_spec(job: &Job, runner_secrets: &BTreeSet<String>) -> Option<String> {
+    let mut problems: Vec<String> = Dag::from_steps(&job.spec.steps)
+        .err()
+        .map(|errors| errors.iter().map(ToString::to_string).collect())
+        .unwrap_or_default();
+    for step in &job.spec.steps {
+        for var in step.env.iter().flatten() {
+            let secret = var
+                .value_from
+                .as_ref()
+                .and_then(|f| f.secret_key_ref.as_ref());
+            if let Some(secret) = secret.filter(|s| runner_secrets.contains(&s.name)) {
+                problems.push(format!(
+                    "step {} reads Secret {} (env {}), which holds a runner token: no step may \
+                     read a runner credential",
+                    step.name, secret.name, var.name
+                ));
+            }
+        }
+    }
+    (!problems.is_empty()).then(|| problems.join("; "))
+}
+
+/// The Secrets of `ns` that hold runner tokens, from the RunnerToken cache.
+pub fn runner_secrets(tokens: &Store<RunnerToken>, ns: &str) -> BTreeSet<String> {
+    let mut names = BTreeSet::new();
+    for t in tokens.state() {
+        if t.namespace().as_deref() == Some(ns) {
+            names.insert(super::token::secret_name(&t.name_any()));
+            names.extend(t.status.as_ref().and_then(|s| s.secret_name.clone()));
+        }
+    }
+    names
 }
 
 #[instrument(skip_all, fields(kind = "Job", namespace = job.namespace().unwrap_or_default(), name = job.name_any()))]
@@ -62,7 +91,9 @@ pub async fn reconcile(job: Arc<Job>, ctx: Arc<Context>) -> Result<Action, Error
         && job.spec.cancel != Some(true)
         && job.metadata.deletion_timestamp.is_none();
     // An on-demand Job's runner pod comes first (outside the queue lock).
-    let slot = if in_queue && job.spec.runner_selector.is_none() && invalid_spec(&job).is_none() {
+    let ns = job.namespace().unwrap_or_default();
+    let valid = || invalid_spec(&job, &runner_secrets(&ctx.tokens, &ns)).is_none();
+    let slot = if in_queue && job.spec.runner_selector.is_none() && valid() {
         Some(on_demand::prepare(&ctx, &job).await?)
     } else {
         None

@@ -152,3 +152,42 @@ fn on_demand_runners_serve_only_their_own_job() {
         "its runner already runs it: waits with the pod's reason"
     );
 }
+
+#[test]
+fn a_step_reading_a_runner_token_secret_is_an_invalid_spec() {
+    use k8s_openapi::api::core::v1::{EnvVar, EnvVarSource, SecretKeySelector};
+    let reads = |secret: &str| EnvVar {
+        name: "T".into(),
+        value_from: Some(EnvVarSource {
+            secret_key_ref: Some(SecretKeySelector {
+                name: secret.into(),
+                key: "token".into(),
+                optional: None,
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let job = |secret: &str| {
+        Job::new(
+            "j",
+            crate::crd::JobSpec {
+                steps: vec![crate::crd::Step {
+                    name: "s".into(),
+                    image: "busybox".into(),
+                    script: Some("true".into()),
+                    env: Some(vec![reads(secret)]),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            },
+        )
+    };
+    let runner_secrets: BTreeSet<String> = ["builder-token".to_owned()].into();
+    assert_eq!(invalid_spec(&job("app-creds"), &runner_secrets), None);
+    let why = invalid_spec(&job("builder-token"), &runner_secrets).unwrap();
+    assert!(
+        why.contains("step s reads Secret builder-token (env T), which holds a runner token"),
+        "{why}"
+    );
+}

@@ -35,6 +35,8 @@ pub struct Config {
     pub server: String,
     pub name: String,
     pub state_dir: PathBuf,
+    /// `--work-dir`: where the local backend runs steps, apart from `state_dir`.
+    pub work_dir: PathBuf,
     pub namespace: Option<String>,
     pub labels: BTreeMap<String, String>,
     pub backend: BackendKind,
@@ -163,7 +165,7 @@ pub async fn run(
         client.clone(),
         config.name.clone(),
         config.backend,
-        config.state_dir.join("work"),
+        config.work_dir.clone(),
         kube,
     );
     let once = config.once.map(|wait| jobs.clone().once(wait));
@@ -530,6 +532,7 @@ mod tests {
             server,
             name: "r1".into(),
             state_dir: state_dir.clone(),
+            work_dir: state_dir.with_extension("work"),
             namespace: None,
             labels: BTreeMap::new(),
             backend: BackendKind::Local,

@@ -118,9 +118,10 @@ async fn chart_lifecycle(ns: &TestNs) -> anyhow::Result<()> {
     .await?;
     let count = server_dry_run(&ns.client, n, &scoped).await?;
     ensure!(
-        count == 10,
-        "{count} objects in the namespaced template, want 10 (no PVC: emptyDir by default; \
-         the leader-election Role and binding, a PodDisruptionBudget):\n{scoped}"
+        count == 15,
+        "{count} objects in the namespaced template, want 15 (no PVC: emptyDir by default; \
+         the leader-election Role and binding, a PodDisruptionBudget, a NetworkPolicy, two \
+         admission policies and their bindings):\n{scoped}"
     );
     let mut args = vec!["template", RELEASE, chart, "--namespace", n];
     args.extend(widest);

@@ -12,6 +12,9 @@ use anyhow::{Context, anyhow, ensure};
 use baton::crd::conditions;
 use baton::crd::job::JobPhase;
 use baton::crd::{Job, RunnerToken};
+use k8s_openapi::api::admissionregistration::v1::{
+    ValidatingAdmissionPolicy, ValidatingAdmissionPolicyBinding,
+};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Pod, Secret};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
@@ -343,4 +346,13 @@ pub(crate) async fn cleanup(ns: &TestNs) {
     let _ = Api::<ClusterRole>::all(ns.client.clone())
         .delete(&cluster_name, &dp)
         .await;
+    for suffix in ["job-author", "runner-token-refs"] {
+        let name = format!("{cluster_name}-{suffix}");
+        let _ = Api::<ValidatingAdmissionPolicyBinding>::all(ns.client.clone())
+            .delete(&name, &dp)
+            .await;
+        let _ = Api::<ValidatingAdmissionPolicy>::all(ns.client.clone())
+            .delete(&name, &dp)
+            .await;
+    }
 }

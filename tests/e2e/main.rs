@@ -9,6 +9,7 @@
 mod fixtures;
 mod support;
 
+mod admission;
 mod attacks;
 mod chart;
 mod chart_tls;

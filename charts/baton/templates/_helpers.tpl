@@ -182,3 +182,52 @@ baton.dev/static-runner: {{ . }}
 {{- end }}
 {{- toJson $out }}
 {{- end }}
+
+{{/*
+Admission (templates/admission.yaml): when a policy looks at a Job at all. A create;
+an update only when a field the policies read changed (the CRD keeps a Job's spec
+immutable but spec.cancel, so cancelling a Job is never refused here).
+*/}}
+{{- define "baton.admissionChanged" -}}
+- name: reads-changed
+  expression: >-
+    request.operation == 'CREATE' || object.spec.steps != oldObject.spec.steps
+    || has(object.spec.onDemand) != has(oldObject.spec.onDemand)
+    || (has(object.spec.onDemand) && object.spec.onDemand != oldObject.spec.onDemand)
+{{- end }}
+
+{{/*
+Admission: every Secret name the Job's steps reference (env valueFrom.secretKeyRef),
+in step order, repeats kept. Secret names never hold a comma, so the per-step lists
+are joined and split again (a list of lists cannot be flattened before Kubernetes
+1.34's CEL). Fields set to null count as unset.
+*/}}
+{{- define "baton.admissionSecretRefs" -}}
+- name: secretRefs
+  expression: >-
+    object.spec.steps.map(s, has(s.env) && s.env != null
+    ? s.env.filter(e, has(e.valueFrom) && e.valueFrom != null
+    && has(e.valueFrom.secretKeyRef) && e.valueFrom.secretKeyRef != null)
+    .map(e, string(e.valueFrom.secretKeyRef.name)).join(',')
+    : '').join(',').split(',').filter(n, n != '')
+{{- end }}
+
+{{/* Admission: the namespaces a binding covers (watchNamespace, else all). */}}
+{{- define "baton.admissionNamespaces" -}}
+{{- with .Values.watchNamespace }}
+matchResources:
+  namespaceSelector:
+    matchLabels:
+      kubernetes.io/metadata.name: {{ . }}
+{{- end }}
+{{- end }}
+
+{{/* A namespaceSelector's body for the namespaces this release serves: watchNamespace, else all. */}}
+{{- define "baton.servedNamespaces" -}}
+{{- if .Values.watchNamespace -}}
+matchLabels:
+  kubernetes.io/metadata.name: {{ .Values.watchNamespace }}
+{{- else -}}
+{}
+{{- end }}
+{{- end }}

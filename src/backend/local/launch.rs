@@ -17,6 +17,21 @@ pub const CLUSTER_WORKSPACE: &str = "/workspace";
 /// Prefix of the host variables that stand in for Kubernetes Secrets.
 pub const SECRET_PREFIX: &str = "BATON_SECRET_";
 
+/// The host variables a step inherits (with every `LC_*`): who and where the user
+/// is, the search path, the locale, the time zone, the temporary directory and the
+/// terminal. Nothing else of the host's environment reaches a step — not the
+/// runner's `BATON_RUNNER_TOKEN`, not `BATON_CA_PEM`, not a cloud or registry
+/// credential the runner process happens to hold: a step gets what its Job
+/// declares, as a step pod does.
+pub const INHERITED: &[&str] = &[
+    "PATH", "HOME", "USER", "LOGNAME", "SHELL", "LANG", "LANGUAGE", "TZ", "TMPDIR", "TERM",
+];
+
+/// Whether a step inherits the host variable `name` ([`INHERITED`] and `LC_*`).
+pub fn inherited(name: &str) -> bool {
+    INHERITED.contains(&name) || name.starts_with("LC_")
+}
+
 /// Everything needed to spawn a step's process.
 #[derive(Debug, PartialEq)]
 pub struct Launch {
@@ -35,10 +50,10 @@ pub fn secret_variable(secret: &str, key: &str) -> String {
 
 /// Plan the process of `step`.
 ///
-/// Environment, later entries winning: the host's (without `BATON_SECRET_*`, which
-/// only the steps that reference them get, and without `PWD`/`OLDPWD`), `injected`
-/// (from the executor), the step's own `env`, then `BATON_WORKSPACE` and
-/// `BATON_OUTPUT`, which the step cannot override.
+/// Environment, later entries winning: the host's [`inherited`] variables only
+/// (`BATON_SECRET_*` reach a step only through the `secretKeyRef`s it declares),
+/// `injected` (from the executor), the step's own `env`, then `BATON_WORKSPACE`
+/// and `BATON_OUTPUT`, which the step cannot override.
 pub fn plan(
     step: &Step,
     injected: &[(String, String)],
@@ -48,10 +63,7 @@ pub fn plan(
 ) -> Result<Launch, BackendError> {
     let mut env: Vec<(OsString, OsString)> = host_env
         .iter()
-        .filter(|(k, _)| {
-            let k = k.to_string_lossy();
-            !k.starts_with(SECRET_PREFIX) && k != "PWD" && k != "OLDPWD"
-        })
+        .filter(|(k, _)| k.to_str().is_some_and(inherited))
         .map(|(k, v)| (k.clone(), v.clone()))
         .collect();
     // `$(NAME)` in a step's env and command refers to these, as on Kubernetes.
@@ -331,6 +343,34 @@ mod tests {
             vec![OsString::from("hi 1.2"), OsString::from("$(GREETING)")]
         );
         assert_eq!(launch.cwd, ws);
+    }
+
+    #[test]
+    fn steps_inherit_the_allowlist_and_no_credential() {
+        let host = host(&[
+            ("PATH", "/usr/bin"),
+            ("HOME", "/home/ci"),
+            ("LC_ALL", "C.UTF-8"),
+            ("BATON_RUNNER_TOKEN", "brt_secret"),
+            ("BATON_TOKEN", "t"),
+            ("BATON_CA_PEM", "-----BEGIN CERTIFICATE-----"),
+            ("BATON_SERVER", "https://baton:8080"),
+            ("AWS_SECRET_ACCESS_KEY", "k"),
+            ("KUBECONFIG", "/home/ci/.kube/config"),
+            ("BATON_SECRET_API_TOKEN", "s3cr3t"),
+        ]);
+        let s = Step {
+            name: "s".into(),
+            script: Some("env".into()),
+            ..Default::default()
+        };
+        let launch = plan(&s, &[], &host, Path::new("/w"), Path::new("/o")).unwrap();
+        let names: Vec<String> = env_of(&launch).into_keys().collect();
+        assert_eq!(
+            names,
+            ["BATON_OUTPUT", "BATON_WORKSPACE", "HOME", "LC_ALL", "PATH"],
+            "only the allowlist and what Baton sets"
+        );
     }
 
     #[test]

@@ -2,14 +2,14 @@
 //! Queued Job (the watch caches and the hub, planned by [`plan_queue`]) or the
 //! state of an active Job's runner. Reads only; [`super::apply`] writes.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 
 use kube::ResourceExt;
 
 use super::decide::{Observed, RunnerSeen};
 use super::queue::{Decision, Queued, RunnerView, plan_queue};
-use super::{Recent, invalid_spec};
+use super::{Recent, invalid_spec, runner_secrets};
 use crate::controller::{Context, on_demand};
 use crate::crd::job::JobPhase;
 use crate::crd::runner::{AdoptionDecision, AdoptionState};
@@ -63,10 +63,11 @@ fn queue_verdict(
 ) -> (Option<Decision>, Vec<String>) {
     let name = job.name_any();
     let runners = runner_views(ctx, ns, recent);
-    let mut q = queue(ctx, ns);
+    let secrets = runner_secrets(&ctx.tokens, ns);
+    let mut q = queue(ctx, ns, &secrets);
     if !q.iter().any(|j| j.name == name) {
         // Not in the cache yet (just created): plan it last.
-        q.push(queued(job));
+        q.push(queued(job, &secrets));
     }
     if let Some(me) = q.iter_mut().find(|j| j.name == name) {
         me.on_demand = slot;
@@ -160,17 +161,17 @@ fn runner_views(ctx: &Context, ns: &str, recent: &mut Recent) -> Vec<RunnerView>
         .collect()
 }
 
-fn queued(j: &Job) -> Queued {
+fn queued(j: &Job, runner_secrets: &BTreeSet<String>) -> Queued {
     Queued {
         name: j.name_any(),
         selector: j.spec.runner_selector.clone(),
-        invalid: invalid_spec(j),
+        invalid: invalid_spec(j, runner_secrets),
         on_demand: None,
     }
 }
 
 /// The namespace's Queued Jobs in queue order: FIFO by creationTimestamp, then name.
-fn queue(ctx: &Context, ns: &str) -> Vec<Queued> {
+fn queue(ctx: &Context, ns: &str, runner_secrets: &BTreeSet<String>) -> Vec<Queued> {
     let mut q: Vec<Arc<Job>> = ctx
         .jobs
         .state()
@@ -184,5 +185,5 @@ fn queue(ctx: &Context, ns: &str) -> Vec<Queued> {
         let tb = b.metadata.creation_timestamp.as_ref().map(|t| t.0);
         ta.cmp(&tb).then_with(|| a.name_any().cmp(&b.name_any()))
     });
-    q.iter().map(|j| queued(j)).collect()
+    q.iter().map(|j| queued(j, runner_secrets)).collect()
 }
