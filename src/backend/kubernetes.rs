@@ -241,8 +241,13 @@ impl KubernetesBackend {
         })
     }
 
-    /// Remember `pod` as its step's attempt unless a later attempt is known.
+    /// Remember `pod` as its step's attempt unless a later attempt is known (or it
+    /// is not this Job's).
     fn remember(&self, pod: &Pod) -> Option<Arc<AttemptState>> {
+        if !pod::is_ours(pod, &self.target) {
+            tracing::warn!(pod = %pod.name_any(), "a pod with this Job's labels that the Job does not own; ignored");
+            return None;
+        }
         let found = AttemptState::from_pod(pod)?;
         let mut attempts = lock(&self.attempts);
         match attempts.get(&found.step) {
@@ -293,11 +298,22 @@ impl KubernetesBackend {
                 Ok(created)
             }
             Err(e) if is_status(&e, kube::core::Status::is_already_exists) => {
-                tracing::info!(pod = %name, "step pod exists already; adopting it");
-                self.pods
+                let existing = self
+                    .pods
                     .get(&name)
                     .await
-                    .map_err(kube_err(step, "read the existing step pod"))
+                    .map_err(kube_err(step, "read the existing step pod"))?;
+                if !pod::is_ours(&existing, &self.target) {
+                    return Err(BackendError::Failed {
+                        step: step.to_owned(),
+                        doing: "create the step pod",
+                        message: format!(
+                            "a pod named {name} exists that this Job does not own; delete it"
+                        ),
+                    });
+                }
+                tracing::info!(pod = %name, "step pod exists already; adopting it");
+                Ok(existing)
             }
             Err(e) => Err(kube_err(step, "create the step pod")(e)),
         }
@@ -373,7 +389,7 @@ impl Backend for KubernetesBackend {
             .await
             .map_err(kube_err("", "list the Job's step pods"))?;
         let mut latest: BTreeMap<String, (u32, &Pod)> = BTreeMap::new();
-        for p in &list.items {
+        for p in list.items.iter().filter(|p| pod::is_ours(p, &self.target)) {
             let Some(found) = AttemptState::from_pod(p) else {
                 tracing::warn!(pod = %p.name_any(), "a pod with the Job's label but not a step pod's labels; ignored");
                 continue;

@@ -27,7 +27,7 @@ use kube::api::{Api, DeleteParams, ObjectMeta, Patch, PatchParams, PostParams};
 use tracing::info;
 
 use super::{Context, Error};
-use crate::crd::{Job, RunnerToken};
+use crate::crd::{Job, Runner, RunnerToken};
 use crate::server::FIELD_MANAGER;
 
 /// Label (value: the Job's uid) on an on-demand runner's RunnerToken, its Runner
@@ -210,16 +210,21 @@ async fn observe(ctx: &Context, job: &Job) -> Result<PodObserved, Error> {
             .map_err(kube_err("read the on-demand token Secret", &secret))?
             .is_some()
     };
+    let runner = ctx
+        .runners
+        .get(&kube::runtime::reflector::ObjectRef::new(&runner).within(&ns))
+        .map(|r| (*r).clone());
     Ok(PodObserved {
         tokens,
         pods,
         secret_ready,
         ca_pem: ctx.on_demand.ca.as_ref().map(RunnerCa::pem),
+        runner,
     })
 }
 
 /// Carry out a [`PodPlan`]: token first, then revocations and deletions, then
-/// the account and the pod.
+/// the Runner, the account and the pod.
 async fn apply(ctx: &Context, job: &Job, plan: &PodPlan) -> Result<(), Error> {
     let ns = job.namespace().ok_or(Error::NoNamespace)?;
     let pp = PatchParams::apply(FIELD_MANAGER).force();
@@ -246,6 +251,7 @@ async fn apply(ctx: &Context, job: &Job, plan: &PodPlan) -> Result<(), Error> {
             Err(e) => return Err(kube_err("delete an old runner pod", pod)(e)),
         }
     }
+    apply_runner(ctx, &ns, plan).await?;
     if plan.apply_rbac {
         apply_rbac(ctx, &ns, &pp).await?;
     }
@@ -259,6 +265,34 @@ async fn apply(ctx: &Context, job: &Job, plan: &PodPlan) -> Result<(), Error> {
             Ok(_) => info!(pod = %name, "created an on-demand runner pod"),
             Err(kube::Error::Api(s)) if s.code == 409 => {}
             Err(e) => return Err(kube_err("create the runner pod", &name)(e)),
+        }
+    }
+    Ok(())
+}
+
+/// The current attempt's Runner before its pod (or a squatter's removed first).
+async fn apply_runner(ctx: &Context, ns: &str, plan: &PodPlan) -> Result<(), Error> {
+    let api: Api<Runner> = Api::namespaced(ctx.client.clone(), ns);
+    if let Some(name) = &plan.delete_runner {
+        match api.delete(name, &DeleteParams::background()).await {
+            Ok(_) => {
+                info!(runner = %name, "removed a Pending Runner squatting an on-demand runner's name")
+            }
+            Err(e) if not_found(&e) => {}
+            Err(e) => return Err(kube_err("delete a Runner squatting the name", name)(e)),
+        }
+    }
+    if let Some(runner) = &plan.create_runner {
+        let name = runner.name_any();
+        let pp = PostParams {
+            field_manager: Some(FIELD_MANAGER.into()),
+            ..Default::default()
+        };
+        match api.create(&pp, runner).await {
+            Ok(_) => info!(runner = %name, "created the on-demand Runner"),
+            // Created a moment ago; the next look sees whose it is.
+            Err(kube::Error::Api(s)) if s.code == 409 => {}
+            Err(e) => return Err(kube_err("create the on-demand Runner", &name)(e)),
         }
     }
     Ok(())

@@ -39,6 +39,8 @@ pub mod reason {
     pub const RUNNER_POD_PENDING: &str = "RunnerPodPending";
     pub const IMAGE_PULL_FAILED: &str = "ImagePullFailed";
     pub const RUNNER_STARTING: &str = "RunnerStarting";
+    /// The on-demand runner's name is held by a Runner an operator decided on.
+    pub const RUNNER_NAME_TAKEN: &str = "RunnerNameTaken";
 
     // How steps end (step `reason`, and the Job's when a step decides it).
     pub const STEP_FAILED: &str = "StepFailed";

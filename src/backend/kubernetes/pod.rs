@@ -130,6 +130,16 @@ pub fn owner_reference(target: &JobTarget) -> OwnerReference {
     }
 }
 
+/// Whether `pod` is one of this Job's: its controller owner is the Job (by uid).
+/// A pod that merely carries the Job's labels or a step pod's name is not adopted:
+/// its exit code and outputs would stand for the step's.
+pub fn is_ours(pod: &k8s_openapi::api::core::v1::Pod, target: &JobTarget) -> bool {
+    pod.metadata.owner_references.as_ref().is_some_and(|refs| {
+        refs.iter()
+            .any(|o| o.controller == Some(true) && o.uid == target.job_uid && o.kind == "Job")
+    })
+}
+
 /// Kubernetes expands `$(NAME)` (and turns `$$` into `$`) in a container's command
 /// and args; doubling every `$` makes it hand a shell script over unchanged.
 pub fn escape_dollars(s: &str) -> String {

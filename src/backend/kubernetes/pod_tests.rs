@@ -143,6 +143,18 @@ fn labels_annotations_and_owner() {
         )
     );
 
+    // Ours by the Job's uid as controller owner; the same labels under another
+    // owner, or no owner, are not.
+    assert!(is_ours(&pod, &target(None)));
+    let mut planted = pod.clone();
+    planted.metadata.owner_references.as_mut().unwrap()[0].uid = "another-job".into();
+    assert!(!is_ours(&planted, &target(None)));
+    planted.metadata.owner_references = None;
+    assert!(!is_ours(&planted, &target(None)));
+    let mut not_controller = pod.clone();
+    not_controller.metadata.owner_references.as_mut().unwrap()[0].controller = Some(false);
+    assert!(!is_ours(&not_controller, &target(None)));
+
     let long = JobTarget::new("ns", "j.".repeat(50), "uid");
     let pod = build(&long, &script_step("true"), 0, None);
     let value = &pod.metadata.labels.unwrap()[LABEL_JOB_NAME];

@@ -7,11 +7,12 @@ use k8s_openapi::api::core::v1::Pod;
 use kube::ResourceExt;
 
 use super::{
-    OnDemandConfig, Slot, attempt_for, desired_pod, desired_token, is_gone, pod_wait, runner_name,
+    OnDemandConfig, Slot, attempt_for, desired_pod, desired_runner, desired_token, is_gone,
+    is_jobs_runner, pod_wait, runner_name,
 };
 use crate::controller::token::secret_name;
 use crate::crd::reasons::reason;
-use crate::crd::{Job, RunnerToken, RunnerTokenSpec};
+use crate::crd::{Job, Runner, RunnerToken, RunnerTokenSpec};
 
 /// A runner token of the Job, as read.
 #[derive(Clone, Debug, PartialEq)]
@@ -32,6 +33,8 @@ pub struct PodObserved {
     pub secret_ready: bool,
     /// The CA runner pods trust (`--runner-ca-file`), as PEM.
     pub ca_pem: Option<String>,
+    /// The Runner of the current attempt's name, if one exists (ours or not).
+    pub runner: Option<Runner>,
 }
 
 /// What to do about the Job's runner pod.
@@ -45,6 +48,10 @@ pub struct PodPlan {
     pub delete_pods: Vec<String>,
     /// Apply the namespace's `baton-runner` ServiceAccount, Role and RoleBinding.
     pub apply_rbac: bool,
+    /// The current attempt's Runner, created before its pod.
+    pub create_runner: Option<Runner>,
+    /// A Pending Runner squatting the current attempt's name: removed first.
+    pub delete_runner: Option<String>,
     pub create_pod: Option<Pod>,
     pub slot: Slot,
 }
@@ -114,28 +121,80 @@ pub fn plan_runner_pod(
             let message = format!("waiting for the Secret {secret} of RunnerToken {runner}");
             wait(reason::RUNNER_STARTING, message, None)
         }
-        None => {
-            let own_account = job
-                .spec
-                .on_demand
-                .as_ref()
-                .and_then(|o| o.service_account_name.as_ref())
-                .is_none();
-            plan.apply_rbac = own_account;
-            let secret = secret_name(&runner);
-            plan.create_pod = desired_pod(
-                job,
-                attempt,
-                &secret,
-                server_url,
-                seen.ca_pem.as_deref(),
-                config,
-            );
-            let message = format!("runner pod {runner} created; waiting for it to start");
-            wait(reason::RUNNER_STARTING, message, Some(runner))
-        }
+        None => match claim_name(job, seen, attempt, &uid) {
+            NameClaim::Ours(create) => {
+                plan.create_runner = create.map(|r| *r);
+                pod_plan(job, seen, config, server_url, attempt, &mut plan)
+            }
+            NameClaim::Squatted => {
+                plan.delete_runner = Some(runner.clone());
+                let message = format!(
+                    "a Pending Runner {runner} that is not this Job's held the name; removing it"
+                );
+                wait(reason::RUNNER_STARTING, message, None)
+            }
+            NameClaim::Taken => {
+                let message = format!(
+                    "Runner {runner} exists and an operator decided on it (spec.adoption): \
+                     delete it to let this Job's runner take the name"
+                );
+                wait(reason::RUNNER_NAME_TAKEN, message, None)
+            }
+        },
     };
     plan
+}
+
+/// Who holds the current attempt's runner name.
+enum NameClaim {
+    /// Nobody (create our Runner) or our Runner already.
+    Ours(Option<Box<Runner>>),
+    /// A Runner nobody decided on (a tokenless registration): ours to remove.
+    Squatted,
+    /// A Runner an operator adopted or rejected: left alone.
+    Taken,
+}
+
+fn claim_name(job: &Job, seen: &PodObserved, attempt: u32, uid: &str) -> NameClaim {
+    match &seen.runner {
+        None => NameClaim::Ours(desired_runner(job, attempt).map(Box::new)),
+        Some(r) if is_jobs_runner(r, uid) => NameClaim::Ours(None),
+        Some(r) if r.spec.adoption.is_none() => NameClaim::Squatted,
+        Some(_) => NameClaim::Taken,
+    }
+}
+
+/// The token's Secret exists and the name is ours: the pod (and its account).
+fn pod_plan(
+    job: &Job,
+    seen: &PodObserved,
+    config: &OnDemandConfig,
+    server_url: &str,
+    attempt: u32,
+    plan: &mut PodPlan,
+) -> Slot {
+    let runner = runner_name(&job.name_any(), attempt);
+    plan.apply_rbac = job
+        .spec
+        .on_demand
+        .as_ref()
+        .and_then(|o| o.service_account_name.as_ref())
+        .is_none();
+    let secret = secret_name(&runner);
+    plan.create_pod = desired_pod(
+        job,
+        attempt,
+        &secret,
+        server_url,
+        seen.ca_pem.as_deref(),
+        config,
+    );
+    Slot {
+        message: format!("runner pod {runner} created; waiting for it to start"),
+        runner: Some(runner),
+        job_uid: job.uid().unwrap_or_default(),
+        reason: reason::RUNNER_STARTING,
+    }
 }
 
 /// A Job without a runner API address for its pods: it waits, saying why.

@@ -66,13 +66,18 @@ fn describe(p: &PodPlan) -> String {
         }
     };
     format!(
-        "token={} revoke={} delete={} rbac={} create={} slot={}:{}",
+        "token={} revoke={} delete={} rbac={} runner={} create={} slot={}:{}",
         p.apply_token
             .as_ref()
             .map_or("-".to_owned(), ResourceExt::name_any),
         names(&p.revoke_tokens),
         names(&p.delete_pods),
         p.apply_rbac,
+        match (&p.create_runner, &p.delete_runner) {
+            (Some(r), _) => format!("+{}", r.name_any()),
+            (None, Some(name)) => format!("-{name}"),
+            (None, None) => "-".to_owned(),
+        },
         p.create_pod
             .as_ref()
             .map_or("-".to_owned(), ResourceExt::name_any),
@@ -91,54 +96,95 @@ fn runner_pod_plan_table() {
         pods,
         secret_ready,
         ca_pem: None,
+        runner: None,
     };
     let cases = [
         (
             "nothing yet: the token first",
             &fresh,
             seen(vec![], vec![], false),
-            "token=j-runner revoke=- delete=- rbac=false create=- slot=-:RunnerStarting",
+            "token=j-runner revoke=- delete=- rbac=false runner=- create=- slot=-:RunnerStarting",
         ),
         (
             "token minted: account and pod",
             &fresh,
             seen(vec![token(&fresh, 1)], vec![], true),
-            "token=- revoke=- delete=- rbac=true create=j-runner slot=j-runner:RunnerStarting",
+            "token=- revoke=- delete=- rbac=true runner=+j-runner create=j-runner slot=j-runner:RunnerStarting",
         ),
         (
             "the Job's own ServiceAccount: no account applied",
             &own,
             seen(vec![token(&own, 1)], vec![], true),
-            "token=- revoke=- delete=- rbac=false create=j-runner slot=j-runner:RunnerStarting",
+            "token=- revoke=- delete=- rbac=false runner=+j-runner create=j-runner slot=j-runner:RunnerStarting",
         ),
         (
             "pod up: wait on it, create nothing",
             &fresh,
             seen(vec![token(&fresh, 1)], vec![pod(1, "Running")], true),
-            "token=- revoke=- delete=- rbac=false create=- slot=j-runner:RunnerStarting",
+            "token=- revoke=- delete=- rbac=false runner=- create=- slot=j-runner:RunnerStarting",
         ),
         (
             "pod ended before it took the Job: replaced",
             &fresh,
             seen(vec![token(&fresh, 1)], vec![pod(1, "Failed")], true),
-            "token=- revoke=- delete=j-runner rbac=false create=- slot=-:RunnerStarting",
+            "token=- revoke=- delete=j-runner rbac=false runner=- create=- slot=-:RunnerStarting",
         ),
         (
             "runner lost mid-Job: the next attempt",
             &lost,
             seen(vec![token(&lost, 1)], vec![pod(1, "Running")], false),
-            "token=j-runner-2 revoke=j-runner delete=j-runner rbac=false create=- slot=-:RunnerStarting",
+            "token=j-runner-2 revoke=j-runner delete=j-runner rbac=false runner=- create=- slot=-:RunnerStarting",
         ),
         (
             "next attempt's token minted",
             &lost,
             seen(vec![token(&lost, 1), token(&lost, 2)], vec![], true),
-            "token=- revoke=j-runner delete=- rbac=true create=j-runner-2 slot=j-runner-2:RunnerStarting",
+            "token=- revoke=j-runner delete=- rbac=true runner=+j-runner-2 create=j-runner-2 slot=j-runner-2:RunnerStarting",
         ),
     ];
     let config = OnDemandConfig::default();
     for (what, j, seen, want) in cases {
         let plan = plan_runner_pod(j, &seen, &config, "http://baton:8080");
+        assert_eq!(describe(&plan), want, "{what}");
+    }
+}
+
+/// The runner name belongs to the Job: its Runner is created before the pod; a
+/// Pending squatter is removed first; a Runner an operator decided on stops it.
+#[test]
+fn the_runner_name_is_the_jobs_before_its_pod_exists() {
+    let fresh = job(None, None);
+    let with_runner = |runner: Option<Runner>| PodObserved {
+        tokens: vec![token(&fresh, 1)],
+        pods: vec![],
+        secret_ready: true,
+        ca_pem: None,
+        runner,
+    };
+    let ours = desired_runner(&fresh, 1).unwrap();
+    let squatter = Runner::new("j-runner", Default::default());
+    let mut adopted = squatter.clone();
+    adopted.spec.adoption = Some(crate::crd::runner::AdoptionDecision::Adopted);
+    let cases = [
+        (
+            "ours already",
+            with_runner(Some(ours)),
+            "token=- revoke=- delete=- rbac=true runner=- create=j-runner slot=j-runner:RunnerStarting",
+        ),
+        (
+            "a Pending squatter",
+            with_runner(Some(squatter)),
+            "token=- revoke=- delete=- rbac=false runner=-j-runner create=- slot=-:RunnerStarting",
+        ),
+        (
+            "an operator's Runner",
+            with_runner(Some(adopted)),
+            "token=- revoke=- delete=- rbac=false runner=- create=- slot=-:RunnerNameTaken",
+        ),
+    ];
+    let config = OnDemandConfig::default();
+    for (what, seen, want) in cases {
+        let plan = plan_runner_pod(&fresh, &seen, &config, "http://baton:8080");
         assert_eq!(describe(&plan), want, "{what}");
     }
 }

@@ -18,7 +18,7 @@ use kube::{Resource, ResourceExt};
 use super::*;
 use crate::crd::job::OnDemand;
 use crate::crd::runner_token::SECRET_KEY;
-use crate::crd::{Job, RunnerToken, RunnerTokenSpec};
+use crate::crd::{Job, Runner, RunnerSpec, RunnerToken, RunnerTokenSpec};
 
 /// The runner's name (= its token's and pod's) for `attempt` (1, 2, …) of Job
 /// `job`: `<job>-runner`, then `<job>-runner-2`, …; always a DNS label.
@@ -63,6 +63,28 @@ fn labels(uid: &str, attempt: u32) -> BTreeMap<String, String> {
             "baton".to_owned(),
         ),
     ])
+}
+
+/// The Runner of attempt `attempt`, owned by the Job, created before its pod so the
+/// name is the Job's before any process can register under it.
+pub fn desired_runner(job: &Job, attempt: u32) -> Option<Runner> {
+    let uid = job.uid()?;
+    let mut runner = Runner::new(
+        &runner_name(&job.name_any(), attempt),
+        RunnerSpec {
+            labels: BTreeMap::from([(JOB_LABEL.to_owned(), uid.clone())]),
+            ..Default::default()
+        },
+    );
+    runner.metadata.namespace = job.namespace();
+    runner.metadata.labels = Some(labels(&uid, attempt));
+    runner.metadata.owner_references = Some(vec![job.controller_owner_ref(&())?]);
+    Some(runner)
+}
+
+/// Whether `runner` is the one the controller made for the Job `uid`.
+pub fn is_jobs_runner(runner: &Runner, uid: &str) -> bool {
+    runner.labels().get(JOB_LABEL).is_some_and(|v| v == uid)
 }
 
 /// The RunnerToken of attempt `attempt`, owned by the Job.
