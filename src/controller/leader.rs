@@ -172,35 +172,44 @@ impl Elector {
         self.set_label(true).await;
     }
 
-    /// Renew every retry period; resolves only when leadership is lost.
+    /// Renew every retry period; resolves only when leadership is lost. The renew
+    /// deadline counts from the start of the last round that renewed (a standby
+    /// counts the lease from when it saw that write), and bounds everything after
+    /// it: the sleep, and a round that hangs. So a leader stops acting at most one
+    /// renew deadline after its last renewal, well inside the lease duration.
     pub async fn hold(&mut self) -> LostLeadership {
         let mut renewed = Instant::now();
         loop {
-            tokio::time::sleep(self.config.retry_period).await;
-            match self.round().await {
-                Ok(true) => {
-                    renewed = Instant::now();
+            let deadline = renewed + self.config.renew_deadline;
+            tokio::time::sleep_until((Instant::now() + self.config.retry_period).min(deadline))
+                .await;
+            let started = Instant::now();
+            let why = match tokio::time::timeout_at(deadline, self.round()).await {
+                Ok(Ok(true)) => {
+                    renewed = started;
                     if !self.labelled {
                         self.set_label(true).await;
                     }
+                    continue;
                 }
-                Ok(false) => {
+                Ok(Ok(false)) => {
                     return self.lost(format!(
                         "{} holds it now",
                         self.last_holder.as_deref().unwrap_or("another candidate")
                     ));
                 }
-                Err(e) => {
+                Ok(Err(e)) if Instant::now() < deadline => {
                     warn!(lease = %self.config.lease, "renew failed: {e}");
-                    if renewed.elapsed() >= self.config.renew_deadline {
-                        return self.lost(format!(
-                            "not renewed for {:?} (renew deadline {:?}): {e}",
-                            renewed.elapsed(),
-                            self.config.renew_deadline
-                        ));
-                    }
+                    continue;
                 }
-            }
+                Ok(Err(e)) => e.to_string(),
+                Err(_) => "the last round did not finish".to_owned(),
+            };
+            return self.lost(format!(
+                "not renewed for {:?} (renew deadline {:?}): {why}",
+                renewed.elapsed(),
+                self.config.renew_deadline
+            ));
         }
     }
 
