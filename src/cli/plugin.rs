@@ -187,6 +187,7 @@ pub fn list_table(runners: &[Runner]) -> String {
         "READY".into(),
         "DISABLED".into(),
         "RUNNER-ID".into(),
+        "KEY".into(),
     ]];
     for r in runners {
         let status = r.status.clone().unwrap_or_default();
@@ -205,9 +206,11 @@ pub fn list_table(runners: &[Runner]) -> String {
             cond("Ready"),
             r.spec.disabled.to_string(),
             status.runner_id.unwrap_or_else(|| "-".into()),
+            // What an operator compares with the runner's log before adopting it.
+            status.key_fingerprint.unwrap_or_else(|| "-".into()),
         ]);
     }
-    let widths: Vec<usize> = (0..6)
+    let widths: Vec<usize> = (0..7)
         .map(|i| rows.iter().map(|r| r[i].len()).max().unwrap_or(0))
         .collect();
     rows.iter()
@@ -306,6 +309,7 @@ mod tests {
         r.status = Some(RunnerStatus {
             adoption: Some(AdoptionState::Rejected),
             runner_id: Some("abc".into()),
+            key_fingerprint: Some("SHA256:fp".into()),
             ..Default::default()
         });
         let t = list_table(&[r]);
@@ -313,5 +317,6 @@ mod tests {
         assert!(lines[0].starts_with("NAME"));
         assert!(lines[1].contains("Rejected"), "{t}");
         assert!(lines[1].contains("abc"), "{t}");
+        assert!(lines[0].ends_with("KEY") && lines[1].ends_with("SHA256:fp"), "{t}");
     }
 }
