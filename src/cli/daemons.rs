@@ -26,6 +26,16 @@ pub struct ControllerArgs {
         env = "BATON_LISTEN"
     )]
     pub listen: SocketAddr,
+    /// Open connections the runner API serves at most; over it, a new connection
+    /// is closed at once. Each connected runner holds one (its control channel).
+    #[arg(
+        long,
+        value_name = "N",
+        default_value_t = 1024,
+        value_parser = clap::value_parser!(u32).range(1..=1_048_576),
+        env = "BATON_MAX_CONNECTIONS"
+    )]
+    pub max_connections: u32,
     /// Watch and serve only this namespace (default: all namespaces).
     #[arg(long, short = 'n', env = "BATON_NAMESPACE")]
     pub namespace: Option<String>,
@@ -227,6 +237,10 @@ pub async fn controller(args: ControllerArgs) -> anyhow::Result<i32> {
             ping_interval: args.ping_interval,
             poll_interval: args.poll_interval,
             namespace: args.namespace,
+            limits: crate::server::listen::Limits {
+                max_connections: usize::try_from(args.max_connections).unwrap_or(usize::MAX),
+                ..Default::default()
+            },
         },
         data_dir: args.data_dir,
         log_cap: args.log_cap,

@@ -7,11 +7,13 @@
 //! controller: the controller builds an [`ApiState`] and hands it in.
 
 pub mod api;
+pub mod deadline;
 pub mod health;
 pub mod hub;
 pub mod input;
 pub mod job_api;
 pub mod jobs;
+pub mod listen;
 pub mod logs;
 pub mod metrics;
 pub mod tls;
@@ -58,6 +60,8 @@ pub struct ApiConfig {
     pub poll_interval: Duration,
     /// Serve only this namespace (the controller watches only it).
     pub namespace: Option<String>,
+    /// Connection cap and timeouts of the listener.
+    pub limits: listen::Limits,
 }
 
 impl Default for ApiConfig {
@@ -66,6 +70,7 @@ impl Default for ApiConfig {
             ping_interval: Duration::from_secs(10),
             poll_interval: Duration::from_secs(5),
             namespace: None,
+            limits: listen::Limits::default(),
         }
     }
 }
@@ -205,7 +210,7 @@ pub async fn bind(addr: SocketAddr) -> Result<(TcpListener, SocketAddr), ServerE
 
 /// Serve until `shutdown` resolves; open control channels are closed first so the
 /// graceful shutdown does not wait on them. With `tls` (see [`tls::acceptor`]), the
-/// listener speaks HTTPS only.
+/// listener speaks HTTPS only. Limits: [`ApiConfig::limits`].
 pub async fn serve(
     listener: TcpListener,
     state: ApiState,
@@ -217,16 +222,8 @@ pub async fn serve(
         shutdown.await;
         hub.close_all("the server is shutting down");
     };
-    match tls {
-        Some(acceptor) => tls::serve(listener, acceptor, routes(state), shutdown).await,
-        None => {
-            warp::serve(routes(state))
-                .incoming(listener)
-                .graceful(shutdown)
-                .run()
-                .await
-        }
-    }
+    let limits = state.config.limits;
+    listen::serve(listener, tls, routes(state), limits, shutdown).await;
 }
 
 #[cfg(test)]
