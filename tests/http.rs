@@ -231,7 +231,10 @@ async fn a_client_that_stops_reading_loses_the_connection() {
     .await;
     assert!(read.is_ok(), "the connection stayed open");
     let answered = got.windows(15).filter(|w| w == b"HTTP/1.1 200 OK").count();
-    assert!(answered < asks, "all {asks} answered: the writes never stalled");
+    assert!(
+        answered < asks,
+        "all {asks} answered: the writes never stalled"
+    );
 }
 
 #[tokio::test]

@@ -90,6 +90,9 @@ pub struct ReadQuery {
     pub step: String,
     #[serde(default)]
     pub follow: bool,
+    /// Start at this byte of the stored log (what earlier reads returned), not at 0.
+    #[serde(default)]
+    pub offset: u64,
 }
 
 /// `GET /v1/jobs` query.

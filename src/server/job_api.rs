@@ -183,8 +183,11 @@ fn append_query(q: &Query) -> Result<AppendQuery, ApiError> {
 }
 
 fn read_query(q: &Query) -> Result<ReadQuery, ApiError> {
-    const EXPECTED: &str = "?step=S[&follow=true]";
-    if let Some(k) = q.keys().find(|k| !matches!(k.as_str(), "step" | "follow")) {
+    const EXPECTED: &str = "?step=S[&follow=true][&offset=N]";
+    if let Some(k) = q
+        .keys()
+        .find(|k| !matches!(k.as_str(), "step" | "follow" | "offset"))
+    {
         return Err(ApiError::bad_request(
             "InvalidQuery",
             format!("unknown parameter {k}: expected {EXPECTED}"),
@@ -195,6 +198,10 @@ fn read_query(q: &Query) -> Result<ReadQuery, ApiError> {
         follow: match q.get("follow") {
             Some(_) => field(q, "follow", EXPECTED)?,
             None => false,
+        },
+        offset: match q.get("offset") {
+            Some(_) => field(q, "offset", EXPECTED)?,
+            None => 0,
         },
     })
 }
@@ -366,6 +373,11 @@ fn log_error(e: LogError) -> ApiError {
             format!(
                 "chunk at offset {offset}, but {stored} bytes are stored: resend from {stored}"
             ),
+        ),
+        LogError::Beyond { offset, size } => ApiError::new(
+            StatusCode::RANGE_NOT_SATISFIABLE,
+            "OffsetBeyondLog",
+            format!("offset {offset} is past the stored log's {size} bytes"),
         ),
         e => unavailable("log store", e),
     }

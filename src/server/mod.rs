@@ -208,8 +208,8 @@ pub async fn bind(addr: SocketAddr) -> Result<(TcpListener, SocketAddr), ServerE
     Ok((listener, local))
 }
 
-/// Serve until `shutdown` resolves; open control channels are closed first so the
-/// graceful shutdown does not wait on them. With `tls` (see [`tls::acceptor`]), the
+/// Serve until `shutdown` resolves; open control channels and followed logs are
+/// ended first so the graceful shutdown does not wait on them. With `tls` (see [`tls::acceptor`]), the
 /// listener speaks HTTPS only. Limits: [`ApiConfig::limits`].
 pub async fn serve(
     listener: TcpListener,
@@ -217,10 +217,11 @@ pub async fn serve(
     tls: Option<tokio_rustls::TlsAcceptor>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) {
-    let hub = state.hub.clone();
+    let (hub, logs) = (state.hub.clone(), state.logs.clone());
     let shutdown = async move {
         shutdown.await;
         hub.close_all("the server is shutting down");
+        logs.stop_following();
     };
     let limits = state.config.limits;
     listen::serve(listener, tls, routes(state), limits, shutdown).await;

@@ -4,6 +4,7 @@
 
 #[allow(clippy::wildcard_imports)]
 use super::*;
+use crate::server::logs::{LogReader, Open};
 use kube::api::PostParams;
 
 /// Whether the user behind a Kubernetes bearer token may `get` Job `ns/name`.
@@ -95,13 +96,25 @@ async fn user_may_get(
     }
 }
 
-/// A channel's receiving end as a `Sync` stream (what warp's streaming body needs).
-struct Chunks(tokio::sync::mpsc::Receiver<Result<Bytes, std::io::Error>>);
+/// A `Send` stream made `Sync`, as warp's streaming body asks: it is only ever
+/// polled through `&mut`, so the mutex is never locked.
+struct SyncStream<S>(std::sync::Mutex<Pin<Box<S>>>);
 
-impl futures::Stream for Chunks {
-    type Item = Result<Bytes, std::io::Error>;
-    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        self.0.poll_recv(cx)
+impl<S> SyncStream<S> {
+    fn new(stream: S) -> Self {
+        Self(std::sync::Mutex::new(Box::pin(stream)))
+    }
+}
+
+impl<S: futures::Stream> futures::Stream for SyncStream<S> {
+    type Item = S::Item;
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let inner = self
+            .get_mut()
+            .0
+            .get_mut()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        inner.as_mut().poll_next(cx)
     }
 }
 
@@ -125,6 +138,100 @@ fn still_going(state: &ApiState, ns: &str, name: &str, uid: &str, step: &str) ->
         .any(|s| s.name == step && s.phase.is_finished())
 }
 
+/// How long a follower waits for an append before it checks the Job again.
+const RECHECK: Duration = Duration::from_secs(1);
+
+/// A followed log: the stored bytes from an offset on, then every append, until the
+/// step or the Job ends or the server shuts down. It is the response body itself
+/// (no task of its own), so it ends with its client's connection.
+struct Follow {
+    state: ApiState,
+    key: LogKey,
+    uid: String,
+    pos: u64,
+    changes: tokio::sync::watch::Receiver<u64>,
+    /// The open reader, and whether the step was still going before it was opened
+    /// (a step seen finished has its whole log stored).
+    reading: Option<(LogReader, bool)>,
+    _open: Open,
+}
+
+impl Follow {
+    /// Opened at once, so an offset past the log is refused before any answer.
+    async fn start(
+        state: &ApiState,
+        key: LogKey,
+        uid: String,
+        from: u64,
+    ) -> Result<Self, ApiError> {
+        let mut f = Self {
+            changes: state.logs.changes(),
+            _open: state.logs.follower(),
+            state: state.clone(),
+            key,
+            uid,
+            pos: from,
+            reading: None,
+        };
+        f.open().await.map_err(log_error)?;
+        Ok(f)
+    }
+
+    async fn open(&mut self) -> Result<(), LogError> {
+        self.changes.borrow_and_update();
+        let k = &self.key;
+        let going = still_going(&self.state, &k.namespace, &k.name, &self.uid, &k.step);
+        let reader = self.state.logs.read(&self.key, self.pos).await?;
+        self.reading = Some((reader, going));
+        Ok(())
+    }
+
+    /// The next chunk; `None` at the end.
+    async fn next(&mut self) -> Option<std::io::Result<Bytes>> {
+        use futures::StreamExt;
+        loop {
+            let Some((reader, going)) = self.reading.as_mut() else {
+                if let Err(e) = self.open().await {
+                    warn!(job = %self.key.name, step = %self.key.step, "follow logs: {e}");
+                    return None;
+                }
+                continue;
+            };
+            match reader.next().await {
+                Some(Ok(bytes)) => {
+                    self.pos += bytes.len() as u64;
+                    return Some(Ok(bytes));
+                }
+                Some(Err(e)) => {
+                    self.reading = None;
+                    return Some(Err(e));
+                }
+                None if !*going => return None,
+                None => self.reading = None,
+            }
+            tokio::select! {
+                _ = tokio::time::timeout(RECHECK, self.changes.changed()) => {}
+                () = self.state.logs.following_stopped() => return None,
+            }
+        }
+    }
+
+    fn into_stream(self) -> impl futures::Stream<Item = std::io::Result<Bytes>> + Send {
+        futures::stream::unfold(self, |mut f| async move {
+            let item = f.next().await?;
+            Some((item, f))
+        })
+    }
+}
+
+fn text_plain(mut res: Response) -> Response {
+    res.headers_mut().insert(
+        warp::http::header::CONTENT_TYPE,
+        warp::http::HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    res
+}
+
 pub(super) async fn read(
     state: &ApiState,
     ns: &str,
@@ -132,6 +239,7 @@ pub(super) async fn read(
     q: &ReadQuery,
     authorization: Option<&str>,
 ) -> Result<Response, ApiError> {
+    use warp::Reply;
     names(ns, name)?;
     user_may_get(state, authorization, ns, name).await?;
     let job = match cached(state, ns, name) {
@@ -147,53 +255,14 @@ pub(super) async fn read(
     }
     let key = log_key(&job, &q.step);
     if !q.follow {
-        let bytes = state.logs.read_from(&key, 0).await.map_err(log_error)?;
-        let mut res = warp::reply::Response::new(bytes.into());
-        res.headers_mut().insert(
-            warp::http::header::CONTENT_TYPE,
-            warp::http::HeaderValue::from_static("text/plain; charset=utf-8"),
-        );
-        return Ok(res);
+        let reader = state.logs.read(&key, q.offset).await.map_err(log_error)?;
+        return Ok(text_plain(
+            warp::reply::stream(SyncStream::new(reader)).into_response(),
+        ));
     }
-    let (tx, rx) = tokio::sync::mpsc::channel(16);
-    let state = state.clone();
-    let (ns, name, uid, step) = (
-        ns.to_owned(),
-        name.to_owned(),
-        job.uid().unwrap_or_default(),
-        q.step.clone(),
-    );
-    tokio::spawn(async move {
-        let mut pos = 0u64;
-        loop {
-            let changed = state.logs.changed();
-            // Decide before reading: a step seen finished has its whole log stored.
-            let going = still_going(&state, &ns, &name, &uid, &step);
-            match state.logs.read_from(&key, pos).await {
-                Ok(bytes) if !bytes.is_empty() => {
-                    pos += bytes.len() as u64;
-                    if tx.send(Ok(Bytes::from(bytes))).await.is_err() {
-                        return;
-                    }
-                    continue;
-                }
-                Ok(_) => {}
-                Err(e) => {
-                    warn!(job = %name, step = %step, "follow logs: {e}");
-                    return;
-                }
-            }
-            if !going {
-                return;
-            }
-            let _ = tokio::time::timeout(Duration::from_secs(1), changed).await;
-        }
-    });
-    use warp::Reply;
-    let mut res = warp::reply::stream(Chunks(rx)).into_response();
-    res.headers_mut().insert(
-        warp::http::header::CONTENT_TYPE,
-        warp::http::HeaderValue::from_static("text/plain; charset=utf-8"),
-    );
-    Ok(res)
+    let uid = job.uid().unwrap_or_default();
+    let follow = Follow::start(state, key, uid, q.offset).await?;
+    Ok(text_plain(
+        warp::reply::stream(SyncStream::new(follow.into_stream())).into_response(),
+    ))
 }
