@@ -226,6 +226,30 @@ async fn reads_start_at_an_offset_and_bad_offsets_are_clean_4xx() {
 }
 
 #[tokio::test]
+async fn only_tokens_minted_for_baton_are_taken() {
+    let s = start("audience", Limits::default(), b"secret\n").await;
+    for (token, status, why) in [
+        ("apiserver", 401, "WrongAudience"),
+        ("forged", 401, "Unauthenticated"),
+    ] {
+        let (code, body) = read(&s, "step=s", token).await;
+        assert_eq!((code, reason(&body).as_str()), (status, why), "{token}");
+        let text = String::from_utf8_lossy(&body);
+        assert!(text.contains("--audience baton"), "{text}");
+    }
+    assert_eq!(
+        read(&s, "step=s", "good").await,
+        (200, b"secret\n".to_vec())
+    );
+    // Every review asked for Baton's audience.
+    let seen = s.seen.lock().unwrap();
+    assert_eq!(seen.len(), 3);
+    for spec in seen.iter() {
+        assert_eq!(spec["audiences"], serde_json::json!(["baton"]), "{spec}");
+    }
+}
+
+#[tokio::test]
 async fn a_follower_ends_when_its_client_goes_away() {
     let s = start("gone", Limits::default(), b"first\n").await;
     let mut tcp = TcpStream::connect(s.addr).await.unwrap();

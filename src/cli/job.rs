@@ -7,9 +7,9 @@
 //! from the controller's server (`--server` / `BATON_SERVER`), which lets a caller
 //! read them only if Kubernetes RBAC allows it to `get` that Job: the caller's
 //! bearer token (`--token` / `BATON_TOKEN`) is checked there with a TokenReview and
-//! a SubjectAccessReview. A kubeconfig that authenticates with client certificates
-//! has no bearer token to forward: pass a ServiceAccount token (`kubectl create
-//! token ...`) instead.
+//! a SubjectAccessReview; it must be minted for Baton (`kubectl create token SA
+//! --audience baton`), a token meant for the API server is refused. A kubeconfig
+//! that authenticates with client certificates has no bearer token to forward.
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -35,7 +35,8 @@ pub struct ServerArgs {
     /// The controller's server, e.g. http://baton.baton-system:8080.
     #[arg(long, value_name = "URL", env = "BATON_SERVER")]
     pub server: Option<String>,
-    /// A Kubernetes bearer token whose user may `get` the Job.
+    /// A Kubernetes bearer token whose user may `get` the Job, minted for Baton:
+    /// `kubectl create token SA --audience baton`.
     #[arg(long, env = "BATON_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
 }
@@ -204,7 +205,7 @@ async fn print_logs(
         .trim_end_matches('/')
         .to_owned();
     let token = server.token.as_deref().ok_or_else(|| {
-        anyhow!("reading logs needs a Kubernetes bearer token: pass --token or set BATON_TOKEN (e.g. from `kubectl create token SA`)")
+        anyhow!("reading logs needs a Kubernetes bearer token: pass --token or set BATON_TOKEN (minted for Baton: `kubectl create token SA --audience baton`)")
     })?;
     let job = api
         .get(name)

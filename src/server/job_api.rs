@@ -6,7 +6,9 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use k8s_openapi::api::authentication::v1::{TokenReview, TokenReviewSpec};
+use k8s_openapi::api::authentication::v1::{
+    TokenReview, TokenReviewSpec, TokenReviewStatus, UserInfo,
+};
 use k8s_openapi::api::authorization::v1::{
     ResourceAttributes, SubjectAccessReview, SubjectAccessReviewSpec,
 };
@@ -29,8 +31,8 @@ use crate::crd::{Job, JobStatus};
 use crate::domain::job_write::{self, Written};
 use crate::domain::token::{self, TokenCheck};
 use crate::protocol::jobs::{
-    AppendQuery, AppendResponse, Assignment, ClaimRequest, ClaimResponse, ListQuery, MAX_LOG_BODY,
-    MAX_STATUS_BODY, ReadQuery, StatusReport,
+    AppendQuery, AppendResponse, Assignment, ClaimRequest, ClaimResponse, LOG_TOKEN_AUDIENCE,
+    ListQuery, MAX_LOG_BODY, MAX_STATUS_BODY, ReadQuery, StatusReport,
 };
 
 type Response = warp::reply::Response;

@@ -1,6 +1,7 @@
-//! Users reading a Job's logs: a Kubernetes bearer token checked with a TokenReview,
-//! a SubjectAccessReview for `get` on the Job, then the stored log streamed (and
-//! followed) until the step or the Job ends.
+//! Users reading a Job's logs: a Kubernetes bearer token minted for Baton (audience
+//! [`LOG_TOKEN_AUDIENCE`]) checked with a TokenReview, a SubjectAccessReview for
+//! `get` on the Job, then the stored log streamed (and followed) until the step or
+//! the Job ends.
 
 #[allow(clippy::wildcard_imports)]
 use super::*;
@@ -38,7 +39,7 @@ async fn user_may_get(
     let review = TokenReview {
         spec: TokenReviewSpec {
             token: Some(token),
-            ..Default::default()
+            audiences: Some(vec![LOG_TOKEN_AUDIENCE.to_owned()]),
         },
         ..Default::default()
     };
@@ -46,19 +47,7 @@ async fn user_may_get(
         .create(&pp, &review)
         .await
         .map_err(|e| unavailable("TokenReview", e))?;
-    let status = reviewed.status.unwrap_or_default();
-    let user = match (status.authenticated, status.user) {
-        (Some(true), Some(user)) => user,
-        _ => {
-            return Err(ApiError::new(
-                StatusCode::UNAUTHORIZED,
-                "Unauthenticated",
-                status
-                    .error
-                    .unwrap_or_else(|| "the token was not accepted by Kubernetes".into()),
-            ));
-        }
-    };
+    let user = reviewed_user(reviewed.status.unwrap_or_default())?;
     let sar = SubjectAccessReview {
         spec: SubjectAccessReviewSpec {
             user: user.username.clone(),
@@ -93,6 +82,39 @@ async fn user_may_get(
                 user.username.unwrap_or_default()
             ),
         ))
+    }
+}
+
+/// How to get a token Baton takes, for the refusals.
+const MINT_HINT: &str = "mint one for Baton: kubectl create token SA --audience baton";
+
+/// The user a TokenReview authenticated, if the token was meant for Baton: the
+/// review's audiences must include [`LOG_TOKEN_AUDIENCE`] (an authenticator that
+/// ignores the asked audiences must not let an API-server token through).
+fn reviewed_user(status: TokenReviewStatus) -> Result<UserInfo, ApiError> {
+    let for_baton = status
+        .audiences
+        .as_ref()
+        .is_some_and(|a| a.iter().any(|a| a == LOG_TOKEN_AUDIENCE));
+    match (status.authenticated, status.user) {
+        (Some(true), Some(user)) if for_baton => Ok(user),
+        (Some(true), Some(_)) => Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "WrongAudience",
+            format!(
+                "the token is not meant for Baton (audience {LOG_TOKEN_AUDIENCE}): {MINT_HINT}"
+            ),
+        )),
+        _ => Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "Unauthenticated",
+            format!(
+                "{} ({MINT_HINT})",
+                status
+                    .error
+                    .unwrap_or_else(|| "the token was not accepted by Kubernetes".into())
+            ),
+        )),
     }
 }
 
@@ -265,4 +287,64 @@ pub(super) async fn read(
     Ok(text_plain(
         warp::reply::stream(SyncStream::new(follow.into_stream())).into_response(),
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn status(
+        authenticated: Option<bool>,
+        user: bool,
+        audiences: Option<&[&str]>,
+    ) -> TokenReviewStatus {
+        TokenReviewStatus {
+            authenticated,
+            user: user.then(|| UserInfo {
+                username: Some("system:serviceaccount:ns:reader".into()),
+                ..Default::default()
+            }),
+            audiences: audiences.map(|a| a.iter().map(|s| (*s).to_owned()).collect()),
+            error: (authenticated != Some(true)).then(|| "invalid bearer token".to_owned()),
+        }
+    }
+
+    #[test]
+    fn only_a_token_reviewed_for_baton_is_taken() {
+        let api_server: &[&str] = &["https://kubernetes.default.svc.cluster.local"];
+        let cases: &[(TokenReviewStatus, Result<(), &str>)] = &[
+            (status(Some(true), true, Some(&["baton"])), Ok(())),
+            (status(Some(true), true, Some(&["other", "baton"])), Ok(())),
+            (
+                status(Some(true), true, Some(api_server)),
+                Err("WrongAudience"),
+            ),
+            (status(Some(true), true, Some(&[])), Err("WrongAudience")),
+            (status(Some(true), true, None), Err("WrongAudience")),
+            (
+                status(Some(true), true, Some(&["Baton"])),
+                Err("WrongAudience"),
+            ),
+            (
+                status(Some(true), false, Some(&["baton"])),
+                Err("Unauthenticated"),
+            ),
+            (
+                status(Some(false), true, Some(&["baton"])),
+                Err("Unauthenticated"),
+            ),
+            (status(None, false, None), Err("Unauthenticated")),
+        ];
+        for (st, want) in cases {
+            let got = reviewed_user(st.clone()).map(drop).map_err(|e| e.reason);
+            assert_eq!(got, *want, "{st:?}");
+        }
+        let e = reviewed_user(status(Some(false), false, None)).unwrap_err();
+        assert!(
+            e.message.starts_with("invalid bearer token") && e.message.contains("--audience baton"),
+            "{}",
+            e.message
+        );
+    }
 }
