@@ -18,11 +18,13 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
 /// `baton controller`.
 #[derive(Debug, Args)]
 pub struct ControllerArgs {
-    /// Where the runner API and /healthz, /livez, /readyz listen.
+    /// Where the runner API and /healthz, /livez, /readyz listen. Loopback by
+    /// default: in a pod (or for runners on other machines) pass e.g.
+    /// --listen 0.0.0.0:8080, as the chart does.
     #[arg(
         long,
         value_name = "ADDR",
-        default_value = "0.0.0.0:8080",
+        default_value = "127.0.0.1:8080",
         env = "BATON_LISTEN"
     )]
     pub listen: SocketAddr,
@@ -45,7 +47,9 @@ pub struct ControllerArgs {
     /// How often a Pending runner polls.
     #[arg(long, value_parser = parse_duration, default_value = "5s", env = "BATON_POLL_INTERVAL")]
     pub poll_interval: Duration,
-    /// Where step logs are stored (default: a directory under the system temp dir).
+    /// Where step logs are stored, under DIR/logs (mode 0700). Default:
+    /// $TMPDIR/baton-data, which must then be this user's own directory (it is
+    /// created 0700, and group or other permissions on it are removed).
     #[arg(long, value_name = "DIR", env = "BATON_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
     /// Cap on one step's stored log, in bytes; past it a marker line says so.

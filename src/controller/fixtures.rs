@@ -32,12 +32,17 @@ pub fn mocked_context(name: &str) -> (Arc<Context>, ApiHandle) {
         tls: None,
     };
     let caches = Caches::new();
+    let logs = super::log_store(
+        config.data_dir.clone().unwrap_or_default().join("logs"),
+        config.log_cap,
+    );
     let (ctx, _state, _kicks) = context(
         &client,
         &config,
         &caches,
         Arc::new(Hub::default()),
         Readiness::default(),
+        logs,
     );
     (ctx, handle)
 }

@@ -14,6 +14,7 @@ pub mod input;
 pub mod job_api;
 pub mod jobs;
 pub mod listen;
+pub mod log_dir;
 pub mod logs;
 pub mod metrics;
 pub mod tls;
