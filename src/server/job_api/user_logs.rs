@@ -213,11 +213,17 @@ impl Follow {
         use futures::StreamExt;
         loop {
             let Some((reader, going)) = self.reading.as_mut() else {
-                if let Err(e) = self.open().await {
-                    warn!(job = %self.key.name, step = %self.key.step, "follow logs: {e}");
-                    return None;
+                match self.open().await {
+                    Ok(()) => continue,
+                    // The file went (the Job was deleted): the end, not a fault.
+                    Err(e @ LogError::Beyond { .. }) => {
+                        debug!(job = %self.key.name, step = %self.key.step, "follow logs: {e}")
+                    }
+                    Err(e) => {
+                        warn!(job = %self.key.name, step = %self.key.step, "follow logs: {e}")
+                    }
                 }
-                continue;
+                return None;
             };
             match reader.next().await {
                 Some(Ok(bytes)) => {
