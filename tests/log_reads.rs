@@ -108,6 +108,7 @@ fn key() -> LogKey {
 }
 
 struct Server {
+    _dir: Dir,
     addr: SocketAddr,
     logs: Arc<LogStore>,
     jobs: Writer<Job>,
@@ -124,7 +125,7 @@ async fn start(tag: &str, limits: Limits, log: &[u8]) -> Server {
             .unwrap();
     let dir = std::env::temp_dir().join(format!("baton-log-reads-{tag}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
-    let logs = Arc::new(LogStore::new(dir, 64 << 20));
+    let logs = Arc::new(LogStore::new(dir.clone(), 64 << 20));
     logs.append(&key(), 0, log).await.unwrap();
     let (store, mut jobs) = reflector::store();
     jobs.apply_watcher_event(&Event::InitDone);
@@ -151,12 +152,22 @@ async fn start(tag: &str, limits: Limits, log: &[u8]) -> Server {
     };
     let task = tokio::spawn(server::serve(listener, state, None, shutdown));
     Server {
+        _dir: Dir(dir),
         addr,
         logs,
         jobs,
         seen,
         stop,
         task,
+    }
+}
+
+/// The log store's directory, removed when dropped.
+struct Dir(std::path::PathBuf);
+
+impl Drop for Dir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
     }
 }
 

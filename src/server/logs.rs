@@ -522,6 +522,7 @@ mod tests {
             }
         }
         assert_eq!(store.open_readers(), 0, "a refused read holds nothing");
+        let _ = std::fs::remove_dir_all(store.root());
     }
 
     #[tokio::test]
@@ -537,5 +538,6 @@ mod tests {
         // A duplicate changes nothing: no wake-up.
         store.append(&key("a"), 0, b"x").await.unwrap();
         assert!(!changes.has_changed().unwrap());
+        let _ = std::fs::remove_dir_all(store.root());
     }
 }
