@@ -10,6 +10,9 @@ fn run(bin: &std::path::Path, args: &[&str]) -> (i32, String, String) {
     let out = Command::new(bin)
         .args(args)
         .env("KUBECONFIG", "/nonexistent/kubeconfig")
+        .env_remove("BATON_SERVER")
+        .env_remove("BATON_TOKEN")
+        .env_remove("BATON_CA_FILE")
         .output()
         .unwrap();
     (
@@ -88,4 +91,59 @@ fn bad_arguments_fail_before_any_cluster_call() {
     // A verb needs its NAME.
     let (code, _, _) = run(bin, &["runner", "adopt"]);
     assert_eq!(code, 2);
+}
+
+#[test]
+fn job_logs_refuses_to_send_the_token_in_clear_to_another_machine() {
+    let bin = std::path::Path::new(BATON);
+    let logs = |server: &str, extra: &[&str]| {
+        let args = [
+            &["job", "logs", "j", "--server", server, "--token", "t"][..],
+            extra,
+        ]
+        .concat();
+        run(bin, &args)
+    };
+    for server in ["http://10.0.0.1:8080", "http://baton.baton-system:8080"] {
+        let (code, _, err) = logs(server, &[]);
+        assert_ne!(code, 0);
+        assert!(
+            err.contains("unencrypted") && err.contains("--insecure"),
+            "{server}: {err}"
+        );
+        // `job run -f` refuses before it creates anything (no manifest is read).
+        let (code, _, err) = run(
+            bin,
+            &[
+                "job",
+                "run",
+                "/nonexistent.yaml",
+                "-f",
+                "--server",
+                server,
+                "--token",
+                "t",
+            ],
+        );
+        assert!(code != 0 && err.contains("unencrypted"), "{server}: {err}");
+    }
+    // Loopback, https, or --insecure: past the check (to the missing kubeconfig).
+    for (server, extra) in [
+        ("http://127.0.0.1:1", &[][..]),
+        ("http://[::1]:1", &[]),
+        ("https://baton.example.com", &[]),
+        ("http://10.0.0.1:8080", &["--insecure"]),
+    ] {
+        let (code, _, err) = logs(server, extra);
+        assert!(code != 0 && !err.contains("unencrypted"), "{server}: {err}");
+        assert!(err.contains("kubeconfig"), "{server}: {err}");
+    }
+    let (code, _, err) = logs(
+        "https://baton.example.com",
+        &["--ca-file", "/nonexistent/ca.crt"],
+    );
+    assert!(
+        code != 0 && err.contains("--ca-file") && err.contains("/nonexistent/ca.crt"),
+        "{err}"
+    );
 }

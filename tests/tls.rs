@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use baton::runner::client::Client;
 use baton::server::hub::Hub;
+use baton::server::listen::Limits;
 use baton::server::tls::{self, TlsFiles};
 use baton::server::{self, ApiConfig, ApiState, health::Readiness, logs};
 use kube::runtime::reflector;
@@ -89,7 +90,7 @@ impl Drop for Dir {
 }
 
 /// The server's state with empty caches and a kube client pointing at a closed port.
-fn state(dir: &Path) -> ApiState {
+fn state(dir: &Path, limits: Limits) -> ApiState {
     let client =
         kube::Client::try_from(kube::Config::new("http://127.0.0.1:9".parse().unwrap())).unwrap();
     ApiState {
@@ -101,7 +102,10 @@ fn state(dir: &Path) -> ApiState {
         logs: Arc::new(logs::LogStore::new(dir.join("logs"), logs::DEFAULT_CAP)),
         hub: Arc::new(Hub::default()),
         readiness: Readiness::default(),
-        config: ApiConfig::default(),
+        config: ApiConfig {
+            limits,
+            ..Default::default()
+        },
         metrics: Default::default(),
         challenges: Arc::new(baton::domain::challenge::Challenges::new().unwrap()),
     }
@@ -114,6 +118,10 @@ struct Running {
 }
 
 async fn start(dir: &Dir, files: &TlsFiles, every: Duration) -> Running {
+    start_with(dir, files, every, Limits::default()).await
+}
+
+async fn start_with(dir: &Dir, files: &TlsFiles, every: Duration, limits: Limits) -> Running {
     let acceptor = tls::acceptor(files, every).unwrap();
     let (listener, addr) = server::bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
     let (stop, stopped) = oneshot::channel::<()>();
@@ -122,7 +130,7 @@ async fn start(dir: &Dir, files: &TlsFiles, every: Duration) -> Running {
     };
     let task = tokio::spawn(server::serve(
         listener,
-        state(&dir.0),
+        state(&dir.0, limits),
         Some(acceptor),
         shutdown,
     ));
@@ -224,6 +232,35 @@ async fn plain_http_to_the_tls_port_fails_and_https_still_works() {
         .await
         .unwrap();
     assert_eq!(res.status(), 200);
+}
+
+#[tokio::test]
+async fn a_client_that_never_finishes_its_handshake_is_dropped() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let dir = Dir::new("handshake");
+    let ca = Ca::new();
+    let limits = Limits {
+        handshake_timeout: Duration::from_millis(500),
+        ..Limits::default()
+    };
+    let s = start_with(&dir, &dir.files(&ca.leaf()), tls::RELOAD_EVERY, limits).await;
+    // Nothing at all, and the first bytes of a ClientHello record.
+    for first in [&b""[..], b"\x16\x03\x01\x02\x00\x01"] {
+        let mut tcp = tokio::net::TcpStream::connect(s.addr).await.unwrap();
+        let t0 = Instant::now();
+        tcp.write_all(first).await.unwrap();
+        let mut sink = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(5), tcp.read_to_end(&mut sink))
+            .await
+            .expect("closed within 5s");
+        let took = t0.elapsed();
+        assert!(
+            took >= limits.handshake_timeout && took < Duration::from_secs(2),
+            "{first:?}: closed after {took:?}"
+        );
+    }
+    // A real client still gets through.
+    assert!(!served_cert(s.addr, &ca.pem).await.is_empty());
 }
 
 #[tokio::test]

@@ -19,14 +19,26 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
 /// `baton controller`.
 #[derive(Debug, Args)]
 pub struct ControllerArgs {
-    /// Where the runner API and /healthz, /livez, /readyz listen.
+    /// Where the runner API and /healthz, /livez, /readyz listen. Loopback by
+    /// default: in a pod (or for runners on other machines) pass e.g.
+    /// --listen 0.0.0.0:8080, as the chart does.
     #[arg(
         long,
         value_name = "ADDR",
-        default_value = "0.0.0.0:8080",
+        default_value = "127.0.0.1:8080",
         env = "BATON_LISTEN"
     )]
     pub listen: SocketAddr,
+    /// Open connections the runner API serves at most; over it, a new connection
+    /// is closed at once. Each connected runner holds one (its control channel).
+    #[arg(
+        long,
+        value_name = "N",
+        default_value_t = 1024,
+        value_parser = clap::value_parser!(u32).range(1..=1_048_576),
+        env = "BATON_MAX_CONNECTIONS"
+    )]
+    pub max_connections: u32,
     /// Watch and serve only this namespace (default: all namespaces).
     #[arg(long, short = 'n', env = "BATON_NAMESPACE")]
     pub namespace: Option<String>,
@@ -45,7 +57,9 @@ pub struct ControllerArgs {
         env = "BATON_MAX_PENDING_RUNNERS"
     )]
     pub max_pending_runners: usize,
-    /// Where step logs are stored (default: a directory under the system temp dir).
+    /// Where step logs are stored, under DIR/logs (mode 0700). Default:
+    /// $TMPDIR/baton-data, which must then be this user's own directory (it is
+    /// created 0700, and group or other permissions on it are removed).
     #[arg(long, value_name = "DIR", env = "BATON_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
     /// Cap on one step's stored log, in bytes; past it a marker line says so.
@@ -247,6 +261,10 @@ pub async fn controller(args: ControllerArgs) -> anyhow::Result<i32> {
             poll_interval: args.poll_interval,
             namespace: args.namespace,
             max_pending_runners: args.max_pending_runners,
+            limits: crate::server::listen::Limits {
+                max_connections: usize::try_from(args.max_connections).unwrap_or(usize::MAX),
+                ..Default::default()
+            },
         },
         data_dir: args.data_dir,
         log_cap: args.log_cap,

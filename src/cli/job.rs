@@ -4,41 +4,29 @@
 //! generated name each run, whose name is printed and followed; a fixed name that
 //! exists already is refused with how to go on); `cancel` patches
 //! `spec.cancel: true`; both are what a GitOps repository could do too. Logs come
-//! from the controller's server (`--server` / `BATON_SERVER`), which lets a caller
+//! from the controller's server (`--server` / `BATON_SERVER`, see [`super::job_logs`]
+//! for what is refused and how logs are printed), which lets a caller
 //! read them only if Kubernetes RBAC allows it to `get` that Job: the caller's
 //! bearer token (`--token` / `BATON_TOKEN`) is checked there with a TokenReview and
-//! a SubjectAccessReview. A kubeconfig that authenticates with client certificates
-//! has no bearer token to forward: pass a ServiceAccount token (`kubectl create
-//! token ...`) instead.
+//! a SubjectAccessReview; it must be minted for Baton (`kubectl create token SA
+//! --audience baton`), a token meant for the API server is refused. A kubeconfig
+//! that authenticates with client certificates has no bearer token to forward.
 
-use std::io::Write;
 use std::path::PathBuf;
-use std::time::Duration;
 
 use anyhow::{Context, anyhow, bail};
 use clap::Subcommand;
-use futures::StreamExt;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::ResourceExt;
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::runtime::wait::await_condition;
 
+use super::job_logs::{LogClient, ServerArgs};
 use super::plugin::KubeArgs;
 use crate::crd::Job;
 use crate::crd::job::JobPhase;
 
 const MANAGER: &str = "kubectl-baton";
-
-/// Where the logs come from, and who asks.
-#[derive(Debug, clap::Args, Clone, Default)]
-pub struct ServerArgs {
-    /// The controller's server, e.g. http://baton.baton-system:8080.
-    #[arg(long, value_name = "URL", env = "BATON_SERVER")]
-    pub server: Option<String>,
-    /// A Kubernetes bearer token whose user may `get` the Job.
-    #[arg(long, env = "BATON_TOKEN", hide_env_values = true)]
-    pub token: Option<String>,
-}
 
 /// `job run | logs | cancel`.
 #[derive(Debug, Subcommand)]
@@ -84,6 +72,8 @@ pub async fn job(verb: JobVerb) -> anyhow::Result<i32> {
             server,
             kube,
         } => {
+            // Before the Job exists: a refused --server must not leave it behind.
+            let logs = follow.then(|| LogClient::new(&server)).transpose()?;
             let text = std::fs::read_to_string(&file)
                 .with_context(|| format!("read {}", file.display()))?;
             let mut job: Job = serde_saphyr::from_str(&text)
@@ -103,10 +93,10 @@ pub async fn job(verb: JobVerb) -> anyhow::Result<i32> {
                 .map_err(|e| create_failed(e, &ns, &naming))?;
             let name = created.name_any();
             eprintln!("job.baton.dev/{name} created");
-            if !follow {
+            let Some(logs) = logs else {
                 return Ok(0);
-            }
-            print_logs(&api, &ns, &name, None, true, &server).await?;
+            };
+            print_logs(&api, &ns, &name, None, true, &logs).await?;
             finish(&api, &name).await
         }
         JobVerb::Logs {
@@ -116,9 +106,11 @@ pub async fn job(verb: JobVerb) -> anyhow::Result<i32> {
             server,
             kube,
         } => {
+            // The flags first: a refused --server or a missing token before any API call.
+            let logs = LogClient::new(&server)?;
             let (client, ns) = kube.connect().await?;
             let api: Api<Job> = Api::namespaced(client, &ns);
-            print_logs(&api, &ns, &name, step.as_deref(), follow, &server).await?;
+            print_logs(&api, &ns, &name, step.as_deref(), follow, &logs).await?;
             Ok(0)
         }
         JobVerb::Cancel { name, kube } => {
@@ -193,19 +185,8 @@ async fn print_logs(
     name: &str,
     only: Option<&str>,
     follow: bool,
-    server: &ServerArgs,
+    client: &LogClient,
 ) -> anyhow::Result<()> {
-    let base = server
-        .server
-        .as_deref()
-        .ok_or_else(|| {
-            anyhow!("logs come from the controller's server: pass --server URL or set BATON_SERVER")
-        })?
-        .trim_end_matches('/')
-        .to_owned();
-    let token = server.token.as_deref().ok_or_else(|| {
-        anyhow!("reading logs needs a Kubernetes bearer token: pass --token or set BATON_TOKEN (e.g. from `kubectl create token SA`)")
-    })?;
     let job = api
         .get(name)
         .await
@@ -219,36 +200,12 @@ async fn print_logs(
         }
         None => job.spec.steps.iter().map(|s| s.name.clone()).collect(),
     };
-    let http = reqwest::Client::builder()
-        .connect_timeout(Duration::from_secs(5))
-        .build()?;
     let many = steps.len() > 1;
     for step in steps {
         if many {
-            println!("==> step {step} <==");
+            println!("==> step {} <==", client.header(&step));
         }
-        let res = http
-            .get(format!("{base}/v1/jobs/{ns}/{name}/logs"))
-            .query(&[
-                ("step", step.as_str()),
-                ("follow", if follow { "true" } else { "false" }),
-            ])
-            .bearer_auth(token)
-            .send()
-            .await
-            .with_context(|| format!("reach the server at {base}"))?;
-        let status = res.status();
-        if !status.is_success() {
-            let body = res.text().await.unwrap_or_default();
-            bail!("the server refused the logs of step {step}: {status} {body}");
-        }
-        let mut body = res.bytes_stream();
-        while let Some(chunk) = body.next().await {
-            let chunk = chunk.context("read the log stream")?;
-            let mut out = std::io::stdout().lock();
-            out.write_all(&chunk)?;
-            out.flush()?;
-        }
+        client.print_step(ns, name, &step, follow).await?;
     }
     Ok(())
 }

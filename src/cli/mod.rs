@@ -4,8 +4,10 @@ use clap::{Parser, Subcommand};
 
 pub mod daemons;
 pub mod job;
+pub mod job_logs;
 pub mod local;
 pub mod plugin;
+pub mod terminal;
 
 /// Baton runs CI/CD jobs on Kubernetes runners, or locally with `baton run`.
 #[derive(Debug, Parser)]

@@ -317,6 +317,9 @@ mod tests {
         assert!(lines[0].starts_with("NAME"));
         assert!(lines[1].contains("Rejected"), "{t}");
         assert!(lines[1].contains("abc"), "{t}");
-        assert!(lines[0].ends_with("KEY") && lines[1].ends_with("SHA256:fp"), "{t}");
+        assert!(
+            lines[0].ends_with("KEY") && lines[1].ends_with("SHA256:fp"),
+            "{t}"
+        );
     }
 }

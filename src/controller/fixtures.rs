@@ -33,6 +33,10 @@ pub fn mocked_context(name: &str) -> (Arc<Context>, ApiHandle) {
         tls: None,
     };
     let caches = Caches::new();
+    let logs = super::log_store(
+        config.data_dir.clone().unwrap_or_default().join("logs"),
+        config.log_cap,
+    );
     let (ctx, _state, _kicks) = context(
         &client,
         &config,
@@ -40,6 +44,7 @@ pub fn mocked_context(name: &str) -> (Arc<Context>, ApiHandle) {
         Arc::new(Hub::default()),
         Readiness::default(),
         Arc::new(crate::domain::challenge::Challenges::new().expect("OS randomness")),
+        logs,
     );
     (ctx, handle)
 }

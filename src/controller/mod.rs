@@ -66,6 +66,8 @@ pub enum StartError {
     Client(#[source] kube::Error),
     #[error(transparent)]
     Server(#[from] server::ServerError),
+    #[error(transparent)]
+    LogDir(#[from] server::log_dir::LogDirError),
     #[error("{0}")]
     Leader(String),
     #[error("draw the runner API's challenge key from the OS random source: {0}")]
@@ -188,7 +190,7 @@ pub struct Config {
     /// Where the runner API and the health routes listen.
     pub listen: SocketAddr,
     pub api: ApiConfig,
-    /// Where step logs are stored (default: a directory under the system temp dir).
+    /// Where step logs are stored (default: [`server::log_dir::default_data_dir`]).
     pub data_dir: Option<std::path::PathBuf>,
     /// Cap on one step's stored log, in bytes.
     pub log_cap: u64,
@@ -252,16 +254,10 @@ fn stop_on(
     (stop, stopped)
 }
 
-fn log_store(config: &Config) -> Arc<server::logs::LogStore> {
-    let data_dir = config
-        .data_dir
-        .clone()
-        .unwrap_or_else(|| std::env::temp_dir().join("baton-data"));
-    let logs = Arc::new(server::logs::LogStore::new(
-        data_dir.join("logs"),
-        config.log_cap,
-    ));
-    info!(dir = %logs.root().display(), cap = config.log_cap, "step logs stored here");
+/// The log store in `root` (made private by [`server::log_dir::prepare`]).
+fn log_store(root: std::path::PathBuf, cap: u64) -> Arc<server::logs::LogStore> {
+    let logs = Arc::new(server::logs::LogStore::new(root, cap));
+    info!(dir = %logs.root().display(), cap, "step logs stored here");
     logs
 }
 
@@ -274,8 +270,8 @@ fn context(
     hub: Arc<Hub>,
     readiness: Readiness,
     challenges: Arc<Challenges>,
+    logs: Arc<server::logs::LogStore>,
 ) -> (Arc<Context>, ApiState, KickReceiver) {
-    let logs = log_store(config);
     let metrics = Arc::new(Metrics::new());
     let events = crate::domain::events::Events::new(client.clone());
     let state = ApiState {
@@ -353,6 +349,7 @@ pub async fn run(
         .map(|files| server::tls::acceptor(files, server::tls::RELOAD_EVERY))
         .transpose()
         .map_err(server::ServerError::from)?;
+    let logs_dir = server::log_dir::prepare(config.data_dir.as_deref())?;
     let client = Client::try_default().await.map_err(StartError::Client)?;
     let ns = config.api.namespace.clone();
     let elector = elector(&client, &config)?;
@@ -364,6 +361,7 @@ pub async fn run(
     }
     let caches = Caches::new();
     let challenges = Arc::new(Challenges::new().map_err(StartError::Random)?);
+    let logs = log_store(logs_dir, config.log_cap);
     let (ctx, state, kicks) = context(
         &client,
         &config,
@@ -371,6 +369,7 @@ pub async fn run(
         hub.clone(),
         readiness.clone(),
         challenges,
+        logs,
     );
     let (listener, addr) = server::bind(config.listen).await?;
     info!(%addr, namespace = ns.as_deref().unwrap_or("*"), tls = tls.is_some(), "runner API listening");

@@ -83,6 +83,12 @@ pub struct AppendQuery {
     pub epoch: i64,
 }
 
+/// The audience a user's token for reading logs must be minted for
+/// (`kubectl create token SA --audience baton`): a token meant for the API server
+/// (or for anything else) is refused, so Baton never holds a credential that works
+/// elsewhere.
+pub const LOG_TOKEN_AUDIENCE: &str = "baton";
+
 /// `GET .../logs` query.
 #[derive(Deserialize, Serialize, Debug, Clone, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
@@ -90,6 +96,9 @@ pub struct ReadQuery {
     pub step: String,
     #[serde(default)]
     pub follow: bool,
+    /// Start at this byte of the stored log (what earlier reads returned), not at 0.
+    #[serde(default)]
+    pub offset: u64,
 }
 
 /// `GET /v1/jobs` query.

@@ -80,7 +80,11 @@ impl Client {
         ca_file: Option<&Path>,
         ca_pem: Option<&str>,
     ) -> Result<Self, ClientError> {
-        let mut builder = reqwest::Client::builder().connect_timeout(Duration::from_secs(5));
+        // Idle connections go before the server's 10 s keep-alive (its header-read
+        // timeout) closes them under a request.
+        let mut builder = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(5))
+            .pool_idle_timeout(Duration::from_secs(5));
         let mut cas = Vec::new();
         if let Some(path) = ca_file {
             cas.push((CaOrigin::File(path.to_owned()), read_ca_file(path)?));

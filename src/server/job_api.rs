@@ -6,7 +6,9 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use k8s_openapi::api::authentication::v1::{TokenReview, TokenReviewSpec};
+use k8s_openapi::api::authentication::v1::{
+    TokenReview, TokenReviewSpec, TokenReviewStatus, UserInfo,
+};
 use k8s_openapi::api::authorization::v1::{
     ResourceAttributes, SubjectAccessReview, SubjectAccessReviewSpec,
 };
@@ -29,8 +31,8 @@ use crate::crd::{Job, JobStatus};
 use crate::domain::job_write::{self, Written};
 use crate::domain::token::{self, TokenCheck};
 use crate::protocol::jobs::{
-    AppendQuery, AppendResponse, Assignment, ClaimRequest, ClaimResponse, ListQuery, MAX_LOG_BODY,
-    MAX_STATUS_BODY, ReadQuery, StatusReport,
+    AppendQuery, AppendResponse, Assignment, ClaimRequest, ClaimResponse, LOG_TOKEN_AUDIENCE,
+    ListQuery, MAX_LOG_BODY, MAX_STATUS_BODY, ReadQuery, StatusReport,
 };
 
 type Response = warp::reply::Response;
@@ -183,8 +185,11 @@ fn append_query(q: &Query) -> Result<AppendQuery, ApiError> {
 }
 
 fn read_query(q: &Query) -> Result<ReadQuery, ApiError> {
-    const EXPECTED: &str = "?step=S[&follow=true]";
-    if let Some(k) = q.keys().find(|k| !matches!(k.as_str(), "step" | "follow")) {
+    const EXPECTED: &str = "?step=S[&follow=true][&offset=N]";
+    if let Some(k) = q
+        .keys()
+        .find(|k| !matches!(k.as_str(), "step" | "follow" | "offset"))
+    {
         return Err(ApiError::bad_request(
             "InvalidQuery",
             format!("unknown parameter {k}: expected {EXPECTED}"),
@@ -195,6 +200,10 @@ fn read_query(q: &Query) -> Result<ReadQuery, ApiError> {
         follow: match q.get("follow") {
             Some(_) => field(q, "follow", EXPECTED)?,
             None => false,
+        },
+        offset: match q.get("offset") {
+            Some(_) => field(q, "offset", EXPECTED)?,
+            None => 0,
         },
     })
 }
@@ -391,6 +400,11 @@ fn log_error(e: LogError) -> ApiError {
             format!(
                 "chunk at offset {offset}, but {stored} bytes are stored: resend from {stored}"
             ),
+        ),
+        LogError::Beyond { offset, size } => ApiError::new(
+            StatusCode::RANGE_NOT_SATISFIABLE,
+            "OffsetBeyondLog",
+            format!("offset {offset} is past the stored log's {size} bytes"),
         ),
         e => unavailable("log store", e),
     }

@@ -6,22 +6,37 @@
 //! past it is refused (a gap). Each step's file is capped: past the cap the data is
 //! dropped, one marker line says so, and the logical length (what the runner has
 //! sent) is kept in a sidecar file so offsets keep working.
+//!
+//! Reads stream the file in chunks ([`LogReader`]), never the whole log in memory;
+//! the store counts open readers and followers, so a test (or a curious operator)
+//! can see that none outlives its client.
 
 use std::collections::HashMap;
 use std::io::{ErrorKind, SeekFrom};
 use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 
-use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
-use tokio::sync::Notify;
+use bytes::Bytes;
+use tokio::io::{AsyncSeekExt, AsyncWriteExt};
+use tokio::sync::watch;
+use tokio_util::io::ReaderStream;
+use tokio_util::sync::CancellationToken;
 
 /// Default cap of one step's stored log.
 pub const DEFAULT_CAP: u64 = 10 * 1024 * 1024;
+
+/// A read hands out the file at most this many bytes at a time.
+pub const READ_CHUNK: usize = 64 * 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum LogError {
     #[error("log chunk at offset {offset} leaves a gap: {stored} bytes stored")]
     Gap { offset: u64, stored: u64 },
+    #[error("read the log from offset {offset}: only {size} bytes are stored")]
+    Beyond { offset: u64, size: u64 },
     #[error("{doing} {path}: {source}")]
     Io {
         doing: &'static str,
@@ -62,8 +77,14 @@ pub struct LogStore {
     root: PathBuf,
     cap: u64,
     locks: Mutex<HashMap<LogKey, Arc<tokio::sync::Mutex<()>>>>,
-    /// Woken on every accepted append (followers re-read).
-    notify: Notify,
+    /// Bumped on every accepted append (followers re-read).
+    changes: watch::Sender<u64>,
+    /// Open [`LogReader`]s.
+    readers: Arc<AtomicUsize>,
+    /// Open followed reads (see [`LogStore::follower`]).
+    followers: Arc<AtomicUsize>,
+    /// Cancelled when the server shuts down: followed reads end.
+    stopping: CancellationToken,
 }
 
 impl std::fmt::Debug for LogStore {
@@ -89,7 +110,10 @@ impl LogStore {
             root: root.into(),
             cap,
             locks: Mutex::default(),
-            notify: Notify::new(),
+            changes: watch::Sender::new(0),
+            readers: Arc::default(),
+            followers: Arc::default(),
+            stopping: CancellationToken::new(),
         }
     }
 
@@ -159,7 +183,10 @@ impl LogStore {
         let skip = usize::try_from(stored - offset).unwrap_or(usize::MAX);
         let new = &bytes[skip.min(bytes.len())..];
         let dir = self.dir(key);
-        tokio::fs::create_dir_all(&dir)
+        tokio::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&dir)
             .await
             .map_err(io("create log directory", &dir))?;
         let dp = self.data_path(key);
@@ -188,34 +215,70 @@ impl LogStore {
         }
         file.flush().await.map_err(io("flush log", &dp))?;
         drop(_held);
-        self.notify.notify_waiters();
+        self.changes.send_modify(|n| *n = n.wrapping_add(1));
         Ok(Appended {
             length: end,
             accepted: new.len() as u64,
         })
     }
 
-    /// Stored bytes of a step's log from `from` (file position) on; empty when none.
-    pub async fn read_from(&self, key: &LogKey, from: u64) -> Result<Vec<u8>, LogError> {
+    /// The stored bytes of a step's log from byte `from` on, read from the file
+    /// chunk by chunk as the stream is polled; empty when nothing is stored. `from`
+    /// past the stored bytes is [`LogError::Beyond`].
+    pub async fn read(&self, key: &LogKey, from: u64) -> Result<LogReader, LogError> {
         let dp = self.data_path(key);
         let mut file = match tokio::fs::File::open(&dp).await {
             Ok(f) => f,
-            Err(e) if e.kind() == ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) if e.kind() == ErrorKind::NotFound && from == 0 => {
+                return Ok(LogReader::new(None, &self.readers));
+            }
+            Err(e) if e.kind() == ErrorKind::NotFound => {
+                return Err(LogError::Beyond {
+                    offset: from,
+                    size: 0,
+                });
+            }
             Err(e) => return Err(io("open log", &dp)(e)),
         };
+        let size = file.metadata().await.map_err(io("stat log", &dp))?.len();
+        if from > size {
+            return Err(LogError::Beyond { offset: from, size });
+        }
         file.seek(SeekFrom::Start(from))
             .await
             .map_err(io("seek log", &dp))?;
-        let mut out = Vec::new();
-        file.read_to_end(&mut out)
-            .await
-            .map_err(io("read log", &dp))?;
-        Ok(out)
+        let chunks = ReaderStream::with_capacity(file, READ_CHUNK);
+        Ok(LogReader::new(Some(chunks), &self.readers))
     }
 
-    /// Resolves at the next accepted append (of any log).
-    pub fn changed(&self) -> tokio::sync::futures::Notified<'_> {
-        self.notify.notified()
+    /// Changes of any log: `changed()` resolves after the next accepted append.
+    pub fn changes(&self) -> watch::Receiver<u64> {
+        self.changes.subscribe()
+    }
+
+    /// Held by a followed read while it is open (see [`LogStore::followers`]).
+    pub fn follower(&self) -> Open {
+        Open::new(&self.followers)
+    }
+
+    /// Open [`LogReader`]s (each holds a file).
+    pub fn open_readers(&self) -> usize {
+        self.readers.load(Ordering::SeqCst)
+    }
+
+    /// Open followed reads.
+    pub fn followers(&self) -> usize {
+        self.followers.load(Ordering::SeqCst)
+    }
+
+    /// End every followed read (the server is shutting down).
+    pub fn stop_following(&self) {
+        self.stopping.cancel();
+    }
+
+    /// Resolves once [`LogStore::stop_following`] was called.
+    pub fn following_stopped(&self) -> tokio_util::sync::WaitForCancellationFuture<'_> {
+        self.stopping.cancelled()
     }
 
     /// Remove the logs of every Job whose uid `live` does not know (Jobs deleted
@@ -256,10 +319,67 @@ impl LogStore {
     }
 }
 
+/// One of a count of open things; the count goes down when it is dropped.
+#[derive(Debug)]
+pub struct Open(Arc<AtomicUsize>);
+
+impl Open {
+    fn new(count: &Arc<AtomicUsize>) -> Self {
+        count.fetch_add(1, Ordering::SeqCst);
+        Self(count.clone())
+    }
+}
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// A step's stored log as a stream of chunks of at most [`READ_CHUNK`] bytes.
+#[derive(Debug)]
+pub struct LogReader {
+    chunks: Option<ReaderStream<tokio::fs::File>>,
+    _open: Open,
+}
+
+impl LogReader {
+    fn new(chunks: Option<ReaderStream<tokio::fs::File>>, count: &Arc<AtomicUsize>) -> Self {
+        Self {
+            chunks,
+            _open: Open::new(count),
+        }
+    }
+}
+
+impl futures::Stream for LogReader {
+    type Item = std::io::Result<Bytes>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        match &mut self.get_mut().chunks {
+            Some(chunks) => Pin::new(chunks).poll_next(cx),
+            None => Poll::Ready(None),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+
+    /// The whole stored log from `from` on, through the chunked reader.
+    async fn read_all(store: &LogStore, k: &LogKey, from: u64) -> Vec<u8> {
+        use futures::TryStreamExt;
+        let chunks: Vec<Bytes> = store
+            .read(k, from)
+            .await
+            .unwrap()
+            .try_collect()
+            .await
+            .unwrap();
+        chunks.concat()
+    }
 
     fn key(step: &str) -> LogKey {
         LogKey {
@@ -309,8 +429,8 @@ mod tests {
                 stored: 6
             })
         ));
-        assert_eq!(store.read_from(&k, 0).await.unwrap(), b"1\n2\n3\n");
-        assert_eq!(store.read_from(&key("none"), 0).await.unwrap(), b"");
+        assert_eq!(read_all(&store, &k, 0).await, b"1\n2\n3\n");
+        assert_eq!(read_all(&store, &key("none"), 0).await, b"");
         store.remove_job("ns", "j", "u1").await;
         assert_eq!(store.length(&k).await.unwrap(), 0);
     }
@@ -354,9 +474,70 @@ mod tests {
         let a = store.append(&k, 12, b"more").await.unwrap();
         assert_eq!(a.length, 16);
         assert_eq!(store.length(&k).await.unwrap(), 16);
-        let text = String::from_utf8(store.read_from(&k, 0).await.unwrap()).unwrap();
+        let text = String::from_utf8(read_all(&store, &k, 0).await).unwrap();
         assert_eq!(text, format!("12345678{}", truncation_marker(8)));
         // A resend below the logical length is still a no-op.
         assert_eq!(store.append(&k, 0, b"1").await.unwrap().accepted, 0);
+    }
+
+    #[tokio::test]
+    async fn reads_stream_chunks_from_an_offset_and_refuse_one_past_the_end() {
+        use futures::StreamExt;
+        let store = LogStore::new(tmp("read"), 1 << 20);
+        let k = key("a");
+        let data: Vec<u8> = (0..READ_CHUNK * 2 + 10).map(|i| (i % 251) as u8).collect();
+        store.append(&k, 0, &data).await.unwrap();
+        let size = data.len() as u64;
+        for from in [0, 1, READ_CHUNK as u64, size - 1, size] {
+            let start = usize::try_from(from).unwrap();
+            assert_eq!(
+                read_all(&store, &k, from).await,
+                &data[start..],
+                "from {from}"
+            );
+        }
+        // Chunk by chunk, never more than READ_CHUNK at once.
+        let mut reader = store.read(&k, 0).await.unwrap();
+        assert_eq!(store.open_readers(), 1);
+        let mut sizes = Vec::new();
+        while let Some(chunk) = reader.next().await {
+            sizes.push(chunk.unwrap().len());
+        }
+        assert!(
+            sizes.len() >= 3 && sizes.iter().all(|n| *n <= READ_CHUNK),
+            "{sizes:?}"
+        );
+        drop(reader);
+        assert_eq!(store.open_readers(), 0);
+        for (k, from, stored) in [
+            (&k, size + 1, size),
+            (&k, u64::MAX, size),
+            (&key("none"), 1, 0),
+        ] {
+            match store.read(k, from).await {
+                Err(LogError::Beyond { offset, size }) => {
+                    assert_eq!((offset, size), (from, stored))
+                }
+                other => panic!("from {from}: {other:?}"),
+            }
+        }
+        assert_eq!(store.open_readers(), 0, "a refused read holds nothing");
+        let _ = std::fs::remove_dir_all(store.root());
+    }
+
+    #[tokio::test]
+    async fn an_append_is_seen_by_a_change_receiver() {
+        let store = LogStore::new(tmp("changes"), 1024);
+        let mut changes = store.changes();
+        changes.borrow_and_update();
+        store.append(&key("a"), 0, b"x").await.unwrap();
+        tokio::time::timeout(std::time::Duration::from_secs(1), changes.changed())
+            .await
+            .unwrap()
+            .unwrap();
+        // A duplicate changes nothing: no wake-up.
+        store.append(&key("a"), 0, b"x").await.unwrap();
+        assert!(!changes.has_changed().unwrap());
+        let _ = std::fs::remove_dir_all(store.root());
     }
 }

@@ -7,11 +7,14 @@
 //! controller: the controller builds an [`ApiState`] and hands it in.
 
 pub mod api;
+pub mod deadline;
 pub mod health;
 pub mod hub;
 pub mod input;
 pub mod job_api;
 pub mod jobs;
+pub mod listen;
+pub mod log_dir;
 pub mod logs;
 pub mod metrics;
 pub mod register;
@@ -61,6 +64,8 @@ pub struct ApiConfig {
     pub namespace: Option<String>,
     /// Pending (tokenless) Runners allowed per namespace that opted in.
     pub max_pending_runners: usize,
+    /// Connection cap and timeouts of the listener.
+    pub limits: listen::Limits,
 }
 
 impl Default for ApiConfig {
@@ -70,6 +75,7 @@ impl Default for ApiConfig {
             poll_interval: Duration::from_secs(5),
             namespace: None,
             max_pending_runners: 20,
+            limits: listen::Limits::default(),
         }
     }
 }
@@ -209,30 +215,23 @@ pub async fn bind(addr: SocketAddr) -> Result<(TcpListener, SocketAddr), ServerE
     Ok((listener, local))
 }
 
-/// Serve until `shutdown` resolves; open control channels are closed first so the
-/// graceful shutdown does not wait on them. With `tls` (see [`tls::acceptor`]), the
-/// listener speaks HTTPS only.
+/// Serve until `shutdown` resolves; open control channels and followed logs are
+/// ended first so the graceful shutdown does not wait on them. With `tls` (see [`tls::acceptor`]), the
+/// listener speaks HTTPS only. Limits: [`ApiConfig::limits`].
 pub async fn serve(
     listener: TcpListener,
     state: ApiState,
     tls: Option<tokio_rustls::TlsAcceptor>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) {
-    let hub = state.hub.clone();
+    let (hub, logs) = (state.hub.clone(), state.logs.clone());
     let shutdown = async move {
         shutdown.await;
         hub.close_all("the server is shutting down");
+        logs.stop_following();
     };
-    match tls {
-        Some(acceptor) => tls::serve(listener, acceptor, routes(state), shutdown).await,
-        None => {
-            warp::serve(routes(state))
-                .incoming(listener)
-                .graceful(shutdown)
-                .run()
-                .await
-        }
-    }
+    let limits = state.config.limits;
+    listen::serve(listener, tls, routes(state), limits, shutdown).await;
 }
 
 #[cfg(test)]

@@ -1,19 +1,13 @@
-//! HTTPS for the runner API: rustls in front of the same warp routes (warp 0.4 has no
-//! TLS of its own), with the certificate re-read when its files change, since
-//! cert-manager rotates the Secret under a running controller.
+//! HTTPS for the runner API: the rustls acceptor that [`super::listen`] puts in front
+//! of the same warp routes (warp 0.4 has no TLS of its own), with the certificate
+//! re-read when its files change, since cert-manager rotates the Secret under a
+//! running controller.
 
-use std::convert::Infallible;
 use std::fmt;
-use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
-use hyper_util::service::TowerToHyperService;
-use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::rustls::crypto::{CryptoProvider, ring};
 use tokio_rustls::rustls::pki_types::pem::{self, PemObject};
@@ -21,14 +15,10 @@ use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tokio_rustls::rustls::server::{ClientHello, ResolvesServerCert};
 use tokio_rustls::rustls::sign::CertifiedKey;
 use tokio_rustls::rustls::{self, ServerConfig};
-use tracing::{debug, info, warn};
-use warp::{Filter, Reply};
+use tracing::{info, warn};
 
 /// How often, at most, the files are read again (on a handshake, not on a timer).
 pub const RELOAD_EVERY: Duration = Duration::from_secs(5);
-
-/// A client that never finishes its handshake must not hold a task forever.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The PEM files of the serving certificate (chain first) and its private key.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -216,68 +206,4 @@ fn certified(
             source,
         },
     })
-}
-
-/// Serve `filter` over TLS until `shutdown` resolves, then stop accepting and wait
-/// for open connections to finish, as `warp::Server::graceful` does for plain HTTP.
-pub async fn serve<F, R>(
-    listener: TcpListener,
-    acceptor: TlsAcceptor,
-    filter: F,
-    shutdown: impl Future<Output = ()>,
-) where
-    F: Filter<Extract = (R,), Error = Infallible> + Clone + Send + Sync + 'static,
-    R: Reply,
-{
-    let graceful = GracefulShutdown::new();
-    let mut shutdown = std::pin::pin!(shutdown);
-    loop {
-        let (tcp, remote) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(pair) => pair,
-                Err(e) => {
-                    accept_error(e).await;
-                    continue;
-                }
-            },
-            () = &mut shutdown => break,
-        };
-        let acceptor = acceptor.clone();
-        let service = TowerToHyperService::new(warp::service(filter.clone()));
-        let watcher = graceful.watcher();
-        tokio::spawn(async move {
-            let stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
-                Ok(Ok(stream)) => stream,
-                // Probes and plain-HTTP clients land here: not worth more than debug.
-                Ok(Err(e)) => {
-                    debug!(%remote, error = %e, "TLS handshake failed");
-                    return;
-                }
-                Err(_) => {
-                    debug!(%remote, "TLS handshake timed out");
-                    return;
-                }
-            };
-            let builder = auto::Builder::new(TokioExecutor::new()).http1_only();
-            let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
-            if let Err(e) = watcher.watch(conn).await {
-                debug!(%remote, error = %e, "connection ended with an error");
-            }
-        });
-    }
-    drop(listener);
-    graceful.shutdown().await;
-}
-
-/// As warp does: connection-level errors are the client's; others (EMFILE) get a pause.
-async fn accept_error(e: std::io::Error) {
-    use std::io::ErrorKind::*;
-    if matches!(
-        e.kind(),
-        ConnectionRefused | ConnectionAborted | ConnectionReset
-    ) {
-        return;
-    }
-    warn!(error = %e, "accept a runner API connection");
-    tokio::time::sleep(Duration::from_secs(1)).await;
 }

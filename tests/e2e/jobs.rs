@@ -122,8 +122,10 @@ pub(crate) async fn sa_token(ns: &TestNs, name: &str, may_get: bool) -> anyhow::
             .create(&pp, &binding)
             .await?;
     }
+    // Baton takes only tokens minted for it (`kubectl create token SA --audience baton`).
     let tr = TokenRequest {
         spec: TokenRequestSpec {
+            audiences: vec![baton::protocol::jobs::LOG_TOKEN_AUDIENCE.to_owned()],
             expiration_seconds: Some(600),
             ..Default::default()
         },
