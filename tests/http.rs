@@ -38,6 +38,7 @@ fn state(tag: &str, limits: Limits) -> ApiState {
         },
         metrics: Default::default(),
         challenges: Arc::new(baton::domain::challenge::Challenges::new().unwrap()),
+        rate: Default::default(),
     }
 }
 

@@ -145,6 +145,7 @@ async fn start(tag: &str, limits: Limits, log: &[u8]) -> Server {
         },
         metrics: Default::default(),
         challenges: Arc::new(baton::domain::challenge::Challenges::new().unwrap()),
+        rate: Default::default(),
     };
     let (listener, addr) = server::bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
     let (stop, stopped) = oneshot::channel::<()>();

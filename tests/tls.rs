@@ -108,6 +108,7 @@ fn state(dir: &Path, limits: Limits) -> ApiState {
         },
         metrics: Default::default(),
         challenges: Arc::new(baton::domain::challenge::Challenges::new().unwrap()),
+        rate: Default::default(),
     }
 }
 

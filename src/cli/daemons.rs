@@ -57,6 +57,11 @@ pub struct ControllerArgs {
         env = "BATON_MAX_PENDING_RUNNERS"
     )]
     pub max_pending_runners: usize,
+    /// Requests per second one client address may make to the routes anyone may
+    /// call (/v1/challenge, /v1/register), with bursts of four times that; past it
+    /// 429 with Retry-After.
+    #[arg(long, value_name = "N", default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..), env = "BATON_REGISTER_RATE")]
+    pub register_rate: u32,
     /// Where step logs are stored, under DIR/logs (mode 0700). Default:
     /// $TMPDIR/baton-data, which must then be this user's own directory (it is
     /// created 0700, and group or other permissions on it are removed).
@@ -264,6 +269,10 @@ pub async fn controller(args: ControllerArgs) -> anyhow::Result<i32> {
             limits: crate::server::listen::Limits {
                 max_connections: usize::try_from(args.max_connections).unwrap_or(usize::MAX),
                 ..Default::default()
+            },
+            rate: crate::server::rate::RateConfig {
+                per_second: f64::from(args.register_rate),
+                burst: f64::from(args.register_rate) * 4.0,
             },
         },
         data_dir: args.data_dir,

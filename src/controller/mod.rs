@@ -286,6 +286,7 @@ fn context(
         metrics: metrics.clone(),
         events: events.clone(),
         challenges,
+        rate: Arc::new(server::rate::RateLimiter::new(config.api.rate)),
     };
     let (kick, kicks) = job::Kick::new(caches.jobs.0.clone());
     let ctx = Arc::new(Context {

@@ -34,8 +34,10 @@ pub fn routes(
         warp::any().map(move || state.clone())
     };
     // Path before method: a rejection names the route that was meant.
+    let limited = super::rate::limited(state.rate.clone());
     let register = warp::path!("v1" / "register")
         .and(warp::post())
+        .and(limited.clone())
         .and(with_state.clone())
         .and(warp::header::optional::<String>("content-type"))
         .and(warp::header::optional::<String>("authorization"))
@@ -53,6 +55,7 @@ pub fn routes(
         );
     let challenge = warp::path!("v1" / "challenge")
         .and(warp::get())
+        .and(limited)
         .and(with_state.clone())
         .map(|state: ApiState| challenge(&state).unwrap_or_else(ApiError::into_response));
     let control = warp::path!("v1" / "control")

@@ -79,6 +79,8 @@ pub struct Timed<S> {
     inner: S,
     deadline: Deadline,
     timeout: Duration,
+    /// The client, handed to the routes (per-client rate limits).
+    client: Option<super::rate::ClientAddr>,
 }
 
 impl<S> Timed<S> {
@@ -87,7 +89,14 @@ impl<S> Timed<S> {
             inner,
             deadline,
             timeout,
+            client: None,
         }
+    }
+
+    /// Tell the routes which client each request comes from.
+    pub fn from_client(mut self, addr: std::net::SocketAddr) -> Self {
+        self.client = Some(super::rate::ClientAddr(addr.ip()));
+        self
     }
 }
 
@@ -119,7 +128,10 @@ where
     type Error = Infallible;
     type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Infallible>> + Send>>;
 
-    fn call(&self, req: Request<Incoming>) -> Self::Future {
+    fn call(&self, mut req: Request<Incoming>) -> Self::Future {
+        if let Some(client) = self.client {
+            req.extensions_mut().insert(client);
+        }
         let streams = streams(req.method(), req.uri());
         let (deadline, timeout) = (self.deadline.clone(), self.timeout);
         deadline.set(Some(Instant::now() + timeout + ANSWER_GRACE));

@@ -71,6 +71,7 @@ fn fixture(name: &str) -> Fixture {
             },
             metrics: Default::default(),
             challenges: Arc::new(crate::domain::challenge::Challenges::new().unwrap()),
+            rate: Default::default(),
         },
         jobs,
     }

@@ -167,7 +167,8 @@ impl Conn {
             TowerToHyperService::new(warp::service(filter)),
             deadline.clone(),
             limits.request_timeout,
-        );
+        )
+        .from_client(remote);
         let mut builder = auto::Builder::new(TokioExecutor::new()).http1_only();
         builder
             .http1()

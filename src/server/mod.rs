@@ -17,6 +17,7 @@ pub mod listen;
 pub mod log_dir;
 pub mod logs;
 pub mod metrics;
+pub mod rate;
 pub mod register;
 pub mod tls;
 
@@ -66,6 +67,8 @@ pub struct ApiConfig {
     pub max_pending_runners: usize,
     /// Connection cap and timeouts of the listener.
     pub limits: listen::Limits,
+    /// Per-client rate of the routes anyone may call (challenge, register).
+    pub rate: rate::RateConfig,
 }
 
 impl Default for ApiConfig {
@@ -76,6 +79,7 @@ impl Default for ApiConfig {
             namespace: None,
             max_pending_runners: 20,
             limits: listen::Limits::default(),
+            rate: rate::RateConfig::default(),
         }
     }
 }
@@ -96,6 +100,8 @@ pub struct ApiState {
     pub events: crate::domain::events::Events,
     /// The challenges runners sign to prove they hold their keys.
     pub challenges: Arc<crate::domain::challenge::Challenges>,
+    /// Per-client limits on the routes anyone may call.
+    pub rate: Arc<rate::RateLimiter>,
 }
 
 /// Health routes, `/metrics`, and the runner API, with every rejection turned into a JSON 4xx.
@@ -146,6 +152,9 @@ fn leading(hub: Arc<Hub>) -> impl Filter<Extract = (), Error = warp::Rejection> 
 /// JSON answer with a reason.
 pub async fn recover(err: warp::Rejection) -> Result<warp::reply::Response, Infallible> {
     use warp::reject;
+    if let Some(limited) = err.find::<rate::RateLimited>() {
+        return Ok(limited.response());
+    }
     let e = if err.find::<StandingBy>().is_some() {
         ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,

@@ -52,6 +52,7 @@ fn fixture() -> Fixture {
             },
             metrics: Default::default(),
             challenges: Arc::new(crate::domain::challenge::Challenges::new().unwrap()),
+            rate: Default::default(),
         },
         runners,
         tokens,

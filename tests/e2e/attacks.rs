@@ -7,6 +7,7 @@
 //! | H1 | tokenless registrations, in a namespace that did not opt in, in `kube-system`, past the cap; a drive-by that never returns | 403 / 403 / 429, no Runner; removed after `--pending-runner-ttl` |
 //! | H2 | collect an adopted runner's token knowing its name and `runnerId` | 409 KeyMismatch, no token |
 //! | M1 | a pool token acting as another runner (list, report `Succeeded`, control, re-register) | 403 PoolToken / 409 KeyMismatch |
+//! | M3 | a flood of unauthenticated requests from one client | 429 with Retry-After, served again after it |
 //! | M5 | squat a name a RunnerToken reserves, or a Runner someone else made | 409 NameReserved / NameTaken |
 
 use anyhow::ensure;
@@ -157,6 +158,45 @@ async fn a_quiet_pending_runner_is_removed() {
         let api = runners(&ns);
         wait_for(&api, "drive-by", |r: Option<&Runner>| r.is_some(), 10).await?;
         crate::support::wait_gone(&api, "drive-by", 30).await?;
+        Ok(())
+    })
+    .await;
+}
+
+/// M3: a client flooding the routes anyone may call is slowed down (429 with
+/// Retry-After), and served again once it waits.
+#[tokio::test]
+async fn a_flood_from_one_client_is_rate_limited() {
+    in_namespace("atk-flood", |ns| async move {
+        let ctl =
+            Controller::start_with_env(&ns.name, "127.0.0.1:0", &[("BATON_REGISTER_RATE", "2")])
+                .await?;
+        let url = format!("{}/v1/challenge", ctl.url);
+        let mut limited = None;
+        for _ in 0..40 {
+            let res = http().get(&url).send().await?;
+            if res.status().as_u16() == 429 {
+                limited = Some(res);
+                break;
+            }
+            ensure!(res.status().as_u16() == 200, "{}", res.status());
+        }
+        let res = limited.ok_or_else(|| anyhow::anyhow!("40 requests at once and no 429"))?;
+        let retry: u64 = res
+            .headers()
+            .get("retry-after")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse().ok())
+            .ok_or_else(|| anyhow::anyhow!("429 without Retry-After"))?;
+        let body = res.text().await?;
+        ensure!(body.contains("RateLimited"), "{body}");
+        tokio::time::sleep(std::time::Duration::from_secs(retry)).await;
+        let res = http().get(&url).send().await?;
+        ensure!(
+            res.status().as_u16() == 200,
+            "after waiting: {}",
+            res.status()
+        );
         Ok(())
     })
     .await;
