@@ -37,6 +37,12 @@ pub fn body_limit(
         .and(warp::body::content_length_limit(max))
 }
 
+/// A refusal decided in a filter (before the handler), answered as is by `recover`.
+#[derive(Debug)]
+pub struct Refused(pub ApiError);
+
+impl warp::reject::Reject for Refused {}
+
 /// An answer other than success: status code, a stable reason, a message for people.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ApiError {

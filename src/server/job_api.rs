@@ -47,7 +47,10 @@ fn reply_json<T: serde::Serialize>(status: StatusCode, body: &T) -> Response {
 pub fn routes(
     state: ApiState,
 ) -> impl Filter<Extract = (Response,), Error = warp::Rejection> + Clone {
-    let with_state = warp::any().map(move || state.clone());
+    let with_state = {
+        let state = state.clone();
+        warp::any().map(move || state.clone())
+    };
     let auth = warp::header::optional::<String>("authorization");
     let list = warp::path!("v1" / "jobs")
         .and(warp::get())
@@ -64,6 +67,7 @@ pub fn routes(
         .and(with_state.clone())
         .and(warp::header::optional::<String>("content-type"))
         .and(auth)
+        .and(token_first(state.clone()))
         .and(input::body_limit("claim", input::MAX_BODY))
         .and(warp::body::bytes())
         .then(
@@ -83,6 +87,7 @@ pub fn routes(
         .and(with_state.clone())
         .and(warp::header::optional::<String>("content-type"))
         .and(auth)
+        .and(token_first(state.clone()))
         .and(input::body_limit("status report", MAX_STATUS_BODY))
         .and(warp::body::bytes())
         .then(
@@ -102,6 +107,7 @@ pub fn routes(
         .and(with_state.clone())
         .and(query_map())
         .and(auth)
+        .and(token_first(state.clone()))
         .and(input::body_limit("log chunk", MAX_LOG_BODY))
         .and(warp::body::bytes())
         .then(
@@ -224,6 +230,60 @@ fn names(ns: &str, name: &str) -> Result<(), ApiError> {
         }
     }
     Ok(())
+}
+
+/// Before a body is read: the request carries a runner's own token (valid, bound
+/// to a runner name). Which runner, and its namespace, are checked after, with
+/// the body; this only keeps strangers from making the server read megabytes.
+fn token_first(state: ApiState) -> impl Filter<Extract = (), Error = warp::Rejection> + Clone {
+    warp::header::optional::<String>("authorization")
+        .and_then(move |auth: Option<String>| {
+            let verdict = own_token(&state, auth.as_deref());
+            async move { verdict.map_err(|e| warp::reject::custom(input::Refused(e))) }
+        })
+        .untuple_one()
+}
+
+fn own_token(state: &ApiState, authorization: Option<&str>) -> Result<(), ApiError> {
+    state
+        .readiness
+        .check()
+        .map_err(|why| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "NotReady", why))?;
+    let presented = input::bearer(authorization)?.ok_or_else(|| {
+        ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "TokenMissing",
+            "job routes need the runner's token",
+        )
+    })?;
+    let tokens = state.tokens.state();
+    // No runner name is "": a token bound to any runner answers WrongRunner.
+    match token::check(
+        Some(&presented),
+        "",
+        tokens.iter().map(|t| t.as_ref()),
+        Timestamp::now(),
+    ) {
+        TokenCheck::WrongRunner { .. } => Ok(()),
+        TokenCheck::Valid(v) => Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "PoolToken",
+            format!(
+                "RunnerToken {} is a pool token: job routes take a runner's own token",
+                v.token
+            ),
+        )),
+        TokenCheck::Expired { .. } => Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "TokenExpired",
+            "the token has expired",
+        )),
+        TokenCheck::Absent | TokenCheck::Unknown => Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "TokenUnknown",
+            "the token is not known",
+        )),
+    }
 }
 
 /// The bearer token must be a valid runner token for `runner`, from namespace `ns`.

@@ -35,11 +35,16 @@ fn fixture(name: &str) -> Fixture {
     jobs.apply_watcher_event(&Event::InitDone);
     // InitDone swaps in what was listed: it comes first, the tokens after.
     tw.apply_watcher_event(&Event::InitDone);
-    for (t, plain, runner) in [("t1", "tok-r1", "r1"), ("t2", "tok-r2", "r2")] {
+    let tokens_of = [
+        ("t1", "tok-r1", Some("r1")),
+        ("t2", "tok-r2", Some("r2")),
+        ("pool", "tok-pool", None),
+    ];
+    for (t, plain, runner) in tokens_of {
         let mut rt = crate::crd::RunnerToken::new(
             t,
             RunnerTokenSpec {
-                runner_name: Some(runner.into()),
+                runner_name: runner.map(Into::into),
                 ..Default::default()
             },
         );
@@ -396,5 +401,41 @@ async fn each_route_states_its_own_body_limit() {
             ("PayloadTooLarge", *want),
             "{path}"
         );
+    }
+}
+
+/// The token is checked before a body is read: a stranger announcing megabytes is
+/// refused for who it is, not for the size, and a pool token never gets that far.
+#[tokio::test]
+async fn job_routes_check_the_token_before_the_body() {
+    let f = fixture("token-first");
+    let routes = routes(f.state.clone());
+    let paths = [
+        "/v1/jobs/ns/j/claim",
+        "/v1/jobs/ns/j/status",
+        "/v1/jobs/ns/j/logs?step=s&offset=0&runner=r1&epoch=1",
+    ];
+    for path in paths {
+        for (auth, status, why) in [
+            (None, 401, "TokenMissing"),
+            (Some("Bearer nonsense"), 401, "TokenUnknown"),
+            (Some("Bearer tok-pool"), 403, "PoolToken"),
+        ] {
+            let mut req = warp::test::request()
+                .method("POST")
+                .path(path)
+                .header("content-type", "application/json")
+                .body("{}")
+                .header("content-length", (MAX_STATUS_BODY * 8).to_string().as_str());
+            if let Some(a) = auth {
+                req = req.header("authorization", a);
+            }
+            let res = req.reply(&routes).await;
+            assert_eq!(
+                (res.status().as_u16(), reason(res.body()).as_str()),
+                (status, why),
+                "{path} {auth:?}"
+            );
+        }
     }
 }

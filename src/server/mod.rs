@@ -155,6 +155,9 @@ pub async fn recover(err: warp::Rejection) -> Result<warp::reply::Response, Infa
     if let Some(limited) = err.find::<rate::RateLimited>() {
         return Ok(limited.response());
     }
+    if let Some(input::Refused(e)) = err.find::<input::Refused>() {
+        return Ok(e.clone().into_response());
+    }
     let e = if err.find::<StandingBy>().is_some() {
         ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
