@@ -466,6 +466,7 @@ fn log_error(e: LogError) -> ApiError {
             "OffsetBeyondLog",
             format!("offset {offset} is past the stored log's {size} bytes"),
         ),
+        e @ LogError::BadKey { .. } => ApiError::bad_request("InvalidName", e.to_string()),
         e => unavailable("log store", e),
     }
 }

@@ -37,6 +37,12 @@ pub enum LogError {
     Gap { offset: u64, stored: u64 },
     #[error("read the log from offset {offset}: only {size} bytes are stored")]
     Beyond { offset: u64, size: u64 },
+    /// A part of the key that must not become a path (the CRD validates names;
+    /// this holds even if something else hands one in).
+    #[error(
+        "{part} {value:?} cannot name a log file: lowercase letters, digits, '-', '.', '_' only"
+    )]
+    BadKey { part: &'static str, value: String },
     #[error("{doing} {path}: {source}")]
     Io {
         doing: &'static str,
@@ -121,18 +127,25 @@ impl LogStore {
         &self.root
     }
 
-    fn dir(&self, key: &LogKey) -> PathBuf {
-        self.root
-            .join(&key.namespace)
-            .join(format!("{}-{}", key.name, key.uid))
+    fn dir(&self, key: &LogKey) -> Result<PathBuf, LogError> {
+        self.job_dir(&key.namespace, &key.name, &key.uid)
     }
 
-    fn data_path(&self, key: &LogKey) -> PathBuf {
-        self.dir(key).join(format!("{}.log", key.step))
+    fn job_dir(&self, namespace: &str, name: &str, uid: &str) -> Result<PathBuf, LogError> {
+        path_part("namespace", namespace)?;
+        path_part("job name", name)?;
+        path_part("job uid", uid)?;
+        Ok(self.root.join(namespace).join(format!("{name}-{uid}")))
     }
 
-    fn length_path(&self, key: &LogKey) -> PathBuf {
-        self.dir(key).join(format!("{}.length", key.step))
+    fn data_path(&self, key: &LogKey) -> Result<PathBuf, LogError> {
+        path_part("step", &key.step)?;
+        Ok(self.dir(key)?.join(format!("{}.log", key.step)))
+    }
+
+    fn length_path(&self, key: &LogKey) -> Result<PathBuf, LogError> {
+        path_part("step", &key.step)?;
+        Ok(self.dir(key)?.join(format!("{}.length", key.step)))
     }
 
     fn lock(&self, key: &LogKey) -> Arc<tokio::sync::Mutex<()>> {
@@ -146,13 +159,13 @@ impl LogStore {
 
     /// The logical length of a step's log: bytes the runner sent, stored or dropped.
     pub async fn length(&self, key: &LogKey) -> Result<u64, LogError> {
-        let lp = self.length_path(key);
+        let lp = self.length_path(key)?;
         match tokio::fs::read_to_string(&lp).await {
             Ok(s) => return Ok(s.trim().parse().unwrap_or(self.cap)),
             Err(e) if e.kind() == ErrorKind::NotFound => {}
             Err(e) => return Err(io("read log length", &lp)(e)),
         }
-        let dp = self.data_path(key);
+        let dp = self.data_path(key)?;
         match tokio::fs::metadata(&dp).await {
             Ok(m) => Ok(m.len()),
             Err(e) if e.kind() == ErrorKind::NotFound => Ok(0),
@@ -182,14 +195,14 @@ impl LogStore {
         }
         let skip = usize::try_from(stored - offset).unwrap_or(usize::MAX);
         let new = &bytes[skip.min(bytes.len())..];
-        let dir = self.dir(key);
+        let dir = self.dir(key)?;
         tokio::fs::DirBuilder::new()
             .recursive(true)
             .mode(0o700)
             .create(&dir)
             .await
             .map_err(io("create log directory", &dir))?;
-        let dp = self.data_path(key);
+        let dp = self.data_path(key)?;
         let mut file = tokio::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -208,7 +221,7 @@ impl LogStore {
                     .await
                     .map_err(io("append to log", &dp))?;
             }
-            let lp = self.length_path(key);
+            let lp = self.length_path(key)?;
             tokio::fs::write(&lp, end.to_string())
                 .await
                 .map_err(io("write log length", &lp))?;
@@ -226,7 +239,7 @@ impl LogStore {
     /// chunk by chunk as the stream is polled; empty when nothing is stored. `from`
     /// past the stored bytes is [`LogError::Beyond`].
     pub async fn read(&self, key: &LogKey, from: u64) -> Result<LogReader, LogError> {
-        let dp = self.data_path(key);
+        let dp = self.data_path(key)?;
         let mut file = match tokio::fs::File::open(&dp).await {
             Ok(f) => f,
             Err(e) if e.kind() == ErrorKind::NotFound && from == 0 => {
@@ -314,8 +327,29 @@ impl LogStore {
 
     /// Remove every log of a Job (it was deleted).
     pub async fn remove_job(&self, namespace: &str, name: &str, uid: &str) {
-        let dir = self.root.join(namespace).join(format!("{name}-{uid}"));
-        let _ = tokio::fs::remove_dir_all(dir).await;
+        if let Ok(dir) = self.job_dir(namespace, name, uid) {
+            let _ = tokio::fs::remove_dir_all(dir).await;
+        }
+    }
+}
+
+/// One part of a log's path: a Kubernetes name (DNS subdomain or label, a uid),
+/// never empty, `.`/`..`, a separator or anything a shell or a path would read.
+fn path_part(part: &'static str, value: &str) -> Result<(), LogError> {
+    let ok = !value.is_empty()
+        && value.len() <= 253
+        && value != "."
+        && value != ".."
+        && value.bytes().all(|b| {
+            b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'-' | b'.' | b'_')
+        });
+    if ok {
+        Ok(())
+    } else {
+        Err(LogError::BadKey {
+            part,
+            value: value.chars().take(64).collect(),
+        })
     }
 }
 
@@ -364,180 +398,5 @@ impl futures::Stream for LogReader {
 }
 
 #[cfg(test)]
-mod tests {
-    #![allow(clippy::unwrap_used)]
-    use super::*;
-
-    /// The whole stored log from `from` on, through the chunked reader.
-    async fn read_all(store: &LogStore, k: &LogKey, from: u64) -> Vec<u8> {
-        use futures::TryStreamExt;
-        let chunks: Vec<Bytes> = store
-            .read(k, from)
-            .await
-            .unwrap()
-            .try_collect()
-            .await
-            .unwrap();
-        chunks.concat()
-    }
-
-    fn key(step: &str) -> LogKey {
-        LogKey {
-            namespace: "ns".into(),
-            name: "j".into(),
-            uid: "u1".into(),
-            step: step.into(),
-        }
-    }
-
-    fn tmp(name: &str) -> PathBuf {
-        let d = std::env::temp_dir().join(format!("baton-logs-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&d);
-        d
-    }
-
-    #[tokio::test]
-    async fn appends_are_idempotent_and_gaps_refused() {
-        let store = LogStore::new(tmp("idem"), 1024);
-        let k = key("a");
-        assert_eq!(store.length(&k).await.unwrap(), 0);
-        let a = store.append(&k, 0, b"1\n2\n").await.unwrap();
-        assert_eq!(
-            a,
-            Appended {
-                length: 4,
-                accepted: 4
-            }
-        );
-        // A resent tail overlapping what is stored: only the new part lands.
-        let a = store.append(&k, 2, b"2\n3\n").await.unwrap();
-        assert_eq!(
-            a,
-            Appended {
-                length: 6,
-                accepted: 2
-            }
-        );
-        // All duplicate.
-        let a = store.append(&k, 0, b"1\n").await.unwrap();
-        assert_eq!(a.accepted, 0);
-        // A gap.
-        assert!(matches!(
-            store.append(&k, 10, b"x").await,
-            Err(LogError::Gap {
-                offset: 10,
-                stored: 6
-            })
-        ));
-        assert_eq!(read_all(&store, &k, 0).await, b"1\n2\n3\n");
-        assert_eq!(read_all(&store, &key("none"), 0).await, b"");
-        store.remove_job("ns", "j", "u1").await;
-        assert_eq!(store.length(&k).await.unwrap(), 0);
-    }
-
-    #[tokio::test]
-    async fn sweep_keeps_live_jobs_only() {
-        let store = LogStore::new(tmp("sweep"), 1024);
-        let uid = |c: char| std::iter::repeat_n(c, 36).collect::<String>();
-        let key = |name: &str, uid: &str| LogKey {
-            namespace: "ns".into(),
-            name: name.into(),
-            uid: uid.into(),
-            step: "s".into(),
-        };
-        store
-            .append(&key("live", &uid('a')), 0, b"x")
-            .await
-            .unwrap();
-        store
-            .append(&key("gone", &uid('b')), 0, b"x")
-            .await
-            .unwrap();
-        let live = [uid('a')].into_iter().collect();
-        assert_eq!(
-            store.sweep(&live, Some("other")).await,
-            0,
-            "another namespace"
-        );
-        assert_eq!(store.sweep(&live, Some("ns")).await, 1);
-        assert_eq!(store.length(&key("live", &uid('a'))).await.unwrap(), 1);
-        assert_eq!(store.length(&key("gone", &uid('b'))).await.unwrap(), 0);
-    }
-
-    #[tokio::test]
-    async fn the_cap_truncates_once_with_a_marker_and_offsets_go_on() {
-        let store = LogStore::new(tmp("cap"), 8);
-        let k = key("a");
-        store.append(&k, 0, b"12345").await.unwrap();
-        let a = store.append(&k, 5, b"6789abc").await.unwrap();
-        assert_eq!(a.length, 12);
-        let a = store.append(&k, 12, b"more").await.unwrap();
-        assert_eq!(a.length, 16);
-        assert_eq!(store.length(&k).await.unwrap(), 16);
-        let text = String::from_utf8(read_all(&store, &k, 0).await).unwrap();
-        assert_eq!(text, format!("12345678{}", truncation_marker(8)));
-        // A resend below the logical length is still a no-op.
-        assert_eq!(store.append(&k, 0, b"1").await.unwrap().accepted, 0);
-    }
-
-    #[tokio::test]
-    async fn reads_stream_chunks_from_an_offset_and_refuse_one_past_the_end() {
-        use futures::StreamExt;
-        let store = LogStore::new(tmp("read"), 1 << 20);
-        let k = key("a");
-        let data: Vec<u8> = (0..READ_CHUNK * 2 + 10).map(|i| (i % 251) as u8).collect();
-        store.append(&k, 0, &data).await.unwrap();
-        let size = data.len() as u64;
-        for from in [0, 1, READ_CHUNK as u64, size - 1, size] {
-            let start = usize::try_from(from).unwrap();
-            assert_eq!(
-                read_all(&store, &k, from).await,
-                &data[start..],
-                "from {from}"
-            );
-        }
-        // Chunk by chunk, never more than READ_CHUNK at once.
-        let mut reader = store.read(&k, 0).await.unwrap();
-        assert_eq!(store.open_readers(), 1);
-        let mut sizes = Vec::new();
-        while let Some(chunk) = reader.next().await {
-            sizes.push(chunk.unwrap().len());
-        }
-        assert!(
-            sizes.len() >= 3 && sizes.iter().all(|n| *n <= READ_CHUNK),
-            "{sizes:?}"
-        );
-        drop(reader);
-        assert_eq!(store.open_readers(), 0);
-        for (k, from, stored) in [
-            (&k, size + 1, size),
-            (&k, u64::MAX, size),
-            (&key("none"), 1, 0),
-        ] {
-            match store.read(k, from).await {
-                Err(LogError::Beyond { offset, size }) => {
-                    assert_eq!((offset, size), (from, stored))
-                }
-                other => panic!("from {from}: {other:?}"),
-            }
-        }
-        assert_eq!(store.open_readers(), 0, "a refused read holds nothing");
-        let _ = std::fs::remove_dir_all(store.root());
-    }
-
-    #[tokio::test]
-    async fn an_append_is_seen_by_a_change_receiver() {
-        let store = LogStore::new(tmp("changes"), 1024);
-        let mut changes = store.changes();
-        changes.borrow_and_update();
-        store.append(&key("a"), 0, b"x").await.unwrap();
-        tokio::time::timeout(std::time::Duration::from_secs(1), changes.changed())
-            .await
-            .unwrap()
-            .unwrap();
-        // A duplicate changes nothing: no wake-up.
-        store.append(&key("a"), 0, b"x").await.unwrap();
-        assert!(!changes.has_changed().unwrap());
-        let _ = std::fs::remove_dir_all(store.root());
-    }
-}
+#[path = "logs_tests.rs"]
+mod tests;
