@@ -29,7 +29,6 @@ use crate::crd::job_status::{self, Transition};
 use crate::crd::reasons::reason;
 use crate::crd::{Job, JobStatus};
 use crate::domain::job_write::{self, Written};
-use crate::domain::token::{self, TokenCheck};
 use crate::protocol::jobs::{
     AppendQuery, AppendResponse, Assignment, ClaimRequest, ClaimResponse, LOG_TOKEN_AUDIENCE,
     ListQuery, MAX_LOG_BODY, MAX_STATUS_BODY, ReadQuery, StatusReport,
@@ -228,135 +227,6 @@ fn names(ns: &str, name: &str) -> Result<(), ApiError> {
                 format!("{field} {v:?} is not a valid name"),
             ));
         }
-    }
-    Ok(())
-}
-
-/// Before a body is read: the request carries a runner's own token (valid, bound
-/// to a runner name). Which runner, and its namespace, are checked after, with
-/// the body; this only keeps strangers from making the server read megabytes.
-fn token_first(state: ApiState) -> impl Filter<Extract = (), Error = warp::Rejection> + Clone {
-    warp::header::optional::<String>("authorization")
-        .and_then(move |auth: Option<String>| {
-            let verdict = own_token(&state, auth.as_deref());
-            async move { verdict.map_err(|e| warp::reject::custom(input::Refused(e))) }
-        })
-        .untuple_one()
-}
-
-fn own_token(state: &ApiState, authorization: Option<&str>) -> Result<(), ApiError> {
-    state
-        .readiness
-        .check()
-        .map_err(|why| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "NotReady", why))?;
-    let presented = input::bearer(authorization)?.ok_or_else(|| {
-        ApiError::new(
-            StatusCode::UNAUTHORIZED,
-            "TokenMissing",
-            "job routes need the runner's token",
-        )
-    })?;
-    let tokens = state.tokens.state();
-    // No runner name is "": a token bound to any runner answers WrongRunner.
-    match token::check(
-        Some(&presented),
-        "",
-        tokens.iter().map(|t| t.as_ref()),
-        Timestamp::now(),
-    ) {
-        TokenCheck::WrongRunner { .. } => Ok(()),
-        TokenCheck::Valid(v) => Err(ApiError::new(
-            StatusCode::FORBIDDEN,
-            "PoolToken",
-            format!(
-                "RunnerToken {} is a pool token: job routes take a runner's own token",
-                v.token
-            ),
-        )),
-        TokenCheck::Expired { .. } => Err(ApiError::new(
-            StatusCode::UNAUTHORIZED,
-            "TokenExpired",
-            "the token has expired",
-        )),
-        TokenCheck::Absent | TokenCheck::Unknown => Err(ApiError::new(
-            StatusCode::UNAUTHORIZED,
-            "TokenUnknown",
-            "the token is not known",
-        )),
-    }
-}
-
-/// The bearer token must be a valid runner token for `runner`, from namespace `ns`.
-fn runner_auth(
-    state: &ApiState,
-    authorization: Option<&str>,
-    runner: &str,
-    ns: &str,
-) -> Result<(), ApiError> {
-    // Before the caches synced, a valid token would look unknown.
-    state
-        .readiness
-        .check()
-        .map_err(|why| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "NotReady", why))?;
-    let presented = input::bearer(authorization)?.ok_or_else(|| {
-        ApiError::new(
-            StatusCode::UNAUTHORIZED,
-            "TokenMissing",
-            "job routes need the runner's token",
-        )
-    })?;
-    let tokens = state.tokens.state();
-    match token::check(
-        Some(&presented),
-        runner,
-        tokens.iter().map(|t| t.as_ref()),
-        Timestamp::now(),
-    ) {
-        TokenCheck::Valid(v) if v.namespace != ns => Err(ApiError::new(
-            StatusCode::FORBIDDEN,
-            "WrongNamespace",
-            format!("the token belongs to namespace {}, not {ns}", v.namespace),
-        )),
-        // A pool token registers runners; only a runner's own token acts as it.
-        TokenCheck::Valid(v) if !v.bound => Err(ApiError::new(
-            StatusCode::FORBIDDEN,
-            "PoolToken",
-            format!(
-                "RunnerToken {} is a pool token: job routes take the token issued for runner {runner}",
-                v.token
-            ),
-        )),
-        TokenCheck::Valid(_) => rejected(state, runner, ns),
-        TokenCheck::WrongRunner { runner_name, .. } => Err(ApiError::new(
-            StatusCode::FORBIDDEN,
-            "TokenForAnotherRunner",
-            format!("the token is for runner {runner_name}"),
-        )),
-        TokenCheck::Expired { .. } => Err(ApiError::new(
-            StatusCode::UNAUTHORIZED,
-            "TokenExpired",
-            "the token has expired",
-        )),
-        TokenCheck::Absent | TokenCheck::Unknown => Err(ApiError::new(
-            StatusCode::UNAUTHORIZED,
-            "TokenUnknown",
-            "the token is not known",
-        )),
-    }
-}
-
-/// A rejected runner is refused on every route, whatever token it holds.
-fn rejected(state: &ApiState, runner: &str, ns: &str) -> Result<(), ApiError> {
-    let decision = state
-        .runners
-        .get(&ObjectRef::new(runner).within(ns))
-        .and_then(|r| r.spec.adoption);
-    if decision == Some(crate::crd::runner::AdoptionDecision::Rejected) {
-        return Err(ApiError::new(
-            StatusCode::FORBIDDEN,
-            "Rejected",
-            "an operator rejected this runner (spec.adoption: Rejected)",
-        ));
     }
     Ok(())
 }
@@ -638,7 +508,9 @@ async fn append(
     ))
 }
 
+mod auth;
 mod user_logs;
+use auth::{runner_auth, token_first};
 use user_logs::read;
 
 #[cfg(test)]
