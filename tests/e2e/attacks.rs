@@ -375,3 +375,5 @@ async fn reserved_runner_names_cannot_be_squatted() {
     })
     .await;
 }
+
+mod transport;
