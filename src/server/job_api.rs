@@ -516,3 +516,6 @@ use user_logs::read;
 #[cfg(test)]
 #[path = "job_tests.rs"]
 mod tests;
+
+#[cfg(test)]
+mod properties;

@@ -238,6 +238,29 @@ mod tests {
 
     const HEADER: &str = "apiVersion: baton.dev/v1alpha1\nkind: Job\n";
 
+    use proptest::prelude::*;
+
+    proptest::proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        /// Any text, and manifests with hostile values in the right places, are
+        /// loaded or refused with messages: never a panic.
+        #[test]
+        fn any_manifest_is_answered(
+            text in prop_oneof![
+                "\\PC{0,300}".prop_map(String::from),
+                "[a-z:{}\\[\\]\n \\-,'\"&*!|>]{0,300}",
+                ("\\PC{0,40}", "\\PC{0,40}", "\\PC{0,40}").prop_map(|(name, step, cmd)| format!(
+                    "{HEADER}metadata: {{name: {name:?}}}\nspec:\n  steps: [{{name: {step:?}, image: busybox, command: [{cmd:?}]}}]\n"
+                )),
+            ],
+        ) {
+            if let Err(problems) = load_str(&text) {
+                proptest::prop_assert!(!problems.is_empty());
+            }
+        }
+    }
+
     #[test]
     fn loads_several_jobs() {
         let text = format!(
