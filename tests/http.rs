@@ -186,9 +186,10 @@ async fn a_body_that_never_arrives_gets_503_after_the_request_timeout() {
     let s = start(state("body", limits(Duration::from_secs(10), request, 16))).await;
     let mut tcp = TcpStream::connect(s.addr).await.unwrap();
     let t0 = Instant::now();
+    // Registration reads its body from anyone (it needs no token).
     tcp.write_all(
-        b"POST /v1/jobs/ns/j/claim HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n\
-          Content-Length: 100\r\n\r\n{\"runner\":",
+        b"POST /v1/register HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n\
+          Content-Length: 100\r\n\r\n{\"name\":",
     )
     .await
     .unwrap();
@@ -203,6 +204,37 @@ async fn a_body_that_never_arrives_gets_503_after_the_request_timeout() {
         took >= request && took < request + Duration::from_secs(3),
         "{took:?}"
     );
+}
+
+/// A job route does not wait for the body of a request without a runner's token:
+/// it is refused at once.
+#[tokio::test]
+async fn a_job_route_refuses_a_stranger_before_its_body_arrives() {
+    let request = Duration::from_millis(800);
+    let s = start(state(
+        "stranger",
+        limits(Duration::from_secs(10), request, 16),
+    ))
+    .await;
+    let mut tcp = TcpStream::connect(s.addr).await.unwrap();
+    let t0 = Instant::now();
+    tcp.write_all(
+        b"POST /v1/jobs/ns/j/claim HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n\
+          Content-Length: 2000000\r\n\r\n{\"runner\":",
+    )
+    .await
+    .unwrap();
+    let mut buf = vec![0u8; 4096];
+    let n = tokio::time::timeout(Duration::from_secs(5), tcp.read(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
+    let text = String::from_utf8_lossy(&buf[..n]);
+    assert!(
+        text.starts_with("HTTP/1.1 401") && text.contains("TokenMissing"),
+        "{text}"
+    );
+    assert!(t0.elapsed() < request, "{:?}", t0.elapsed());
 }
 
 #[tokio::test]
