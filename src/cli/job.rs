@@ -23,6 +23,7 @@ use kube::runtime::wait::await_condition;
 
 use super::job_logs::{LogClient, ServerArgs};
 use super::plugin::KubeArgs;
+use super::step_end;
 use crate::crd::Job;
 use crate::crd::job::JobPhase;
 
@@ -207,7 +208,32 @@ async fn print_logs(
         }
         client.print_step(ns, name, &step, follow).await?;
     }
+    // Why steps failed: the status as it is now (after following, the end).
+    let job = if follow {
+        api.get(name)
+            .await
+            .with_context(|| format!("get Job {name}"))?
+    } else {
+        job
+    };
+    for line in failure_lines(&job, only) {
+        eprintln!("==> {} <==", client.header(&line));
+    }
     Ok(())
+}
+
+/// How the Job's failed or cancelled steps ended (only `only`, when given).
+fn failure_lines(job: &Job, only: Option<&str>) -> Vec<String> {
+    let steps = job
+        .status
+        .as_ref()
+        .map(|s| s.steps.as_slice())
+        .unwrap_or_default();
+    steps
+        .iter()
+        .filter(|s| only.is_none_or(|o| o == s.name))
+        .filter_map(step_end::failure_line)
+        .collect()
 }
 
 #[cfg(test)]

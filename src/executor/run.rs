@@ -19,6 +19,7 @@ use super::dag::{Dag, Scheduler};
 use super::outputs;
 use super::{CancellationToken, Executor, ExecutorError, JobReport, LogSink, StatusSink};
 use crate::backend::{Backend, BackendError, StepRequest, Workflow};
+use crate::crd::Step;
 use crate::crd::duration;
 use crate::crd::job::{JobPhase, JobSpec, StepPhase, StepStatus};
 use resume::Start;
@@ -131,7 +132,8 @@ impl State {
                     .iter()
                     .map(|s| s.when.unwrap_or_default())
                     .collect(),
-            ),
+            )
+            .allow_failures(spec.steps.iter().map(Step::allows_failure).collect()),
             statuses: spec
                 .steps
                 .iter()
@@ -184,8 +186,10 @@ impl State {
         if let Some(started) = self.started[step] {
             self.durations[step] = Some(started.elapsed());
         }
+        let allowed = phase == StepPhase::Failed && self.sched.allows_failure(step);
         let status = &mut self.statuses[step];
         status.phase = phase;
+        status.failure_allowed = allowed.then_some(true);
         status.reason = reason.map(str::to_owned);
         status.message = message;
         status.completion_time = Some(now());

@@ -7,7 +7,7 @@ use std::time::Duration;
 use super::{Executor, How, Plan, Start, State, StepEnd, StopCause};
 use crate::backend::Backend;
 use crate::crd::duration;
-use crate::crd::job::{JobPhase, StepPhase};
+use crate::crd::job::{JobPhase, StepPhase, StepStatus};
 use crate::executor::{JobReport, StatusSink, StepReport, outputs};
 
 impl<B: Backend> Executor<'_, B> {
@@ -38,12 +38,7 @@ impl<B: Backend> Executor<'_, B> {
             status.step_changed(&state.statuses[i]).await;
         }
 
-        let failed: Vec<&str> = state
-            .statuses
-            .iter()
-            .filter(|s| s.phase == StepPhase::Failed)
-            .map(|s| s.name.as_str())
-            .collect();
+        let ended = Ended::of(&state.statuses);
         let (phase, reason, message) = match cause {
             Some(StopCause::Cancelled) => (
                 JobPhase::Cancelled,
@@ -58,11 +53,18 @@ impl<B: Backend> Executor<'_, B> {
                     plan.job_timeout.map(duration::format).unwrap_or_default()
                 )),
             ),
-            None if failed.is_empty() => (JobPhase::Succeeded, None, None),
+            None if ended.failed.is_empty() && ended.allowed.is_empty() => {
+                (JobPhase::Succeeded, None, None)
+            }
+            None if ended.failed.is_empty() => (
+                JobPhase::Succeeded,
+                Some(reason::SUCCEEDED),
+                Some(ended.message()),
+            ),
             None => (
                 JobPhase::Failed,
                 Some(reason::STEP_FAILED),
-                Some(format!("{} failed", failed.join(", "))),
+                Some(ended.message()),
             ),
         };
         status.job_changed(phase, reason).await;
@@ -206,5 +208,85 @@ impl<B: Backend> Executor<'_, B> {
             },
         };
         state.mark_ended(i, phase, reason, message);
+    }
+}
+
+/// The steps that ended Failed, as the Job's message names them.
+#[derive(Debug, Default, PartialEq)]
+struct Ended {
+    /// `name (reason)` of each failure that fails the Job.
+    failed: Vec<String>,
+    /// Names of the failures `allowFailure` let pass.
+    allowed: Vec<String>,
+}
+
+impl Ended {
+    fn of(statuses: &[StepStatus]) -> Self {
+        let mut ended = Self::default();
+        for s in statuses.iter().filter(|s| s.phase == StepPhase::Failed) {
+            if s.is_allowed_failure() {
+                ended.allowed.push(s.name.clone());
+            } else {
+                ended.failed.push(match &s.reason {
+                    Some(reason) => format!("{} ({reason})", s.name),
+                    None => s.name.clone(),
+                });
+            }
+        }
+        ended
+    }
+
+    /// `build (OOMKilled) failed; lint failed (allowed)`.
+    fn message(&self) -> String {
+        let mut parts = Vec::new();
+        if !self.failed.is_empty() {
+            parts.push(format!("{} failed", self.failed.join(", ")));
+        }
+        if !self.allowed.is_empty() {
+            parts.push(format!("{} failed (allowed)", self.allowed.join(", ")));
+        }
+        parts.join("; ")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn step(name: &str, phase: StepPhase, reason: Option<&str>, allowed: bool) -> StepStatus {
+        StepStatus {
+            name: name.to_owned(),
+            phase,
+            reason: reason.map(str::to_owned),
+            failure_allowed: allowed.then_some(true),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn the_job_message_names_failures_and_allowed_ones() {
+        use StepPhase::{Failed, Skipped, Succeeded};
+        let cases = [
+            (vec![step("a", Succeeded, None, false)], ""),
+            (
+                vec![
+                    step("lint", Failed, Some("Error"), true),
+                    step("build", Succeeded, None, false),
+                ],
+                "lint failed (allowed)",
+            ),
+            (
+                vec![
+                    step("lint", Failed, Some("Error"), true),
+                    step("build", Failed, Some("OOMKilled"), false),
+                    step("test", Failed, None, false),
+                    step("deploy", Skipped, Some("DependencyFailed"), false),
+                ],
+                "build (OOMKilled), test failed; lint failed (allowed)",
+            ),
+        ];
+        for (statuses, want) in cases {
+            assert_eq!(Ended::of(&statuses).message(), want, "{statuses:?}");
+        }
     }
 }
