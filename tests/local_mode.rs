@@ -178,7 +178,7 @@ fn an_allowed_failure_is_recorded_and_the_job_succeeds() {
 }
 
 #[test]
-fn timeout_example_exits_1_with_reason_timeout() {
+fn timeout_example_exits_1_with_reason_deadline_exceeded() {
     let started = Instant::now();
     let (code, stdout, stderr) = baton_run(&example("timeout.yaml"), &[]);
     assert_eq!(code, 1, "{stdout}\n{stderr}");
@@ -188,7 +188,7 @@ fn timeout_example_exits_1_with_reason_timeout() {
         started.elapsed()
     );
     assert_eq!(row(&stdout, "slow")[1..3], ["Failed", "143"]);
-    assert_eq!(row(&stdout, "slow")[4], "Timeout");
+    assert_eq!(row(&stdout, "slow")[4], "DeadlineExceeded");
     assert!(!stdout.contains("never printed"));
     assert_eq!(row(&stdout, "after-timeout")[1], "Succeeded");
 }

@@ -175,8 +175,15 @@ async fn finish(api: &Api<Job>, name: &str) -> anyhow::Result<i32> {
     .await
     .context("watch the Job")?
     .ok_or_else(|| anyhow!("Job {name} was deleted"))?;
-    let phase = done.status.and_then(|s| s.phase).unwrap_or_default();
+    let phase = done
+        .status
+        .as_ref()
+        .and_then(|s| s.phase)
+        .unwrap_or_default();
     eprintln!("job.baton.dev/{name} {phase:?}");
+    for line in failure_lines(&done, None) {
+        eprintln!("  {}", super::terminal::sanitize(&line));
+    }
     Ok(if phase == JobPhase::Succeeded { 0 } else { 1 })
 }
 
@@ -217,7 +224,7 @@ async fn print_logs(
         job
     };
     for line in failure_lines(&job, only) {
-        eprintln!("==> {} <==", client.header(&line));
+        eprintln!("==> {} <==", super::terminal::sanitize(&line));
     }
     Ok(())
 }
@@ -247,6 +254,29 @@ mod tests {
             generate_name: generate_name.map(str::to_owned),
             ..Default::default()
         }
+    }
+
+    #[test]
+    fn failure_lines_name_failed_steps_and_why() {
+        use crate::crd::job::{JobStatus, StepPhase, StepStatus};
+        let step = |name: &str, phase, reason: &str| StepStatus {
+            name: name.to_owned(),
+            phase,
+            reason: Some(reason.to_owned()),
+            ..Default::default()
+        };
+        let mut job = Job::new("j", Default::default());
+        job.status = Some(JobStatus {
+            steps: vec![
+                step("lint", StepPhase::Succeeded, "Completed"),
+                step("build", StepPhase::Failed, "OOMKilled"),
+                step("deploy", StepPhase::Skipped, "DependencyFailed"),
+            ],
+            ..Default::default()
+        });
+        assert_eq!(failure_lines(&job, None), ["build Failed: OOMKilled"]);
+        assert!(failure_lines(&job, Some("lint")).is_empty());
+        assert!(failure_lines(&Job::new("j", Default::default()), None).is_empty());
     }
 
     #[test]

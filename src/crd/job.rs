@@ -323,7 +323,10 @@ pub struct StepStatus {
     /// Exit code of the step's process, once it ended.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub exit_code: Option<i32>,
-    /// Why the step ended as it did (e.g. `Timeout`, `Evicted`, `DependencyFailed`).
+    /// Why the step ended as it did: `Completed`, `Error` (exited non-zero),
+    /// `OOMKilled`, `Evicted`, `PodLost`, `DeadlineExceeded` (its timeout or the
+    /// Job's), `ImagePullFailed`, `ContainerCannotRun`, `Cancelled`; for a step that
+    /// never ran, why it was skipped (e.g. `DependencyFailed`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
     /// A human-readable detail of the reason.

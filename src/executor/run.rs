@@ -18,7 +18,7 @@ mod retry;
 use super::dag::{Dag, Scheduler};
 use super::outputs;
 use super::{CancellationToken, Executor, ExecutorError, JobReport, LogSink, StatusSink};
-use crate::backend::{Backend, BackendError, StepRequest, Workflow};
+use crate::backend::{Backend, BackendError, StepExit, StepRequest, Workflow};
 use crate::crd::Step;
 use crate::crd::duration;
 use crate::crd::job::{JobPhase, JobSpec, StepPhase, StepStatus};
@@ -35,7 +35,7 @@ enum StopCause {
 enum StepEnd {
     StartFailed(BackendError),
     Ended {
-        exit: Result<i32, BackendError>,
+        exit: Result<StepExit, BackendError>,
         how: How,
         outputs: Option<Result<Vec<u8>, BackendError>>,
         log: LogEnd,
@@ -428,7 +428,7 @@ impl<B: Backend> Executor<'_, B> {
             .step_ref(workflow, &status.name, state.retries[i]);
     }
 
-    async fn stop(&self, workflow: &Workflow, step: &str) -> Result<i32, BackendError> {
+    async fn stop(&self, workflow: &Workflow, step: &str) -> Result<StepExit, BackendError> {
         self.backend
             .stop_step(workflow, step, self.options.grace)
             .await?;

@@ -343,7 +343,7 @@ async fn diamond_dag_with_outputs_and_a_failing_step_with_on_failure_and_always(
         ensure!(step("read").map(|s| s.phase) == Some(StepPhase::Succeeded), "{:?}", st.steps);
         let slow = step("slow").context("slow")?;
         ensure!(
-            slow.phase == StepPhase::Failed && slow.reason.as_deref() == Some("Timeout"),
+            slow.phase == StepPhase::Failed && slow.reason.as_deref() == Some("DeadlineExceeded"),
             "{slow:?}"
         );
         let reader = sa_token(&ns, "reader", true).await?;

@@ -5,7 +5,7 @@ use crate::crd::reasons::reason;
 use std::time::Duration;
 
 use super::{Executor, How, Plan, Start, State, StepEnd, StopCause};
-use crate::backend::Backend;
+use crate::backend::{Backend, StepExit};
 use crate::crd::duration;
 use crate::crd::job::{JobPhase, StepPhase, StepStatus};
 use crate::executor::{JobReport, StatusSink, StepReport, outputs};
@@ -121,8 +121,8 @@ impl<B: Backend> Executor<'_, B> {
                 exit, how, outputs, ..
             } => (exit, how, outputs),
         };
-        let exit_code = match exit {
-            Ok(code) => code,
+        let exit = match exit {
+            Ok(exit) => exit,
             Err(error) => {
                 state.mark_ended(
                     i,
@@ -133,6 +133,7 @@ impl<B: Backend> Executor<'_, B> {
                 return;
             }
         };
+        let exit_code = exit.code;
         state.statuses[i].exit_code = Some(exit_code);
 
         // Outputs count whatever the exit code: an onFailure step may want them.
@@ -176,7 +177,7 @@ impl<B: Backend> Executor<'_, B> {
         let (phase, reason, message) = match (how, cause) {
             (How::TimedOut, _) => (
                 StepPhase::Failed,
-                Some(reason::TIMEOUT),
+                Some(reason::DEADLINE_EXCEEDED),
                 Some(format!(
                     "exceeded its timeout of {}",
                     timeout_text(plan.step_timeouts[i])
@@ -184,7 +185,7 @@ impl<B: Backend> Executor<'_, B> {
             ),
             (How::Stopped, Some(StopCause::JobTimeout)) => (
                 StepPhase::Failed,
-                Some(reason::TIMEOUT),
+                Some(reason::DEADLINE_EXCEEDED),
                 Some(format!(
                     "the Job exceeded its timeout of {}",
                     timeout_text(plan.job_timeout)
@@ -196,18 +197,35 @@ impl<B: Backend> Executor<'_, B> {
                 Some("the Job was cancelled".to_owned()),
             ),
             (How::Exited, _) if exit_code != 0 => {
-                let mut message = format!("exited with code {exit_code}");
+                let (reason, mut message) = failed_exit(exit);
                 if let Some((_, problem)) = &output_failure {
                     message = format!("{message}; {problem}");
                 }
-                (StepPhase::Failed, Some("Error"), Some(message))
+                (StepPhase::Failed, Some(reason), Some(message))
             }
             (How::Exited, _) => match output_failure {
                 Some((reason, problem)) => (StepPhase::Failed, Some(reason), Some(problem)),
-                None => (StepPhase::Succeeded, None, None),
+                None => (StepPhase::Succeeded, Some(reason::COMPLETED), None),
             },
         };
         state.mark_ended(i, phase, reason, message);
+    }
+}
+
+/// The reason and message of a step that exited non-zero on its own.
+fn failed_exit(exit: StepExit) -> (&'static str, String) {
+    let code = exit.code;
+    match exit.reason {
+        Some(reason::OOM_KILLED) => (
+            reason::OOM_KILLED,
+            format!("killed for going over its memory limit (exit code {code})"),
+        ),
+        Some(reason::CONTAINER_CANNOT_RUN) => (
+            reason::CONTAINER_CANNOT_RUN,
+            format!("its command could not be run (exit code {code})"),
+        ),
+        Some(other) => (other, format!("exited with code {code}")),
+        None => (reason::ERROR, format!("exited with code {code}")),
     }
 }
 
@@ -260,6 +278,27 @@ mod tests {
             reason: reason.map(str::to_owned),
             failure_allowed: allowed.then_some(true),
             ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_failed_exit_is_named_by_what_the_backend_knows() {
+        let exit = |code, reason| StepExit { code, reason };
+        let cases = [
+            (exit(1, None), "Error", "exited with code 1"),
+            (
+                exit(137, Some("OOMKilled")),
+                "OOMKilled",
+                "killed for going over its memory limit (exit code 137)",
+            ),
+            (
+                exit(128, Some("ContainerCannotRun")),
+                "ContainerCannotRun",
+                "its command could not be run (exit code 128)",
+            ),
+        ];
+        for (exit, reason, message) in cases {
+            assert_eq!(failed_exit(exit), (reason, message.to_owned()), "{exit:?}");
         }
     }
 
