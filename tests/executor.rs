@@ -160,7 +160,7 @@ steps:
     );
     assert_eq!(
         phase_and_reason(&report, "lint"),
-        (StepPhase::Succeeded, None)
+        (StepPhase::Succeeded, Some("Completed".into()))
     );
     assert_eq!(
         phase_and_reason(&report, "deploy"),
@@ -168,11 +168,11 @@ steps:
     );
     assert_eq!(
         phase_and_reason(&report, "report"),
-        (StepPhase::Succeeded, None)
+        (StepPhase::Succeeded, Some("Completed".into()))
     );
     assert_eq!(
         phase_and_reason(&report, "cleanup"),
-        (StepPhase::Succeeded, None)
+        (StepPhase::Succeeded, Some("Completed".into()))
     );
     assert_eq!(
         phase_and_reason(&report, "celebrate"),

@@ -119,7 +119,7 @@ fn a_restarted_runner_keeps_finished_steps_and_reruns_the_lost_one_once() {
     assert_eq!(report.phase, JobPhase::Succeeded, "{report:#?}");
     assert_eq!(
         phase_and_reason(&report, "done"),
-        (StepPhase::Succeeded, None)
+        (StepPhase::Succeeded, Some("Completed".into()))
     );
     assert_eq!(
         second.log("done"),
@@ -164,7 +164,7 @@ fn without_retries_the_step_lost_with_its_runner_fails_as_runner_lost() {
     assert_eq!(report.phase, JobPhase::Failed);
     assert_eq!(
         phase_and_reason(&report, "done"),
-        (StepPhase::Succeeded, None)
+        (StepPhase::Succeeded, Some("Completed".into()))
     );
     assert_eq!(
         phase_and_reason(&report, "long"),

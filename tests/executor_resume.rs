@@ -61,7 +61,7 @@ async fn a_resumed_step_started_longer_ago_than_its_timeout_times_out_at_once() 
     );
     assert_eq!(
         phase_and_reason(&report, "slow"),
-        (StepPhase::Failed, Some("Timeout".into()))
+        (StepPhase::Failed, Some("DeadlineExceeded".into()))
     );
     assert_eq!(
         step(&report, "slow").start_time,
@@ -89,7 +89,7 @@ async fn a_resumed_step_gets_only_the_rest_of_its_timeout() {
     );
     assert_eq!(
         phase_and_reason(&report, "slow"),
-        (StepPhase::Failed, Some("Timeout".into()))
+        (StepPhase::Failed, Some("DeadlineExceeded".into()))
     );
 }
 

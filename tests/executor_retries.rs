@@ -10,7 +10,7 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use baton::backend::{
-    Backend, BackendError, DiscoveredStep, LogChunk, LogStream, StepRequest, Workflow,
+    Backend, BackendError, DiscoveredStep, LogChunk, LogStream, StepExit, StepRequest, Workflow,
 };
 use baton::crd::job::StepPhase;
 use baton::executor::{CancellationToken, Executor};
@@ -92,7 +92,7 @@ impl Backend for Scripted {
         };
         Ok(futures::stream::iter([Ok(chunk)]).boxed())
     }
-    async fn wait_step(&self, _: &Workflow, step: &str) -> Result<i32, BackendError> {
+    async fn wait_step(&self, _: &Workflow, step: &str) -> Result<StepExit, BackendError> {
         let (retry, _) = self.current(step);
         let lost = || BackendError::Lost {
             step: step.to_owned(),
@@ -102,8 +102,12 @@ impl Backend for Scripted {
         match step {
             "flaky" if retry == 0 => Err(lost()),
             "lost" => Err(lost()),
-            "fails" => Ok(1),
-            _ => Ok(0),
+            "fails" => Ok(1.into()),
+            "oom" => Ok(StepExit {
+                code: 137,
+                reason: Some("OOMKilled"),
+            }),
+            _ => Ok(0.into()),
         }
     }
     async fn read_outputs(&self, _: &Workflow, _: &str, _: usize) -> Result<Vec<u8>, BackendError> {
@@ -145,7 +149,7 @@ async fn a_lost_step_runs_again_while_retries_remain() {
     .await;
     assert_eq!(
         phase_and_reason(&report, "flaky"),
-        (StepPhase::Succeeded, None)
+        (StepPhase::Succeeded, Some("Completed".into()))
     );
     assert_eq!(step(&report, "flaky").retries, Some(1));
     assert_eq!(step(&report, "flaky").pod_name.as_deref(), Some("flaky-1"));
@@ -203,4 +207,27 @@ async fn a_step_failing_on_its_own_is_never_run_again() {
     );
     assert_eq!(step(&report, "fails").exit_code, Some(1));
     assert_eq!(backend.attempts("fails"), [0]);
+}
+
+#[tokio::test]
+async fn a_backend_reason_names_the_failure_and_an_allowed_one_lets_the_job_succeed() {
+    let backend = Scripted::default();
+    let (report, _) = run(
+        &backend,
+        "retries: 3\nsteps:\n  - {name: oom, image: i, script: x, allowFailure: true}\n  - {name: next, image: i, script: x, dependsOn: [oom]}\n",
+    )
+    .await;
+    let oom = step(&report, "oom");
+    assert_eq!(
+        (oom.phase, oom.reason.as_deref(), oom.exit_code),
+        (StepPhase::Failed, Some("OOMKilled"), Some(137))
+    );
+    assert!(oom.is_allowed_failure(), "{oom:?}");
+    assert_eq!(backend.attempts("oom"), [0], "an OOM kill is not a loss");
+    assert_eq!(
+        phase_and_reason(&report, "next"),
+        (StepPhase::Succeeded, Some("Completed".into()))
+    );
+    assert_eq!(report.phase, baton::crd::job::JobPhase::Succeeded);
+    assert_eq!(report.message.as_deref(), Some("oom failed (allowed)"));
 }

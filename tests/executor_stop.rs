@@ -44,7 +44,7 @@ steps:
     );
     assert_eq!(
         phase_and_reason(&report, "hang"),
-        (StepPhase::Failed, Some("Timeout".into()))
+        (StepPhase::Failed, Some("DeadlineExceeded".into()))
     );
     assert_eq!(
         step(&report, "hang").exit_code,
@@ -94,7 +94,10 @@ steps:
         Some(137),
         "ended by SIGKILL"
     );
-    assert_eq!(step(&report, "stubborn").reason.as_deref(), Some("Timeout"));
+    assert_eq!(
+        step(&report, "stubborn").reason.as_deref(),
+        Some("DeadlineExceeded")
+    );
     assert_group_gone(
         backend
             .process_group(&Workflow::new("job"), "stubborn")
@@ -127,7 +130,7 @@ steps:
     assert_eq!(report.reason.as_deref(), Some("Timeout"));
     assert_eq!(
         phase_and_reason(&report, "slow"),
-        (StepPhase::Failed, Some("Timeout".into()))
+        (StepPhase::Failed, Some("DeadlineExceeded".into()))
     );
     assert_eq!(
         phase_and_reason(&report, "next"),

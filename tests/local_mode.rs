@@ -148,7 +148,37 @@ fn failure_example_exits_1_and_runs_its_on_failure_and_always_steps() {
 }
 
 #[test]
-fn timeout_example_exits_1_with_reason_timeout() {
+fn an_allowed_failure_is_recorded_and_the_job_succeeds() {
+    let (code, stdout, stderr) = baton_run(&example("allow-failure.yaml"), &[]);
+    assert_eq!(code, 0, "{stdout}\n{stderr}");
+    // STEP PHASE EXIT DURATION REASON, the phase being "Failed (allowed)".
+    let lint: Vec<&str> = stdout
+        .lines()
+        .map(|l| l.split_whitespace().collect::<Vec<_>>())
+        .rfind(|cols| cols.len() == 6 && cols[0] == "lint")
+        .unwrap_or_else(|| panic!("no summary row for lint in:\n{stdout}"));
+    assert_eq!(lint[1..4], ["Failed", "(allowed)", "3"], "{stdout}");
+    assert_eq!(lint[5], "Error", "{stdout}");
+    assert!(
+        stdout.contains("<-- lint Failed (allowed) (exit 3): Error"),
+        "{stdout}"
+    );
+    assert_eq!(row(&stdout, "build")[1], "Succeeded", "{stdout}");
+    assert_eq!(
+        row(&stdout, "on-lint-failure")[1..],
+        ["Skipped", "-", "-", "NotOnFailure"],
+        "{stdout}"
+    );
+    assert!(!stdout.contains("never printed"), "{stdout}");
+    assert!(
+        stdout.contains("Job allow-failure: Succeeded")
+            && stdout.contains("(Succeeded: lint failed (allowed))"),
+        "{stdout}"
+    );
+}
+
+#[test]
+fn timeout_example_exits_1_with_reason_deadline_exceeded() {
     let started = Instant::now();
     let (code, stdout, stderr) = baton_run(&example("timeout.yaml"), &[]);
     assert_eq!(code, 1, "{stdout}\n{stderr}");
@@ -158,7 +188,7 @@ fn timeout_example_exits_1_with_reason_timeout() {
         started.elapsed()
     );
     assert_eq!(row(&stdout, "slow")[1..3], ["Failed", "143"]);
-    assert_eq!(row(&stdout, "slow")[4], "Timeout");
+    assert_eq!(row(&stdout, "slow")[4], "DeadlineExceeded");
     assert!(!stdout.contains("never printed"));
     assert_eq!(row(&stdout, "after-timeout")[1], "Succeeded");
 }

@@ -52,7 +52,9 @@ pub use pod::{
     workspace_claim_name,
 };
 
-use super::{Backend, BackendError, DiscoveredStep, LogStream, StepRequest, StepState, Workflow};
+use super::{
+    Backend, BackendError, DiscoveredStep, LogStream, StepExit, StepRequest, StepState, Workflow,
+};
 use crate::crd::Job;
 use crate::crd::job::Workspace;
 use outputs::Frame;
@@ -414,7 +416,7 @@ impl Backend for KubernetesBackend {
         for (step, (retry, p)) in latest {
             self.remember(p);
             let state = match state::view(p, false) {
-                PodView::Exited { exit_code } => StepState::Exited { exit_code },
+                PodView::Exited { exit_code, .. } => StepState::Exited { exit_code },
                 // Lost or pending ones too: waiting on them tells how they end.
                 _ => StepState::Running,
             };
@@ -483,11 +485,11 @@ impl Backend for KubernetesBackend {
         ))
     }
 
-    async fn wait_step(&self, workflow: &Workflow, step: &str) -> Result<i32, BackendError> {
+    async fn wait_step(&self, workflow: &Workflow, step: &str) -> Result<StepExit, BackendError> {
         self.check(workflow, step)?;
         let attempt = self.attempt(step).await?;
         if let Some(code) = *lock(&attempt.stopped_exit) {
-            return Ok(code);
+            return Ok(code.into());
         }
         let result = watch::wait_end(&self.pods, &attempt, self.options.cannot_start_after)
             .instrument(self.span(step))

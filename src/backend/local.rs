@@ -40,7 +40,8 @@ use tokio::sync::watch;
 pub use launch::{INHERITED, SECRET_PREFIX, secret_variable};
 
 use super::{
-    Backend, BackendError, DiscoveredStep, LogChunk, LogStream, StepRequest, StepState, Workflow,
+    Backend, BackendError, DiscoveredStep, LogChunk, LogStream, StepExit, StepRequest, StepState,
+    Workflow,
 };
 use process::{Handle, LogProgress};
 
@@ -349,7 +350,7 @@ impl Backend for LocalBackend {
         Ok(futures::stream::unfold(tail, Tail::next).boxed())
     }
 
-    async fn wait_step(&self, workflow: &Workflow, step: &str) -> Result<i32, BackendError> {
+    async fn wait_step(&self, workflow: &Workflow, step: &str) -> Result<StepExit, BackendError> {
         let local = self.get(workflow, step)?;
         if let Some(message) = &local.lost {
             return Err(BackendError::Lost {
@@ -361,6 +362,7 @@ impl Backend for LocalBackend {
         let mut exit = local.handle.exit.clone();
         process::wait(&mut exit)
             .await
+            .map(StepExit::from)
             .map_err(|message| BackendError::Failed {
                 step: step.to_owned(),
                 doing: "wait for the step",

@@ -90,6 +90,23 @@ pub enum StepState {
     Exited { exit_code: i32 },
 }
 
+/// How a step's process ended, as [`Backend::wait_step`] tells.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StepExit {
+    /// The exit code (128 + signal number when killed by a signal).
+    pub code: i32,
+    /// Why it ended, when the backend knows more than the code tells: `OOMKilled`,
+    /// `ContainerCannotRun` (a step container's terminated reason). `None`: the
+    /// executor names the end from the code (`Completed`, `Error`).
+    pub reason: Option<&'static str>,
+}
+
+impl From<i32> for StepExit {
+    fn from(code: i32) -> Self {
+        Self { code, reason: None }
+    }
+}
+
 /// A step found by [`Backend::discover`].
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DiscoveredStep {
@@ -263,12 +280,13 @@ pub trait Backend: Send + Sync {
         from_offset: u64,
     ) -> impl Future<Output = Result<LogStream, BackendError>> + Send;
 
-    /// Wait until the step ended; its exit code (128 + signal when killed).
+    /// Wait until the step ended; its exit code (128 + signal when killed) and,
+    /// where the backend knows it, why.
     fn wait_step(
         &self,
         workflow: &Workflow,
         step: &str,
-    ) -> impl Future<Output = Result<i32, BackendError>> + Send;
+    ) -> impl Future<Output = Result<StepExit, BackendError>> + Send;
 
     /// What the step wrote to `$BATON_OUTPUT`, at most `limit` bytes (a longer
     /// file is cut at `limit`; callers ask for one byte more than they accept).

@@ -23,6 +23,7 @@ use kube::runtime::wait::await_condition;
 
 use super::job_logs::{LogClient, ServerArgs};
 use super::plugin::KubeArgs;
+use super::step_end;
 use crate::crd::Job;
 use crate::crd::job::JobPhase;
 
@@ -174,8 +175,15 @@ async fn finish(api: &Api<Job>, name: &str) -> anyhow::Result<i32> {
     .await
     .context("watch the Job")?
     .ok_or_else(|| anyhow!("Job {name} was deleted"))?;
-    let phase = done.status.and_then(|s| s.phase).unwrap_or_default();
+    let phase = done
+        .status
+        .as_ref()
+        .and_then(|s| s.phase)
+        .unwrap_or_default();
     eprintln!("job.baton.dev/{name} {phase:?}");
+    for line in failure_lines(&done, None) {
+        eprintln!("  {}", super::terminal::sanitize(&line));
+    }
     Ok(if phase == JobPhase::Succeeded { 0 } else { 1 })
 }
 
@@ -207,7 +215,32 @@ async fn print_logs(
         }
         client.print_step(ns, name, &step, follow).await?;
     }
+    // Why steps failed: the status as it is now (after following, the end).
+    let job = if follow {
+        api.get(name)
+            .await
+            .with_context(|| format!("get Job {name}"))?
+    } else {
+        job
+    };
+    for line in failure_lines(&job, only) {
+        eprintln!("==> {} <==", super::terminal::sanitize(&line));
+    }
     Ok(())
+}
+
+/// How the Job's failed or cancelled steps ended (only `only`, when given).
+fn failure_lines(job: &Job, only: Option<&str>) -> Vec<String> {
+    let steps = job
+        .status
+        .as_ref()
+        .map(|s| s.steps.as_slice())
+        .unwrap_or_default();
+    steps
+        .iter()
+        .filter(|s| only.is_none_or(|o| o == s.name))
+        .filter_map(step_end::failure_line)
+        .collect()
 }
 
 #[cfg(test)]
@@ -221,6 +254,29 @@ mod tests {
             generate_name: generate_name.map(str::to_owned),
             ..Default::default()
         }
+    }
+
+    #[test]
+    fn failure_lines_name_failed_steps_and_why() {
+        use crate::crd::job::{JobStatus, StepPhase, StepStatus};
+        let step = |name: &str, phase, reason: &str| StepStatus {
+            name: name.to_owned(),
+            phase,
+            reason: Some(reason.to_owned()),
+            ..Default::default()
+        };
+        let mut job = Job::new("j", Default::default());
+        job.status = Some(JobStatus {
+            steps: vec![
+                step("lint", StepPhase::Succeeded, "Completed"),
+                step("build", StepPhase::Failed, "OOMKilled"),
+                step("deploy", StepPhase::Skipped, "DependencyFailed"),
+            ],
+            ..Default::default()
+        });
+        assert_eq!(failure_lines(&job, None), ["build Failed: OOMKilled"]);
+        assert!(failure_lines(&job, Some("lint")).is_empty());
+        assert!(failure_lines(&Job::new("j", Default::default()), None).is_empty());
     }
 
     #[test]

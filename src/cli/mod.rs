@@ -7,6 +7,7 @@ pub mod job;
 pub mod job_logs;
 pub mod local;
 pub mod plugin;
+pub mod step_end;
 pub mod terminal;
 
 /// Baton runs CI/CD jobs on Kubernetes runners, or locally with `baton run`.

@@ -177,6 +177,19 @@ pub struct Step {
     /// Compute resources of the step's container.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resources: Option<ResourceRequirements>,
+
+    /// Let the step fail without failing the Job. Its failure is still recorded
+    /// (phase `Failed`, exit code, reason, and `failureAllowed: true`), but the
+    /// Job's outcome and the `when` rules of later steps count it as a success.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allow_failure: Option<bool>,
+}
+
+impl Step {
+    /// Whether `allowFailure` is set.
+    pub fn allows_failure(&self) -> bool {
+        self.allow_failure == Some(true)
+    }
 }
 
 /// When a step runs, given how the steps it depends on (and the Job so far) ended.
@@ -310,7 +323,10 @@ pub struct StepStatus {
     /// Exit code of the step's process, once it ended.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub exit_code: Option<i32>,
-    /// Why the step ended as it did (e.g. `Timeout`, `Evicted`, `DependencyFailed`).
+    /// Why the step ended as it did: `Completed`, `Error` (exited non-zero),
+    /// `OOMKilled`, `Evicted`, `PodLost`, `DeadlineExceeded` (its timeout or the
+    /// Job's), `ImagePullFailed`, `ContainerCannotRun`, `Cancelled`; for a step that
+    /// never ran, why it was skipped (e.g. `DependencyFailed`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
     /// A human-readable detail of the reason.
@@ -328,4 +344,15 @@ pub struct StepStatus {
     /// How many times the step was re-run after losing its pod to infrastructure.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retries: Option<i32>,
+    /// True when the step Failed but has `allowFailure`: the Job and later steps
+    /// count it as a success.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failure_allowed: Option<bool>,
+}
+
+impl StepStatus {
+    /// Whether the step ended Failed with its failure allowed.
+    pub fn is_allowed_failure(&self) -> bool {
+        self.phase == StepPhase::Failed && self.failure_allowed == Some(true)
+    }
 }

@@ -374,3 +374,42 @@ fn kstatus_reads_every_phase() {
     done.status = Some(settled.clone());
     assert_eq!(settle_(&done, now), settled);
 }
+
+#[test]
+fn an_allowed_failure_is_kept_and_the_job_succeeds_with_it_named() {
+    let now = Timestamp::now();
+    let spec = spec();
+    let s0 = held(JobPhase::Running);
+    let lint = StepStatus {
+        name: "a".into(),
+        phase: StepPhase::Failed,
+        exit_code: Some(3),
+        reason: Some("Error".into()),
+        failure_allowed: Some(true),
+        ..Default::default()
+    };
+    let step = TestReport {
+        step: Some(lint.clone()),
+        ..Default::default()
+    };
+    let s1 = apply_report(&s0, &spec, &step, Some(1), now);
+    assert_eq!(s1.steps[0], lint);
+    assert!(s1.steps[0].is_allowed_failure());
+    let done = TestReport {
+        phase: Some(JobPhase::Succeeded),
+        reason: Some("Succeeded".into()),
+        message: Some("a failed (allowed)".into()),
+        ..Default::default()
+    };
+    let s2 = apply_report(&s1, &spec, &done, Some(1), now);
+    assert_eq!(s2.phase, Some(JobPhase::Succeeded));
+    let complete = conditions::find(&s2.conditions, "Complete").unwrap();
+    assert_eq!(
+        (complete.status.as_str(), complete.message.as_str()),
+        ("True", "a failed (allowed)")
+    );
+    assert_eq!(
+        conditions::kstatus(&s2.conditions, Some(1), s2.observed_generation),
+        "Current"
+    );
+}

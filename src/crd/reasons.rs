@@ -43,7 +43,27 @@ pub mod reason {
     pub const RUNNER_NAME_TAKEN: &str = "RunnerNameTaken";
 
     // How steps end (step `reason`, and the Job's when a step decides it).
+    /// The Job failed because a step failed (its message names them and why).
     pub const STEP_FAILED: &str = "StepFailed";
+    /// The Job exceeded `spec.timeout` (the Job's reason). Steps stopped by it, and
+    /// steps over their own `timeout`, end [`DEADLINE_EXCEEDED`]; before step end
+    /// reasons existed they ended `Timeout` too.
     pub const TIMEOUT: &str = "Timeout";
     pub const DEPENDENCY_FAILED: &str = "DependencyFailed";
+
+    // Why a step ended (`status.steps[].reason`).
+    /// Exited 0.
+    pub const COMPLETED: &str = "Completed";
+    /// Exited non-zero on its own.
+    pub const ERROR: &str = "Error";
+    /// Killed for going over its memory limit.
+    pub const OOM_KILLED: &str = "OOMKilled";
+    /// Its pod was evicted (node pressure, API eviction): re-run while retries allow.
+    pub const EVICTED: &str = "Evicted";
+    /// Stopped at its `timeout`, or at the Job's.
+    pub const DEADLINE_EXCEEDED: &str = "DeadlineExceeded";
+    /// The container runtime could not run its command (missing, not executable).
+    pub const CONTAINER_CANNOT_RUN: &str = "ContainerCannotRun";
+    /// Its pod was deleted, disrupted or its node lost: re-run while retries allow.
+    pub const POD_LOST: &str = "PodLost";
 }

@@ -296,6 +296,8 @@ pub struct Advance {
 pub struct Scheduler {
     dag: Dag,
     when: Vec<When>,
+    /// Steps whose failure counts as a success (`allowFailure`).
+    allowed: Vec<bool>,
     phases: Vec<StepPhase>,
 }
 
@@ -303,7 +305,21 @@ impl Scheduler {
     /// Every step Pending; `when[i]` is step `i`'s rule.
     pub fn new(dag: Dag, when: Vec<When>) -> Self {
         let phases = vec![StepPhase::Pending; dag.len()];
-        Self { dag, when, phases }
+        let allowed = vec![false; dag.len()];
+        Self {
+            dag,
+            when,
+            allowed,
+            phases,
+        }
+    }
+
+    /// `allowed[i]`: step `i` has `allowFailure`, so its failure counts as a
+    /// success for the `when` rules of the steps after it.
+    #[must_use]
+    pub fn allow_failures(mut self, allowed: Vec<bool>) -> Self {
+        self.allowed = allowed;
+        self
     }
 
     pub fn dag(&self) -> &Dag {
@@ -352,9 +368,17 @@ impl Scheduler {
         self.phases[step] = StepPhase::Running;
     }
 
-    /// Record how a running step ended.
+    /// Whether step `step` has `allowFailure`.
+    pub fn allows_failure(&self, step: usize) -> bool {
+        self.allowed.get(step).copied().unwrap_or(false)
+    }
+
+    /// Record how a running step ended. An allowed failure counts as a success.
     pub fn finish(&mut self, step: usize, phase: StepPhase) {
-        self.phases[step] = phase;
+        self.phases[step] = match phase {
+            StepPhase::Failed if self.allows_failure(step) => StepPhase::Succeeded,
+            other => other,
+        };
     }
 
     /// Steps not started yet.

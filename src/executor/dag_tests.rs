@@ -312,3 +312,30 @@ fn adopted_steps_are_not_started_again() {
     sched.finish(0, Succeeded);
     assert_eq!(sched.advance().start, vec![1]);
 }
+
+#[test]
+fn an_allowed_failure_counts_as_a_success_for_later_steps() {
+    use When::{OnFailure, OnSuccess};
+    let d = dag(&[
+        ("lint", &[]),
+        ("build", &["lint"]),
+        ("on-lint-fail", &["lint"]),
+        ("test", &["build"]),
+        ("on-test-fail", &["test"]),
+    ])
+    .unwrap();
+    let when = vec![OnSuccess, OnSuccess, OnFailure, OnSuccess, OnFailure];
+    let mut sched = Scheduler::new(d, when).allow_failures(vec![true, false, false, false, false]);
+    assert_eq!(sched.advance().start, vec![0]);
+    sched.finish(0, Failed);
+    assert_eq!(sched.phase(0), Succeeded, "lint's failure is allowed");
+    let adv = sched.advance();
+    assert_eq!(adv.start, vec![1]);
+    assert_eq!(adv.skipped, vec![(2, SkipReason::NotOnFailure)]);
+    sched.finish(1, Succeeded);
+    assert_eq!(sched.advance().start, vec![3]);
+    // A step without allowFailure still fails.
+    sched.finish(3, Failed);
+    assert_eq!(sched.phase(3), Failed);
+    assert_eq!(sched.advance().start, vec![4]);
+}

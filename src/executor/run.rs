@@ -18,7 +18,8 @@ mod retry;
 use super::dag::{Dag, Scheduler};
 use super::outputs;
 use super::{CancellationToken, Executor, ExecutorError, JobReport, LogSink, StatusSink};
-use crate::backend::{Backend, BackendError, StepRequest, Workflow};
+use crate::backend::{Backend, BackendError, StepExit, StepRequest, Workflow};
+use crate::crd::Step;
 use crate::crd::duration;
 use crate::crd::job::{JobPhase, JobSpec, StepPhase, StepStatus};
 use resume::Start;
@@ -34,7 +35,7 @@ enum StopCause {
 enum StepEnd {
     StartFailed(BackendError),
     Ended {
-        exit: Result<i32, BackendError>,
+        exit: Result<StepExit, BackendError>,
         how: How,
         outputs: Option<Result<Vec<u8>, BackendError>>,
         log: LogEnd,
@@ -131,7 +132,8 @@ impl State {
                     .iter()
                     .map(|s| s.when.unwrap_or_default())
                     .collect(),
-            ),
+            )
+            .allow_failures(spec.steps.iter().map(Step::allows_failure).collect()),
             statuses: spec
                 .steps
                 .iter()
@@ -184,8 +186,10 @@ impl State {
         if let Some(started) = self.started[step] {
             self.durations[step] = Some(started.elapsed());
         }
+        let allowed = phase == StepPhase::Failed && self.sched.allows_failure(step);
         let status = &mut self.statuses[step];
         status.phase = phase;
+        status.failure_allowed = allowed.then_some(true);
         status.reason = reason.map(str::to_owned);
         status.message = message;
         status.completion_time = Some(now());
@@ -424,7 +428,7 @@ impl<B: Backend> Executor<'_, B> {
             .step_ref(workflow, &status.name, state.retries[i]);
     }
 
-    async fn stop(&self, workflow: &Workflow, step: &str) -> Result<i32, BackendError> {
+    async fn stop(&self, workflow: &Workflow, step: &str) -> Result<StepExit, BackendError> {
         self.backend
             .stop_step(workflow, step, self.options.grace)
             .await?;

@@ -329,7 +329,7 @@ async fn diamond_dag_with_outputs_and_a_failing_step_with_on_failure_and_always(
         ensure!(phase("cleanup") == Some(StepPhase::Succeeded), "{:?}", st.steps);
         ensure!(conditions::is_true(&st.conditions, "Failed"));
 
-        // A step over its timeout fails with reason Timeout; a workspace is shared.
+        // A step over its timeout fails with reason DeadlineExceeded; a workspace is shared.
         let mut timed = job("timed", "pool=e2e", serde_json::json!([
             { "name": "write", "image": crate::support::STEP_IMAGE, "script": "echo shared > /workspace/f" },
             { "name": "read", "image": crate::support::STEP_IMAGE, "dependsOn": ["write"], "script": "cat /workspace/f" },
@@ -343,7 +343,7 @@ async fn diamond_dag_with_outputs_and_a_failing_step_with_on_failure_and_always(
         ensure!(step("read").map(|s| s.phase) == Some(StepPhase::Succeeded), "{:?}", st.steps);
         let slow = step("slow").context("slow")?;
         ensure!(
-            slow.phase == StepPhase::Failed && slow.reason.as_deref() == Some("Timeout"),
+            slow.phase == StepPhase::Failed && slow.reason.as_deref() == Some("DeadlineExceeded"),
             "{slow:?}"
         );
         let reader = sa_token(&ns, "reader", true).await?;
@@ -433,3 +433,4 @@ fn step_pods(ns: &TestNs) -> Api<k8s_openapi::api::core::v1::Pod> {
 
 mod lifecycle;
 mod restarts;
+mod step_ends;

@@ -245,7 +245,7 @@ steps:
         let report = run_job(&ns, &job, &sink, &CancellationToken::new()).await?;
         ensure!(report.phase == JobPhase::Succeeded, "{report:#?}");
         for step in ["a", "b", "c", "d"] {
-            ensure!(phase_reason(&report, step) == (StepPhase::Succeeded, None), "{step}: {:?}", status(&report, step));
+            ensure!(phase_reason(&report, step) == (StepPhase::Succeeded, Some("Completed".into())), "{step}: {:?}", status(&report, step));
             one_pod(&ns.client, &job, &report, step, "Succeeded").await?;
         }
         ensure!(sink.log("a") == "from a: 2 sub pid-is-a-number-\n", "a: {:?}", sink.log("a"));
@@ -402,7 +402,7 @@ steps:
         let report = run_job(&ns, &job, &sink, &CancellationToken::new()).await?;
         ensure!(report.phase == JobPhase::Failed, "{report:#?}");
         ensure!(
-            phase_reason(&report, "slow") == (StepPhase::Failed, Some("Timeout".into())),
+            phase_reason(&report, "slow") == (StepPhase::Failed, Some("DeadlineExceeded".into())),
             "{:?}",
             status(&report, "slow")
         );

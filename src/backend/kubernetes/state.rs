@@ -14,8 +14,13 @@ pub enum PodView {
     Pending { trouble: Option<Trouble> },
     /// The container runs.
     Running,
-    /// The container ended on its own, or because Baton stopped it.
-    Exited { exit_code: i32 },
+    /// The container ended on its own, or because Baton stopped it; `reason`
+    /// from its terminated state when it says more than the code
+    /// ([`terminated_reason`]).
+    Exited {
+        exit_code: i32,
+        reason: Option<&'static str>,
+    },
     /// The pod was lost to infrastructure or to someone else: evicted, preempted,
     /// deleted, its node gone. The step did not fail on its own.
     Lost {
@@ -43,36 +48,43 @@ pub fn view(pod: &Pod, stopping: bool) -> PodView {
 
     if let Some(terminated) = state.and_then(|s| s.terminated.as_ref()) {
         let code = terminated.exit_code;
+        let exited = PodView::Exited {
+            exit_code: code,
+            reason: terminated_reason(terminated.reason.as_deref(), code),
+        };
         if stopping {
-            return PodView::Exited { exit_code: code };
+            return exited;
         }
         if pod_reason == Some("Evicted") {
-            return lost("Evicted", evicted_message(pod));
+            return lost(reason::EVICTED, evicted_message(pod));
         }
         // Killed (non-zero) while someone else deleted or disrupted the pod: lost.
         if code != 0 && (deleting || disruption.is_some()) {
             return match disruption {
                 Some(reason) => lost(
-                    "PodLost",
+                    reason::POD_LOST,
                     format!("the step pod was disrupted ({reason}) while it ran"),
                 ),
-                None => lost("PodLost", "the step pod was deleted while it ran".into()),
+                None => lost(
+                    reason::POD_LOST,
+                    "the step pod was deleted while it ran".into(),
+                ),
             };
         }
-        return PodView::Exited { exit_code: code };
+        return exited;
     }
     if phase == "Failed" || phase == "Succeeded" {
         return match pod_reason {
-            Some("Evicted") => lost("Evicted", evicted_message(pod)),
+            Some("Evicted") => lost(reason::EVICTED, evicted_message(pod)),
             Some(other) => lost(
-                "PodLost",
+                reason::POD_LOST,
                 format!(
                     "the step pod failed ({other}) before its container ended: {}",
                     status_message(pod)
                 ),
             ),
             None => lost(
-                "PodLost",
+                reason::POD_LOST,
                 "the step pod failed before its container ended".into(),
             ),
         };
@@ -82,6 +94,18 @@ pub fn view(pod: &Pod, stopping: bool) -> PodView {
     }
     PodView::Pending {
         trouble: state.and_then(|s| s.waiting.as_ref()).and_then(trouble),
+    }
+}
+
+/// A terminated container's reason as a step reason, when it says more than the
+/// exit code: killed for memory (`OOMKilled`), or a container the runtime could
+/// not run (`ContainerCannotRun`: no such command, not executable). `Error` and
+/// `Completed` merely restate the code; the executor names those.
+pub fn terminated_reason(reason: Option<&str>, exit_code: i32) -> Option<&'static str> {
+    match reason? {
+        "OOMKilled" => Some(reason::OOM_KILLED),
+        "ContainerCannotRun" | "StartError" if exit_code != 0 => Some(reason::CONTAINER_CANNOT_RUN),
+        _ => None,
     }
 }
 
@@ -208,7 +232,13 @@ mod tests {
         let running = with_container("Running", serde_json::json!({"running": {}}));
         assert_eq!(view(&pod(running), false), PodView::Running);
         let done = with_container("Failed", serde_json::json!({"terminated": {"exitCode": 3}}));
-        assert_eq!(view(&pod(done), false), PodView::Exited { exit_code: 3 });
+        assert_eq!(
+            view(&pod(done), false),
+            PodView::Exited {
+                exit_code: 3,
+                reason: None
+            }
+        );
     }
 
     #[test]
@@ -256,7 +286,13 @@ mod tests {
                 ..
             }
         ));
-        assert_eq!(view(&p, true), PodView::Exited { exit_code: 143 });
+        assert_eq!(
+            view(&p, true),
+            PodView::Exited {
+                exit_code: 143,
+                reason: None
+            }
+        );
 
         // It finished cleanly within its grace period: that is a result.
         let mut ok = with_container(
@@ -264,7 +300,13 @@ mod tests {
             serde_json::json!({"terminated": {"exitCode": 0}}),
         );
         ok["metadata"]["deletionTimestamp"] = "2025-01-01T00:00:00Z".into();
-        assert_eq!(view(&pod(ok), false), PodView::Exited { exit_code: 0 });
+        assert_eq!(
+            view(&pod(ok), false),
+            PodView::Exited {
+                exit_code: 0,
+                reason: None
+            }
+        );
 
         // Still running while being deleted: wait for how it ends.
         let mut going = with_container("Running", serde_json::json!({"running": {}}));
@@ -319,6 +361,54 @@ mod tests {
             "Failed",
             serde_json::json!({"terminated": {"exitCode": 137, "reason": "OOMKilled"}}),
         );
-        assert_eq!(view(&pod(p), false), PodView::Exited { exit_code: 137 });
+        assert_eq!(
+            view(&pod(p), false),
+            PodView::Exited {
+                exit_code: 137,
+                reason: Some("OOMKilled")
+            }
+        );
+    }
+
+    /// Terminated states as the kubelet writes them → the step's reason (None:
+    /// the executor names it from the exit code, `Completed` or `Error`).
+    #[test]
+    fn terminated_reasons() {
+        let cases = [
+            (
+                serde_json::json!({"exitCode": 0, "reason": "Completed"}),
+                None,
+            ),
+            (serde_json::json!({"exitCode": 1, "reason": "Error"}), None),
+            (serde_json::json!({"exitCode": 2}), None),
+            (
+                serde_json::json!({"exitCode": 137, "reason": "OOMKilled"}),
+                Some("OOMKilled"),
+            ),
+            (
+                serde_json::json!({"exitCode": 128, "reason": "ContainerCannotRun",
+                    "message": "exec: \"nope\": executable file not found in $PATH"}),
+                Some("ContainerCannotRun"),
+            ),
+            (
+                serde_json::json!({"exitCode": 128, "reason": "StartError"}),
+                Some("ContainerCannotRun"),
+            ),
+        ];
+        for (terminated, want) in cases {
+            let p = with_container("Failed", serde_json::json!({ "terminated": terminated }));
+            let exit_code = p["status"]["containerStatuses"][0]["state"]["terminated"]["exitCode"]
+                .as_i64()
+                .and_then(|c| i32::try_from(c).ok())
+                .unwrap();
+            assert_eq!(
+                view(&pod(p), false),
+                PodView::Exited {
+                    exit_code,
+                    reason: want
+                },
+                "{terminated}"
+            );
+        }
     }
 }

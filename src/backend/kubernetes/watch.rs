@@ -13,7 +13,7 @@ use tokio::time::Instant;
 
 use super::AttemptState;
 use super::state::{self, PodView, Trouble};
-use crate::backend::BackendError;
+use crate::backend::{BackendError, StepExit};
 
 /// Consecutive watch errors (after the watcher's own backoff) before giving up.
 const MAX_WATCH_ERRORS: u32 = 10;
@@ -78,7 +78,7 @@ pub async fn wait_end(
     api: &Api<Pod>,
     attempt: &AttemptState,
     cannot_start_after: Duration,
-) -> Result<i32, BackendError> {
+) -> Result<StepExit, BackendError> {
     let step = attempt.step.as_str();
     let mut events = watch_pod(api, &attempt.pod);
     let mut trouble: Option<(Instant, Trouble)> = None;
@@ -104,7 +104,7 @@ pub async fn wait_end(
                 };
                 errors = 0;
                 match state::view(&pod, attempt.is_stopping()) {
-                    PodView::Exited { exit_code } => return Ok(exit_code),
+                    PodView::Exited { exit_code, reason } => return Ok(StepExit { code: exit_code, reason }),
                     PodView::Lost { reason, message } => return Err(lost(step, reason, message)),
                     PodView::Pending { trouble: Some(now) } => {
                         let since = trouble.as_ref().map_or_else(Instant::now, |(since, _)| *since);
@@ -134,12 +134,15 @@ fn lost(step: &str, reason: &'static str, message: String) -> BackendError {
 }
 
 /// The pod is gone: how it ended if its last state says, else lost (or stopped).
-fn gone(attempt: &AttemptState, last: Option<&Pod>) -> Result<i32, BackendError> {
+fn gone(attempt: &AttemptState, last: Option<&Pod>) -> Result<StepExit, BackendError> {
     let stopping = attempt.is_stopping();
     match last.map(|p| state::view(p, stopping)) {
-        Some(PodView::Exited { exit_code }) => Ok(exit_code),
+        Some(PodView::Exited { exit_code, reason }) => Ok(StepExit {
+            code: exit_code,
+            reason,
+        }),
         Some(PodView::Lost { reason, message }) => Err(lost(&attempt.step, reason, message)),
-        _ if stopping => Ok(128 + 15),
+        _ if stopping => Ok((128 + 15).into()),
         _ => Err(lost(
             &attempt.step,
             "PodLost",

@@ -28,7 +28,7 @@ async fn a_step_sees_no_credential_of_its_runner() {
     };
     let request = StepRequest::new(step, Vec::new());
     backend.start_step(&workflow, &request).await.unwrap();
-    assert_eq!(backend.wait_step(&workflow, "env").await.unwrap(), 0);
+    assert_eq!(backend.wait_step(&workflow, "env").await.unwrap().code, 0);
     let chunks: Vec<_> = backend
         .tail_step(&workflow, "env", 0)
         .await

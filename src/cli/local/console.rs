@@ -9,6 +9,7 @@ use std::io::Write;
 use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
+use super::super::step_end;
 use crate::backend::LogChunk;
 use crate::crd::JobSpec;
 use crate::crd::job::{JobPhase, StepPhase, StepStatus};
@@ -101,7 +102,7 @@ impl Console {
             let s = &step.status;
             rows.push([
                 s.name.clone(),
-                format!("{:?}", s.phase),
+                step_end::phase_text(s),
                 s.exit_code.map_or("-".to_owned(), |c| c.to_string()),
                 step.duration.map_or("-".to_owned(), format_duration),
                 s.reason.clone().unwrap_or_else(|| "-".to_owned()),
@@ -190,7 +191,7 @@ impl StatusSink for Console {
         }
         let was_running = state.running.contains(name);
         state.running.retain(|s| s != name);
-        let mut line = format!("<-- {name} {:?}", status.phase);
+        let mut line = format!("<-- {name} {}", step_end::phase_text(status));
         if let Some(code) = status.exit_code {
             line.push_str(&format!(" (exit {code})"));
         }

@@ -5,9 +5,9 @@ use crate::crd::reasons::reason;
 use std::time::Duration;
 
 use super::{Executor, How, Plan, Start, State, StepEnd, StopCause};
-use crate::backend::Backend;
+use crate::backend::{Backend, StepExit};
 use crate::crd::duration;
-use crate::crd::job::{JobPhase, StepPhase};
+use crate::crd::job::{JobPhase, StepPhase, StepStatus};
 use crate::executor::{JobReport, StatusSink, StepReport, outputs};
 
 impl<B: Backend> Executor<'_, B> {
@@ -38,12 +38,7 @@ impl<B: Backend> Executor<'_, B> {
             status.step_changed(&state.statuses[i]).await;
         }
 
-        let failed: Vec<&str> = state
-            .statuses
-            .iter()
-            .filter(|s| s.phase == StepPhase::Failed)
-            .map(|s| s.name.as_str())
-            .collect();
+        let ended = Ended::of(&state.statuses);
         let (phase, reason, message) = match cause {
             Some(StopCause::Cancelled) => (
                 JobPhase::Cancelled,
@@ -58,11 +53,18 @@ impl<B: Backend> Executor<'_, B> {
                     plan.job_timeout.map(duration::format).unwrap_or_default()
                 )),
             ),
-            None if failed.is_empty() => (JobPhase::Succeeded, None, None),
+            None if ended.failed.is_empty() && ended.allowed.is_empty() => {
+                (JobPhase::Succeeded, None, None)
+            }
+            None if ended.failed.is_empty() => (
+                JobPhase::Succeeded,
+                Some(reason::SUCCEEDED),
+                Some(ended.message()),
+            ),
             None => (
                 JobPhase::Failed,
                 Some(reason::STEP_FAILED),
-                Some(format!("{} failed", failed.join(", "))),
+                Some(ended.message()),
             ),
         };
         status.job_changed(phase, reason).await;
@@ -119,8 +121,8 @@ impl<B: Backend> Executor<'_, B> {
                 exit, how, outputs, ..
             } => (exit, how, outputs),
         };
-        let exit_code = match exit {
-            Ok(code) => code,
+        let exit = match exit {
+            Ok(exit) => exit,
             Err(error) => {
                 state.mark_ended(
                     i,
@@ -131,6 +133,7 @@ impl<B: Backend> Executor<'_, B> {
                 return;
             }
         };
+        let exit_code = exit.code;
         state.statuses[i].exit_code = Some(exit_code);
 
         // Outputs count whatever the exit code: an onFailure step may want them.
@@ -174,7 +177,7 @@ impl<B: Backend> Executor<'_, B> {
         let (phase, reason, message) = match (how, cause) {
             (How::TimedOut, _) => (
                 StepPhase::Failed,
-                Some(reason::TIMEOUT),
+                Some(reason::DEADLINE_EXCEEDED),
                 Some(format!(
                     "exceeded its timeout of {}",
                     timeout_text(plan.step_timeouts[i])
@@ -182,7 +185,7 @@ impl<B: Backend> Executor<'_, B> {
             ),
             (How::Stopped, Some(StopCause::JobTimeout)) => (
                 StepPhase::Failed,
-                Some(reason::TIMEOUT),
+                Some(reason::DEADLINE_EXCEEDED),
                 Some(format!(
                     "the Job exceeded its timeout of {}",
                     timeout_text(plan.job_timeout)
@@ -194,17 +197,135 @@ impl<B: Backend> Executor<'_, B> {
                 Some("the Job was cancelled".to_owned()),
             ),
             (How::Exited, _) if exit_code != 0 => {
-                let mut message = format!("exited with code {exit_code}");
+                let (reason, mut message) = failed_exit(exit);
                 if let Some((_, problem)) = &output_failure {
                     message = format!("{message}; {problem}");
                 }
-                (StepPhase::Failed, Some("Error"), Some(message))
+                (StepPhase::Failed, Some(reason), Some(message))
             }
             (How::Exited, _) => match output_failure {
                 Some((reason, problem)) => (StepPhase::Failed, Some(reason), Some(problem)),
-                None => (StepPhase::Succeeded, None, None),
+                None => (StepPhase::Succeeded, Some(reason::COMPLETED), None),
             },
         };
         state.mark_ended(i, phase, reason, message);
+    }
+}
+
+/// The reason and message of a step that exited non-zero on its own.
+fn failed_exit(exit: StepExit) -> (&'static str, String) {
+    let code = exit.code;
+    match exit.reason {
+        Some(reason::OOM_KILLED) => (
+            reason::OOM_KILLED,
+            format!("killed for going over its memory limit (exit code {code})"),
+        ),
+        Some(reason::CONTAINER_CANNOT_RUN) => (
+            reason::CONTAINER_CANNOT_RUN,
+            format!("its command could not be run (exit code {code})"),
+        ),
+        Some(other) => (other, format!("exited with code {code}")),
+        None => (reason::ERROR, format!("exited with code {code}")),
+    }
+}
+
+/// The steps that ended Failed, as the Job's message names them.
+#[derive(Debug, Default, PartialEq)]
+struct Ended {
+    /// `name (reason)` of each failure that fails the Job.
+    failed: Vec<String>,
+    /// Names of the failures `allowFailure` let pass.
+    allowed: Vec<String>,
+}
+
+impl Ended {
+    fn of(statuses: &[StepStatus]) -> Self {
+        let mut ended = Self::default();
+        for s in statuses.iter().filter(|s| s.phase == StepPhase::Failed) {
+            if s.is_allowed_failure() {
+                ended.allowed.push(s.name.clone());
+            } else {
+                ended.failed.push(match &s.reason {
+                    Some(reason) => format!("{} ({reason})", s.name),
+                    None => s.name.clone(),
+                });
+            }
+        }
+        ended
+    }
+
+    /// `build (OOMKilled) failed; lint failed (allowed)`.
+    fn message(&self) -> String {
+        let mut parts = Vec::new();
+        if !self.failed.is_empty() {
+            parts.push(format!("{} failed", self.failed.join(", ")));
+        }
+        if !self.allowed.is_empty() {
+            parts.push(format!("{} failed (allowed)", self.allowed.join(", ")));
+        }
+        parts.join("; ")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn step(name: &str, phase: StepPhase, reason: Option<&str>, allowed: bool) -> StepStatus {
+        StepStatus {
+            name: name.to_owned(),
+            phase,
+            reason: reason.map(str::to_owned),
+            failure_allowed: allowed.then_some(true),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_failed_exit_is_named_by_what_the_backend_knows() {
+        let exit = |code, reason| StepExit { code, reason };
+        let cases = [
+            (exit(1, None), "Error", "exited with code 1"),
+            (
+                exit(137, Some("OOMKilled")),
+                "OOMKilled",
+                "killed for going over its memory limit (exit code 137)",
+            ),
+            (
+                exit(128, Some("ContainerCannotRun")),
+                "ContainerCannotRun",
+                "its command could not be run (exit code 128)",
+            ),
+        ];
+        for (exit, reason, message) in cases {
+            assert_eq!(failed_exit(exit), (reason, message.to_owned()), "{exit:?}");
+        }
+    }
+
+    #[test]
+    fn the_job_message_names_failures_and_allowed_ones() {
+        use StepPhase::{Failed, Skipped, Succeeded};
+        let cases = [
+            (vec![step("a", Succeeded, None, false)], ""),
+            (
+                vec![
+                    step("lint", Failed, Some("Error"), true),
+                    step("build", Succeeded, None, false),
+                ],
+                "lint failed (allowed)",
+            ),
+            (
+                vec![
+                    step("lint", Failed, Some("Error"), true),
+                    step("build", Failed, Some("OOMKilled"), false),
+                    step("test", Failed, None, false),
+                    step("deploy", Skipped, Some("DependencyFailed"), false),
+                ],
+                "build (OOMKilled), test failed; lint failed (allowed)",
+            ),
+        ];
+        for (statuses, want) in cases {
+            assert_eq!(Ended::of(&statuses).message(), want, "{statuses:?}");
+        }
     }
 }

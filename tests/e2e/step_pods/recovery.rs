@@ -230,7 +230,7 @@ steps:
         let sink = Sink::default();
         let report = run_job(&ns, &job, &sink, &CancellationToken::new()).await?;
         ensure!(
-            phase_reason(&report, "use") == (StepPhase::Succeeded, None),
+            phase_reason(&report, "use") == (StepPhase::Succeeded, Some("Completed".into())),
             "{:?}",
             status(&report, "use")
         );

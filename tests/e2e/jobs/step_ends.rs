@@ -1,0 +1,73 @@
+//! How steps end, on step pods: a step over its memory limit is reported
+//! `OOMKilled` (step reason and the Job's message), and a step allowed to fail
+//! fails without failing its Job.
+
+#[allow(clippy::wildcard_imports)]
+use super::*;
+
+#[tokio::test]
+async fn an_oom_killed_step_says_so_and_an_allowed_failure_lets_its_job_succeed() {
+    in_namespace("job-step-ends", |ns| async move {
+        let _s = setup_with(&ns, "kubernetes").await?;
+        let image = crate::support::STEP_IMAGE;
+        apply(&ns, &job("oom", "pool=e2e", serde_json::json!([
+            {
+                "name": "hog",
+                "image": image,
+                "resources": { "limits": { "memory": "16Mi" } },
+                // dd fills a 64 MiB buffer: far over the limit.
+                "script": "echo start; dd if=/dev/zero of=/dev/null bs=64M count=1; echo survived",
+            },
+        ]))?)
+        .await?;
+        apply(&ns, &job("allowed", "pool=e2e", serde_json::json!([
+            { "name": "lint", "image": image, "allowFailure": true, "script": "echo warnings; exit 3" },
+            { "name": "build", "image": image, "dependsOn": ["lint"], "script": "echo built" },
+            { "name": "on-fail", "image": image, "dependsOn": ["lint"], "when": "onFailure", "script": "echo never" },
+        ]))?)
+        .await?;
+
+        let j = wait_for(&jobs(&ns), "oom", phase_is(JobPhase::Failed), 120).await?;
+        let st = j.status.context("status")?;
+        let hog = st.steps.iter().find(|s| s.name == "hog").context("hog")?;
+        ensure!(
+            hog.phase == StepPhase::Failed && hog.reason.as_deref() == Some("OOMKilled"),
+            "{hog:?}"
+        );
+        ensure!(hog.exit_code.is_some_and(|c| c != 0), "{hog:?}");
+        let failed = conditions::find(&st.conditions, "Failed").context("Failed condition")?;
+        ensure!(
+            failed.reason == "StepFailed" && failed.message.contains("hog (OOMKilled) failed"),
+            "{failed:?}"
+        );
+
+        let j = wait_for(&jobs(&ns), "allowed", phase_is(JobPhase::Succeeded), 120).await?;
+        let st = j.status.context("status")?;
+        let step = |n: &str| st.steps.iter().find(|s| s.name == n).cloned();
+        let lint = step("lint").context("lint")?;
+        ensure!(
+            lint.phase == StepPhase::Failed
+                && lint.exit_code == Some(3)
+                && lint.reason.as_deref() == Some("Error")
+                && lint.is_allowed_failure(),
+            "{lint:?}"
+        );
+        let build = step("build").context("build")?;
+        ensure!(
+            build.phase == StepPhase::Succeeded && build.reason.as_deref() == Some("Completed"),
+            "{build:?}"
+        );
+        ensure!(
+            step("on-fail").map(|s| s.phase) == Some(StepPhase::Skipped),
+            "{:?}",
+            st.steps
+        );
+        let complete = conditions::find(&st.conditions, "Complete").context("Complete")?;
+        ensure!(
+            complete.status == "True" && complete.message == "lint failed (allowed)",
+            "{complete:?}"
+        );
+        Ok(())
+    })
+    .await;
+}
