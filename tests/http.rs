@@ -4,13 +4,15 @@
 //! reading. Waits are bounded.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+#[path = "support/server.rs"]
+mod support_server;
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use baton::server::hub::Hub;
 use baton::server::listen::Limits;
-use baton::server::{self, ApiConfig, ApiState, health::Readiness, logs};
+use baton::server::{self, ApiState, logs};
 use kube::runtime::reflector;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -20,26 +22,10 @@ use tokio::time::Instant;
 
 /// The server's state with empty caches and a kube client pointing at a closed port.
 fn state(tag: &str, limits: Limits) -> ApiState {
-    let client =
-        kube::Client::try_from(kube::Config::new("http://127.0.0.1:9".parse().unwrap())).unwrap();
     let dir = std::env::temp_dir().join(format!("baton-http-{tag}-{}", std::process::id()));
-    ApiState {
-        events: baton::domain::events::Events::new(client.clone()),
-        client,
-        runners: reflector::store().0,
-        tokens: reflector::store().0,
-        jobs: reflector::store().0,
-        logs: Arc::new(logs::LogStore::new(dir.join("logs"), logs::DEFAULT_CAP)),
-        hub: Arc::new(Hub::default()),
-        readiness: Readiness::default(),
-        config: ApiConfig {
-            limits,
-            ..Default::default()
-        },
-        metrics: Default::default(),
-        challenges: Arc::new(baton::domain::challenge::Challenges::new().unwrap()),
-        rate: Default::default(),
-    }
+    let logs = Arc::new(logs::LogStore::new(dir.join("logs"), logs::DEFAULT_CAP));
+    let client = support_server::unreachable_client();
+    support_server::state(client, logs, reflector::store().0, limits)
 }
 
 struct Running {

@@ -5,16 +5,18 @@
 //! and end at shutdown. Waits are bounded.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+#[path = "support/server.rs"]
+mod support_server;
+
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use baton::crd::job::{JobPhase, JobStatus};
 use baton::crd::{Job, JobSpec, Step};
-use baton::server::hub::Hub;
+use baton::server;
 use baton::server::listen::Limits;
 use baton::server::logs::{LogKey, LogStore, READ_CHUNK};
-use baton::server::{self, ApiConfig, ApiState, health::Readiness};
 use kube::runtime::reflector::{self, store::Writer};
 use kube::runtime::watcher::Event;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -130,23 +132,7 @@ async fn start(tag: &str, limits: Limits, log: &[u8]) -> Server {
     let (store, mut jobs) = reflector::store();
     jobs.apply_watcher_event(&Event::InitDone);
     jobs.apply_watcher_event(&Event::Apply(job(JobPhase::Running)));
-    let state = ApiState {
-        events: baton::domain::events::Events::new(client.clone()),
-        client,
-        runners: reflector::store().0,
-        tokens: reflector::store().0,
-        jobs: store,
-        logs: logs.clone(),
-        hub: Arc::new(Hub::default()),
-        readiness: Readiness::default(),
-        config: ApiConfig {
-            limits,
-            ..Default::default()
-        },
-        metrics: Default::default(),
-        challenges: Arc::new(baton::domain::challenge::Challenges::new().unwrap()),
-        rate: Default::default(),
-    };
+    let state = support_server::state(client, logs.clone(), store, limits);
     let (listener, addr) = server::bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
     let (stop, stopped) = oneshot::channel::<()>();
     let shutdown = async move {

@@ -3,6 +3,9 @@
 //! built binary for the start-up errors. Waits are bounded.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+#[path = "support/server.rs"]
+mod support_server;
+
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -11,10 +14,9 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use baton::runner::client::Client;
-use baton::server::hub::Hub;
 use baton::server::listen::Limits;
 use baton::server::tls::{self, TlsFiles};
-use baton::server::{self, ApiConfig, ApiState, health::Readiness, logs};
+use baton::server::{self, ApiState, logs};
 use kube::runtime::reflector;
 use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
 use tokio::sync::oneshot;
@@ -91,25 +93,9 @@ impl Drop for Dir {
 
 /// The server's state with empty caches and a kube client pointing at a closed port.
 fn state(dir: &Path, limits: Limits) -> ApiState {
-    let client =
-        kube::Client::try_from(kube::Config::new("http://127.0.0.1:9".parse().unwrap())).unwrap();
-    ApiState {
-        events: baton::domain::events::Events::new(client.clone()),
-        client,
-        runners: reflector::store().0,
-        tokens: reflector::store().0,
-        jobs: reflector::store().0,
-        logs: Arc::new(logs::LogStore::new(dir.join("logs"), logs::DEFAULT_CAP)),
-        hub: Arc::new(Hub::default()),
-        readiness: Readiness::default(),
-        config: ApiConfig {
-            limits,
-            ..Default::default()
-        },
-        metrics: Default::default(),
-        challenges: Arc::new(baton::domain::challenge::Challenges::new().unwrap()),
-        rate: Default::default(),
-    }
+    let logs = Arc::new(logs::LogStore::new(dir.join("logs"), logs::DEFAULT_CAP));
+    let client = support_server::unreachable_client();
+    support_server::state(client, logs, reflector::store().0, limits)
 }
 
 struct Running {

@@ -25,7 +25,7 @@ use crate::protocol::{
 
 type Response = warp::reply::Response;
 
-/// `POST /v1/register` and `GET /v1/control`.
+/// `GET /v1/challenge`, `POST /v1/register` and `GET /v1/control`.
 pub fn routes(
     state: ApiState,
 ) -> impl Filter<Extract = (Response,), Error = warp::Rejection> + Clone {

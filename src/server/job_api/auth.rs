@@ -25,44 +25,11 @@ pub(super) fn token_first(
 }
 
 fn own_token(state: &ApiState, authorization: Option<&str>) -> Result<(), ApiError> {
-    state
-        .readiness
-        .check()
-        .map_err(|why| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "NotReady", why))?;
-    let presented = input::bearer(authorization)?.ok_or_else(|| {
-        ApiError::new(
-            StatusCode::UNAUTHORIZED,
-            "TokenMissing",
-            "job routes need the runner's token",
-        )
-    })?;
-    let tokens = state.tokens.state();
     // No runner name is "": a token bound to any runner answers WrongRunner.
-    match token::check(
-        Some(&presented),
-        "",
-        tokens.iter().map(|t| t.as_ref()),
-        Timestamp::now(),
-    ) {
+    match check(state, authorization, "")? {
         TokenCheck::WrongRunner { .. } => Ok(()),
-        TokenCheck::Valid(v) => Err(ApiError::new(
-            StatusCode::FORBIDDEN,
-            "PoolToken",
-            format!(
-                "RunnerToken {} is a pool token: job routes take a runner's own token",
-                v.token
-            ),
-        )),
-        TokenCheck::Expired { .. } => Err(ApiError::new(
-            StatusCode::UNAUTHORIZED,
-            "TokenExpired",
-            "the token has expired",
-        )),
-        TokenCheck::Absent | TokenCheck::Unknown => Err(ApiError::new(
-            StatusCode::UNAUTHORIZED,
-            "TokenUnknown",
-            "the token is not known",
-        )),
+        TokenCheck::Valid(v) => Err(pool_token(&v.token)),
+        other => Err(not_valid(other)),
     }
 }
 
@@ -73,7 +40,26 @@ pub(super) fn runner_auth(
     runner: &str,
     ns: &str,
 ) -> Result<(), ApiError> {
-    // Before the caches synced, a valid token would look unknown.
+    match check(state, authorization, runner)? {
+        TokenCheck::Valid(v) if v.namespace != ns => Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "WrongNamespace",
+            format!("the token belongs to namespace {}, not {ns}", v.namespace),
+        )),
+        // A pool token registers runners; only a runner's own token acts as it.
+        TokenCheck::Valid(v) if !v.bound => Err(pool_token(&v.token)),
+        TokenCheck::Valid(_) => rejected(state, runner, ns),
+        other => Err(not_valid(other)),
+    }
+}
+
+/// The request's bearer token checked for `runner`, once the caches can tell (before
+/// they synced, a valid token would look unknown).
+fn check(
+    state: &ApiState,
+    authorization: Option<&str>,
+    runner: &str,
+) -> Result<TokenCheck, ApiError> {
     state
         .readiness
         .check()
@@ -86,42 +72,40 @@ pub(super) fn runner_auth(
         )
     })?;
     let tokens = state.tokens.state();
-    match token::check(
+    Ok(token::check(
         Some(&presented),
         runner,
         tokens.iter().map(|t| t.as_ref()),
         Timestamp::now(),
-    ) {
-        TokenCheck::Valid(v) if v.namespace != ns => Err(ApiError::new(
-            StatusCode::FORBIDDEN,
-            "WrongNamespace",
-            format!("the token belongs to namespace {}, not {ns}", v.namespace),
-        )),
-        // A pool token registers runners; only a runner's own token acts as it.
-        TokenCheck::Valid(v) if !v.bound => Err(ApiError::new(
-            StatusCode::FORBIDDEN,
-            "PoolToken",
-            format!(
-                "RunnerToken {} is a pool token: job routes take the token issued for runner {runner}",
-                v.token
-            ),
-        )),
-        TokenCheck::Valid(_) => rejected(state, runner, ns),
-        TokenCheck::WrongRunner { runner_name, .. } => Err(ApiError::new(
+    ))
+}
+
+fn pool_token(name: &str) -> ApiError {
+    ApiError::new(
+        StatusCode::FORBIDDEN,
+        "PoolToken",
+        format!("RunnerToken {name} is a pool token: job routes take a runner's own token"),
+    )
+}
+
+/// The refusal of a token that is not valid for the runner it claims to be.
+fn not_valid(check: TokenCheck) -> ApiError {
+    match check {
+        TokenCheck::WrongRunner { runner_name, .. } => ApiError::new(
             StatusCode::FORBIDDEN,
             "TokenForAnotherRunner",
             format!("the token is for runner {runner_name}"),
-        )),
-        TokenCheck::Expired { .. } => Err(ApiError::new(
+        ),
+        TokenCheck::Expired { .. } => ApiError::new(
             StatusCode::UNAUTHORIZED,
             "TokenExpired",
             "the token has expired",
-        )),
-        TokenCheck::Absent | TokenCheck::Unknown => Err(ApiError::new(
+        ),
+        TokenCheck::Absent | TokenCheck::Unknown | TokenCheck::Valid(_) => ApiError::new(
             StatusCode::UNAUTHORIZED,
             "TokenUnknown",
             "the token is not known",
-        )),
+        ),
     }
 }
 
