@@ -86,7 +86,9 @@ pub struct Presented<'a> {
     pub reserved: bool,
 }
 
-fn token_refusal(check: &TokenCheck) -> Option<Outcome> {
+/// The 401 for a token that is not valid (expired, unknown, another runner's);
+/// `None` when there is none, or it is valid.
+pub fn token_refusal(check: &TokenCheck) -> Option<Outcome> {
     let (reason, message) = match check {
         TokenCheck::Expired { token } => (
             "TokenExpired",

@@ -299,23 +299,17 @@ fn allowed(
 }
 
 /// The 401 for a token that is not valid (expired, unknown, another runner's).
-pub(super) fn token_refused(check: &TokenCheck) -> ApiError {
-    let outcome = adoption::decide(
-        check,
-        None,
-        adoption::Presented {
-            public_key: "",
-            reserved: false,
+fn token_refused(check: &TokenCheck) -> ApiError {
+    adoption::token_refusal(check).map_or_else(
+        || {
+            ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "TokenMissing",
+                "this route needs the runner's own token",
+            )
         },
-    );
-    match outcome {
-        o @ (Outcome::Unauthorized { .. } | Outcome::Forbidden { .. }) => refusal(o),
-        _ => ApiError::new(
-            StatusCode::UNAUTHORIZED,
-            "TokenMissing",
-            "this route needs the runner's own token",
-        ),
-    }
+        refusal,
+    )
 }
 
 /// What an open control channel was opened with, checked again at every ping.

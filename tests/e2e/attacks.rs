@@ -13,8 +13,8 @@
 use anyhow::ensure;
 use baton::crd::Runner;
 use baton::crd::job::JobPhase;
-use baton::domain::identity::{Identity, Purpose};
-use baton::protocol::{ChallengeResponse, RegisterRequest, RegisterResponse};
+use baton::domain::identity::Identity;
+use baton::protocol::{RegisterRequest, RegisterResponse};
 use kube::api::{Api, ListParams, PostParams};
 
 use crate::jobs::{apply, job, jobs, phase_is, setup};
@@ -48,12 +48,6 @@ struct Attempt<'a> {
 
 impl Attempt<'_> {
     async fn send(&self) -> anyhow::Result<(u16, String)> {
-        let ch: ChallengeResponse = http()
-            .get(format!("{}/v1/challenge", self.url))
-            .send()
-            .await?
-            .json()
-            .await?;
         let req = RegisterRequest {
             name: self.name.to_owned(),
             runner_id: self.runner_id.to_owned(),
@@ -63,11 +57,9 @@ impl Attempt<'_> {
                 .iter()
                 .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
                 .collect(),
-            public_key: self.id.public_key(),
-            signature: self.id.sign(Purpose::Register, &ch.challenge, self.name),
-            challenge: ch.challenge,
             ..Default::default()
         };
+        let req = crate::support::signed(self.url, self.id, req).await?;
         let mut r = http().post(format!("{}/v1/register", self.url)).json(&req);
         if let Some(t) = self.token {
             r = r.bearer_auth(t);

@@ -7,8 +7,8 @@ use anyhow::{Context, ensure};
 use baton::crd::conditions;
 use baton::crd::runner::AdoptionState;
 use baton::crd::{Runner, RunnerToken};
-use baton::domain::identity::{Identity, Purpose};
-use baton::protocol::{ChallengeResponse, RegisterRequest};
+use baton::domain::identity::Identity;
+use baton::protocol::RegisterRequest;
 use k8s_openapi::api::core::v1::Secret;
 use kube::ResourceExt;
 use kube::api::{Api, ListParams, Patch, PatchParams};
@@ -79,22 +79,13 @@ async fn register_raw(
 /// A registration body with a fresh key proof: a challenge from the server,
 /// signed by a new key (as a runner does; the bodies below are sent raw).
 async fn body_for(url: &str, name: &str, ns: &str) -> anyhow::Result<String> {
-    let id = Identity::generate()?;
-    let ch: ChallengeResponse = http()
-        .get(format!("{url}/v1/challenge"))
-        .send()
-        .await?
-        .json()
-        .await?;
     let req = RegisterRequest {
         name: name.to_owned(),
         runner_id: "e2e-0123456789".to_owned(),
         namespace: Some(ns.to_owned()),
-        public_key: id.public_key(),
-        signature: id.sign(Purpose::Register, &ch.challenge, name),
-        challenge: ch.challenge,
         ..Default::default()
     };
+    let req = crate::support::signed(url, &Identity::generate()?, req).await?;
     Ok(serde_json::to_string(&req)?)
 }
 

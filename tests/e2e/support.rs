@@ -378,3 +378,28 @@ pub async fn step_pods_removed(
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
 }
+
+/// `req` with a fresh key proof, as a runner sends it: a challenge from the server
+/// at `url`, signed by `id` for `req.name`.
+pub async fn signed(
+    url: &str,
+    id: &baton::domain::identity::Identity,
+    req: baton::protocol::RegisterRequest,
+) -> anyhow::Result<baton::protocol::RegisterRequest> {
+    let ch: baton::protocol::ChallengeResponse = crate::procs::http()
+        .get(format!("{url}/v1/challenge"))
+        .send()
+        .await?
+        .json()
+        .await?;
+    Ok(baton::protocol::RegisterRequest {
+        public_key: id.public_key(),
+        signature: id.sign(
+            baton::domain::identity::Purpose::Register,
+            &ch.challenge,
+            &req.name,
+        ),
+        challenge: ch.challenge,
+        ..req
+    })
+}
