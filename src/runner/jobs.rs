@@ -49,6 +49,8 @@ pub struct JobRunner {
     pub work_dir: PathBuf,
     /// Kubernetes backend: the client step pods are created with.
     pub kube: Option<kube::Client>,
+    /// Kubernetes backend: the image step pods copy `baton-entrypoint` from.
+    pub tools_image: String,
     running: Arc<Mutex<Running>>,
     /// Whether a Job was ever started, and a wake-up when one ends.
     started: Arc<std::sync::atomic::AtomicBool>,
@@ -82,11 +84,18 @@ impl JobRunner {
             backend,
             work_dir,
             kube,
+            tools_image: crate::backend::DEFAULT_TOOLS_IMAGE.into(),
             running: Arc::default(),
             started: Arc::default(),
             ended: Arc::default(),
             connections: Arc::new(tokio::sync::watch::Sender::new(0)),
         }
+    }
+
+    /// Step pods get `baton-entrypoint` from `image`.
+    pub fn with_tools_image(mut self, image: String) -> Self {
+        self.tools_image = image;
+        self
     }
 
     /// The control channel opened (again): running Jobs make sure the server
@@ -190,6 +199,8 @@ impl JobRunner {
                     // starts a running step twice.
                     let mut target = JobTarget::new(ns, name, claim.uid.clone());
                     target.workspace = claim.spec.workspace.clone();
+                    target.tools_image = self.tools_image.clone();
+                    target.pod_template = claim.spec.pod_template.clone();
                     let backend = KubernetesBackend::new(client.clone(), target);
                     Executor::new(&backend, ExecutorOptions::default())
                         .run(workflow, &claim.spec, sink, sink, cancel)
