@@ -113,6 +113,15 @@ impl Backend for Scripted {
     async fn read_outputs(&self, _: &Workflow, _: &str, _: usize) -> Result<Vec<u8>, BackendError> {
         Ok(Vec::new())
     }
+    // These Jobs have no services.
+    async fn service_ready(
+        &self,
+        _: &Workflow,
+        _: &str,
+        _: &[u16],
+    ) -> Result<String, BackendError> {
+        Ok("127.0.0.1".into())
+    }
     async fn stop_step(&self, _: &Workflow, _: &str, _: Duration) -> Result<(), BackendError> {
         Ok(())
     }

@@ -406,6 +406,7 @@ impl Backend for KubernetesBackend {
             step: &request.step,
             retry: request.retry,
             injected: &request.env,
+            hosts: &request.hosts,
             nonce: &nonce,
             log_offset: request.log_offset,
         };
@@ -459,6 +460,19 @@ impl Backend for KubernetesBackend {
             attempt.abandoned.cancel();
         }
         result
+    }
+
+    async fn service_ready(
+        &self,
+        workflow: &Workflow,
+        step: &str,
+        _ports: &[u16],
+    ) -> Result<String, BackendError> {
+        self.check(workflow, step)?;
+        let attempt = self.attempt(step).await?;
+        watch::ready_ip(&self.pods, &attempt)
+            .instrument(self.span(step))
+            .await
     }
 
     async fn read_outputs(

@@ -22,6 +22,7 @@ pub mod dirs;
 mod launch;
 mod process;
 mod record;
+mod service;
 
 use crate::crd::reasons::reason;
 use std::collections::{BTreeMap, HashMap};
@@ -368,6 +369,21 @@ impl Backend for LocalBackend {
                 doing: "wait for the step",
                 message,
             })
+    }
+
+    fn listen_address(&self) -> &'static str {
+        service::LOOPBACK
+    }
+
+    async fn service_ready(
+        &self,
+        workflow: &Workflow,
+        step: &str,
+        ports: &[u16],
+    ) -> Result<String, BackendError> {
+        self.get(workflow, step)?;
+        service::wait_listening(ports).await;
+        Ok(service::LOOPBACK.to_owned())
     }
 
     async fn read_outputs(

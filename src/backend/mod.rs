@@ -67,6 +67,10 @@ pub struct StepRequest {
     /// Where this attempt's log continues the step's log (the bytes earlier
     /// attempts left): its [`LogChunk`] offsets start here.
     pub log_offset: u64,
+    /// The services upstream of the step that are up, as (step name, address):
+    /// a backend that can make the name resolve to the address does (`/etc/hosts`
+    /// of a step pod).
+    pub hosts: Vec<(String, String)>,
 }
 
 impl StepRequest {
@@ -77,6 +81,7 @@ impl StepRequest {
             env,
             retry: 0,
             log_offset: 0,
+            hosts: Vec::new(),
         }
     }
 }
@@ -287,6 +292,23 @@ pub trait Backend: Send + Sync {
         workflow: &Workflow,
         step: &str,
     ) -> impl Future<Output = Result<StepExit, BackendError>> + Send;
+
+    /// The address a service step should listen on (`$BATON_SERVICE_LISTEN`):
+    /// all of its pod's addresses by default; loopback where steps share the
+    /// machine's network.
+    fn listen_address(&self) -> &'static str {
+        "0.0.0.0"
+    }
+
+    /// Wait until service `step` accepts TCP connections on `ports` (at once when
+    /// it has none) and return the address its dependents reach it at. It keeps
+    /// waiting while the service starts: the caller races it with the step's end.
+    fn service_ready(
+        &self,
+        workflow: &Workflow,
+        step: &str,
+        ports: &[u16],
+    ) -> impl Future<Output = Result<String, BackendError>> + Send;
 
     /// What the step wrote to `$BATON_OUTPUT`, at most `limit` bytes (a longer
     /// file is cut at `limit`; callers ask for one byte more than they accept).

@@ -130,6 +130,8 @@ has(self.podTemplate) == has(oldSelf.podTemplate) && (!has(self.podTemplate) || 
         .message("a step has either command/args or script, not both"),
     validation = Rule::new("!has(self.args) || has(self.command)")
         .message("args need a command"),
+    validation = Rule::new("!has(self.ports) || (has(self.service) && self.service)")
+        .message("ports belong to a service step (service: true)"),
     // The API server refuses a repeated name itself (a list map); this rule says
     // so in words, and `baton run` checks it without a server.
     validation = Rule::new("!has(self.volumes) || self.volumes.all(v, self.volumes.exists_one(w, w.name == v.name))")
@@ -198,6 +200,19 @@ pub struct Step {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub allow_failure: Option<bool>,
 
+    /// Run alongside the steps that depend on it (a database, a cache): those start
+    /// once it is up (accepting connections on its `ports`), reach it by its step
+    /// name (on a cluster) or `$BATON_SERVICE_<NAME>` (both), and it is stopped
+    /// when the Job's last other step ended. Ending before that fails the Job
+    /// (`ServiceExited`). Locally it is a process on loopback.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service: Option<bool>,
+
+    /// A service's TCP ports: it is up once each accepts a connection.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 8))]
+    pub ports: Option<Vec<ServicePort>>,
+
     /// This step's pod settings, over the Job's `podTemplate`. Ignored locally.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pod_template: Option<PodTemplate>,
@@ -216,6 +231,20 @@ impl Step {
         self.allow_failure == Some(true)
     }
 
+    /// Whether `service` is set.
+    pub fn is_service(&self) -> bool {
+        self.service == Some(true)
+    }
+
+    /// A service's ports.
+    pub fn service_ports(&self) -> Vec<u16> {
+        self.ports
+            .iter()
+            .flatten()
+            .filter_map(|p| u16::try_from(p.port).ok())
+            .collect()
+    }
+
     /// Every Secret the step reads, with how: `("env NAME", secret)` for a
     /// `secretKeyRef`, `("volume NAME", secret)` for a secret volume.
     pub fn secrets_read(&self) -> Vec<(String, &str)> {
@@ -229,6 +258,15 @@ impl Step {
         });
         env.chain(volumes).collect()
     }
+}
+
+/// One TCP port of a service step.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ServicePort {
+    /// The port number the service listens on.
+    #[x_kube(validation = Rule::new("self >= 1 && self <= 65535").message("a port is between 1 and 65535"))]
+    pub port: i32,
 }
 
 /// When a step runs, given how the steps it depends on (and the Job so far) ended.

@@ -66,4 +66,8 @@ pub mod reason {
     pub const CONTAINER_CANNOT_RUN: &str = "ContainerCannotRun";
     /// Its pod was deleted, disrupted or its node lost: re-run while retries allow.
     pub const POD_LOST: &str = "PodLost";
+    /// A service step stopped by Baton once the steps that need it ended.
+    pub const SERVICE_STOPPED: &str = "ServiceStopped";
+    /// A service step that ended on its own while steps still needed it.
+    pub const SERVICE_EXITED: &str = "ServiceExited";
 }

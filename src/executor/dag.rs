@@ -298,6 +298,9 @@ pub struct Scheduler {
     when: Vec<When>,
     /// Steps whose failure counts as a success (`allowFailure`).
     allowed: Vec<bool>,
+    /// Service steps, and which of them are up (their dependents may start).
+    services: Vec<bool>,
+    up: Vec<bool>,
     phases: Vec<StepPhase>,
 }
 
@@ -306,11 +309,71 @@ impl Scheduler {
     pub fn new(dag: Dag, when: Vec<When>) -> Self {
         let phases = vec![StepPhase::Pending; dag.len()];
         let allowed = vec![false; dag.len()];
+        let services = vec![false; dag.len()];
+        let up = vec![false; dag.len()];
         Self {
             dag,
             when,
             allowed,
+            services,
+            up,
             phases,
+        }
+    }
+
+    /// `services[i]`: step `i` is a service. Its dependents start once it is up
+    /// ([`Self::service_up`]), not once it finished.
+    #[must_use]
+    pub fn services(mut self, services: Vec<bool>) -> Self {
+        self.services = services;
+        self
+    }
+
+    pub fn is_service(&self, step: usize) -> bool {
+        self.services.get(step).copied().unwrap_or(false)
+    }
+
+    /// The service `step` accepts connections: its dependents may start.
+    pub fn service_up(&mut self, step: usize) {
+        self.up[step] = true;
+    }
+
+    /// Service `step` is re-run: its dependents wait for it again.
+    pub fn service_down(&mut self, step: usize) {
+        self.up[step] = false;
+    }
+
+    /// Whether service `step` is up and still running.
+    pub fn is_up(&self, step: usize) -> bool {
+        self.up[step] && self.phases[step] == StepPhase::Running
+    }
+
+    /// Services still running once no other step is pending or running: the
+    /// steps they serve are over, so they are to be stopped.
+    pub fn services_done(&self) -> Vec<usize> {
+        if self.others_active() {
+            return Vec::new();
+        }
+        (0..self.phases.len())
+            .filter(|&i| self.is_service(i) && self.phases[i] == StepPhase::Running)
+            .collect()
+    }
+
+    /// Whether a step other than a service is pending or running (a service that
+    /// ends now ends too early).
+    pub fn others_active(&self) -> bool {
+        (0..self.phases.len()).any(|i| {
+            !self.is_service(i) && matches!(self.phases[i], StepPhase::Pending | StepPhase::Running)
+        })
+    }
+
+    /// A dependency's phase as its dependents see it: a service that is up counts
+    /// as succeeded.
+    fn gate(&self, dep: usize) -> StepPhase {
+        if self.is_up(dep) {
+            StepPhase::Succeeded
+        } else {
+            self.phases[dep]
         }
     }
 
@@ -338,7 +401,7 @@ impl Scheduler {
             if self.phases[i] != StepPhase::Pending {
                 continue;
             }
-            let deps: Vec<StepPhase> = self.dag.deps(i).iter().map(|&d| self.phases[d]).collect();
+            let deps: Vec<StepPhase> = self.dag.deps(i).iter().map(|&d| self.gate(d)).collect();
             let upstream_failed = self
                 .dag
                 .upstream(i)

@@ -339,3 +339,60 @@ fn an_allowed_failure_counts_as_a_success_for_later_steps() {
     assert_eq!(sched.phase(3), Failed);
     assert_eq!(sched.advance().start, vec![4]);
 }
+
+#[test]
+fn a_service_lets_its_dependents_start_once_up_and_is_done_when_they_are() {
+    use When::OnSuccess;
+    let d = dag(&[
+        ("db", &[]),
+        ("migrate", &["db"]),
+        ("test", &["migrate", "db"]),
+        ("lint", &[]),
+    ])
+    .unwrap();
+    let mut sched = Scheduler::new(d, vec![OnSuccess; 4]).services(vec![true, false, false, false]);
+    assert_eq!(
+        sched.advance().start,
+        vec![0, 3],
+        "db and lint start at once"
+    );
+    assert!(
+        sched.advance().start.is_empty(),
+        "migrate waits for db to be up"
+    );
+    sched.service_up(0);
+    assert!(sched.is_up(0));
+    assert_eq!(sched.advance().start, vec![1]);
+    assert!(
+        sched.services_done().is_empty(),
+        "migrate, test and lint still to end"
+    );
+    sched.finish(1, Succeeded);
+    assert_eq!(sched.advance().start, vec![2]);
+    sched.finish(2, Succeeded);
+    sched.finish(3, Succeeded);
+    assert!(!sched.others_active());
+    assert_eq!(
+        sched.services_done(),
+        vec![0],
+        "nothing left to serve: stop db"
+    );
+    sched.finish(0, Succeeded);
+    assert!(sched.services_done().is_empty());
+}
+
+#[test]
+fn a_service_that_ends_early_fails_the_steps_waiting_for_it() {
+    use When::{Always, OnSuccess};
+    let d = dag(&[("db", &[]), ("test", &["db"]), ("report", &["test"])]).unwrap();
+    let mut sched =
+        Scheduler::new(d, vec![OnSuccess, OnSuccess, Always]).services(vec![true, false, false]);
+    assert_eq!(sched.advance().start, vec![0]);
+    assert!(sched.others_active(), "a service ending now ends too early");
+    sched.finish(0, Failed);
+    let adv = sched.advance();
+    assert_eq!(adv.skipped, vec![(1, SkipReason::DependencyFailed)]);
+    assert_eq!(adv.start, vec![2], "always still runs");
+    // A service that never came up is not served to anyone.
+    assert!(!sched.is_up(0));
+}

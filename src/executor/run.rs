@@ -14,6 +14,7 @@ use tracing::Instrument;
 mod outcome;
 mod resume;
 mod retry;
+mod services;
 
 use super::dag::{Dag, Scheduler};
 use super::outputs;
@@ -119,6 +120,10 @@ struct State {
     outputs_used: usize,
     /// The attempt each step is at (re-runs after lost pods).
     retries: Vec<u32>,
+    /// Where each service step is reached, once it is up.
+    addresses: Vec<Option<String>>,
+    /// What services listen on, on this backend (`$BATON_SERVICE_LISTEN`).
+    listen: &'static str,
 }
 
 impl State {
@@ -133,7 +138,8 @@ impl State {
                     .map(|s| s.when.unwrap_or_default())
                     .collect(),
             )
-            .allow_failures(spec.steps.iter().map(Step::allows_failure).collect()),
+            .allow_failures(spec.steps.iter().map(Step::allows_failure).collect())
+            .services(spec.steps.iter().map(Step::is_service).collect()),
             statuses: spec
                 .steps
                 .iter()
@@ -147,10 +153,13 @@ impl State {
             outputs: vec![Vec::new(); n],
             outputs_used: 0,
             retries: vec![0; n],
+            addresses: vec![None; n],
+            listen: "0.0.0.0",
         }
     }
 
-    /// `BATON_OUTPUT_<KEY>` for every output of the steps upstream of `step`.
+    /// `BATON_OUTPUT_<KEY>` for every output of the steps upstream of `step`,
+    /// and `BATON_SERVICE_<NAME>` for every service upstream that is up.
     fn injected_env(&self, step: usize) -> Vec<(String, String)> {
         let dag = self.sched.dag();
         let upstream = dag.upstream(step);
@@ -159,6 +168,10 @@ impl State {
             for (k, v) in &self.outputs[u] {
                 env.insert(outputs::env_name(k), v.clone());
             }
+        }
+        env.extend(self.service_env(step));
+        if self.sched.is_service(step) {
+            env.insert("BATON_SERVICE_LISTEN".to_owned(), self.listen.to_owned());
         }
         env.into_iter().collect()
     }
@@ -223,19 +236,28 @@ impl<B: Backend> Executor<'_, B> {
             .await
             .map_err(ExecutorError::Discover)?;
         let mut state = State::new(dag, spec);
+        state.listen = self.backend.listen_address();
         // A resumed Job's timeout counts from when it first started, not from now.
         let job_started = Start::recorded(status.recorded().start_time.as_ref());
         let job_deadline = plan.job_timeout.map(|t| job_started.deadline(t));
         status.job_changed(JobPhase::Running, None).await;
 
         let stop_all = CancellationToken::new();
+        // One per step, under stop_all: a service is stopped on its own when done.
+        let stops: Vec<CancellationToken> =
+            spec.steps.iter().map(|_| stop_all.child_token()).collect();
+        let (up_tx, mut up_rx) = tokio::sync::mpsc::unbounded_channel();
+        let control = |i: usize| services::Control {
+            stop: stops[i].clone(),
+            up: spec.steps[i].is_service().then(|| up_tx.clone()),
+        };
         let mut cause = None;
         let mut running = FuturesUnordered::new();
         let resumed = self
             .resume(&mut state, &plan, workflow, discovered, status, logs)
             .await;
         for (i, attempt) in resumed {
-            running.push(self.step_task(workflow, i, attempt, &plan, stop_all.clone(), logs));
+            running.push(self.step_task(workflow, i, attempt, &plan, control(i), logs));
         }
 
         loop {
@@ -261,7 +283,9 @@ impl<B: Backend> Executor<'_, B> {
                     status.step_changed(&state.statuses[i]).await;
                 }
                 for i in advance.start {
-                    let request = StepRequest::new(spec.steps[i].clone(), state.injected_env(i));
+                    let mut request =
+                        StepRequest::new(spec.steps[i].clone(), state.injected_env(i));
+                    request.hosts = state.service_hosts(i);
                     state.mark_running(i);
                     self.name_attempt(&mut state, workflow, i);
                     status.step_changed(&state.statuses[i]).await;
@@ -271,15 +295,11 @@ impl<B: Backend> Executor<'_, B> {
                         deadline: state.deadline(&plan, i),
                         lost: None,
                     };
-                    running.push(self.step_task(
-                        workflow,
-                        i,
-                        attempt,
-                        &plan,
-                        stop_all.clone(),
-                        logs,
-                    ));
+                    running.push(self.step_task(workflow, i, attempt, &plan, control(i), logs));
                 }
+            }
+            for i in state.sched.services_done() {
+                stops[i].cancel();
             }
             if running.is_empty() {
                 break;
@@ -287,6 +307,7 @@ impl<B: Backend> Executor<'_, B> {
             tokio::select! {
                 Some((i, end)) = running.next() => {
                     if let Some(request) = self.rerun(&mut state, &plan, i, &end, cause, logs).await {
+                        state.service_restarted(i);
                         self.name_attempt(&mut state, workflow, i);
                         status.step_changed(&state.statuses[i]).await;
                         let attempt = Attempt {
@@ -295,9 +316,15 @@ impl<B: Backend> Executor<'_, B> {
                             deadline: state.deadline(&plan, i),
                             lost: None,
                         };
-                        running.push(self.step_task(workflow, i, attempt, &plan, stop_all.clone(), logs));
+                        running.push(self.step_task(workflow, i, attempt, &plan, control(i), logs));
                     } else {
                         self.record(&mut state, &plan, i, end, cause);
+                        status.step_changed(&state.statuses[i]).await;
+                    }
+                }
+                Some((i, address)) = up_rx.recv() => {
+                    if state.sched.phase(i) == StepPhase::Running {
+                        state.service_up(i, address);
                         status.step_changed(&state.statuses[i]).await;
                     }
                 }
@@ -327,9 +354,10 @@ impl<B: Backend> Executor<'_, B> {
         i: usize,
         attempt: Attempt,
         plan: &Plan<'_>,
-        stop_all: CancellationToken,
+        control: services::Control,
         logs: &L,
     ) -> (usize, StepEnd) {
+        let services::Control { stop, up } = control;
         let name = plan.spec.steps[i].name.as_str();
         let span = tracing::info_span!("step", workflow = %workflow.id, step = name);
         let Attempt {
@@ -394,9 +422,10 @@ impl<B: Backend> Executor<'_, B> {
                 tokio::select! {
                     exit = self.backend.wait_step(workflow, name) => (exit, How::Exited),
                     () = sleep_until(deadline) => (self.stop(workflow, name).await, How::TimedOut),
-                    () = stop_all.cancelled() => (self.stop(workflow, name).await, How::Stopped),
+                    () = stop.cancelled() => (self.stop(workflow, name).await, How::Stopped),
                 }
             };
+            let watch = self.announce_up(workflow, i, name, plan, up, watch);
             let ((exit, how), log) = tokio::join!(watch, forward);
             let outputs = match exit {
                 Ok(_) => Some(

@@ -52,6 +52,8 @@ pub struct Attempt<'a> {
     pub retry: u32,
     /// Variables the executor adds before the step's own `env`.
     pub injected: &'a [(String, String)],
+    /// Services upstream that are up, as (step name, pod IP): `/etc/hosts` entries.
+    pub hosts: &'a [(String, String)],
     /// Frames this attempt's outputs in its log (random per attempt).
     pub nonce: &'a str,
     /// Where this attempt's log continues the step's log.
@@ -238,6 +240,8 @@ pub fn step_pod(
     mounts.extend(user_mounts);
     let wrapped = command(attempt)?;
     let container = Container {
+        ports: shape::service_ports(step),
+        readiness_probe: shape::service_probe(step),
         name: CONTAINER.into(),
         image: Some(step.image.clone()),
         image_pull_policy: Some("IfNotPresent".into()),
@@ -271,6 +275,7 @@ pub fn step_pod(
         ..Default::default()
     };
     shape::place(&mut spec, &template, node);
+    shape::add_hosts(&mut spec, attempt.hosts);
     Ok(Pod {
         metadata: ObjectMeta {
             name: Some(pod_name(

@@ -26,6 +26,7 @@ fn build(target: &JobTarget, step: &Step, retry: u32, node: Option<&str>) -> Pod
         step,
         retry,
         injected: &injected,
+        hosts: &[],
         nonce: "n0nce",
         log_offset: 42,
     };
@@ -261,6 +262,7 @@ fn a_command_keeps_kubernetes_expansion() {
             step: &bad,
             retry: 0,
             injected: &[],
+            hosts: &[],
             nonce: "n",
             log_offset: 0,
         };
@@ -476,5 +478,55 @@ fn selectors() {
     assert_eq!(
         step_selector("u", "s"),
         "baton.dev/job-uid=u,baton.dev/step=s"
+    );
+}
+
+#[test]
+fn a_service_declares_its_ports_and_is_ready_when_the_first_accepts() {
+    let mut step = script_step("exec httpd -f -p 8080");
+    step.service = Some(true);
+    step.ports = Some(vec![
+        crate::crd::job::ServicePort { port: 8080 },
+        crate::crd::job::ServicePort { port: 9090 },
+    ]);
+    let pod = build(&target(None), &step, 0, None);
+    let c = container(&pod);
+    let ports: Vec<i32> = c.ports.iter().flatten().map(|p| p.container_port).collect();
+    assert_eq!(ports, [8080, 9090]);
+    let probe = c
+        .readiness_probe
+        .as_ref()
+        .unwrap()
+        .tcp_socket
+        .as_ref()
+        .unwrap();
+    assert_eq!(
+        probe.port,
+        k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(8080)
+    );
+    // Not a service: no ports, no probe, whatever it declares.
+    let plain = build(&target(None), &script_step("true"), 0, None);
+    assert!(container(&plain).ports.is_none() && container(&plain).readiness_probe.is_none());
+}
+
+#[test]
+fn a_dependent_finds_its_services_by_name_in_etc_hosts() {
+    let step = script_step("wget http://db:5432");
+    let hosts = vec![("db".to_owned(), "10.1.2.3".to_owned())];
+    let attempt = Attempt {
+        step: &step,
+        retry: 0,
+        injected: &[],
+        hosts: &hosts,
+        nonce: "n",
+        log_offset: 0,
+    };
+    let pod = step_pod(&target(None), &attempt, None).unwrap();
+    let aliases = pod.spec.unwrap().host_aliases.unwrap();
+    assert_eq!(aliases.len(), 1);
+    assert_eq!(aliases[0].ip, "10.1.2.3");
+    assert_eq!(
+        aliases[0].hostnames.as_deref(),
+        Some(&["db".to_owned()][..])
     );
 }

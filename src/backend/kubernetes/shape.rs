@@ -5,9 +5,11 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{
-    Affinity, ConfigMapVolumeSource, EmptyDirVolumeSource, NodeAffinity, NodeSelector,
-    NodeSelectorRequirement, NodeSelectorTerm, PodSpec, SecretVolumeSource, Volume, VolumeMount,
+    Affinity, ConfigMapVolumeSource, ContainerPort, EmptyDirVolumeSource, HostAlias, NodeAffinity,
+    NodeSelector, NodeSelectorRequirement, NodeSelectorTerm, PodSpec, Probe, SecretVolumeSource,
+    TCPSocketAction, Volume, VolumeMount,
 };
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 use crate::crd::job::{PodTemplate, Step, StepVolume};
 use crate::crd::pod_template::EmptyDirMedium;
@@ -76,6 +78,49 @@ fn affinity(user: Option<Affinity>, node: Option<&str>) -> Option<Affinity> {
     Some(affinity)
 }
 
+/// `/etc/hosts` entries naming each service the step depends on.
+pub fn add_hosts(spec: &mut PodSpec, hosts: &[(String, String)]) {
+    if hosts.is_empty() {
+        return;
+    }
+    let aliases = spec.host_aliases.get_or_insert_with(Vec::new);
+    for (name, ip) in hosts {
+        aliases.push(HostAlias {
+            ip: ip.clone(),
+            hostnames: Some(vec![name.clone()]),
+        });
+    }
+}
+
+/// A service's ports, declared on its container.
+pub fn service_ports(step: &Step) -> Option<Vec<ContainerPort>> {
+    let ports: Vec<ContainerPort> = step
+        .service_ports()
+        .into_iter()
+        .map(|port| ContainerPort {
+            container_port: i32::from(port),
+            protocol: Some("TCP".into()),
+            ..Default::default()
+        })
+        .collect();
+    (step.is_service() && !ports.is_empty()).then_some(ports)
+}
+
+/// A service is Ready once its first port accepts a connection (a pod has one
+/// readiness probe; the others are the service's own business).
+pub fn service_probe(step: &Step) -> Option<Probe> {
+    let first = *step.service_ports().first()?;
+    step.is_service().then(|| Probe {
+        tcp_socket: Some(TCPSocketAction {
+            port: IntOrString::Int(i32::from(first)),
+            host: None,
+        }),
+        period_seconds: Some(1),
+        failure_threshold: Some(1),
+        ..Default::default()
+    })
+}
+
 /// The step's volumes and their mounts (configMap and secret read-only).
 pub fn volumes(step: &Step) -> (Vec<Volume>, Vec<VolumeMount>) {
     step.volumes
@@ -120,7 +165,7 @@ fn mount(v: &StepVolume) -> VolumeMount {
 mod tests {
     use super::*;
     use crate::crd::pod_template::{EmptyDirVolume, ObjectVolume};
-    use k8s_openapi::api::core::v1::{HostAlias, Toleration};
+    use k8s_openapi::api::core::v1::Toleration;
     use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 
     fn user_affinity() -> Affinity {

@@ -213,6 +213,21 @@ pub fn container_started(pod: &Pod) -> bool {
     container_state(pod).is_some_and(|s| s.running.is_some() || s.terminated.is_some())
 }
 
+/// The pod's IP once its `Ready` condition is true.
+pub fn ready_ip(pod: &Pod) -> Option<&str> {
+    let status = pod.status.as_ref()?;
+    let ready = status
+        .conditions
+        .iter()
+        .flatten()
+        .any(|c| c.type_ == "Ready" && c.status == "True");
+    if ready {
+        status.pod_ip.as_deref()
+    } else {
+        None
+    }
+}
+
 /// The node the pod was scheduled to.
 pub fn node_of(pod: &Pod) -> Option<&str> {
     pod.spec.as_ref()?.node_name.as_deref()

@@ -186,6 +186,32 @@ pub async fn wait_log_ready(api: &Api<Pod>, attempt: &AttemptState) -> bool {
     }
 }
 
+/// Until a service's pod is Ready (its readiness probe passed): its IP. An
+/// error once it ended or is gone first (the step's own end says why).
+pub async fn ready_ip(api: &Api<Pod>, attempt: &AttemptState) -> Result<String, BackendError> {
+    let not_up = |message: &str| BackendError::Failed {
+        step: attempt.step.clone(),
+        doing: "wait for the service to be up",
+        message: message.to_owned(),
+    };
+    let mut events = watch_pod(api, &attempt.pod);
+    while let Some(event) = events.next().await {
+        match event {
+            Ok(PodEvent::Gone(_)) => return Err(not_up("its pod is gone")),
+            Ok(PodEvent::Present(pod)) if state::container_ended(&pod) => {
+                return Err(not_up("it ended"));
+            }
+            Ok(PodEvent::Present(pod)) => {
+                if let Some(ip) = state::ready_ip(&pod) {
+                    return Ok(ip.to_owned());
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, pod = %attempt.pod, "watch the service pod"),
+        }
+    }
+    Err(not_up("the watch of its pod ended"))
+}
+
 /// Until the container ended or the pod is gone (`true`), at most `bound` (`false`).
 pub async fn wait_finished(api: &Api<Pod>, name: &str, bound: Duration) -> bool {
     let mut events = watch_pod(api, name);

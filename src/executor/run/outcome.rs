@@ -4,7 +4,7 @@
 use crate::crd::reasons::reason;
 use std::time::Duration;
 
-use super::{Executor, How, Plan, Start, State, StepEnd, StopCause};
+use super::{Executor, How, Plan, Start, State, StepEnd, StopCause, services};
 use crate::backend::{Backend, StepExit};
 use crate::crd::duration;
 use crate::crd::job::{JobPhase, StepPhase, StepStatus};
@@ -173,6 +173,12 @@ impl<B: Backend> Executor<'_, B> {
             tracing::warn!(step = %plan.spec.steps[i].name, %message, "step outputs");
         }
 
+        if let Some((phase, reason, message)) =
+            services::service_end(state, i, how, cause, exit_code)
+        {
+            state.mark_ended(i, phase, Some(reason), Some(message));
+            return;
+        }
         let timeout_text = |t: Option<Duration>| t.map(duration::format).unwrap_or_default();
         let (phase, reason, message) = match (how, cause) {
             (How::TimedOut, _) => (

@@ -64,6 +64,7 @@ impl<B: Backend> Executor<'_, B> {
             env: state.injected_env(i),
             retry: next,
             log_offset,
+            hosts: state.service_hosts(i),
         })
     }
 }
