@@ -433,4 +433,5 @@ fn step_pods(ns: &TestNs) -> Api<k8s_openapi::api::core::v1::Pod> {
 
 mod lifecycle;
 mod restarts;
+mod secrets;
 mod step_ends;
