@@ -23,7 +23,9 @@
 //! - **Logs**: the pod log API has no byte offsets, so a tail follows the log from
 //!   its start and skips the bytes the caller already holds; offsets count the
 //!   stripped log, which is the same on every read. A dropped connection is
-//!   re-opened the same way. Logs beyond the kubelet's rotation size
+//!   re-opened the same way. The stripped log is masked of the pod's Secret
+//!   values ([`secrets`], [`crate::backend::mask`]), deterministically too, so
+//!   offsets count the masked log. Logs beyond the kubelet's rotation size
 //!   (`containerLogMaxSize`, 10 MiB by default) are not re-readable from the start.
 //! - **Lost pods**: a pod deleted by someone else, evicted, preempted or failed by
 //!   its node before its container ended is [`BackendError::Lost`]; the executor
