@@ -286,7 +286,9 @@ steps:
     env:
       - name: TOKEN
         valueFrom: {secretKeyRef: {name: registry-creds, key: token}}
-    script: echo "token=$TOKEN other=${BATON_SECRET_REGISTRY_CREDS_TOKEN:-hidden}"
+    script: |
+      echo "token=$TOKEN other=${BATON_SECRET_REGISTRY_CREDS_TOKEN:-hidden}"
+      [ "$TOKEN" = t0k3n ] && echo "the step got the value"
   - name: missing
     image: busybox:1.36
     env:
@@ -297,7 +299,11 @@ steps:
     );
     let rec = Recorder::new();
     let report = run_with(&backend, &spec, options(), &rec).await;
-    assert_eq!(rec.log("push"), "token=t0k3n other=hidden\n");
+    // The value reaches the step, and is masked in its log.
+    assert_eq!(
+        rec.log("push"),
+        "token=*** other=hidden\nthe step got the value\n"
+    );
     let missing = step(&report, "missing");
     assert_eq!(
         (missing.phase, missing.reason.as_deref()),

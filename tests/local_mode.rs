@@ -344,3 +344,57 @@ fn group_has_live_process(pgid: i32) -> bool {
         fields.len() > 2 && fields[2] == pgid.to_string() && fields[0] != "Z"
     })
 }
+
+#[test]
+fn secret_values_are_masked_in_logs_and_outputs() {
+    let job = Scratch::new(
+        "secrets.yaml",
+        r#"apiVersion: baton.dev/v1alpha1
+kind: Job
+metadata:
+  name: secrets
+spec:
+  steps:
+    - name: leak
+      image: busybox:1.36
+      env:
+        - name: TOKEN
+          valueFrom:
+            secretKeyRef: {name: deploy, key: token}
+      script: |
+        echo "whole: $TOKEN"
+        printf 'split: hunter'; sleep 0.3; printf '2-xyzzy\n'
+        echo "token=$TOKEN" >> "$BATON_OUTPUT"
+    - name: downstream
+      image: busybox:1.36
+      dependsOn: [leak]
+      script: echo "got $BATON_OUTPUT_TOKEN"
+"#,
+    );
+    let output = Command::new(env!("CARGO_BIN_EXE_baton"))
+        .arg("run")
+        .arg(&job.0)
+        .env("RUST_LOG", "warn")
+        .env("BATON_SECRET_DEPLOY_TOKEN", "hunter2-xyzzy")
+        .output()
+        .expect("run baton");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(0), "{stdout}\n{stderr}");
+    assert!(
+        !stdout.contains("hunter") && !stderr.contains("hunter2"),
+        "the value leaked:\n{stdout}\n{stderr}"
+    );
+    for (step, text) in [
+        ("[leak]", "whole: ***"),
+        ("[leak]", "split: ***"),
+        ("[downstream]", "got ***"),
+    ] {
+        let found = stdout
+            .lines()
+            .filter_map(|l| l.strip_prefix(step))
+            .any(|rest| rest.trim() == text);
+        assert!(found, "no {step} {text:?} in:\n{stdout}");
+    }
+    assert!(stdout.contains("token=***"), "outputs masked:\n{stdout}");
+}

@@ -21,15 +21,19 @@
 //! - **Logs**: the pod log API has no byte offsets, so a tail follows the log from
 //!   its start and skips the bytes the caller already holds; offsets count the
 //!   stripped log, which is the same on every read. A dropped connection is
-//!   re-opened the same way. Logs beyond the kubelet's rotation size
+//!   re-opened the same way. The stripped log is masked of the pod's Secret
+//!   values ([`secrets`], [`crate::backend::mask`]), deterministically too, so
+//!   offsets count the masked log. Logs beyond the kubelet's rotation size
 //!   (`containerLogMaxSize`, 10 MiB by default) are not re-readable from the start.
 //! - **Lost pods**: a pod deleted by someone else, evicted, preempted or failed by
 //!   its node before its container ended is [`BackendError::Lost`]; the executor
 //!   re-runs the step as a new attempt (`retry` + 1, a new pod) if the Job allows.
 //! - **Stopping** deletes the pod with the grace period and waits until it is gone.
 
+mod attempt;
 mod outputs;
 mod pod;
+mod secrets;
 mod shape;
 mod state;
 mod tail;
@@ -37,14 +41,13 @@ mod target;
 mod watch;
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod};
+use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod, Secret};
 use kube::api::{Api, DeleteParams, ListParams, PostParams};
 use kube::{Client, ResourceExt};
-use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 pub use pod::{
@@ -56,7 +59,7 @@ pub use target::{DEFAULT_TOOLS_IMAGE, JobTarget};
 use super::{
     Backend, BackendError, DiscoveredStep, LogStream, StepExit, StepRequest, StepState, Workflow,
 };
-use outputs::Frame;
+use attempt::{AttemptState, lock, new_nonce};
 use state::PodView;
 
 /// Tunables of the backend.
@@ -85,60 +88,14 @@ pub struct KubernetesBackend {
     target: JobTarget,
     pods: Api<Pod>,
     claims: Api<PersistentVolumeClaim>,
+    /// Read for the values to mask in step logs ([`secrets`]).
+    secrets: Api<Secret>,
     options: KubernetesOptions,
     /// The latest attempt of each step this backend started or found.
     attempts: Mutex<HashMap<String, Arc<AttemptState>>>,
     /// The node the Job's pods are pinned to (with a workspace). Held while the
     /// first pod is being scheduled.
     node: tokio::sync::Mutex<Option<String>>,
-}
-
-/// What the backend knows of one step attempt (one pod).
-#[derive(Debug)]
-pub(crate) struct AttemptState {
-    step: String,
-    pod: String,
-    retry: u32,
-    nonce: String,
-    log_offset: u64,
-    /// Baton deletes the pod (stop): its end is expected, not a loss.
-    stopping: AtomicBool,
-    /// How it ended when stopped, once known.
-    stopped_exit: Mutex<Option<i32>>,
-    /// The outputs frame, once a tail read the complete log.
-    frame: Mutex<Option<Frame>>,
-    /// Cancelled when waiting gave up on the pod (it cannot start): tails end.
-    abandoned: CancellationToken,
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    // Every critical section is one read or one assignment: never half-updated.
-    m.lock().unwrap_or_else(PoisonError::into_inner)
-}
-
-impl AttemptState {
-    fn from_pod(pod: &Pod) -> Option<Self> {
-        let labels = pod.metadata.labels.as_ref()?;
-        let annotations = pod.metadata.annotations.as_ref()?;
-        Some(Self {
-            step: labels.get(pod::LABEL_STEP)?.clone(),
-            pod: pod.metadata.name.clone()?,
-            retry: labels.get(pod::LABEL_RETRY)?.parse().ok()?,
-            nonce: annotations.get(pod::ANNOTATION_NONCE)?.clone(),
-            log_offset: annotations
-                .get(pod::ANNOTATION_LOG_OFFSET)
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(0),
-            stopping: AtomicBool::new(false),
-            stopped_exit: Mutex::new(None),
-            frame: Mutex::new(None),
-            abandoned: CancellationToken::new(),
-        })
-    }
-
-    fn is_stopping(&self) -> bool {
-        self.stopping.load(Ordering::SeqCst)
-    }
 }
 
 fn kube_err(step: &str, doing: &'static str) -> impl FnOnce(kube::Error) -> BackendError {
@@ -154,17 +111,6 @@ fn is_status(err: &kube::Error, check: fn(&kube::core::Status) -> bool) -> bool 
     matches!(err, kube::Error::Api(status) if check(status))
 }
 
-/// 128 bits of randomness, hex: the outputs frame nonce of one attempt.
-fn new_nonce(step: &str) -> Result<String, BackendError> {
-    let mut bytes = [0u8; 16];
-    getrandom::fill(&mut bytes).map_err(|e| BackendError::Failed {
-        step: step.to_owned(),
-        doing: "draw the outputs nonce",
-        message: e.to_string(),
-    })?;
-    Ok(hex::encode(bytes))
-}
-
 impl KubernetesBackend {
     pub fn new(client: Client, target: JobTarget) -> Self {
         Self::with_options(client, target, KubernetesOptions::default())
@@ -173,7 +119,8 @@ impl KubernetesBackend {
     pub fn with_options(client: Client, target: JobTarget, options: KubernetesOptions) -> Self {
         Self {
             pods: Api::namespaced(client.clone(), &target.namespace),
-            claims: Api::namespaced(client, &target.namespace),
+            claims: Api::namespaced(client.clone(), &target.namespace),
+            secrets: Api::namespaced(client, &target.namespace),
             target,
             options,
             attempts: Mutex::new(HashMap::new()),
@@ -401,6 +348,8 @@ impl Backend for KubernetesBackend {
         if known.is_some_and(|retry| retry >= request.retry) {
             return Ok(());
         }
+        let env = request.step.env.as_deref().unwrap_or_default();
+        secrets::check_readable(&self.secrets, step, env).await?;
         let nonce = new_nonce(step)?;
         let attempt = pod::Attempt {
             step: &request.step,
@@ -441,6 +390,7 @@ impl Backend for KubernetesBackend {
         let attempt = self.attempt(step).await?;
         Ok(tail::follow(
             self.pods.clone(),
+            self.secrets.clone(),
             attempt,
             from_offset,
             self.span(step),
@@ -494,11 +444,13 @@ impl Backend for KubernetesBackend {
         if frame.is_cut() {
             tracing::warn!(parent: &self.span(step), pod = %attempt.pod, "the outputs in the step log end early; reading what is there");
         }
-        frame.decode(limit).map_err(|e| BackendError::Failed {
+        let outputs = frame.decode(limit).map_err(|e| BackendError::Failed {
             step: step.to_owned(),
             doing: "decode $BATON_OUTPUT from the step's log",
             message: e.to_string(),
-        })
+        })?;
+        let secrets = secrets::of_attempt(&self.pods, &self.secrets, &attempt).await?;
+        Ok(secrets.mask_outputs(&outputs, limit))
     }
 
     async fn stop_step(

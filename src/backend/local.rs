@@ -44,6 +44,7 @@ use super::{
     Backend, BackendError, DiscoveredStep, LogChunk, LogStream, StepExit, StepRequest, StepState,
     Workflow,
 };
+use crate::backend::mask::Patterns;
 use process::{Handle, LogProgress};
 
 const LOG_CHUNK: u64 = 64 * 1024;
@@ -69,6 +70,10 @@ struct LocalStep {
     log_base: u64,
     /// Why it was lost, when its runner died while it ran.
     lost: Option<String>,
+    /// What its log and outputs are masked of: the values its `secretKeyRef`s
+    /// got; for an attempt of an earlier process, every `BATON_SECRET_*` value
+    /// (which ones it used was not recorded, and is not written to disk).
+    secrets: Patterns,
 }
 
 impl LocalBackend {
@@ -170,7 +175,8 @@ impl LocalBackend {
             &output_path,
         )?;
         tracing::debug!(workflow = %workflow.id, step = name, program = ?launch.program, retry = request.retry, "start step process");
-        let handle = process::spawn(name, launch, log_file, dir.clone())?;
+        let secrets = Patterns::new(&launch.secrets);
+        let handle = process::spawn(name, launch, log_file, dir.clone(), secrets.clone())?;
         let attempt = record::AttemptRecord {
             step: name.to_owned(),
             retry: request.retry,
@@ -189,9 +195,21 @@ impl LocalBackend {
             retry: request.retry,
             log_base: request.log_offset,
             lost: None,
+            secrets,
         };
         steps.insert(key(workflow, name), Arc::new(step));
         Ok(())
+    }
+
+    /// Every `BATON_SECRET_*` value of the host: what an earlier process's
+    /// attempts are masked of.
+    fn host_secrets(&self) -> Patterns {
+        let values = self
+            .host_env
+            .iter()
+            .filter(|(k, _)| k.to_str().is_some_and(|k| k.starts_with(SECRET_PREFIX)))
+            .map(|(_, v)| v.as_encoded_bytes());
+        Patterns::new(values)
     }
 
     /// Remember the steps an earlier process recorded for `workflow` (resumable
@@ -226,6 +244,7 @@ impl LocalBackend {
                 retry: attempt.retry,
                 log_base: attempt.log_offset,
                 lost,
+                secrets: self.host_secrets(),
             };
             steps.insert(id, Arc::new(step));
         }
@@ -393,13 +412,14 @@ impl Backend for LocalBackend {
         limit: usize,
     ) -> Result<Vec<u8>, BackendError> {
         let local = self.get(workflow, step)?;
-        read_prefix(&local.output_path, limit)
+        let read = read_prefix(&local.output_path, limit)
             .await
             .map_err(|source| BackendError::Io {
                 step: step.to_owned(),
                 doing: "read $BATON_OUTPUT",
                 source,
-            })
+            })?;
+        Ok(local.secrets.mask_outputs(&read, limit))
     }
 
     async fn stop_step(

@@ -13,6 +13,7 @@
 
 pub mod kubernetes;
 pub mod local;
+pub mod mask;
 
 use std::future::Future;
 use std::time::Duration;

@@ -211,7 +211,10 @@ fn rbac_is_namespaced_and_minimal() {
         .iter()
         .flat_map(|r| r.resources.clone().unwrap())
         .collect();
-    assert_eq!(resources, ["pods", "pods/log", "persistentvolumeclaims"]);
+    assert_eq!(
+        resources,
+        ["pods", "pods/log", "persistentvolumeclaims", "secrets"]
+    );
     assert!(
         rules
             .iter()

@@ -434,6 +434,7 @@ fn step_pods(ns: &TestNs) -> Api<k8s_openapi::api::core::v1::Pod> {
 mod lifecycle;
 mod pod_shape;
 mod restarts;
+mod secrets;
 mod services;
 mod shell_less;
 mod step_ends;

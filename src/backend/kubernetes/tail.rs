@@ -1,19 +1,22 @@
 //! Following a step pod's log: from its start (the log API has no byte offsets),
-//! through the [`Unframer`], skipping what the caller already holds, re-opened
-//! the same way when the connection drops before the container ended.
+//! through the [`Unframer`] and the [`Masker`] (both deterministic functions of
+//! the whole log, so every read yields the same bytes at the same offsets),
+//! skipping what the caller already holds, re-opened the same way when the
+//! connection drops before the container ended.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures::{AsyncReadExt, StreamExt};
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{Pod, Secret};
 use kube::api::{Api, LogParams};
 use tokio::sync::mpsc;
 use tracing::Instrument;
 
 use super::outputs::{Frame, Unframer, unframe};
 use super::pod::{CONTAINER, OUTPUT_FILE};
-use super::{AttemptState, is_status, kube_err, lock, watch};
+use super::{AttemptState, is_status, kube_err, lock, secrets, watch};
+use crate::backend::mask::{Masker, Patterns};
 use crate::backend::{BackendError, LogChunk, LogStream};
 
 const READ_SIZE: usize = 64 * 1024;
@@ -38,12 +41,13 @@ fn log_params(follow: bool) -> LogParams {
 /// ends with the container or when the stream is dropped.
 pub fn follow(
     pods: Api<Pod>,
+    secrets: Api<Secret>,
     attempt: Arc<AttemptState>,
     from_offset: u64,
     span: tracing::Span,
 ) -> LogStream {
     let (tx, rx) = mpsc::channel(16);
-    tokio::spawn(run(pods, attempt, from_offset, tx).instrument(span));
+    tokio::spawn(run(pods, secrets, attempt, from_offset, tx).instrument(span));
     futures::stream::unfold(rx, |mut rx| async move {
         rx.recv().await.map(|item| (item, rx))
     })
@@ -91,7 +95,30 @@ async fn send(tx: &Sender, step: &str, chunk: Option<LogChunk>) -> bool {
     }
 }
 
-async fn run(pods: Api<Pod>, attempt: Arc<AttemptState>, from_offset: u64, tx: Sender) {
+/// The Secret values to mask; `None` (after telling the reader why) when they
+/// cannot be read: then no byte of the log is passed on.
+async fn secrets_of(
+    pods: &Api<Pod>,
+    secrets: &Api<Secret>,
+    attempt: &AttemptState,
+    tx: &Sender,
+) -> Option<Patterns> {
+    match secrets::of_attempt(pods, secrets, attempt).await {
+        Ok(patterns) => Some(patterns),
+        Err(error) => {
+            let _ = tx.send(Err(error)).await;
+            None
+        }
+    }
+}
+
+async fn run(
+    pods: Api<Pod>,
+    secrets: Api<Secret>,
+    attempt: Arc<AttemptState>,
+    from_offset: u64,
+    tx: Sender,
+) {
     let step = attempt.step.clone();
     let mut cursor = Cursor {
         base: attempt.log_offset,
@@ -104,9 +131,13 @@ async fn run(pods: Api<Pod>, attempt: Arc<AttemptState>, from_offset: u64, tx: S
             tracing::debug!(pod = %attempt.pod, "the step pod has no log and never will");
             return;
         }
+        let Some(patterns) = secrets_of(&pods, &secrets, &attempt, &tx).await else {
+            return;
+        };
         let before = cursor.done;
         cursor.pos = 0;
         let mut unframer = Unframer::new(&attempt.nonce);
+        let mut masker = Masker::new(patterns);
         match pods.log_stream(&attempt.pod, &log_params(true)).await {
             Ok(reader) => {
                 let mut reader = std::pin::pin!(reader);
@@ -115,7 +146,7 @@ async fn run(pods: Api<Pod>, attempt: Arc<AttemptState>, from_offset: u64, tx: S
                     match reader.read(&mut buf).await {
                         Ok(0) => break,
                         Ok(n) => {
-                            let out = unframer.push(&buf[..n]);
+                            let out = masker.push(&unframer.push(&buf[..n]));
                             if !send(&tx, &step, cursor.take(out)).await {
                                 return;
                             }
@@ -133,6 +164,8 @@ async fn run(pods: Api<Pod>, attempt: Arc<AttemptState>, from_offset: u64, tx: S
         if watch::wait_finished(&pods, &attempt.pod, STATUS_LAG).await {
             // The container ended: this read was the whole log.
             let (rest, frame) = unframer.finish();
+            let mut rest = masker.push(&rest);
+            rest.extend(masker.finish());
             if !send(&tx, &step, cursor.take(rest)).await {
                 return;
             }

@@ -40,6 +40,8 @@ pub struct Launch {
     /// The complete environment (the process inherits nothing else).
     pub env: Vec<(OsString, OsString)>,
     pub cwd: PathBuf,
+    /// The values `secretKeyRef`s put into `env`: what the step's log is masked of.
+    pub secrets: Vec<String>,
 }
 
 /// The host variable a `secretKeyRef` reads locally: `BATON_SECRET_<NAME>_<KEY>`,
@@ -69,8 +71,16 @@ pub fn plan(
     // `$(NAME)` in a step's env and command refers to these, as on Kubernetes.
     let mut defined: BTreeMap<String, String> = injected.iter().cloned().collect();
     env.extend(injected.iter().map(|(k, v)| (k.into(), v.into())));
+    let mut secrets = Vec::new();
     for var in step.env.iter().flatten() {
         if let Some(value) = resolve_var(step, var, host_env, &defined)? {
+            if var
+                .value_from
+                .as_ref()
+                .is_some_and(|f| f.secret_key_ref.is_some())
+            {
+                secrets.push(value.clone());
+            }
             defined.insert(var.name.clone(), value.clone());
             env.push((var.name.clone().into(), value.into()));
         }
@@ -85,6 +95,7 @@ pub fn plan(
         args,
         env,
         cwd,
+        secrets,
     })
 }
 
@@ -345,6 +356,11 @@ mod tests {
             vec![OsString::from("hi 1.2"), OsString::from("$(GREETING)")]
         );
         assert_eq!(launch.cwd, ws);
+        assert_eq!(
+            launch.secrets,
+            ["s3cr3t"],
+            "the log is masked of what was injected"
+        );
     }
 
     #[test]

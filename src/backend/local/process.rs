@@ -1,6 +1,9 @@
 //! One step as a local process: spawn it in its own process group with stdout and
 //! stderr on one pipe, copy that pipe into the step's log file, and signal the
-//! whole group, so nothing the step started outlives it.
+//! whole group, so nothing the step started outlives it. The copy is masked of
+//! the step's secret values ([`Masker`]) on its way into the file, so no secret
+//! is ever on disk in a log, and every offset into the file is one into the
+//! masked log.
 
 use std::os::fd::OwnedFd;
 use std::os::unix::process::ExitStatusExt;
@@ -20,6 +23,7 @@ use tokio::sync::watch;
 use super::launch::Launch;
 use super::record;
 use crate::backend::BackendError;
+use crate::backend::mask::{Masker, Patterns};
 
 /// How long the pipe is still read after the step's process group was killed: only
 /// a process that left the group (`setsid`) can hold it open that long.
@@ -74,6 +78,7 @@ pub fn spawn(
     launch: Launch,
     log_file: std::fs::File,
     record_dir: PathBuf,
+    secrets: Patterns,
 ) -> Result<Handle, BackendError> {
     let io_err = |doing: &'static str| {
         move |source| BackendError::Io {
@@ -126,6 +131,7 @@ pub fn spawn(
         log_tx,
         record_dir,
         interrupted: interrupted.clone(),
+        masker: Masker::new(secrets),
     };
     tokio::spawn(supervisor.run(child, pipe, tokio::fs::File::from_std(log_file)));
     Ok(Handle {
@@ -143,11 +149,12 @@ struct Supervisor {
     log_tx: watch::Sender<LogProgress>,
     record_dir: PathBuf,
     interrupted: Arc<AtomicBool>,
+    masker: Masker,
 }
 
 impl Supervisor {
     async fn run(
-        self,
+        mut self,
         mut child: tokio::process::Child,
         mut pipe: pipe::Receiver,
         mut log: tokio::fs::File,
@@ -163,18 +170,8 @@ impl Supervisor {
                     // After a failed write, keep reading (or the step blocks on a full pipe) but drop it.
                     Ok(_) if write_failed => {}
                     Ok(n) => {
-                        // tokio's File writes in the background: flush, so what we announce is in the file.
-                        let written = match log.write_all(&buf[..n]).await {
-                            Ok(()) => log.flush().await,
-                            Err(error) => Err(error),
-                        };
-                        match written {
-                            Ok(()) => self.log_tx.send_modify(|p| p.len += n as u64),
-                            Err(error) => {
-                                tracing::warn!(step = %self.step, %error, "write step log; the rest of it is lost");
-                                write_failed = true;
-                            }
-                        }
+                        let masked = self.masker.push(&buf[..n]);
+                        write_failed = !self.append(&mut log, &masked).await;
                     }
                     Err(error) => {
                         tracing::warn!(step = %self.step, %error, "read step output");
@@ -193,8 +190,10 @@ impl Supervisor {
                 },
             }
         }
-        if let Err(error) = log.flush().await {
-            tracing::warn!(step = %self.step, %error, "flush step log");
+        // What was held back in case it began a secret value.
+        let rest = self.masker.finish();
+        if !write_failed {
+            self.append(&mut log, &rest).await;
         }
         self.log_tx.send_modify(|p| p.closed = true);
         let exit = match exit {
@@ -221,6 +220,31 @@ impl Supervisor {
             }
         }
         self.exit_tx.send_replace(Some(exit));
+    }
+}
+
+impl Supervisor {
+    /// Append masked bytes to the log and announce them; `false` if the write
+    /// failed (the rest of the log is lost, said once here).
+    async fn append(&self, log: &mut tokio::fs::File, bytes: &[u8]) -> bool {
+        if bytes.is_empty() {
+            return true;
+        }
+        // tokio's File writes in the background: flush, so what we announce is in the file.
+        let written = match log.write_all(bytes).await {
+            Ok(()) => log.flush().await,
+            Err(error) => Err(error),
+        };
+        match written {
+            Ok(()) => {
+                self.log_tx.send_modify(|p| p.len += bytes.len() as u64);
+                true
+            }
+            Err(error) => {
+                tracing::warn!(step = %self.step, %error, "write step log; the rest of it is lost");
+                false
+            }
+        }
     }
 }
 

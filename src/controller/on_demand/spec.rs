@@ -301,6 +301,9 @@ pub fn desired_rbac(ns: &str) -> (ServiceAccount, Role, RoleBinding) {
             rule(&["pods/log"], &["get"]),
             // The Job's workspace volume.
             rule(&["persistentvolumeclaims"], &["create", "get", "delete"]),
+            // The values of the Secrets steps read, to mask them in step logs (a
+            // runner that creates pods can read any Secret through one anyway).
+            rule(&["secrets"], &["get"]),
         ]),
     };
     let binding = RoleBinding {

@@ -1,0 +1,77 @@
+//! What the backend knows of one step attempt (one pod): read back from the pod's
+//! labels and annotations, so a restarted runner knows it as well as the one that
+//! created it, plus what it learns while watching it.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Mutex, MutexGuard, PoisonError};
+
+use k8s_openapi::api::core::v1::Pod;
+use tokio::sync::OnceCell;
+use tokio_util::sync::CancellationToken;
+
+use super::outputs::Frame;
+use super::pod;
+use crate::backend::BackendError;
+use crate::backend::mask::Patterns;
+
+#[derive(Debug)]
+pub(crate) struct AttemptState {
+    pub(super) step: String,
+    pub(super) pod: String,
+    pub(super) retry: u32,
+    pub(super) nonce: String,
+    pub(super) log_offset: u64,
+    /// Baton deletes the pod (stop): its end is expected, not a loss.
+    pub(super) stopping: AtomicBool,
+    /// How it ended when stopped, once known.
+    pub(super) stopped_exit: Mutex<Option<i32>>,
+    /// The outputs frame, once a tail read the complete log.
+    pub(super) frame: Mutex<Option<Frame>>,
+    /// Cancelled when waiting gave up on the pod (it cannot start): tails end.
+    pub(super) abandoned: CancellationToken,
+    /// The values of the pod's `secretKeyRef`s, read once its container started:
+    /// what its log and outputs are masked of.
+    pub(super) secrets: OnceCell<Patterns>,
+}
+
+pub(super) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // Every critical section is one read or one assignment: never half-updated.
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl AttemptState {
+    pub(super) fn from_pod(pod: &Pod) -> Option<Self> {
+        let labels = pod.metadata.labels.as_ref()?;
+        let annotations = pod.metadata.annotations.as_ref()?;
+        Some(Self {
+            step: labels.get(pod::LABEL_STEP)?.clone(),
+            pod: pod.metadata.name.clone()?,
+            retry: labels.get(pod::LABEL_RETRY)?.parse().ok()?,
+            nonce: annotations.get(pod::ANNOTATION_NONCE)?.clone(),
+            log_offset: annotations
+                .get(pod::ANNOTATION_LOG_OFFSET)
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0),
+            stopping: AtomicBool::new(false),
+            stopped_exit: Mutex::new(None),
+            frame: Mutex::new(None),
+            abandoned: CancellationToken::new(),
+            secrets: OnceCell::new(),
+        })
+    }
+
+    pub(super) fn is_stopping(&self) -> bool {
+        self.stopping.load(Ordering::SeqCst)
+    }
+}
+
+/// 128 bits of randomness, hex: the outputs frame nonce of one attempt.
+pub(super) fn new_nonce(step: &str) -> Result<String, BackendError> {
+    let mut bytes = [0u8; 16];
+    getrandom::fill(&mut bytes).map_err(|e| BackendError::Failed {
+        step: step.to_owned(),
+        doing: "draw the outputs nonce",
+        message: e.to_string(),
+    })?;
+    Ok(hex::encode(bytes))
+}
