@@ -140,6 +140,44 @@ async fn one_step_job_on_an_on_demand_runner_pod() {
     .await;
 }
 
+/// The runner pod's own Role (`baton-runner`) lets it read the Secret a step
+/// uses, so the step runs and its value is masked in the stored log.
+#[tokio::test]
+async fn an_on_demand_runner_reads_a_steps_secret_to_mask_it() {
+    in_namespace("od-secret", |ns| async move {
+        let ctl = controller(&ns).await?;
+        let secret: k8s_openapi::api::core::v1::Secret =
+            serde_json::from_value(serde_json::json!({
+                "metadata": { "name": "api" },
+                "stringData": { "token": "od-s3cr3t-value" },
+            }))?;
+        Api::<k8s_openapi::api::core::v1::Secret>::namespaced(ns.client.clone(), &ns.name)
+            .create(&PostParams::default(), &secret)
+            .await?;
+        let env = serde_json::json!([{
+            "name": "TOKEN",
+            "valueFrom": { "secretKeyRef": { "name": "api", "key": "token" } }
+        }]);
+        apply(
+            &ns,
+            &job(
+                "masked",
+                serde_json::json!({}),
+                serde_json::json!([
+                    { "name": "show", "image": STEP_IMAGE, "env": env, "script": "echo \"value: $TOKEN\"" }
+                ]),
+            )?,
+        )
+        .await?;
+        wait_for(&jobs(&ns), "masked", phase_is(JobPhase::Succeeded), 120).await?;
+        let reader = sa_token(&ns, "reader", true).await?;
+        let (code, body) = read_log(&ctl.url, &ns.name, "masked", "show", Some(&reader)).await?;
+        ensure!(code == 200 && body == "value: ***\n", "{code} {body:?}");
+        Ok(())
+    })
+    .await;
+}
+
 #[tokio::test]
 async fn deleting_the_runner_pod_mid_step_hands_the_job_to_a_new_pod() {
     in_namespace("od-lost", |ns| async move {
