@@ -34,6 +34,7 @@ mod outputs;
 mod pod;
 mod state;
 mod tail;
+mod target;
 mod watch;
 
 use std::collections::{BTreeMap, HashMap};
@@ -47,6 +48,8 @@ use kube::{Client, ResourceExt};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
+pub use target::JobTarget;
+
 pub use pod::{
     LABEL_JOB_NAME, LABEL_JOB_UID, LABEL_RETRY, LABEL_STEP, job_selector, pod_name,
     workspace_claim_name,
@@ -55,48 +58,8 @@ pub use pod::{
 use super::{
     Backend, BackendError, DiscoveredStep, LogStream, StepExit, StepRequest, StepState, Workflow,
 };
-use crate::crd::Job;
-use crate::crd::job::Workspace;
 use outputs::Frame;
 use state::PodView;
-
-/// The Job one backend runs steps for.
-#[derive(Clone, Debug, PartialEq)]
-pub struct JobTarget {
-    pub namespace: String,
-    pub job_name: String,
-    pub job_uid: String,
-    /// `spec.workspace`: a claim mounted at `/workspace` in every step pod.
-    pub workspace: Option<Workspace>,
-    /// The uid and gid step containers run as (default 1000: non-root, as the
-    /// `restricted` Pod Security Standard requires).
-    pub run_as_user: i64,
-    pub run_as_group: i64,
-}
-
-impl JobTarget {
-    pub fn new(
-        namespace: impl Into<String>,
-        job_name: impl Into<String>,
-        job_uid: impl Into<String>,
-    ) -> Self {
-        Self {
-            namespace: namespace.into(),
-            job_name: job_name.into(),
-            job_uid: job_uid.into(),
-            workspace: None,
-            run_as_user: 1000,
-            run_as_group: 1000,
-        }
-    }
-
-    /// The target of a Job read from the API (`None` without namespace or uid).
-    pub fn for_job(job: &Job) -> Option<Self> {
-        let mut target = Self::new(job.namespace()?, job.name_any(), job.uid()?);
-        target.workspace = job.spec.workspace.clone();
-        Some(target)
-    }
-}
 
 /// Tunables of the backend.
 #[derive(Clone, Debug, PartialEq, Eq)]

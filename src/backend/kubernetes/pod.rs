@@ -228,7 +228,7 @@ pub fn step_pod(
     let container = Container {
         name: CONTAINER.into(),
         image: Some(step.image.clone()),
-        image_pull_policy: Some("IfNotPresent".into()),
+        image_pull_policy: Some(step.image_pull_policy.unwrap_or_default().as_str().into()),
         command: Some(command(attempt)?),
         env: Some(env(target, attempt)),
         working_dir: working_dir(target, step),
@@ -274,6 +274,7 @@ pub fn step_pod(
                 ..Default::default()
             }),
             affinity: node.map(pin_to_node),
+            image_pull_secrets: target.image_pull_secrets.clone(),
             containers: vec![container],
             volumes: Some(volumes),
             ..Default::default()
