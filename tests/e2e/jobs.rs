@@ -432,5 +432,6 @@ fn step_pods(ns: &TestNs) -> Api<k8s_openapi::api::core::v1::Pod> {
 }
 
 mod lifecycle;
+mod private_images;
 mod restarts;
 mod step_ends;
