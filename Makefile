@@ -24,12 +24,18 @@ help: ## List the targets
 build: ## Debug build of the baton binary
 	$(CARGO) build
 
-release: ## Release build (what the image ships)
+# The step pods' entrypoint, linked statically: it runs in images with no libc.
+ENTRYPOINT_TARGET := x86_64-unknown-linux-gnu
+export BATON_ENTRYPOINT_BIN ?= $(CURDIR)/target/$(ENTRYPOINT_TARGET)/release/baton-entrypoint
+
+release: ## Release build (what the image ships): baton and the static baton-entrypoint
 	$(CARGO) build --release --bin baton
+	$(CARGO) build --release -p baton-entrypoint --target $(ENTRYPOINT_TARGET) \
+	  --config 'target.$(ENTRYPOINT_TARGET).rustflags=["-C", "target-feature=+crt-static"]'
 
 lint: ## cargo fmt --check and clippy with warnings denied (the e2e suite too)
 	$(CARGO) fmt --all -- --check
-	$(CARGO) clippy --all-targets -- -D warnings
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
 	$(CARGO) clippy --test e2e -- -D warnings
 
 helm-lint: ## helm lint --strict the chart (helm comes with cluster-up)
@@ -40,7 +46,7 @@ fmt: ## Format the code
 	$(CARGO) fmt --all
 
 unit: ## Unit and integration tests that need no cluster
-	$(CARGO) test
+	$(CARGO) test --workspace
 
 crd: ## Regenerate config/crd/ and the chart's crds/ from the Rust types (src/crd/)
 	$(CARGO) run --quiet -- crd --dir config/crd --dir charts/baton/crds

@@ -102,8 +102,30 @@ fn immutability_rule_names_every_spec_field_but_cancel() {
     // A spec with every field set: its JSON keys are the spec's fields.
     let spec = serde_json::json!({
         "runnerSelector": {}, "onDemand": {}, "imagePullSecrets": [], "steps": [], "workspace": {}, "timeout": "1s",
-        "retries": 0, "ttlSecondsAfterFinished": 0, "cancel": true,
+        "retries": 0, "ttlSecondsAfterFinished": 0, "podTemplate": {}, "cancel": true,
     });
+    // ... and the schema's, so a field added to the type but not above fails here.
+    let crd = serde_json::to_value(<Job as kube::CustomResourceExt>::crd()).unwrap();
+    let schema_keys = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]
+        ["properties"]
+        .as_object()
+        .unwrap()
+        .keys()
+        .cloned()
+        .collect::<Vec<_>>();
+    let listed = spec
+        .as_object()
+        .unwrap()
+        .keys()
+        .cloned()
+        .collect::<Vec<_>>();
+    assert_eq!(
+        schema_keys
+            .iter()
+            .collect::<std::collections::BTreeSet<_>>(),
+        listed.iter().collect(),
+        "the JSON above must set every spec field"
+    );
     let parsed: JsonSpecKeys = serde_json::from_value(spec.clone()).unwrap();
     let round_trip = serde_json::to_value(&parsed.0).unwrap();
     for key in round_trip.as_object().unwrap().keys() {

@@ -46,7 +46,12 @@ start_daemon() {
   if pid=$(pid_of "$name"); then log "$name already running (pid $pid)"; return; fi
   log "starting $name"
   echo "=== $(date -Is) $bin $*" >>"$STATE/logs/$name.log"
-  (exec setsid "$bin" "$@" >>"$STATE/logs/$name.log" 2>&1 </dev/null 8>&-) &
+  # Daemons keep no inherited descriptor (a caller's flock among them would stay
+  # locked for as long as the cluster runs).
+  ( for fd in /proc/$BASHPID/fd/*; do fd=${fd##*/}
+      if ((fd > 2)); then eval "exec $fd>&-" 2>/dev/null || true; fi
+    done
+    exec setsid "$bin" "$@" >>"$STATE/logs/$name.log" 2>&1 </dev/null ) &
   echo $! >"$(pidfile "$name")"
   sleep 0.2
   is_running "$name" || { tail -n 30 "$STATE/logs/$name.log" >&2; die "$name exited at once (log: $STATE/logs/$name.log)"; }

@@ -2,9 +2,10 @@
 # Build OCI image archives without a container engine and import them into the local
 # cluster's containerd (namespace k8s.io). Re-imports only when an image's digest changed.
 #
-#   hack/images/build.sh [pause|step|coredns|baton ...]   (default: all; baton is skipped
+#   hack/images/build.sh [pause|step|noshell|coredns|baton ...]   (default: all; baton is skipped
 #                                                         with a note if its binary is missing)
 #   BATON_BIN          binary for localhost/baton/baton:dev (default target/release/baton)
+#   BATON_ENTRYPOINT_BIN  the static step entrypoint in that image (make release builds it)
 #   BATON_CACHE        archives go to $BATON_CACHE/images (default ~/.cache/baton)
 #   BATON_CLUSTER_DIR  cluster state dir; its containerd socket is used for the import
 #   CONTAINERD_ADDRESS override the containerd socket
@@ -86,6 +87,16 @@ build_step() {
   rm -rf "$w"
 }
 
+# The e2e "no shell" step image: one static program, nothing else (report.c).
+build_noshell() {
+  ensure_pkg /usr/bin/gcc gcc; ensure_pkg /usr/lib/x86_64-linux-gnu/libc.a libc6-dev
+  local w; w=$(mktemp -d)
+  gcc -static -O2 -s -o "$w/report" "$HERE/report.c"
+  printf 'file %s /report 0755\n' "$w/report" >"$w/spec"
+  emit_image noshell "$NOSHELL_IMAGE" "$w/spec" --entrypoint '["/report"]' --cmd '["from-entrypoint"]' --user 65532
+  rm -rf "$w"
+}
+
 build_coredns() {
   local bin=$BATON_CACHE/coredns-$COREDNS_VERSION/bin/coredns
   [[ -x $bin ]] || BUILD_ONLY=coredns "$HERE/../cluster/build.sh"
@@ -100,10 +111,14 @@ build_coredns() {
 
 build_baton() {
   local bin=${BATON_BIN:-$REPO/target/release/baton}
+  local entry=${BATON_ENTRYPOINT_BIN:-$REPO/target/x86_64-unknown-linux-gnu/release/baton-entrypoint}
   [[ -f $bin ]] || { log "baton binary $bin not found"; return 3; }
+  [[ -f $entry ]] || { log "baton-entrypoint binary $entry not found"; return 3; }
   local w; w=$(mktemp -d)
   { common_etc
     echo "file $bin /usr/local/bin/baton 0755"
+    # Static: step pods' init containers copy it into images that may lack a libc.
+    echo "file $entry /usr/local/bin/baton-entrypoint 0755"
     echo "file /etc/ssl/certs/ca-certificates.crt /etc/ssl/certs/ca-certificates.crt 0644"
     # shared libraries + dynamic loader, at the paths ldd reports
     if ldd "$bin" >/dev/null 2>&1; then
@@ -128,13 +143,13 @@ import_image() {
 
 main() {
   local names=("$@") explicit=1
-  if ((${#names[@]} == 0)); then names=(pause step coredns baton); explicit=0; fi
+  if ((${#names[@]} == 0)); then names=(pause step noshell coredns baton); explicit=0; fi
   local can_import=0
   if [[ -S $SOCK ]] && ctr --address "$SOCK" version >/dev/null 2>&1; then can_import=1
   else log "containerd not reachable at $SOCK: building archives only (up.sh imports them)"; fi
   local n rc
   for n in "${names[@]}"; do
-    case $n in pause|step|coredns|baton) ;; *) die "unknown image '$n' (pause|step|coredns|baton)";; esac
+    case $n in pause|step|noshell|coredns|baton) ;; *) die "unknown image '$n' (pause|step|noshell|coredns|baton)";; esac
     rc=0; "build_$n" || rc=$?
     if ((rc == 3)); then
       ((explicit)) && die "set BATON_BIN or build target/release/baton first"

@@ -12,14 +12,12 @@
 //!   node affinity on the node's name) to that node; the first pod's start waits
 //!   (bounded) until it is scheduled, so parallel first steps do not split.
 //! - **Outputs** ([`outputs`]): `$BATON_OUTPUT` is `/baton/output` on a per-pod
-//!   `emptyDir`; a small `sh` wrapper frames the file into the log after the
-//!   user's command ended (base64, between markers carrying a per-attempt nonce),
-//!   and the backend strips the frame from the log it yields. No 4 KiB
-//!   termination-message ceiling; one log read serves logs and outputs.
-//!   **Limitation**: the step image needs `sh` (to run the wrapper) and `base64`
-//!   (to frame outputs; without it the wrapper says so and outputs are lost) —
-//!   busybox, alpine, debian and ubuntu images all have both. An image without a
-//!   shell cannot be a step.
+//!   `emptyDir`. An init container copies the static `baton-entrypoint` from the
+//!   tools image into it; the entrypoint runs the step's command and frames the
+//!   file into the log (base64, between markers carrying a per-attempt nonce),
+//!   and the backend strips the frame from the log it yields. The step's image
+//!   needs no shell. A step with neither command nor script runs the image's
+//!   own entrypoint; its outputs come back as the termination message (4 KiB).
 //! - **Logs**: the pod log API has no byte offsets, so a tail follows the log from
 //!   its start and skips the bytes the caller already holds; offsets count the
 //!   stripped log, which is the same on every read. A dropped connection is
@@ -32,6 +30,7 @@
 
 mod outputs;
 mod pod;
+mod shape;
 mod state;
 mod tail;
 mod target;
@@ -48,12 +47,11 @@ use kube::{Client, ResourceExt};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-pub use target::JobTarget;
-
 pub use pod::{
     LABEL_JOB_NAME, LABEL_JOB_UID, LABEL_RETRY, LABEL_STEP, job_selector, pod_name,
     workspace_claim_name,
 };
+pub use target::{DEFAULT_TOOLS_IMAGE, JobTarget};
 
 use super::{
     Backend, BackendError, DiscoveredStep, LogStream, StepExit, StepRequest, StepState, Workflow,

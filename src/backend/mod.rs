@@ -21,7 +21,7 @@ use futures::stream::BoxStream;
 
 use crate::crd::Step;
 
-pub use kubernetes::{JobTarget, KubernetesBackend};
+pub use kubernetes::{DEFAULT_TOOLS_IMAGE, JobTarget, KubernetesBackend};
 pub use local::LocalBackend;
 
 /// Upper-case `s` with every character but ASCII letters and digits turned into

@@ -206,6 +206,11 @@ pub struct AgentArgs {
     pub labels: std::collections::BTreeMap<String, String>,
     #[arg(long, value_enum, default_value = "kubernetes")]
     pub backend: BackendKind,
+    /// Kubernetes backend: the Baton image step pods copy `baton-entrypoint` from
+    /// (an init container), so step images need no shell. Use this release's image.
+    #[arg(long, value_name = "IMAGE", env = "BATON_TOOLS_IMAGE",
+          default_value = crate::backend::DEFAULT_TOOLS_IMAGE)]
+    pub tools_image: String,
     /// Where /livez and /readyz listen.
     #[arg(long, value_name = "HOST:PORT", default_value = "127.0.0.1:9090")]
     pub health_addr: SocketAddr,
@@ -325,6 +330,7 @@ pub async fn agent(args: AgentArgs) -> anyhow::Result<i32> {
         namespace: args.namespace,
         labels: args.labels,
         backend: args.backend,
+        tools_image: args.tools_image,
         health_addr: args.health_addr,
         env_token,
         ping_timeout: args.ping_timeout,

@@ -40,8 +40,8 @@ pub use queue::*;
 #[derive(Debug, Default)]
 pub struct Recent(HashMap<(String, String), (String, i64)>);
 
-/// Why a spec cannot run, if it cannot: a DAG cycle, or a step whose env reads a
-/// Secret holding a runner token (`runner_secrets`, the namespace's). The chart's
+/// Why a spec cannot run, if it cannot: a DAG cycle, or a step whose env or
+/// volume reads a Secret holding a runner token (`runner_secrets`, the namespace's). The chart's
 /// admission policy refuses such a Job at create; this holds where it is not
 /// installed (docs/security.md).
 pub fn invalid_spec(job: &Job, runner_secrets: &BTreeSet<String>) -> Option<String> {
@@ -50,16 +50,12 @@ pub fn invalid_spec(job: &Job, runner_secrets: &BTreeSet<String>) -> Option<Stri
         .map(|errors| errors.iter().map(ToString::to_string).collect())
         .unwrap_or_default();
     for step in &job.spec.steps {
-        for var in step.env.iter().flatten() {
-            let secret = var
-                .value_from
-                .as_ref()
-                .and_then(|f| f.secret_key_ref.as_ref());
-            if let Some(secret) = secret.filter(|s| runner_secrets.contains(&s.name)) {
+        for (how, secret) in step.secrets_read() {
+            if runner_secrets.contains(secret) {
                 problems.push(format!(
-                    "step {} reads Secret {} (env {}), which holds a runner token: no step may \
-                     read a runner credential",
-                    step.name, secret.name, var.name
+                    "step {} reads Secret {secret} ({how}), which holds a runner token: no step \
+                     may read a runner credential",
+                    step.name
                 ));
             }
         }

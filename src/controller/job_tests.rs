@@ -190,4 +190,20 @@ fn a_step_reading_a_runner_token_secret_is_an_invalid_spec() {
         why.contains("step s reads Secret builder-token (env T), which holds a runner token"),
         "{why}"
     );
+    // Mounted as a volume: the same refusal.
+    let mut mounted = job("app-creds");
+    mounted.spec.steps[0].volumes = Some(vec![crate::crd::job::StepVolume {
+        name: "t".into(),
+        mount_path: "/t".into(),
+        secret: Some(crate::crd::pod_template::ObjectVolume {
+            name: "builder-token".into(),
+            optional: None,
+        }),
+        ..Default::default()
+    }]);
+    let why = invalid_spec(&mounted, &runner_secrets).unwrap();
+    assert!(
+        why.contains("step s reads Secret builder-token (volume t)"),
+        "{why}"
+    );
 }

@@ -86,7 +86,12 @@ fn runner_pod_is_restricted_and_takes_the_token_from_the_secret() {
     assert_eq!(sc.allow_privilege_escalation, Some(false));
     assert_eq!(sc.capabilities.unwrap().drop, Some(vec!["ALL".to_owned()]));
     let envs = c.env.clone().unwrap();
-    assert_eq!(envs.len(), 1, "no CA configured: no {CA_PEM_ENV}");
+    assert_eq!(envs.len(), 2, "no CA configured: no {CA_PEM_ENV}");
+    assert_eq!(
+        (envs[1].name.as_str(), envs[1].value.as_deref()),
+        ("BATON_TOOLS_IMAGE", Some(DEFAULT_IMAGE)),
+        "step pods take the entrypoint from the runner's own image"
+    );
     let env = &envs[0];
     assert_eq!(env.name, "BATON_RUNNER_TOKEN");
     assert!(env.value.is_none(), "never the plaintext in the pod spec");

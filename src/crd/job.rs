@@ -9,6 +9,8 @@ use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+pub use super::pod_template::{PodTemplate, StepVolume};
+
 /// The spec of a Job. Immutable once created, except `cancel`.
 // printcolumn(...) repeats keys by design; clippy reads them as duplicated attributes.
 #[allow(clippy::duplicated_attributes)]
@@ -107,6 +109,11 @@ pub struct JobSpec {
     #[x_kube(validation = Rule::new("self >= 0").message("ttlSecondsAfterFinished cannot be negative"))]
     pub ttl_seconds_after_finished: Option<i32>,
 
+    /// Pod settings of every step pod (placement, labels, annotations, hosts,
+    /// DNS); a step's own `podTemplate` wins field by field. Ignored locally.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod_template: Option<PodTemplate>,
+
     /// Set to true to cancel the Job in any phase. Cannot be undone.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cancel: Option<bool>,
@@ -123,18 +130,23 @@ self.steps == oldSelf.steps && \
 has(self.workspace) == has(oldSelf.workspace) && (!has(self.workspace) || self.workspace == oldSelf.workspace) && \
 has(self.timeout) == has(oldSelf.timeout) && (!has(self.timeout) || self.timeout == oldSelf.timeout) && \
 has(self.retries) == has(oldSelf.retries) && (!has(self.retries) || self.retries == oldSelf.retries) && \
-has(self.ttlSecondsAfterFinished) == has(oldSelf.ttlSecondsAfterFinished) && (!has(self.ttlSecondsAfterFinished) || self.ttlSecondsAfterFinished == oldSelf.ttlSecondsAfterFinished)";
+has(self.ttlSecondsAfterFinished) == has(oldSelf.ttlSecondsAfterFinished) && (!has(self.ttlSecondsAfterFinished) || self.ttlSecondsAfterFinished == oldSelf.ttlSecondsAfterFinished) && \
+has(self.podTemplate) == has(oldSelf.podTemplate) && (!has(self.podTemplate) || self.podTemplate == oldSelf.podTemplate)";
 
 /// One step of a Job: a container (on a cluster) or a process (locally).
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
 #[x_kube(
     cel,
-    validation = Rule::new("has(self.command) || has(self.script)")
-        .message("a step needs a command or a script"),
     validation = Rule::new("!(has(self.command) && has(self.script))")
         .message("a step has either command/args or script, not both"),
     validation = Rule::new("!has(self.args) || has(self.command)")
         .message("args need a command"),
+    // The API server refuses a repeated name itself (a list map); this rule says
+    // so in words, and `baton run` checks it without a server.
+    validation = Rule::new("!has(self.volumes) || self.volumes.all(v, self.volumes.exists_one(w, w.name == v.name))")
+        .message("volume names must be unique within a step"),
+    validation = Rule::new("!has(self.volumes) || self.volumes.all(v, self.volumes.exists_one(w, w.mountPath == v.mountPath))")
+        .message("two volumes of a step cannot share a mountPath"),
 )]
 #[serde(rename_all = "camelCase")]
 pub struct Step {
@@ -150,7 +162,9 @@ pub struct Step {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub image_pull_policy: Option<PullPolicy>,
 
-    /// Executable and its arguments (no shell). Exclusive with `script`.
+    /// Executable and its arguments, run directly (no shell: the image needs none).
+    /// Exclusive with `script`. With neither, the image's own entrypoint runs
+    /// (its `$BATON_OUTPUT` is then read as the termination message: 4 KiB).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 64))]
     pub command: Option<Vec<String>>,
@@ -160,7 +174,7 @@ pub struct Step {
     #[schemars(length(max = 256))]
     pub args: Option<Vec<String>>,
 
-    /// A shell script, run with `sh -e`. Exclusive with `command`.
+    /// A shell script, run with `sh -e` (the image needs `sh`). Exclusive with `command`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 65536))]
     pub script: Option<String>,
@@ -198,12 +212,37 @@ pub struct Step {
     /// Job's outcome and the `when` rules of later steps count it as a success.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub allow_failure: Option<bool>,
+
+    /// This step's pod settings, over the Job's `podTemplate`. Ignored locally.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod_template: Option<PodTemplate>,
+
+    /// Volumes mounted into this step's container: `emptyDir` (with
+    /// `medium: Memory`, a tmpfs), read-only `configMap` and `secret`. Ignored locally.
+    /// Names are unique (a list map keyed by name).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "super::pod_template::volumes_schema")]
+    pub volumes: Option<Vec<StepVolume>>,
 }
 
 impl Step {
     /// Whether `allowFailure` is set.
     pub fn allows_failure(&self) -> bool {
         self.allow_failure == Some(true)
+    }
+
+    /// Every Secret the step reads, with how: `("env NAME", secret)` for a
+    /// `secretKeyRef`, `("volume NAME", secret)` for a secret volume.
+    pub fn secrets_read(&self) -> Vec<(String, &str)> {
+        let env = self.env.iter().flatten().filter_map(|var| {
+            let secret = var.value_from.as_ref()?.secret_key_ref.as_ref()?;
+            Some((format!("env {}", var.name), secret.name.as_str()))
+        });
+        let volumes = self.volumes.iter().flatten().filter_map(|v| {
+            let secret = v.secret.as_ref()?;
+            Some((format!("volume {}", v.name), secret.name.as_str()))
+        });
+        env.chain(volumes).collect()
     }
 }
 

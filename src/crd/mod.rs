@@ -9,6 +9,7 @@ pub mod duration;
 pub mod job;
 pub mod job_status;
 pub mod manifest;
+pub mod pod_template;
 pub mod reasons;
 pub mod runner;
 pub mod runner_token;

@@ -49,6 +49,8 @@ pub struct JobRunner {
     pub work_dir: PathBuf,
     /// Kubernetes backend: the client step pods are created with.
     pub kube: Option<kube::Client>,
+    /// Kubernetes backend: the image step pods copy `baton-entrypoint` from.
+    pub tools_image: String,
     running: Arc<Mutex<Running>>,
     /// Whether a Job was ever started, and a wake-up when one ends.
     started: Arc<std::sync::atomic::AtomicBool>,
@@ -86,11 +88,18 @@ impl JobRunner {
             backend,
             work_dir,
             kube,
+            tools_image: crate::backend::DEFAULT_TOOLS_IMAGE.into(),
             running: Arc::default(),
             started: Arc::default(),
             ended: Arc::default(),
             connections: Arc::new(tokio::sync::watch::Sender::new(0)),
         }
+    }
+
+    /// Step pods get `baton-entrypoint` from `image`.
+    pub fn with_tools_image(mut self, image: String) -> Self {
+        self.tools_image = image;
+        self
     }
 
     /// The control channel opened (again): running Jobs make sure the server
@@ -192,7 +201,9 @@ impl JobRunner {
                     // Step pods are found again by their deterministic names and
                     // labels: a restarted runner resumes them (discover), never
                     // starts a running step twice.
-                    let target = JobTarget::new(ns, name, claim.uid.clone()).with_spec(&claim.spec);
+                    let mut target =
+                        JobTarget::new(ns, name, claim.uid.clone()).with_spec(&claim.spec);
+                    target.tools_image = self.tools_image.clone();
                     let backend = KubernetesBackend::new(client.clone(), target);
                     Executor::new(&backend, ExecutorOptions::default())
                         .run(workflow, &claim.spec, sink, sink, cancel)

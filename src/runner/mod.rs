@@ -40,6 +40,8 @@ pub struct Config {
     pub namespace: Option<String>,
     pub labels: BTreeMap<String, String>,
     pub backend: BackendKind,
+    /// `--tools-image`: where step pods get `baton-entrypoint` from.
+    pub tools_image: String,
     pub health_addr: SocketAddr,
     /// `BATON_RUNNER_TOKEN`: used when the state directory holds no token, or
     /// when the server refuses the one it holds.
@@ -167,7 +169,8 @@ pub async fn run(
         config.backend,
         config.work_dir.clone(),
         kube,
-    );
+    )
+    .with_tools_image(config.tools_image.clone());
     let once = config.once.map(|wait| jobs.clone().once(wait));
     let once = async move {
         match once {
@@ -536,6 +539,7 @@ mod tests {
             namespace: None,
             labels: BTreeMap::new(),
             backend: BackendKind::Local,
+            tools_image: crate::backend::DEFAULT_TOOLS_IMAGE.into(),
             health_addr: "127.0.0.1:0".parse().expect("addr"),
             env_token: Some("new".into()),
             ping_timeout: Duration::from_secs(5),

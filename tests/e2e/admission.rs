@@ -74,6 +74,30 @@ async fn author_checks(ns: &TestNs) -> anyhow::Result<()> {
     allowed(&alice, n, &job("plain", &[], None)).await?;
     refused(&ns.client, n, &token_job, holds).await?;
 
+    // A Secret mounted as a volume is read all the same.
+    let mounts = |name: &str, secret: &str| {
+        let mut j = job(name, &[], None);
+        j.spec.steps[0].volumes = Some(vec![baton::crd::job::StepVolume {
+            name: "creds".into(),
+            mount_path: "/creds".into(),
+            secret: Some(baton::crd::pod_template::ObjectVolume {
+                name: secret.into(),
+                optional: None,
+            }),
+            ..Default::default()
+        }]);
+        j
+    };
+    refused(
+        &alice,
+        n,
+        &mounts("mount-db", "db-creds"),
+        &needs("db-creds"),
+    )
+    .await?;
+    refused(&ns.client, n, &mounts("mount-rt", "rt-token"), holds).await?;
+    allowed(&alice, n, &mounts("mount-team", "team-creds")).await?;
+
     let twice = many_secret_checks(&alice, n).await?;
     let twice: Vec<&str> = twice.iter().map(String::as_str).collect();
     service_account_checks(ns, &alice, &twice).await?;

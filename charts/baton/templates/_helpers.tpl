@@ -197,19 +197,22 @@ immutable but spec.cancel, so cancelling a Job is never refused here).
 {{- end }}
 
 {{/*
-Admission: every Secret name the Job's steps reference (env valueFrom.secretKeyRef),
-in step order, repeats kept. Secret names never hold a comma, so the per-step lists
+Admission: every Secret name the Job's steps reference (env valueFrom.secretKeyRef
+and secret volumes), in step order, repeats kept. Secret names never hold a comma, so the per-step lists
 are joined and split again (a list of lists cannot be flattened before Kubernetes
 1.34's CEL). Fields set to null count as unset.
 */}}
 {{- define "baton.admissionSecretRefs" -}}
 - name: secretRefs
   expression: >-
-    object.spec.steps.map(s, has(s.env) && s.env != null
+    object.spec.steps.map(s, (has(s.env) && s.env != null
     ? s.env.filter(e, has(e.valueFrom) && e.valueFrom != null
     && has(e.valueFrom.secretKeyRef) && e.valueFrom.secretKeyRef != null)
     .map(e, string(e.valueFrom.secretKeyRef.name)).join(',')
-    : '').join(',').split(',').filter(n, n != '')
+    : '') + ',' + (has(s.volumes) && s.volumes != null
+    ? s.volumes.filter(v, has(v.secret) && v.secret != null)
+    .map(v, string(v.secret.name)).join(',')
+    : '')).join(',').split(',').filter(n, n != '')
 {{- end }}
 
 {{/* Admission: the namespaces a binding covers (watchNamespace, else all). */}}

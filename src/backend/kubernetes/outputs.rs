@@ -1,7 +1,8 @@
 //! `$BATON_OUTPUT` through the log: framing in the pod, unframing in the backend.
 //!
 //! A termination message holds 4 KiB; outputs may be 1 MiB. So the step's
-//! command runs under [`WRAPPER`], which keeps the user's exit code and, when the
+//! command runs under `baton-entrypoint` (the `entrypoint/` crate, copied into
+//! the pod by an init container), which keeps the user's exit code and, when the
 //! outputs file is not empty, prints one framed block to stdout after the user's
 //! command ended:
 //!
@@ -26,35 +27,6 @@
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
-
-/// Runs `"$@"` (after the nonce in `$1`), forwarding SIGTERM/SIGINT to it, then
-/// frames `$BATON_OUTPUT` into stdout and exits with the command's exit code. The
-/// user's command runs in the background so the wrapper (PID 1, where unhandled
-/// signals are ignored) can pass a stop request on; `wait`'s own stderr is
-/// silenced (busybox would print "Terminated" into the step's log).
-pub const WRAPPER: &str = r#"nonce=$1
-shift
-: > "$BATON_OUTPUT" || exit 126
-"$@" &
-pid=$!
-trap 'kill -TERM $pid 2>/dev/null' TERM INT
-while :; do
-  wait $pid 2>/dev/null
-  code=$?
-  kill -0 $pid 2>/dev/null || break
-done
-trap - TERM INT
-if [ -s "$BATON_OUTPUT" ]; then
-  if command -v base64 >/dev/null 2>&1; then
-    printf '\036::baton-outputs-begin %s::\n' "$nonce"
-    base64 "$BATON_OUTPUT"
-    printf '::baton-outputs-end %s::\n' "$nonce"
-  else
-    echo "baton: no base64 in this image; \$BATON_OUTPUT is lost" >&2
-  fi
-fi
-exit $code
-"#;
 
 /// Most base64 text kept of a frame: beyond it the outputs are reported as cut
 /// (they are far over any Job's outputs limit by then).
@@ -91,6 +63,14 @@ impl Frame {
         let mut bytes = STANDARD.decode(&clean)?;
         bytes.truncate(limit);
         Ok(bytes)
+    }
+
+    /// A frame holding `file` (outputs that came some other way than the log).
+    pub fn of_file(file: &[u8]) -> Self {
+        Self {
+            text: STANDARD.encode(file).into_bytes(),
+            cut: false,
+        }
     }
 
     pub fn is_cut(&self) -> bool {
@@ -234,18 +214,11 @@ fn longest_prefix_suffix(haystack: &[u8], needle: &[u8]) -> usize {
         .unwrap_or(0)
 }
 
-/// The frame the wrapper prints for `file`.
+/// The frame `baton-entrypoint` prints for `file`: its own code, so a change
+/// on either side that breaks the other fails these tests.
 #[cfg(test)]
 pub fn frame_for(nonce: &str, file: &[u8]) -> Vec<u8> {
-    let mut out = begin_sequence(nonce);
-    let encoded = STANDARD.encode(file);
-    for line in encoded.as_bytes().chunks(76) {
-        out.extend_from_slice(line);
-        out.push(b'\n');
-    }
-    out.extend(end_marker(nonce));
-    out.push(b'\n');
-    out
+    baton_entrypoint::frame(nonce, file)
 }
 
 #[cfg(test)]
@@ -349,101 +322,23 @@ mod tests {
     }
 
     #[test]
+    fn a_file_frame_decodes_to_the_file() {
+        let frame = Frame::of_file(b"a=1\nb=2\n");
+        assert_eq!(frame.decode(usize::MAX).unwrap(), b"a=1\nb=2\n");
+        assert!(!frame.is_cut());
+    }
+
+    #[test]
     fn decode_respects_the_limit() {
         let (_, frame) = unframe(NONCE, &log_with_frame(b"", b"0123456789", b""));
         assert_eq!(frame.unwrap().decode(4).unwrap(), b"0123");
     }
 
-    /// Run the wrapper with this machine's `sh` and `base64`: (exit code, log).
-    fn run_wrapper(user: &[&str], dir: &std::path::Path) -> (i32, Vec<u8>) {
-        let out = std::process::Command::new("sh")
-            .args(["-c", WRAPPER, "baton-step", NONCE])
-            .args(user)
-            .env("BATON_OUTPUT", dir.join("output"))
-            .output()
-            .unwrap();
-        let mut log = out.stdout;
-        log.extend(out.stderr);
-        (out.status.code().unwrap_or(-1), log)
-    }
-
-    fn temp_dir(name: &str) -> std::path::PathBuf {
-        let dir = std::env::temp_dir().join(format!("baton-wrapper-{name}-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        dir
-    }
-
     #[test]
-    fn the_wrapper_keeps_the_exit_code_and_frames_the_outputs() {
-        let dir = temp_dir("frame");
-        let script = "echo hi; printf 'k=v\\nbig<<EOF\\n%s\\nEOF\\n' \"$(seq 1 2000)\" >> \"$BATON_OUTPUT\"; exit 3";
-        let (code, log) = run_wrapper(&["sh", "-e", "-c", script, "step"], &dir);
-        assert_eq!(code, 3);
-        let (out, frame) = unframe(NONCE, &log);
-        assert_eq!(String::from_utf8_lossy(&out), "hi\n");
-        let decoded = String::from_utf8(frame.unwrap().decode(usize::MAX).unwrap()).unwrap();
-        assert!(
-            decoded.starts_with("k=v\nbig<<EOF\n1\n2\n"),
-            "{decoded:.40}"
-        );
-        assert!(decoded.ends_with("\n2000\nEOF\n"));
-
-        // Nothing written: no frame; a command, not a script.
-        let (code, log) = run_wrapper(&["echo", "plain"], &dir);
-        assert_eq!((code, log.as_slice()), (0, &b"plain\n"[..]));
-        std::fs::remove_dir_all(&dir).unwrap();
-    }
-
-    #[test]
-    fn the_wrapper_passes_a_stop_on_to_the_command() {
-        let dir = temp_dir("term");
-        let child = std::process::Command::new("sh")
-            .args([
-                "-c",
-                WRAPPER,
-                "baton-step",
-                NONCE,
-                "sh",
-                "-c",
-                "echo k=v > \"$BATON_OUTPUT\"; exec sleep 30",
-            ])
-            .env("BATON_OUTPUT", dir.join("output"))
-            .stdout(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
-        let started = std::time::Instant::now();
-        while std::fs::read(dir.join("output"))
-            .map(|b| b.is_empty())
-            .unwrap_or(true)
-        {
-            assert!(
-                started.elapsed().as_secs() < 10,
-                "the command never started"
-            );
-            std::thread::sleep(std::time::Duration::from_millis(10));
-        }
-        let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id()).unwrap());
-        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
-        let out = child.wait_with_output().unwrap();
-        assert!(
-            started.elapsed().as_secs() < 10,
-            "the stop was not passed on"
-        );
-        assert_eq!(out.status.code(), Some(143), "128 + SIGTERM");
-        let (_, frame) = unframe(NONCE, &out.stdout);
-        assert_eq!(
-            frame.unwrap().decode(usize::MAX).unwrap(),
-            b"k=v\n",
-            "outputs still framed"
-        );
-        std::fs::remove_dir_all(&dir).unwrap();
-    }
-
-    #[test]
-    fn the_wrapper_prints_what_the_unframer_expects() {
-        // Same text as the shell's printf lines, without running a shell.
-        assert!(WRAPPER.contains(r"printf '\036::baton-outputs-begin %s::\n' "));
-        assert!(WRAPPER.contains("printf '::baton-outputs-end %s::\\n' "));
+    fn the_entrypoint_prints_what_the_unframer_expects() {
+        let framed = frame_for("N", b"k=v\n");
+        assert!(framed.starts_with(&begin_sequence("N")));
+        assert!(framed.ends_with(&[end_marker("N"), b"\n".to_vec()].concat()));
         assert_eq!(begin_sequence("N"), b"\x1e::baton-outputs-begin N::\n");
         assert_eq!(end_marker("N"), b"::baton-outputs-end N::");
     }

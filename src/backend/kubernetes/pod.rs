@@ -5,19 +5,17 @@
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::api::core::v1::Affinity;
 use k8s_openapi::api::core::v1::{
-    Capabilities, Container, EmptyDirVolumeSource, EnvVar, NodeAffinity, NodeSelector,
-    NodeSelectorRequirement, NodeSelectorTerm, PersistentVolumeClaim, PersistentVolumeClaimSpec,
-    PersistentVolumeClaimVolumeSource, Pod, PodSecurityContext, PodSpec, SeccompProfile,
-    SecurityContext, Volume, VolumeMount, VolumeResourceRequirements,
+    Capabilities, Container, EmptyDirVolumeSource, EnvVar, PersistentVolumeClaim,
+    PersistentVolumeClaimSpec, PersistentVolumeClaimVolumeSource, Pod, PodSecurityContext, PodSpec,
+    SeccompProfile, SecurityContext, Volume, VolumeMount, VolumeResourceRequirements,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use sha2::{Digest, Sha256};
 
 use super::JobTarget;
-use super::outputs;
+use super::shape;
 use crate::backend::BackendError;
 use crate::crd::Step;
 
@@ -33,9 +31,15 @@ pub const ANNOTATION_NONCE: &str = "baton.dev/outputs-nonce";
 pub const ANNOTATION_LOG_OFFSET: &str = "baton.dev/log-offset";
 /// Where every step sees the Job's workspace.
 pub const WORKSPACE_DIR: &str = "/workspace";
-/// A per-pod scratch volume holding the `$BATON_OUTPUT` file.
+/// A per-pod scratch volume holding the `$BATON_OUTPUT` file and the entrypoint.
 pub const BATON_DIR: &str = "/baton";
 pub const OUTPUT_FILE: &str = "/baton/output";
+/// The init container that copies the entrypoint out of the tools image.
+pub const INIT_CONTAINER: &str = "baton-init";
+/// Where the entrypoint sits in the tools image, and where the init container
+/// puts it for the step container.
+const ENTRYPOINT_IN_IMAGE: &str = "/usr/local/bin/baton-entrypoint";
+const ENTRYPOINT: &str = "/baton/bin/baton-entrypoint";
 const DEFAULT_WORKSPACE_SIZE: &str = "1Gi";
 /// Kubernetes' limit on a pod name that is also a hostname (a DNS label).
 const MAX_NAME: usize = 63;
@@ -191,13 +195,16 @@ pub fn step_pod(
     node: Option<&str>,
 ) -> Result<Pod, BackendError> {
     let step = attempt.step;
+    let template = shape::template(target.pod_template.as_ref(), step.pod_template.as_ref());
     let mut labels = job_labels(target);
     labels.insert(LABEL_STEP.into(), step.name.clone());
     labels.insert(LABEL_RETRY.into(), attempt.retry.to_string());
+    let labels = shape::metadata(template.labels.as_ref(), labels);
     let annotations = BTreeMap::from([
         (ANNOTATION_NONCE.into(), attempt.nonce.to_owned()),
         (ANNOTATION_LOG_OFFSET.into(), attempt.log_offset.to_string()),
     ]);
+    let annotations = shape::metadata(template.annotations.as_ref(), annotations);
 
     let mut volumes = vec![Volume {
         name: "baton".into(),
@@ -225,28 +232,46 @@ pub fn step_pod(
         });
     }
 
+    let (user_volumes, user_mounts) = shape::volumes(step);
+    let init = init_container(target, &mounts);
+    volumes.extend(user_volumes);
+    mounts.extend(user_mounts);
+    let wrapped = command(attempt)?;
     let container = Container {
         name: CONTAINER.into(),
         image: Some(step.image.clone()),
         image_pull_policy: Some(step.image_pull_policy.unwrap_or_default().as_str().into()),
-        command: Some(command(attempt)?),
+        // Unwrapped (the image's own entrypoint): outputs come back as the
+        // termination message, which the kubelet reads from this path.
+        termination_message_path: wrapped.is_none().then(|| OUTPUT_FILE.into()),
+        command: wrapped,
         env: Some(env(target, attempt)),
         working_dir: working_dir(target, step),
         resources: step.resources.clone(),
         volume_mounts: Some(mounts),
-        security_context: Some(SecurityContext {
-            allow_privilege_escalation: Some(false),
-            capabilities: Some(Capabilities {
-                drop: Some(vec!["ALL".into()]),
-                add: None,
-            }),
-            run_as_non_root: Some(true),
-            seccomp_profile: Some(runtime_default()),
-            ..Default::default()
-        }),
+        security_context: Some(restricted()),
         ..Default::default()
     };
 
+    let mut spec = PodSpec {
+        restart_policy: Some("Never".into()),
+        automount_service_account_token: Some(false),
+        enable_service_links: Some(false),
+        security_context: Some(PodSecurityContext {
+            run_as_non_root: Some(true),
+            run_as_user: Some(target.run_as_user),
+            run_as_group: Some(target.run_as_group),
+            fs_group: Some(target.run_as_group),
+            seccomp_profile: Some(runtime_default()),
+            ..Default::default()
+        }),
+        init_containers: Some(vec![init]),
+        image_pull_secrets: target.image_pull_secrets.clone(),
+        containers: vec![container],
+        volumes: Some(volumes),
+        ..Default::default()
+    };
+    shape::place(&mut spec, &template, node);
     Ok(Pod {
         metadata: ObjectMeta {
             name: Some(pod_name(
@@ -261,26 +286,41 @@ pub fn step_pod(
             owner_references: Some(vec![owner_reference(target)]),
             ..Default::default()
         },
-        spec: Some(PodSpec {
-            restart_policy: Some("Never".into()),
-            automount_service_account_token: Some(false),
-            enable_service_links: Some(false),
-            security_context: Some(PodSecurityContext {
-                run_as_non_root: Some(true),
-                run_as_user: Some(target.run_as_user),
-                run_as_group: Some(target.run_as_group),
-                fs_group: Some(target.run_as_group),
-                seccomp_profile: Some(runtime_default()),
-                ..Default::default()
-            }),
-            affinity: node.map(pin_to_node),
-            image_pull_secrets: target.image_pull_secrets.clone(),
-            containers: vec![container],
-            volumes: Some(volumes),
-            ..Default::default()
-        }),
+        spec: Some(spec),
         status: None,
     })
+}
+
+/// What the `restricted` Pod Security Standard asks of every container.
+fn restricted() -> SecurityContext {
+    SecurityContext {
+        allow_privilege_escalation: Some(false),
+        capabilities: Some(Capabilities {
+            drop: Some(vec!["ALL".into()]),
+            add: None,
+        }),
+        run_as_non_root: Some(true),
+        seccomp_profile: Some(runtime_default()),
+        ..Default::default()
+    }
+}
+
+/// Copies the static entrypoint from the tools image into the pod's scratch
+/// volume, so the step's image needs no shell, no `base64`, not even a libc.
+fn init_container(target: &JobTarget, mounts: &[VolumeMount]) -> Container {
+    Container {
+        name: INIT_CONTAINER.into(),
+        image: Some(target.tools_image.clone()),
+        image_pull_policy: Some("IfNotPresent".into()),
+        command: Some(vec![
+            ENTRYPOINT_IN_IMAGE.into(),
+            "install".into(),
+            ENTRYPOINT.into(),
+        ]),
+        volume_mounts: Some(mounts[..1].to_vec()),
+        security_context: Some(restricted()),
+        ..Default::default()
+    }
 }
 
 fn runtime_default() -> SeccompProfile {
@@ -290,39 +330,18 @@ fn runtime_default() -> SeccompProfile {
     }
 }
 
-/// Required node affinity on the node's name (as DaemonSets pin their pods):
-/// independent of how the node's `kubernetes.io/hostname` label is spelled.
-fn pin_to_node(node: &str) -> Affinity {
-    Affinity {
-        node_affinity: Some(NodeAffinity {
-            required_during_scheduling_ignored_during_execution: Some(NodeSelector {
-                node_selector_terms: vec![NodeSelectorTerm {
-                    match_fields: Some(vec![NodeSelectorRequirement {
-                        key: "metadata.name".into(),
-                        operator: "In".into(),
-                        values: Some(vec![node.to_owned()]),
-                    }]),
-                    match_expressions: None,
-                }],
-            }),
-            preferred_during_scheduling_ignored_during_execution: None,
-        }),
-        ..Default::default()
-    }
-}
-
-/// `sh -c WRAPPER baton-step NONCE <user argv>`: the wrapper runs the user's
-/// command, then frames `$BATON_OUTPUT` into the log (see [`outputs::WRAPPER`]).
-/// A script runs as `sh -e -c SCRIPT STEP`, its `$` escaped so Kubernetes leaves
-/// it alone; a command's words keep Kubernetes' `$(NAME)` expansion.
-fn command(attempt: &Attempt<'_>) -> Result<Vec<String>, BackendError> {
+/// `baton-entrypoint run NONCE -- <argv>`: the entrypoint runs the step's
+/// command, then frames `$BATON_OUTPUT` into the log (see [`outputs`]). A script
+/// runs as `sh -e -c SCRIPT STEP`, its `$` escaped so Kubernetes leaves it
+/// alone; a command's words keep Kubernetes' `$(NAME)` expansion. `None`: the
+/// step sets neither, and the image's own entrypoint runs unwrapped.
+fn command(attempt: &Attempt<'_>) -> Result<Option<Vec<String>>, BackendError> {
     let step = attempt.step;
     let mut argv = vec![
-        "sh".to_owned(),
-        "-c".to_owned(),
-        escape_dollars(outputs::WRAPPER),
-        "baton-step".to_owned(),
+        ENTRYPOINT.to_owned(),
+        "run".to_owned(),
         attempt.nonce.to_owned(),
+        "--".to_owned(),
     ];
     if let Some(script) = &step.script {
         argv.extend([
@@ -332,23 +351,25 @@ fn command(attempt: &Attempt<'_>) -> Result<Vec<String>, BackendError> {
             escape_dollars(script),
             step.name.clone(),
         ]);
-        return Ok(argv);
+        return Ok(Some(argv));
     }
-    let words: Vec<String> = step
-        .command
-        .iter()
-        .flatten()
-        .chain(step.args.iter().flatten())
-        .cloned()
-        .collect();
-    if words.is_empty() {
+    let Some(command) = &step.command else {
+        return match &step.args {
+            Some(_) => Err(BackendError::InvalidStep {
+                step: step.name.clone(),
+                message: "args need a command".into(),
+            }),
+            None => Ok(None),
+        };
+    };
+    if command.is_empty() {
         return Err(BackendError::InvalidStep {
             step: step.name.clone(),
-            message: "needs a command or a script".into(),
+            message: "an empty command".into(),
         });
     }
-    argv.extend(words);
-    Ok(argv)
+    argv.extend(command.iter().chain(step.args.iter().flatten()).cloned());
+    Ok(Some(argv))
 }
 
 /// Injected variables, then the step's own `env` (passed as is: Kubernetes

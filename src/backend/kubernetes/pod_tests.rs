@@ -176,8 +176,13 @@ fn the_pod_passes_the_restricted_pod_security_standard() {
         "RuntimeDefault"
     );
     assert_eq!(spec.containers.len(), 1, "no container Baton does not vet");
-    assert!(spec.init_containers.is_none() && spec.ephemeral_containers.is_none());
-    for c in &spec.containers {
+    assert_eq!(spec.init_containers.as_ref().unwrap().len(), 1);
+    assert!(spec.ephemeral_containers.is_none());
+    for c in spec
+        .containers
+        .iter()
+        .chain(spec.init_containers.iter().flatten())
+    {
         let sc = c.security_context.as_ref().unwrap();
         assert_eq!(sc.allow_privilege_escalation, Some(false));
         assert_eq!(
@@ -216,12 +221,13 @@ fn a_script_reaches_the_shell_unchanged_by_kubernetes_expansion() {
         ("HOME", "NO"),
     ]);
     let expanded: Vec<String> = command.iter().map(|w| kube_expand(w, &vars)).collect();
-    assert_eq!(&expanded[..2], ["sh", "-c"]);
-    assert_eq!(expanded[2], outputs::WRAPPER, "the wrapper survives too");
-    assert_eq!(expanded[3..5], ["baton-step", "n0nce"]);
-    assert_eq!(expanded[5..8], ["sh", "-e", "-c"]);
-    assert_eq!(expanded[8], script);
-    assert_eq!(expanded[9], "compile", "$0 is the step name, as locally");
+    assert_eq!(
+        &expanded[..4],
+        ["/baton/bin/baton-entrypoint", "run", "n0nce", "--"]
+    );
+    assert_eq!(expanded[4..7], ["sh", "-e", "-c"]);
+    assert_eq!(expanded[7], script);
+    assert_eq!(expanded[8], "compile", "$0 is the step name, as locally");
 }
 
 #[test]
@@ -236,24 +242,75 @@ fn a_command_keeps_kubernetes_expansion() {
     let pod = build(&target(None), &step, 0, None);
     let command = container(&pod).command.clone().unwrap();
     assert_eq!(
-        command[5..],
+        command[4..],
         ["echo", "$(GREETING)", "$$(GREETING)", "plain"]
     );
+    assert!(container(&pod).termination_message_path.is_none());
 
-    let empty = Step {
-        name: "empty".into(),
-        image: "busybox".into(),
+    for bad in [
+        Step {
+            args: Some(vec!["x".into()]),
+            ..Default::default()
+        },
+        Step {
+            command: Some(vec![]),
+            ..Default::default()
+        },
+    ] {
+        let attempt = Attempt {
+            step: &bad,
+            retry: 0,
+            injected: &[],
+            nonce: "n",
+            log_offset: 0,
+        };
+        let err = step_pod(&target(None), &attempt, None).unwrap_err();
+        assert_eq!(err.reason(), "InvalidStep", "{bad:?}");
+    }
+}
+
+#[test]
+fn no_command_and_no_script_runs_the_images_entrypoint() {
+    let step = Step {
+        name: "distroless".into(),
+        image: "localhost/baton/baton:dev".into(),
         ..Default::default()
     };
-    let attempt = Attempt {
-        step: &empty,
-        retry: 0,
-        injected: &[],
-        nonce: "n",
-        log_offset: 0,
-    };
-    let err = step_pod(&target(None), &attempt, None).unwrap_err();
-    assert_eq!(err.reason(), "InvalidStep");
+    let pod = build(&target(None), &step, 0, None);
+    let c = container(&pod);
+    assert!(c.command.is_none() && c.args.is_none(), "{c:?}");
+    // Its outputs come back as the termination message.
+    assert_eq!(c.termination_message_path.as_deref(), Some(OUTPUT_FILE));
+}
+
+#[test]
+fn an_init_container_brings_the_entrypoint_from_the_tools_image() {
+    let mut target = target(Some(Workspace::default()));
+    target.tools_image = "registry.example/baton:1.2".into();
+    let pod = build(&target, &script_step("true"), 0, None);
+    let spec = pod.spec.unwrap();
+    let init = &spec.init_containers.as_ref().unwrap()[0];
+    assert_eq!(init.name, INIT_CONTAINER);
+    assert_eq!(init.image.as_deref(), Some("registry.example/baton:1.2"));
+    assert_eq!(
+        init.command.as_ref().unwrap(),
+        &[
+            "/usr/local/bin/baton-entrypoint",
+            "install",
+            "/baton/bin/baton-entrypoint"
+        ]
+    );
+    // Only the scratch volume: the init container never sees the workspace.
+    let mounts = init.volume_mounts.as_ref().unwrap();
+    assert_eq!(mounts.len(), 1);
+    assert_eq!(mounts[0].mount_path, BATON_DIR);
+    let sc = init.security_context.as_ref().unwrap();
+    assert_eq!(sc.allow_privilege_escalation, Some(false));
+    assert_eq!(sc.run_as_non_root, Some(true));
+    assert_eq!(
+        sc.capabilities.as_ref().unwrap().drop.as_deref(),
+        Some(&["ALL".to_owned()][..])
+    );
 }
 
 #[test]

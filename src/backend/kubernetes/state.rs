@@ -2,9 +2,9 @@
 //! shared by `wait_step`, `tail_step` and `discover`.
 
 use crate::crd::reasons::reason;
-use k8s_openapi::api::core::v1::{ContainerStateWaiting, Pod};
+use k8s_openapi::api::core::v1::{ContainerState, ContainerStateWaiting, Pod};
 
-use super::pod::CONTAINER;
+use super::pod::{CONTAINER, INIT_CONTAINER};
 
 /// Where a step attempt is, as its pod tells.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -73,6 +73,13 @@ pub fn view(pod: &Pod, stopping: bool) -> PodView {
         }
         return exited;
     }
+    if let Some(code) = init_failure(pod) {
+        // The entrypoint could not be put in place: the step cannot run.
+        return PodView::Exited {
+            exit_code: code,
+            reason: Some(reason::CONTAINER_CANNOT_RUN),
+        };
+    }
     if phase == "Failed" || phase == "Succeeded" {
         return match pod_reason {
             Some("Evicted") => lost(reason::EVICTED, evicted_message(pod)),
@@ -92,9 +99,16 @@ pub fn view(pod: &Pod, stopping: bool) -> PodView {
     if state.and_then(|s| s.running.as_ref()).is_some() {
         return PodView::Running;
     }
+    let waiting = |s: Option<&ContainerState>| s.and_then(|s| s.waiting.as_ref()).and_then(trouble);
     PodView::Pending {
-        trouble: state.and_then(|s| s.waiting.as_ref()).and_then(trouble),
+        trouble: waiting(state).or_else(|| waiting(init_state(pod))),
     }
+}
+
+/// The exit code of an init container that ended in failure.
+fn init_failure(pod: &Pod) -> Option<i32> {
+    let terminated = init_state(pod)?.terminated.as_ref()?;
+    (terminated.exit_code != 0).then_some(terminated.exit_code)
 }
 
 /// A terminated container's reason as a step reason, when it says more than the
@@ -159,13 +173,24 @@ fn trouble(waiting: &ContainerStateWaiting) -> Option<Trouble> {
     })
 }
 
-fn container_state(pod: &Pod) -> Option<&k8s_openapi::api::core::v1::ContainerState> {
+fn container_state(pod: &Pod) -> Option<&ContainerState> {
     pod.status
         .as_ref()?
         .container_statuses
         .as_ref()?
         .iter()
         .find(|c| c.name == CONTAINER)?
+        .state
+        .as_ref()
+}
+
+fn init_state(pod: &Pod) -> Option<&ContainerState> {
+    pod.status
+        .as_ref()?
+        .init_container_statuses
+        .as_ref()?
+        .iter()
+        .find(|c| c.name == INIT_CONTAINER)?
         .state
         .as_ref()
 }
@@ -237,6 +262,32 @@ mod tests {
             PodView::Exited {
                 exit_code: 3,
                 reason: None
+            }
+        );
+    }
+
+    #[test]
+    fn the_init_container_is_read_too() {
+        let pull = serde_json::json!({"metadata": {"name": "p"}, "status": {"phase": "Pending",
+            "initContainerStatuses": [{"name": "baton-init", "image": "i", "imageID": "", "ready": false, "restartCount": 0,
+                "state": {"waiting": {"reason": "ErrImagePull", "message": "tools image gone"}}}],
+            "containerStatuses": [{"name": "step", "image": "i", "imageID": "", "ready": false, "restartCount": 0,
+                "state": {"waiting": {"reason": "PodInitializing"}}}]}});
+        match view(&pod(pull), false) {
+            PodView::Pending { trouble: Some(t) } => {
+                assert_eq!(t.reason, "ImagePullFailed");
+                assert!(t.message.contains("tools image gone"));
+            }
+            other => panic!("{other:?}"),
+        }
+        let failed = serde_json::json!({"metadata": {"name": "p"}, "status": {"phase": "Failed",
+            "initContainerStatuses": [{"name": "baton-init", "image": "i", "imageID": "", "ready": false, "restartCount": 0,
+                "state": {"terminated": {"exitCode": 1}}}]}});
+        assert_eq!(
+            view(&pod(failed), false),
+            PodView::Exited {
+                exit_code: 1,
+                reason: Some("ContainerCannotRun")
             }
         );
     }

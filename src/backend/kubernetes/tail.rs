@@ -12,7 +12,7 @@ use tokio::sync::mpsc;
 use tracing::Instrument;
 
 use super::outputs::{Frame, Unframer, unframe};
-use super::pod::CONTAINER;
+use super::pod::{CONTAINER, OUTPUT_FILE};
 use super::{AttemptState, is_status, kube_err, lock, watch};
 use crate::backend::{BackendError, LogChunk, LogStream};
 
@@ -185,9 +185,44 @@ pub async fn read_frame(
             doing: "read the step log for $BATON_OUTPUT",
             source,
         })?;
-    let (_, frame) = unframe(&attempt.nonce, &log);
+    let (_, mut frame) = unframe(&attempt.nonce, &log);
+    if frame.is_none() {
+        frame = termination_outputs(pods, attempt).await?;
+    }
     *lock(&attempt.frame) = frame.clone();
     Ok(frame)
+}
+
+/// The outputs of a step that ran its image's own entrypoint (no wrapper to
+/// frame them): the termination message, which the kubelet read from
+/// `$BATON_OUTPUT` (see `pod::step_pod`).
+async fn termination_outputs(
+    pods: &Api<Pod>,
+    attempt: &AttemptState,
+) -> Result<Option<Frame>, BackendError> {
+    let pod = match pods.get_opt(&attempt.pod).await {
+        Ok(Some(pod)) => pod,
+        Ok(None) => return Ok(None),
+        Err(e) => {
+            return Err(kube_err(
+                &attempt.step,
+                "read the step pod for $BATON_OUTPUT",
+            )(e));
+        }
+    };
+    let unwrapped =
+        pod.spec.iter().flat_map(|s| &s.containers).any(|c| {
+            c.name == CONTAINER && c.termination_message_path.as_deref() == Some(OUTPUT_FILE)
+        });
+    let message = pod
+        .status
+        .iter()
+        .flat_map(|s| s.container_statuses.iter().flatten())
+        .find(|c| c.name == CONTAINER)
+        .and_then(|c| c.state.as_ref()?.terminated.as_ref()?.message.clone());
+    Ok(message
+        .filter(|m| unwrapped && !m.is_empty())
+        .map(|m| Frame::of_file(m.as_bytes())))
 }
 
 #[cfg(test)]

@@ -1,12 +1,11 @@
-//! The Job one kubernetes backend runs steps for: its identity and what its spec
-//! says about every step pod (workspace, pull secrets). Its own file so the
-//! backend's file does not grow with each pod-wide setting.
+//! The Job one Kubernetes backend runs steps for, and what its step pods need
+//! to know of it (workspace, pod template, pull secrets).
 
 use k8s_openapi::api::core::v1::LocalObjectReference;
 use kube::ResourceExt;
 
 use crate::crd::Job;
-use crate::crd::job::{JobSpec, Workspace};
+use crate::crd::job::{JobSpec, PodTemplate, Workspace};
 
 /// The Job one backend runs steps for.
 #[derive(Clone, Debug, PartialEq)]
@@ -22,7 +21,15 @@ pub struct JobTarget {
     /// `restricted` Pod Security Standard requires).
     pub run_as_user: i64,
     pub run_as_group: i64,
+    /// `spec.podTemplate`: every step pod's settings (a step's own win).
+    pub pod_template: Option<PodTemplate>,
+    /// The image the step pods' init container copies `baton-entrypoint` from
+    /// (a Baton image: the runner's own, by default).
+    pub tools_image: String,
 }
+
+/// The tools image unless the runner says otherwise (`--tools-image`).
+pub const DEFAULT_TOOLS_IMAGE: &str = "localhost/baton/baton:dev";
 
 impl JobTarget {
     pub fn new(
@@ -38,6 +45,8 @@ impl JobTarget {
             image_pull_secrets: None,
             run_as_user: 1000,
             run_as_group: 1000,
+            tools_image: DEFAULT_TOOLS_IMAGE.into(),
+            pod_template: None,
         }
     }
 
@@ -46,11 +55,13 @@ impl JobTarget {
         Some(Self::new(job.namespace()?, job.name_any(), job.uid()?).with_spec(&job.spec))
     }
 
-    /// The pod-wide settings of `spec` (workspace, pull secrets): one place, so a
-    /// runner that got the spec with its claim builds the same pods as the API's Job.
+    /// The pod-wide settings of `spec` (workspace, pod template, pull secrets): one
+    /// place, so a runner that got the spec with its claim builds the same pods as
+    /// one that read the Job from the API.
     #[must_use]
     pub fn with_spec(mut self, spec: &JobSpec) -> Self {
         self.workspace = spec.workspace.clone();
+        self.pod_template = spec.pod_template.clone();
         self.image_pull_secrets = spec.image_pull_secrets.clone();
         self
     }

@@ -178,7 +178,9 @@ fn argv(
         .map(|w| OsString::from(expand(w, defined)));
     let program = words.next().ok_or_else(|| BackendError::InvalidStep {
         step: step.name.clone(),
-        message: "needs a command or a script".into(),
+        message: "has neither command nor script: on a cluster it runs its image's own \
+                  entrypoint, but local steps are processes, not images; give it a command"
+            .into(),
     })?;
     Ok((program, words.collect()))
 }

@@ -215,7 +215,7 @@ fn unknown_fields(
 
 /// Things that are valid but probably not what was meant.
 fn notes(job: &str, spec: &JobSpec) -> Vec<String> {
-    spec.steps
+    let mut notes: Vec<String> = spec.steps
         .iter()
         .filter(|s| s.when == Some(When::OnFailure) && s.depends_on.as_ref().is_none_or(Vec::is_empty))
         .map(|s| {
@@ -224,7 +224,24 @@ fn notes(job: &str, spec: &JobSpec) -> Vec<String> {
                 s.name
             )
         })
-        .collect()
+        .collect();
+    let shaped: Vec<&str> = spec
+        .steps
+        .iter()
+        .filter(|s| s.pod_template.is_some() || s.volumes.is_some())
+        .map(|s| s.name.as_str())
+        .collect();
+    if spec.pod_template.is_some() || !shaped.is_empty() {
+        let steps = if shaped.is_empty() {
+            String::new()
+        } else {
+            format!(" (steps {})", shaped.join(", "))
+        };
+        notes.push(format!(
+            "note: Job {job}: podTemplate and volumes shape step pods; local mode ignores them{steps}"
+        ));
+    }
+    notes
 }
 
 #[cfg(test)]
@@ -350,6 +367,20 @@ mod tests {
         assert!(
             err[0].contains("metadata.name or metadata.generateName is required"),
             "{err:?}"
+        );
+    }
+
+    #[test]
+    fn notes_that_pod_settings_are_ignored_locally() {
+        let text = format!(
+            "{HEADER}metadata: {{name: shaped}}\nspec:\n  steps:\n  - {{name: a, image: i, script: x, volumes: [{{name: t, mountPath: /t, emptyDir: {{medium: Memory}}}}]}}\n  - {{name: b, image: i, script: x}}\n"
+        );
+        let loaded = load_str(&text).unwrap();
+        assert_eq!(
+            loaded.notes,
+            [
+                "note: Job shaped: podTemplate and volumes shape step pods; local mode ignores them (steps a)"
+            ]
         );
     }
 

@@ -152,7 +152,7 @@ fn runner_container(
     .to_vec();
     Container {
         name: "runner".into(),
-        image: Some(image),
+        image: Some(image.clone()),
         image_pull_policy: Some("IfNotPresent".into()),
         args: Some(args),
         env: Some(
@@ -168,6 +168,12 @@ fn runner_container(
                 }),
                 ..Default::default()
             })
+            // Step pods copy baton-entrypoint from the image the runner runs.
+            .chain(std::iter::once(EnvVar {
+                name: "BATON_TOOLS_IMAGE".into(),
+                value: Some(image.clone()),
+                ..Default::default()
+            }))
             .chain(ca_pem.map(|pem| EnvVar {
                 name: CA_PEM_ENV.into(),
                 value: Some(pem.to_owned()),

@@ -1,0 +1,125 @@
+//! `baton-entrypoint`: the first program of a Baton step container. It needs
+//! nothing from the step's image (linked statically, copied in by an init
+//! container), so images without a shell can be steps and keep their outputs.
+//!
+//! `run` starts the step's command as a child, passes SIGTERM and SIGINT on to it
+//! (as PID 1 it would otherwise ignore them), waits, frames `$BATON_OUTPUT` into
+//! stdout, and exits with the child's code.
+
+use std::ffi::OsString;
+use std::fs::File;
+use std::io::{Read, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::ExitStatusExt;
+use std::path::Path;
+use std::process::{Command, ExitCode};
+
+use baton_entrypoint::{
+    MAX_OUTPUT_BYTES, Mode, USAGE, exit_code, frame, parse, spawn_failure_code,
+};
+use nix::sys::signal::{SigSet, Signal, kill};
+use nix::unistd::Pid;
+
+fn main() -> ExitCode {
+    match parse(std::env::args_os().skip(1)) {
+        Ok(Mode::Install { dest }) => install(Path::new(&dest)),
+        Ok(Mode::Run { nonce, argv }) => ExitCode::from(run(&nonce, &argv)),
+        Err(message) => {
+            eprintln!("baton-entrypoint: {message}\n{USAGE}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// Copy this program to `dest`, runnable by the step's user.
+fn install(dest: &Path) -> ExitCode {
+    let copied = dest
+        .parent()
+        .map_or(Ok(()), std::fs::create_dir_all)
+        .and_then(|()| std::fs::copy("/proc/self/exe", dest))
+        .and_then(|_| std::fs::set_permissions(dest, std::fs::Permissions::from_mode(0o755)));
+    match copied {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!(
+                "baton-entrypoint: cannot install into {}: {e}",
+                dest.display()
+            );
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn run(nonce: &str, argv: &[OsString]) -> u8 {
+    let output = std::env::var_os("BATON_OUTPUT");
+    if let Some(path) = &output
+        && let Err(e) = File::create(path)
+    {
+        eprintln!(
+            "baton: cannot prepare $BATON_OUTPUT ({}): {e}",
+            Path::new(path).display()
+        );
+        return 126;
+    }
+    // Blocked before any thread exists, so only the forwarding thread takes
+    // them; the child starts with an empty mask (std resets it).
+    let mut forwarded = SigSet::empty();
+    forwarded.add(Signal::SIGTERM);
+    forwarded.add(Signal::SIGINT);
+    if let Err(e) = forwarded.thread_block() {
+        eprintln!("baton: cannot block signals: {e}");
+        return 126;
+    }
+    let Some((program, rest)) = argv.split_first() else {
+        return 2;
+    };
+    let mut child = match Command::new(program).args(rest).spawn() {
+        Ok(child) => child,
+        Err(e) => {
+            eprintln!("baton: cannot run {}: {e}", program.to_string_lossy());
+            return spawn_failure_code(e.kind());
+        }
+    };
+    if let Ok(raw) = i32::try_from(child.id()) {
+        std::thread::spawn(move || forward(forwarded, Pid::from_raw(raw)));
+    }
+    let code = match child.wait() {
+        Ok(status) => exit_code(status.code(), status.signal()),
+        Err(e) => {
+            eprintln!("baton: lost the step's process: {e}");
+            1
+        }
+    };
+    if let Some(path) = output {
+        frame_outputs(nonce, Path::new(&path));
+    }
+    code
+}
+
+/// Pass every SIGTERM/SIGINT this process gets on to the step's process.
+fn forward(signals: SigSet, child: Pid) {
+    while let Ok(signal) = signals.wait() {
+        // The child may have ended already: nothing to tell it then.
+        let _ = kill(child, signal);
+    }
+}
+
+/// Print the outputs file as one frame after everything the step wrote.
+fn frame_outputs(nonce: &str, path: &Path) {
+    let mut outputs = Vec::new();
+    let read = File::open(path).and_then(|f| f.take(MAX_OUTPUT_BYTES).read_to_end(&mut outputs));
+    if let Err(e) = read {
+        eprintln!(
+            "baton: cannot read $BATON_OUTPUT ({}): {e}; outputs are lost",
+            path.display()
+        );
+        return;
+    }
+    let mut stdout = std::io::stdout().lock();
+    if let Err(e) = stdout
+        .write_all(&frame(nonce, &outputs))
+        .and_then(|()| stdout.flush())
+    {
+        eprintln!("baton: cannot write the outputs to the log: {e}");
+    }
+}
