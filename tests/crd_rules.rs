@@ -101,7 +101,7 @@ fn spec_is_immutable_except_cancel() {
 fn immutability_rule_names_every_spec_field_but_cancel() {
     // A spec with every field set: its JSON keys are the spec's fields.
     let spec = serde_json::json!({
-        "runnerSelector": {}, "onDemand": {}, "steps": [], "workspace": {}, "timeout": "1s",
+        "runnerSelector": {}, "onDemand": {}, "imagePullSecrets": [], "steps": [], "workspace": {}, "timeout": "1s",
         "retries": 0, "ttlSecondsAfterFinished": 0, "podTemplate": {}, "cancel": true,
     });
     // ... and the schema's, so a field added to the type but not above fails here.
@@ -141,6 +141,55 @@ impl<'de> serde::Deserialize<'de> for JsonSpecKeys {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         JobSpec::deserialize(d).map(JsonSpecKeys)
     }
+}
+
+#[test]
+fn pull_secrets_are_secret_names_at_most_16_each_once_and_immutable() {
+    let refs = |names: &[&str]| {
+        Some(
+            names
+                .iter()
+                .map(|n| k8s_openapi::api::core::v1::LocalObjectReference {
+                    name: (*n).to_owned(),
+                })
+                .collect::<Vec<_>>(),
+        )
+    };
+    let with = |names: &[&str]| {
+        let mut j = job(vec![step("a")]);
+        j.spec.image_pull_secrets = refs(names);
+        j
+    };
+    assert!(
+        with(&["registry-login", "ghcr.io-token"])
+            .validate_cel()
+            .is_ok()
+    );
+    let err = with(&["Registry_Login"])
+        .validate_cel()
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("must be a Secret name"), "{err}");
+    let err = with(&["x"; 2]).validate_cel().unwrap_err().to_string();
+    assert!(err.contains("named once"), "{err}");
+    let many: Vec<String> = (0..17).map(|i| format!("login-{i}")).collect();
+    let many: Vec<&str> = many.iter().map(String::as_str).collect();
+    let err = with(&many).validate_cel().unwrap_err().to_string();
+    assert!(err.contains("at most 16"), "{err}");
+    assert!(with(&many[..16]).validate_cel().is_ok());
+
+    let old = with(&["registry-login"]);
+    let err = with(&["other"])
+        .validate_cel_update(&old)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("immutable"), "{err}");
+    let mut policy = old.clone();
+    policy.spec.steps[0].image_pull_policy = Some(baton::crd::job::PullPolicy::Always);
+    assert!(
+        policy.validate_cel_update(&old).is_err(),
+        "a step's pull policy is part of the immutable spec"
+    );
 }
 
 #[test]

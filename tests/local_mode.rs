@@ -208,6 +208,21 @@ fn several_jobs_run_one_after_another_and_the_worst_result_wins() {
 }
 
 #[test]
+fn pull_settings_are_ignored_and_said_so_once() {
+    let file = Scratch::new(
+        "private.yaml",
+        "apiVersion: baton.dev/v1alpha1\nkind: Job\nmetadata: {name: private}\nspec:\n  imagePullSecrets: [{name: registry-login}]\n  steps:\n  - {name: a, image: registry.example/private/step:1, imagePullPolicy: Always, script: echo pulled-nothing}\n  - {name: b, image: registry.example/private/step:1, imagePullPolicy: Never, script: echo ran}\n",
+    );
+    let (code, stdout, stderr) = baton_run(&file.0, &[]);
+    assert_eq!(code, 0, "{stdout}\n{stderr}");
+    let said =
+        "images are ignored in local mode, and with them imagePullPolicy and imagePullSecrets";
+    assert_eq!(stdout.matches(said).count(), 1, "{stdout}");
+    assert_eq!(row(&stdout, "a")[1..3], ["Succeeded", "0"]);
+    assert_eq!(row(&stdout, "b")[1..3], ["Succeeded", "0"]);
+}
+
+#[test]
 fn invalid_files_exit_2_and_say_why() {
     let header = "apiVersion: baton.dev/v1alpha1\nkind: Job\nmetadata: {name: bad}\n";
     let cases: &[(&str, String, &[&str])] = &[

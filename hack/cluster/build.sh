@@ -21,7 +21,7 @@ want() { [[ -z "${BUILD_ONLY:-}" || " $BUILD_ONLY " == *" $1 "* ]]; }
 
 APT_PACKAGES=(containerd runc containernetworking-plugins iptables conntrack socat
   ethtool ipset openssl busybox-static python3 gcc libc6-dev dnsutils util-linux
-  iproute2 ca-certificates)
+  iproute2 ca-certificates docker-registry apache2-utils)
 
 install_apt() {
   local missing=() p
@@ -34,10 +34,16 @@ install_apt() {
     log "apt-get update"; apt-get update
   fi
   DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "${missing[@]}"
-  # Debian enables+starts containerd.service on install; we run our own instance.
-  if command -v systemctl >/dev/null && systemctl is-active -q containerd 2>/dev/null; then
-    systemctl disable --now containerd || true
-  fi
+  # Debian enables+starts containerd.service and docker-registry.service (:5000, all
+  # interfaces) on install; we run our own instances.
+  local s
+  for s in containerd docker-registry; do
+    if command -v systemctl >/dev/null && systemctl is-active -q "$s" 2>/dev/null; then
+      systemctl disable --now "$s" || true
+    elif [[ -f /var/run/$s.pid ]] && command -v invoke-rc.d >/dev/null; then
+      invoke-rc.d "$s" stop || true; update-rc.d "$s" disable 2>/dev/null || true
+    fi
+  done
 }
 
 # have DIR NAME...: true if all binaries exist and are executable

@@ -119,6 +119,7 @@ main() {
     mkdir -p "$STATE/logs"
     # first: it creates helper pods, and would try to while pods are torn down
     stop_daemon local-path-provisioner
+    stop_daemon docker-registry
     stop_daemon kubelet 30
     stop_pods
     stop_daemon kube-proxy

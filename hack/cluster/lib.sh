@@ -28,10 +28,12 @@ CNI_BRIDGE=baton0
 HOSTPATH_PV_DIR=/tmp/hostpath_pv   # fixed by the in-tree kubernetes.io/host-path provisioner
 LOCAL_PATH_DIR=$STATE/local-path   # volumes of StorageClass local-path (rancher.io/local-path)
 LOCAL_PATH_NS=local-path-storage   # its helper pods, ServiceAccount and ConfigMap
+REGISTRY_ADDR=127.0.0.1:5050       # the private registry (registry.sh): loopback, plain HTTP, login
+PRIVATE_STEP_IMAGE=$REGISTRY_ADDR/private/step:latest   # the step image, pushed there
 
 # daemons in start order; down.sh stops them in reverse
 DAEMONS=(etcd kube-apiserver kube-controller-manager kube-scheduler containerd kubelet kube-proxy
-  local-path-provisioner)
+  local-path-provisioner docker-registry)
 
 log() { printf '[cluster %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 die() { log "ERROR: $*"; exit 1; }

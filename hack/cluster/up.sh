@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# Bring up a real single-node Kubernetes cluster on this machine (no Docker, no registry):
+# Bring up a real single-node Kubernetes cluster on this machine (no Docker):
 # etcd, kube-apiserver, kube-controller-manager, kube-scheduler, containerd, kubelet,
-# kube-proxy and local-path-provisioner as host processes, CoreDNS as a Deployment, the
-# default StorageClass `local-path` and the host-path class `standard`.
+# kube-proxy, local-path-provisioner and a private registry (login required, registry.sh)
+# as host processes, CoreDNS as a Deployment, the default StorageClass `local-path` and
+# the host-path class `standard`.
 # Idempotent: returns quickly when the cluster is already up and healthy; on a running
 # cluster with a daemon missing (e.g. one added later) it starts only what is missing.
 #
@@ -13,6 +14,8 @@
 set -euo pipefail
 # shellcheck source=lib.sh
 . "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+# shellcheck source=registry.sh
+. "$(dirname "${BASH_SOURCE[0]}")/registry.sh"
 
 UP_TIMEOUT=${UP_TIMEOUT:-180}
 T0=$(date +%s)
@@ -72,7 +75,10 @@ local_path_ready() {
     awk '/^=== /{s=0} /Started provisioner controller/{s=1} END{exit !s}' "$STATE/logs/local-path-provisioner.log"
 }
 all_running() { local d; for d in "${DAEMONS[@]}"; do is_running "$d" || return 1; done; }
-healthy() { all_running && local_path_ready && apiserver_ready && node_ready && coredns_ready && dns_answers; }
+healthy() {
+  all_running && local_path_ready && apiserver_ready && node_ready && coredns_ready && dns_answers &&
+    registry_ready
+}
 
 # ---------------------------------------------------------------- PKI
 # mkcert NAME CN O "SAN list or empty" serverAuth|clientAuth|both
@@ -179,6 +185,9 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
   [plugins."io.containerd.grpc.v1.cri".cni]
     bin_dir = "/usr/lib/cni"
     conf_dir = "$STATE/cni/net.d"
+  # per-registry hosts.toml (registry.sh writes the private registry's: plain HTTP)
+  [plugins."io.containerd.grpc.v1.cri".registry]
+    config_path = "$STATE/config/certs.d"
 EOF
 
   put "$STATE/cni/net.d/10-baton.conflist" <<EOF
@@ -347,6 +356,12 @@ start_node() {
   [[ -e /proc/sys/net/bridge/bridge-nf-call-iptables ]] || modprobe br_netfilter 2>/dev/null || true
   sysctl -qw net.bridge.bridge-nf-call-iptables=1 || log "warning: bridge-nf-call-iptables not settable"
 
+  # a containerd started before its config last changed (e.g. a cluster from before the
+  # registry) is restarted to read it; running containers keep running (their shims stay)
+  if is_running containerd && [[ $STATE/config/containerd.toml -nt $(pidfile containerd) ]]; then
+    log "containerd.toml changed since containerd started: restarting containerd"
+    stop_daemon containerd 30
+  fi
   start_daemon containerd /usr/bin/containerd --config "$STATE/config/containerd.toml"
   wait_for "containerd socket" containerd ctr --address "$CONTAINERD_SOCK" version
   log "importing images"
@@ -417,12 +432,14 @@ main() {
   kubeconfig kube-proxy kube-proxy
   kubeconfig kubelet kubelet-client
   write_configs
+  write_registry_config
 
   start_etcd
   start_control_plane
   apply_addons
   start_node
   start_local_path
+  start_registry
 
   wait_for "node $NODE_NAME Ready" "kubelet containerd" node_ready
   wait_for "CoreDNS Ready" "kubelet containerd kube-proxy" coredns_ready

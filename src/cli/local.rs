@@ -91,7 +91,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<i32> {
         println!("{note}");
     }
     println!(
-        "note: images are ignored in local mode: each step runs as a process on this machine, in a per-Job workspace directory"
+        "note: images are ignored in local mode, and with them imagePullPolicy and imagePullSecrets: each step runs as a process on this machine, in a per-Job workspace directory"
     );
 
     let (root, remove_root) = match &args.work_dir {

@@ -112,6 +112,22 @@ fn runner_pod_is_restricted_and_takes_the_token_from_the_secret() {
     );
 }
 
+#[test]
+fn runner_pod_pulls_with_the_jobs_pull_secrets() {
+    let cfg = OnDemandConfig::default();
+    let pod = desired_pod(&job("j"), 1, "s", "http://h:1", None, &cfg).unwrap();
+    assert_eq!(pod.spec.unwrap().image_pull_secrets, None);
+
+    let mut private = job("j");
+    private.spec.image_pull_secrets =
+        Some(vec![k8s_openapi::api::core::v1::LocalObjectReference {
+            name: "registry-login".into(),
+        }]);
+    let pod = desired_pod(&private, 1, "s", "http://h:1", None, &cfg).unwrap();
+    let secrets = pod.spec.unwrap().image_pull_secrets.unwrap();
+    assert_eq!(secrets[0].name, "registry-login");
+}
+
 /// A self-signed CA certificate (rcgen is only a dev-dependency of the integration
 /// tests, so a fixed one): CN=baton-unit-test-ca, valid 100 years from 2026 (its key thrown away).
 const TEST_CA: &str = include_str!("on_demand_test_ca.pem");

@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::api::core::v1::{EnvVar, ResourceRequirements, Toleration};
+use k8s_openapi::api::core::v1::{EnvVar, LocalObjectReference, ResourceRequirements, Toleration};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, LabelSelector, Time};
 use kube::{CustomResource, KubeSchema};
@@ -75,6 +75,16 @@ pub struct JobSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub on_demand: Option<OnDemand>,
 
+    /// Secrets (type `kubernetes.io/dockerconfigjson`, in the Job's namespace) the
+    /// node logs in to private registries with, to pull the steps' images and the
+    /// on-demand runner's: every step pod's and the runner pod's `imagePullSecrets`.
+    /// Steps never see their contents. At most 16, each named once. A missing or
+    /// wrong Secret ends the step `ImagePullFailed` with the registry's answer.
+    /// Ignored by `baton run` (local processes pull nothing).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "super::schema::pull_secrets")]
+    pub image_pull_secrets: Option<Vec<LocalObjectReference>>,
+
     /// The steps to run: a DAG ordered by `dependsOn`, at least one, at most 200.
     #[schemars(length(max = 200))]
     pub steps: Vec<Step>,
@@ -115,6 +125,7 @@ pub struct JobSpec {
 pub const IMMUTABLE_SPEC_RULE: &str = "\
 has(self.runnerSelector) == has(oldSelf.runnerSelector) && (!has(self.runnerSelector) || self.runnerSelector == oldSelf.runnerSelector) && \
 has(self.onDemand) == has(oldSelf.onDemand) && (!has(self.onDemand) || self.onDemand == oldSelf.onDemand) && \
+has(self.imagePullSecrets) == has(oldSelf.imagePullSecrets) && (!has(self.imagePullSecrets) || self.imagePullSecrets == oldSelf.imagePullSecrets) && \
 self.steps == oldSelf.steps && \
 has(self.workspace) == has(oldSelf.workspace) && (!has(self.workspace) || self.workspace == oldSelf.workspace) && \
 has(self.timeout) == has(oldSelf.timeout) && (!has(self.timeout) || self.timeout == oldSelf.timeout) && \
@@ -148,6 +159,10 @@ pub struct Step {
     /// Container image the step runs in. Ignored by `baton run` (local processes).
     #[schemars(length(min = 1, max = 512))]
     pub image: String,
+
+    /// When the node pulls `image` (see [`PullPolicy`]; its doc is the schema's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_pull_policy: Option<PullPolicy>,
 
     /// Executable and its arguments, run directly (no shell: the image needs none).
     /// Exclusive with `script`. With neither, the image's own entrypoint runs
@@ -280,6 +295,34 @@ pub enum When {
     OnFailure,
     /// Whatever happened before it (cleanup).
     Always,
+}
+
+/// When the node pulls the step's image: `IfNotPresent` (the default: a copy
+/// already on the node is used), `Always` (on every run of the step, so a moved
+/// tag is seen and the registry checks `imagePullSecrets` each time) or `Never`
+/// (only a copy already on the node; without one the step ends `ImagePullFailed`).
+/// Ignored by `baton run`.
+// The schema of an enum field takes this type's doc, not the field's.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum PullPolicy {
+    /// On every run of the step.
+    Always,
+    /// Only when the node has no copy (the default).
+    #[default]
+    IfNotPresent,
+    /// Never: the node must hold the image already.
+    Never,
+}
+
+impl PullPolicy {
+    /// The container field's value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Always => "Always",
+            Self::IfNotPresent => "IfNotPresent",
+            Self::Never => "Never",
+        }
+    }
 }
 
 /// Pod settings of an on-demand runner.

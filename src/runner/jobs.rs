@@ -76,6 +76,10 @@ impl JobRunner {
         kube: Option<kube::Client>,
     ) -> Self {
         if backend == BackendKind::Local {
+            // said once per runner, not per Job: every Job's images are ignored alike
+            info!(
+                "backend local: steps run as processes in this runner; their images, imagePullPolicy and the Jobs' imagePullSecrets are ignored"
+            );
             LocalBackend::reap_orphans(&work_dir);
         }
         Self {
@@ -197,10 +201,9 @@ impl JobRunner {
                     // Step pods are found again by their deterministic names and
                     // labels: a restarted runner resumes them (discover), never
                     // starts a running step twice.
-                    let mut target = JobTarget::new(ns, name, claim.uid.clone());
-                    target.workspace = claim.spec.workspace.clone();
+                    let mut target =
+                        JobTarget::new(ns, name, claim.uid.clone()).with_spec(&claim.spec);
                     target.tools_image = self.tools_image.clone();
-                    target.pod_template = claim.spec.pod_template.clone();
                     let backend = KubernetesBackend::new(client.clone(), target);
                     Executor::new(&backend, ExecutorOptions::default())
                         .run(workflow, &claim.spec, sink, sink, cancel)

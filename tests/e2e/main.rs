@@ -21,6 +21,7 @@ mod kstatus;
 mod on_demand;
 mod pods;
 mod procs;
+mod registry;
 mod runners;
 mod step_pods;
 mod tls;

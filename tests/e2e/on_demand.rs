@@ -9,12 +9,13 @@ use anyhow::{Context, ensure};
 use baton::crd::Job;
 use baton::crd::conditions;
 use baton::crd::job::JobPhase;
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{LocalObjectReference, Pod};
 use kube::api::{Api, DeleteParams, ListParams, PostParams};
 use kube::runtime::wait::Condition;
 
 use crate::jobs::{read_log, sa_token};
 use crate::procs::Controller;
+use crate::registry::{pull_secret, registry};
 use crate::support::{
     STEP_IMAGE, StepPodRecorder, TestNs, in_namespace, pod_finished, pod_phase, step_pods_removed,
     wait_for,
@@ -222,6 +223,36 @@ async fn deleting_the_runner_pod_mid_step_hands_the_job_to_a_new_pod() {
         step_pods_removed(&ns.client, &ns.name, &uid, 30).await?;
         let runner = wait_for(&pods(&ns), "count-runner-2", pod_finished(), 60).await?;
         ensure!(pod_phase(&runner) == "Succeeded", "runner pod: {:?}", runner.status);
+        Ok(())
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn an_on_demand_job_pulls_private_step_images_with_its_pull_secret() {
+    in_namespace("od-private", |ns| async move {
+        let reg = registry()?;
+        let _ctl = controller(&ns).await?;
+        pull_secret(&ns, "registry-login", &reg, &reg.password).await?;
+        let mut private = job(
+            "private",
+            serde_json::json!({}),
+            serde_json::json!([
+                { "name": "pull", "image": reg.image, "imagePullPolicy": "Always", "script": "echo pulled" }
+            ]),
+        )?;
+        private.spec.image_pull_secrets = Some(vec![LocalObjectReference {
+            name: "registry-login".into(),
+        }]);
+        apply(&ns, &private).await?;
+        wait_for(&jobs(&ns), "private", phase_is(JobPhase::Succeeded), 120).await?;
+        // The runner pod carries the Job's pull secrets too (its image may be private).
+        let runner = pods(&ns).get("private-runner").await?;
+        let secrets = runner.spec.and_then(|s| s.image_pull_secrets).unwrap_or_default();
+        ensure!(
+            secrets.iter().any(|s| s.name == "registry-login"),
+            "runner pod: {secrets:?}"
+        );
         Ok(())
     })
     .await;

@@ -244,7 +244,7 @@ pub fn step_pod(
         readiness_probe: shape::service_probe(step),
         name: CONTAINER.into(),
         image: Some(step.image.clone()),
-        image_pull_policy: Some("IfNotPresent".into()),
+        image_pull_policy: Some(step.image_pull_policy.unwrap_or_default().as_str().into()),
         // Unwrapped (the image's own entrypoint): outputs come back as the
         // termination message, which the kubelet reads from this path.
         termination_message_path: wrapped.is_none().then(|| OUTPUT_FILE.into()),
@@ -270,6 +270,7 @@ pub fn step_pod(
             ..Default::default()
         }),
         init_containers: Some(vec![init]),
+        image_pull_secrets: target.image_pull_secrets.clone(),
         containers: vec![container],
         volumes: Some(volumes),
         ..Default::default()

@@ -530,3 +530,39 @@ fn a_dependent_finds_its_services_by_name_in_etc_hosts() {
         Some(&["db".to_owned()][..])
     );
 }
+
+#[test]
+fn pull_secrets_and_pull_policy_reach_the_pod() {
+    use crate::crd::job::{JobSpec, PullPolicy};
+    use k8s_openapi::api::core::v1::LocalObjectReference;
+
+    // Unset: no secrets, and IfNotPresent (what Baton always used; never Kubernetes'
+    // Always-for-:latest guess).
+    let pod = build(&target(None), &script_step("true"), 0, None);
+    assert_eq!(pod.spec.as_ref().unwrap().image_pull_secrets, None);
+    assert_eq!(
+        container(&pod).image_pull_policy.as_deref(),
+        Some("IfNotPresent")
+    );
+
+    let spec = JobSpec {
+        image_pull_secrets: Some(vec![LocalObjectReference {
+            name: "registry-login".into(),
+        }]),
+        ..Default::default()
+    };
+    let with = JobTarget::new("ns", "build", "uid").with_spec(&spec);
+    for (policy, expected) in [
+        (PullPolicy::Always, "Always"),
+        (PullPolicy::IfNotPresent, "IfNotPresent"),
+        (PullPolicy::Never, "Never"),
+    ] {
+        let mut step = script_step("true");
+        step.image_pull_policy = Some(policy);
+        let pod = build(&with, &step, 0, None);
+        assert_eq!(container(&pod).image_pull_policy.as_deref(), Some(expected));
+        let secrets = pod.spec.unwrap().image_pull_secrets.unwrap();
+        assert_eq!(secrets.len(), 1);
+        assert_eq!(secrets[0].name, "registry-login");
+    }
+}

@@ -1,10 +1,11 @@
 //! The Job one Kubernetes backend runs steps for, and what its step pods need
-//! to know of it.
+//! to know of it (workspace, pod template, pull secrets).
 
+use k8s_openapi::api::core::v1::LocalObjectReference;
 use kube::ResourceExt;
 
 use crate::crd::Job;
-use crate::crd::job::{PodTemplate, Workspace};
+use crate::crd::job::{JobSpec, PodTemplate, Workspace};
 
 /// The Job one backend runs steps for.
 #[derive(Clone, Debug, PartialEq)]
@@ -14,6 +15,8 @@ pub struct JobTarget {
     pub job_uid: String,
     /// `spec.workspace`: a claim mounted at `/workspace` in every step pod.
     pub workspace: Option<Workspace>,
+    /// `spec.imagePullSecrets`: every step pod's `imagePullSecrets`.
+    pub image_pull_secrets: Option<Vec<LocalObjectReference>>,
     /// The uid and gid step containers run as (default 1000: non-root, as the
     /// `restricted` Pod Security Standard requires).
     pub run_as_user: i64,
@@ -39,6 +42,7 @@ impl JobTarget {
             job_name: job_name.into(),
             job_uid: job_uid.into(),
             workspace: None,
+            image_pull_secrets: None,
             run_as_user: 1000,
             run_as_group: 1000,
             tools_image: DEFAULT_TOOLS_IMAGE.into(),
@@ -48,9 +52,17 @@ impl JobTarget {
 
     /// The target of a Job read from the API (`None` without namespace or uid).
     pub fn for_job(job: &Job) -> Option<Self> {
-        let mut target = Self::new(job.namespace()?, job.name_any(), job.uid()?);
-        target.workspace = job.spec.workspace.clone();
-        target.pod_template = job.spec.pod_template.clone();
-        Some(target)
+        Some(Self::new(job.namespace()?, job.name_any(), job.uid()?).with_spec(&job.spec))
+    }
+
+    /// The pod-wide settings of `spec` (workspace, pod template, pull secrets): one
+    /// place, so a runner that got the spec with its claim builds the same pods as
+    /// one that read the Job from the API.
+    #[must_use]
+    pub fn with_spec(mut self, spec: &JobSpec) -> Self {
+        self.workspace = spec.workspace.clone();
+        self.pod_template = spec.pod_template.clone();
+        self.image_pull_secrets = spec.image_pull_secrets.clone();
+        self
     }
 }

@@ -241,6 +241,8 @@ pub fn desired_pod(
             enable_service_links: Some(false),
             node_selector: od.node_selector.clone(),
             tolerations: od.tolerations.clone(),
+            // the runner's image may sit in the same private registry as the steps'
+            image_pull_secrets: job.spec.image_pull_secrets.clone(),
             security_context: Some(PodSecurityContext {
                 run_as_non_root: Some(true),
                 run_as_user: Some(RUNNER_UID),
