@@ -17,8 +17,10 @@ use std::process::{Command, ExitCode};
 use baton_entrypoint::{
     MAX_OUTPUT_BYTES, Mode, USAGE, exit_code, frame, parse, spawn_failure_code,
 };
-use nix::sys::signal::{SigSet, Signal, kill};
+use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
+use signal_hook::consts::{SIGINT, SIGTERM};
+use signal_hook::iterator::Signals;
 
 fn main() -> ExitCode {
     match parse(std::env::args_os().skip(1)) {
@@ -61,15 +63,16 @@ fn run(nonce: &str, argv: &[OsString]) -> u8 {
         );
         return 126;
     }
-    // Blocked before any thread exists, so only the forwarding thread takes
-    // them; the child starts with an empty mask (std resets it).
-    let mut forwarded = SigSet::empty();
-    forwarded.add(Signal::SIGTERM);
-    forwarded.add(Signal::SIGINT);
-    if let Err(e) = forwarded.thread_block() {
-        eprintln!("baton: cannot block signals: {e}");
-        return 126;
-    }
+    // Caught before the step starts, so none is lost (as a container's PID 1,
+    // a signal without a handler is dropped). Handlers do not survive exec: the
+    // step starts with the default actions and nothing blocked.
+    let signals = match Signals::new([SIGTERM, SIGINT]) {
+        Ok(signals) => signals,
+        Err(e) => {
+            eprintln!("baton: cannot catch SIGTERM/SIGINT: {e}");
+            return 126;
+        }
+    };
     let Some((program, rest)) = argv.split_first() else {
         return 2;
     };
@@ -81,7 +84,7 @@ fn run(nonce: &str, argv: &[OsString]) -> u8 {
         }
     };
     if let Ok(raw) = i32::try_from(child.id()) {
-        std::thread::spawn(move || forward(forwarded, Pid::from_raw(raw)));
+        std::thread::spawn(move || forward(signals, Pid::from_raw(raw)));
     }
     let code = match child.wait() {
         Ok(status) => exit_code(status.code(), status.signal()),
@@ -97,10 +100,12 @@ fn run(nonce: &str, argv: &[OsString]) -> u8 {
 }
 
 /// Pass every SIGTERM/SIGINT this process gets on to the step's process.
-fn forward(signals: SigSet, child: Pid) {
-    while let Ok(signal) = signals.wait() {
-        // The child may have ended already: nothing to tell it then.
-        let _ = kill(child, signal);
+fn forward(mut signals: Signals, child: Pid) {
+    for raw in signals.forever() {
+        if let Ok(signal) = Signal::try_from(raw) {
+            // The child may have ended already: nothing to tell it then.
+            let _ = kill(child, signal);
+        }
     }
 }
 

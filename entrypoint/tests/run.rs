@@ -114,6 +114,33 @@ fn a_stop_request_reaches_the_step_and_its_outputs_are_still_framed() {
 }
 
 #[test]
+fn a_stop_ends_a_step_that_set_no_handler_of_its_own() {
+    // The step inherits default signal actions and an empty mask: SIGTERM ends it.
+    let dir = scratch("plain-stop");
+    let ready = dir.join("ready");
+    let script = format!("touch {}; exec sleep 30", ready.display());
+    let child = Command::new(BIN)
+        .args(["run", "n", "--", "sh", "-c", &script])
+        .env_remove("BATON_OUTPUT")
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !ready.exists() {
+        assert!(Instant::now() < deadline, "the step never started");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let started = Instant::now();
+    let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id()).unwrap());
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(143), "128 + SIGTERM");
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "the stop was passed on"
+    );
+}
+
+#[test]
 fn install_copies_a_runnable_program() {
     let dir = scratch("install");
     let dest = dir.join("bin/baton-entrypoint");

@@ -1,6 +1,7 @@
 //! Domain pieces that the controller, the runner API and the runner agent share,
 //! below all three: adoption rules, tokens, runner key pairs and the challenges
-//! they sign, Events, CA certificates, retry backoff, and the one Job status writer.
+//! they sign, Events, CA certificates, retry backoff, the one Job status writer, and what
+//! the restricted Pod Security Standard asks of the pods Baton creates.
 
 pub mod adoption;
 pub mod backoff;
@@ -9,4 +10,5 @@ pub mod challenge;
 pub mod events;
 pub mod identity;
 pub mod job_write;
+pub mod restricted;
 pub mod token;

@@ -6,9 +6,9 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{
-    Capabilities, Container, EmptyDirVolumeSource, EnvVar, PersistentVolumeClaim,
-    PersistentVolumeClaimSpec, PersistentVolumeClaimVolumeSource, Pod, PodSecurityContext, PodSpec,
-    SeccompProfile, SecurityContext, Volume, VolumeMount, VolumeResourceRequirements,
+    Container, EmptyDirVolumeSource, EnvVar, PersistentVolumeClaim, PersistentVolumeClaimSpec,
+    PersistentVolumeClaimVolumeSource, Pod, PodSecurityContext, PodSpec, Volume, VolumeMount,
+    VolumeResourceRequirements,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
@@ -18,6 +18,7 @@ use super::JobTarget;
 use super::shape;
 use crate::backend::BackendError;
 use crate::crd::Step;
+use crate::domain::restricted;
 
 /// The step's container; the only one in a step pod.
 pub const CONTAINER: &str = "step";
@@ -253,7 +254,7 @@ pub fn step_pod(
         working_dir: working_dir(target, step),
         resources: step.resources.clone(),
         volume_mounts: Some(mounts),
-        security_context: Some(restricted()),
+        security_context: Some(restricted::container()),
         ..Default::default()
     };
 
@@ -266,7 +267,7 @@ pub fn step_pod(
             run_as_user: Some(target.run_as_user),
             run_as_group: Some(target.run_as_group),
             fs_group: Some(target.run_as_group),
-            seccomp_profile: Some(runtime_default()),
+            seccomp_profile: Some(restricted::runtime_default()),
             ..Default::default()
         }),
         init_containers: Some(vec![init]),
@@ -296,20 +297,6 @@ pub fn step_pod(
     })
 }
 
-/// What the `restricted` Pod Security Standard asks of every container.
-fn restricted() -> SecurityContext {
-    SecurityContext {
-        allow_privilege_escalation: Some(false),
-        capabilities: Some(Capabilities {
-            drop: Some(vec!["ALL".into()]),
-            add: None,
-        }),
-        run_as_non_root: Some(true),
-        seccomp_profile: Some(runtime_default()),
-        ..Default::default()
-    }
-}
-
 /// Copies the static entrypoint from the tools image into the pod's scratch
 /// volume, so the step's image needs no shell, no `base64`, not even a libc.
 fn init_container(target: &JobTarget, mounts: &[VolumeMount]) -> Container {
@@ -323,15 +310,8 @@ fn init_container(target: &JobTarget, mounts: &[VolumeMount]) -> Container {
             ENTRYPOINT.into(),
         ]),
         volume_mounts: Some(mounts[..1].to_vec()),
-        security_context: Some(restricted()),
+        security_context: Some(restricted::container()),
         ..Default::default()
-    }
-}
-
-fn runtime_default() -> SeccompProfile {
-    SeccompProfile {
-        type_: "RuntimeDefault".into(),
-        localhost_profile: None,
     }
 }
 

@@ -6,9 +6,8 @@ use crate::crd::reasons::reason;
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{
-    Capabilities, Container, EmptyDirVolumeSource, EnvVar, EnvVarSource, HTTPGetAction, Pod,
-    PodSecurityContext, PodSpec, Probe, SeccompProfile, SecretKeySelector, SecurityContext,
-    ServiceAccount, Volume, VolumeMount,
+    Container, EmptyDirVolumeSource, EnvVar, EnvVarSource, HTTPGetAction, Pod, PodSecurityContext,
+    PodSpec, Probe, SecretKeySelector, ServiceAccount, Volume, VolumeMount,
 };
 use k8s_openapi::api::rbac::v1::{PolicyRule, Role, RoleBinding, RoleRef, Subject};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
@@ -105,22 +104,6 @@ pub fn desired_token(job: &Job, attempt: u32) -> Option<RunnerToken> {
     Some(rt)
 }
 
-fn restricted_container() -> SecurityContext {
-    SecurityContext {
-        allow_privilege_escalation: Some(false),
-        capabilities: Some(Capabilities {
-            drop: Some(vec!["ALL".into()]),
-            add: None,
-        }),
-        run_as_non_root: Some(true),
-        seccomp_profile: Some(SeccompProfile {
-            type_: "RuntimeDefault".into(),
-            localhost_profile: None,
-        }),
-        ..Default::default()
-    }
-}
-
 /// The runner container: `baton runner --once` against `server_url`, its token
 /// from `secret`, trusting `ca_pem` when given.
 fn runner_container(
@@ -199,7 +182,7 @@ fn runner_container(
             failure_threshold: Some(1),
             ..Default::default()
         }),
-        security_context: Some(restricted_container()),
+        security_context: Some(crate::domain::restricted::container()),
         ..Default::default()
     }
 }
@@ -247,10 +230,7 @@ pub fn desired_pod(
                 run_as_non_root: Some(true),
                 run_as_user: Some(RUNNER_UID),
                 run_as_group: Some(RUNNER_UID),
-                seccomp_profile: Some(SeccompProfile {
-                    type_: "RuntimeDefault".into(),
-                    localhost_profile: None,
-                }),
+                seccomp_profile: Some(crate::domain::restricted::runtime_default()),
                 ..Default::default()
             }),
             containers: vec![container],
