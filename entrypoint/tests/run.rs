@@ -14,6 +14,15 @@ fn scratch(name: &str) -> std::path::PathBuf {
     dir
 }
 
+/// Until the step created `file` (it started), at most 10 s.
+fn wait_for(file: &std::path::Path) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !file.exists() {
+        assert!(Instant::now() < deadline, "the step never started");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 #[test]
 fn passes_the_exit_code_on_and_frames_the_outputs_after_the_log() {
     let dir = scratch("frame");
@@ -100,11 +109,7 @@ fn a_stop_request_reaches_the_step_and_its_outputs_are_still_framed() {
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !ready.exists() {
-        assert!(Instant::now() < deadline, "the step never started");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_for(&ready);
     let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id()).unwrap());
     nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
     let out = child.wait_with_output().unwrap();
@@ -124,11 +129,7 @@ fn a_stop_ends_a_step_that_set_no_handler_of_its_own() {
         .env_remove("BATON_OUTPUT")
         .spawn()
         .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !ready.exists() {
-        assert!(Instant::now() < deadline, "the step never started");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_for(&ready);
     let started = Instant::now();
     let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id()).unwrap());
     nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();

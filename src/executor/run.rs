@@ -128,7 +128,7 @@ struct State {
 
 impl State {
     /// Every step Pending, nothing run yet.
-    fn new(dag: Dag, spec: &JobSpec) -> Self {
+    fn new(dag: Dag, spec: &JobSpec, listen: &'static str) -> Self {
         let n = spec.steps.len();
         Self {
             sched: Scheduler::new(
@@ -154,7 +154,7 @@ impl State {
             outputs_used: 0,
             retries: vec![0; n],
             addresses: vec![None; n],
-            listen: "0.0.0.0",
+            listen,
         }
     }
 
@@ -235,8 +235,7 @@ impl<B: Backend> Executor<'_, B> {
             .discover(workflow)
             .await
             .map_err(ExecutorError::Discover)?;
-        let mut state = State::new(dag, spec);
-        state.listen = self.backend.listen_address();
+        let mut state = State::new(dag, spec, self.backend.listen_address());
         // A resumed Job's timeout counts from when it first started, not from now.
         let job_started = Start::recorded(status.recorded().start_time.as_ref());
         let job_deadline = plan.job_timeout.map(|t| job_started.deadline(t));

@@ -21,6 +21,9 @@ pub(crate) struct AttemptState {
     pub(super) retry: u32,
     pub(super) nonce: String,
     pub(super) log_offset: u64,
+    /// It runs its image's own entrypoint, unwrapped: its outputs are the
+    /// termination message, not a frame in its log.
+    pub(super) unwrapped: bool,
     /// Baton deletes the pod (stop): its end is expected, not a loss.
     pub(super) stopping: AtomicBool,
     /// How it ended when stopped, once known.
@@ -52,6 +55,7 @@ impl AttemptState {
                 .get(pod::ANNOTATION_LOG_OFFSET)
                 .and_then(|v| v.parse().ok())
                 .unwrap_or(0),
+            unwrapped: pod::is_unwrapped(pod),
             stopping: AtomicBool::new(false),
             stopped_exit: Mutex::new(None),
             frame: Mutex::new(None),

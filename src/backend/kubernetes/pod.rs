@@ -147,6 +147,16 @@ pub fn is_ours(pod: &k8s_openapi::api::core::v1::Pod, target: &JobTarget) -> boo
     })
 }
 
+/// Whether the pod's step container runs its image's own entrypoint (no
+/// `baton-entrypoint` to frame its outputs): its termination message is read
+/// from `$BATON_OUTPUT` instead (see [`step_pod`]).
+pub fn is_unwrapped(pod: &Pod) -> bool {
+    pod.spec
+        .iter()
+        .flat_map(|s| &s.containers)
+        .any(|c| c.name == CONTAINER && c.termination_message_path.as_deref() == Some(OUTPUT_FILE))
+}
+
 /// Kubernetes expands `$(NAME)` (and turns `$$` into `$`) in a container's command
 /// and args; doubling every `$` makes it hand a shell script over unchanged.
 pub fn escape_dollars(s: &str) -> String {

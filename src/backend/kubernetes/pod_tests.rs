@@ -283,6 +283,16 @@ fn no_command_and_no_script_runs_the_images_entrypoint() {
     assert!(c.command.is_none() && c.args.is_none(), "{c:?}");
     // Its outputs come back as the termination message.
     assert_eq!(c.termination_message_path.as_deref(), Some(OUTPUT_FILE));
+    assert!(
+        is_unwrapped(&pod),
+        "read back from the pod (a resumed runner)"
+    );
+    assert!(!is_unwrapped(&build(
+        &target(None),
+        &script_step("true"),
+        0,
+        None
+    )));
 }
 
 #[test]

@@ -14,7 +14,7 @@ use tokio::sync::mpsc;
 use tracing::Instrument;
 
 use super::outputs::{Frame, Unframer, unframe};
-use super::pod::{CONTAINER, OUTPUT_FILE};
+use super::pod::CONTAINER;
 use super::{AttemptState, is_status, kube_err, lock, secrets, watch};
 use crate::backend::mask::{Masker, Patterns};
 use crate::backend::{BackendError, LogChunk, LogStream};
@@ -203,6 +203,11 @@ pub async fn read_frame(
     pods: &Api<Pod>,
     attempt: &AttemptState,
 ) -> Result<Option<Frame>, BackendError> {
+    if attempt.unwrapped {
+        let frame = termination_outputs(pods, attempt).await?;
+        *lock(&attempt.frame) = frame.clone();
+        return Ok(frame);
+    }
     let step = attempt.step.as_str();
     let reader = match pods.log_stream(&attempt.pod, &log_params(false)).await {
         Ok(reader) => reader,
@@ -218,10 +223,7 @@ pub async fn read_frame(
             doing: "read the step log for $BATON_OUTPUT",
             source,
         })?;
-    let (_, mut frame) = unframe(&attempt.nonce, &log);
-    if frame.is_none() {
-        frame = termination_outputs(pods, attempt).await?;
-    }
+    let (_, frame) = unframe(&attempt.nonce, &log);
     *lock(&attempt.frame) = frame.clone();
     Ok(frame)
 }
@@ -243,10 +245,6 @@ async fn termination_outputs(
             )(e));
         }
     };
-    let unwrapped =
-        pod.spec.iter().flat_map(|s| &s.containers).any(|c| {
-            c.name == CONTAINER && c.termination_message_path.as_deref() == Some(OUTPUT_FILE)
-        });
     let message = pod
         .status
         .iter()
@@ -254,7 +252,7 @@ async fn termination_outputs(
         .find(|c| c.name == CONTAINER)
         .and_then(|c| c.state.as_ref()?.terminated.as_ref()?.message.clone());
     Ok(message
-        .filter(|m| unwrapped && !m.is_empty())
+        .filter(|m| !m.is_empty())
         .map(|m| Frame::of_file(m.as_bytes())))
 }
 
