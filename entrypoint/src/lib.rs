@@ -83,6 +83,25 @@ pub fn spawn_failure_code(kind: std::io::ErrorKind) -> u8 {
     }
 }
 
+/// Where the container's memory cgroup counts its OOM kills: cgroup v2's
+/// `memory.events`, or v1's `memory.oom_control` (both have an `oom_kill` line).
+pub const OOM_COUNTERS: [&str; 2] = [
+    "/sys/fs/cgroup/memory.events",
+    "/sys/fs/cgroup/memory/memory.oom_control",
+];
+
+/// What this program writes to the termination message of a step whose
+/// container had a process killed for memory. The runtime says `OOMKilled` too,
+/// but its OOM event races the exit event, so it sometimes says `Error`.
+pub const OOM_MARKER: &str = "OOMKilled";
+
+/// The `oom_kill` count in a memory cgroup file.
+pub fn oom_kills(text: &str) -> Option<u64> {
+    text.lines()
+        .find_map(|line| line.strip_prefix("oom_kill "))
+        .and_then(|n| n.trim().parse().ok())
+}
+
 /// The outputs frame around `outputs` (nothing for an empty file).
 pub fn frame(nonce: &str, outputs: &[u8]) -> Vec<u8> {
     if outputs.is_empty() {
@@ -185,6 +204,17 @@ mod tests {
             assert_eq!(base64(plain.as_bytes()), encoded.as_bytes(), "{plain}");
         }
         assert_eq!(base64(&[0xff, 0xfe, 0x00]), b"//4A");
+    }
+
+    #[test]
+    fn oom_kill_counts_from_either_cgroup_version() {
+        let v1 = "oom_kill_disable 0\nunder_oom 0\noom_kill 2\n";
+        let v2 = "low 0\nhigh 0\nmax 3\noom 1\noom_kill 1\noom_group_kill 0\n";
+        assert_eq!(oom_kills(v1), Some(2));
+        assert_eq!(oom_kills(v2), Some(1));
+        assert_eq!(oom_kills("oom_kill_disable 0\n"), None);
+        assert_eq!(oom_kills("oom_kill lots\n"), None);
+        assert_eq!(oom_kills(""), None);
     }
 
     #[test]

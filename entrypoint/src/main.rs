@@ -15,7 +15,8 @@ use std::path::Path;
 use std::process::{Command, ExitCode};
 
 use baton_entrypoint::{
-    MAX_OUTPUT_BYTES, Mode, USAGE, exit_code, frame, parse, spawn_failure_code,
+    MAX_OUTPUT_BYTES, Mode, OOM_COUNTERS, OOM_MARKER, USAGE, exit_code, frame, oom_kills, parse,
+    spawn_failure_code,
 };
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
@@ -76,6 +77,7 @@ fn run(nonce: &str, argv: &[OsString]) -> u8 {
     let Some((program, rest)) = argv.split_first() else {
         return 2;
     };
+    let kills_before = container_oom_kills();
     let mut child = match Command::new(program).args(rest).spawn() {
         Ok(child) => child,
         Err(e) => {
@@ -93,10 +95,30 @@ fn run(nonce: &str, argv: &[OsString]) -> u8 {
             1
         }
     };
+    if code != 0 && container_oom_kills() > kills_before {
+        eprintln!("baton: a process of the step was killed for using more memory than its limit");
+        // Kubernetes' default terminationMessagePath, which the kubelet mounts
+        // (opened without create: outside a pod there is nothing to tell).
+        let _ = std::fs::OpenOptions::new()
+            .write(true)
+            .truncate(true)
+            .open("/dev/termination-log")
+            .and_then(|mut f| f.write_all(OOM_MARKER.as_bytes()));
+    }
     if let Some(path) = output {
         frame_outputs(nonce, Path::new(&path));
     }
     code
+}
+
+/// How many processes the container's memory cgroup has killed so far (0 when
+/// no cgroup file is readable: outside a container, or one without the mount).
+fn container_oom_kills() -> u64 {
+    OOM_COUNTERS
+        .iter()
+        .find_map(|path| std::fs::read_to_string(path).ok())
+        .and_then(|text| oom_kills(&text))
+        .unwrap_or(0)
 }
 
 /// Pass every SIGTERM/SIGINT this process gets on to the step's process.

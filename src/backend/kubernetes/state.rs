@@ -2,7 +2,9 @@
 //! shared by `wait_step`, `tail_step` and `discover`.
 
 use crate::crd::reasons::reason;
-use k8s_openapi::api::core::v1::{ContainerState, ContainerStateWaiting, Pod};
+use k8s_openapi::api::core::v1::{
+    ContainerState, ContainerStateTerminated, ContainerStateWaiting, Pod,
+};
 
 use super::pod::{CONTAINER, INIT_CONTAINER};
 
@@ -50,7 +52,7 @@ pub fn view(pod: &Pod, stopping: bool) -> PodView {
         let code = terminated.exit_code;
         let exited = PodView::Exited {
             exit_code: code,
-            reason: terminated_reason(terminated.reason.as_deref(), code),
+            reason: terminated_reason(terminated, !super::pod::is_unwrapped(pod)),
         };
         if stopping {
             return exited;
@@ -115,13 +117,30 @@ fn init_failure(pod: &Pod) -> Option<i32> {
 /// exit code: killed for memory (`OOMKilled`), or a container the runtime could
 /// not run (`ContainerCannotRun`: no such command, not executable). `Error` and
 /// `Completed` merely restate the code; the executor names those.
-pub fn terminated_reason(reason: Option<&str>, exit_code: i32) -> Option<&'static str> {
-    match reason? {
-        "OOMKilled" => Some(reason::OOM_KILLED),
-        "ContainerCannotRun" | "StartError" if exit_code != 0 => Some(reason::CONTAINER_CANNOT_RUN),
+///
+/// `wrapped`: `baton-entrypoint` ran the step, and marks its termination message
+/// when the container's memory cgroup killed a process, which the runtime's own
+/// `OOMKilled` may miss (its OOM event races the exit).
+pub fn terminated_reason(
+    terminated: &ContainerStateTerminated,
+    wrapped: bool,
+) -> Option<&'static str> {
+    let code = terminated.exit_code;
+    let marked =
+        || wrapped && code != 0 && terminated.message.as_deref().map(str::trim) == Some(OOM_MARKER);
+    match terminated.reason.as_deref() {
+        Some("OOMKilled") => Some(reason::OOM_KILLED),
+        Some("ContainerCannotRun" | "StartError") if code != 0 => {
+            Some(reason::CONTAINER_CANNOT_RUN)
+        }
+        _ if marked() => Some(reason::OOM_KILLED),
         _ => None,
     }
 }
+
+/// What `baton-entrypoint` writes as the termination message of a step whose
+/// container had a process killed for memory (`OOM_MARKER` in its crate).
+const OOM_MARKER: &str = "OOMKilled";
 
 fn lost(reason: &'static str, message: String) -> PodView {
     PodView::Lost { reason, message }
@@ -436,6 +455,24 @@ mod tests {
         );
     }
 
+    /// An unwrapped step's termination message is its outputs, never a marker.
+    #[test]
+    fn only_the_entrypoint_marks_an_oom_kill() {
+        let mut p = with_container(
+            "Failed",
+            serde_json::json!({"terminated": {"exitCode": 137, "reason": "Error", "message": "OOMKilled"}}),
+        );
+        p["spec"] = serde_json::json!({"containers": [{"name": CONTAINER,
+            "terminationMessagePath": super::super::pod::OUTPUT_FILE}]});
+        assert_eq!(
+            view(&pod(p), false),
+            PodView::Exited {
+                exit_code: 137,
+                reason: None
+            }
+        );
+    }
+
     /// Terminated states as the kubelet writes them → the step's reason (None:
     /// the executor names it from the exit code, `Completed` or `Error`).
     #[test]
@@ -459,6 +496,20 @@ mod tests {
             (
                 serde_json::json!({"exitCode": 128, "reason": "StartError"}),
                 Some("ContainerCannotRun"),
+            ),
+            // The runtime's OOM event lost the race; baton-entrypoint saw the kill.
+            (
+                serde_json::json!({"exitCode": 137, "reason": "Error", "message": "OOMKilled\n"}),
+                Some("OOMKilled"),
+            ),
+            // A step that succeeded despite a killed child did not fail for memory.
+            (
+                serde_json::json!({"exitCode": 0, "reason": "Completed", "message": "OOMKilled"}),
+                None,
+            ),
+            (
+                serde_json::json!({"exitCode": 137, "reason": "Error", "message": "killed"}),
+                None,
             ),
         ];
         for (terminated, want) in cases {

@@ -35,6 +35,22 @@ async fn an_oom_killed_step_says_so_and_an_allowed_failure_lets_its_job_succeed(
             "{hog:?}"
         );
         ensure!(hog.exit_code.is_some_and(|c| c != 0), "{hog:?}");
+        // baton-entrypoint saw the kill in the container's memory cgroup and said
+        // so in the termination message: the reason holds even when the
+        // runtime's OOM event loses its race with the exit and it says `Error`.
+        let pods = kube::Api::<k8s_openapi::api::core::v1::Pod>::namespaced(ns.client.clone(), &ns.name);
+        let pod = pods.get(hog.pod_name.as_deref().context("hog's pod")?).await?;
+        let terminated = pod
+            .status
+            .and_then(|s| s.container_statuses)
+            .and_then(|c| c.into_iter().find(|c| c.name == "step"))
+            .and_then(|c| c.state)
+            .and_then(|s| s.terminated)
+            .context("hog's container ended")?;
+        ensure!(
+            terminated.message.as_deref() == Some("OOMKilled"),
+            "{terminated:?}"
+        );
         let failed = conditions::find(&st.conditions, "Failed").context("Failed condition")?;
         ensure!(
             failed.reason == "StepFailed" && failed.message.contains("hog (OOMKilled) failed"),
