@@ -6,6 +6,7 @@
 //! the Job status writer) → `backend` (where steps run) → `executor` (DAG,
 //! `when`, timeouts, outputs) → `server` (HTTP) / `controller` → `runner` → `cli`.
 
+pub mod archive;
 pub mod backend;
 pub mod cli;
 pub mod controller;
