@@ -113,6 +113,14 @@ impl Backend for Scripted {
     async fn read_outputs(&self, _: &Workflow, _: &str, _: usize) -> Result<Vec<u8>, BackendError> {
         Ok(Vec::new())
     }
+    // These Jobs collect nothing.
+    async fn collect_changes(
+        &self,
+        _: &Workflow,
+        _: &baton::crd::Step,
+    ) -> Result<Option<baton::archive::Packed>, BackendError> {
+        Ok(None)
+    }
     // These Jobs have no services.
     async fn service_ready(
         &self,

@@ -15,10 +15,12 @@ pub mod changes;
 mod extract;
 mod pack;
 mod path;
+mod select;
 
 pub use changes::{Changes, Snapshot, diff, snapshot};
 pub use extract::{Extracted, Limits, Refused, extract};
 pub use pack::{Packed, pack};
+pub use select::{Selection, glob_problems};
 
 use serde::{Deserialize, Serialize};
 

@@ -59,6 +59,7 @@ pub use target::{DEFAULT_TOOLS_IMAGE, JobTarget};
 use super::{
     Backend, BackendError, DiscoveredStep, LogStream, StepExit, StepRequest, StepState, Workflow,
 };
+use crate::crd::Step;
 use attempt::{AttemptState, lock, new_nonce};
 use state::PodView;
 
@@ -348,6 +349,15 @@ impl Backend for KubernetesBackend {
         if known.is_some_and(|retry| retry >= request.retry) {
             return Ok(());
         }
+        if request.step.collects() {
+            return Err(BackendError::CannotStart {
+                step: step.to_owned(),
+                reason: crate::crd::reasons::reason::UNSUPPORTED,
+                message: "`collect` and `artifacts` are not collected from step pods yet: \
+                          run this Job with `baton run`, or on a runner with the local backend"
+                    .into(),
+            });
+        }
         let env = request.step.env.as_deref().unwrap_or_default();
         secrets::check_readable(&self.secrets, step, env).await?;
         let nonce = new_nonce(step)?;
@@ -423,6 +433,15 @@ impl Backend for KubernetesBackend {
         watch::ready_ip(&self.pods, &attempt)
             .instrument(self.span(step))
             .await
+    }
+
+    /// Never reached: `start_step` refuses a step that collects.
+    async fn collect_changes(
+        &self,
+        _workflow: &Workflow,
+        _step: &Step,
+    ) -> Result<Option<crate::archive::Packed>, BackendError> {
+        Ok(None)
     }
 
     async fn read_outputs(

@@ -18,12 +18,14 @@
 //! runner reaches it. A runner keeps its work directory apart from its state
 //! directory ([`dirs`]).
 
+mod collect;
 pub mod dirs;
 mod launch;
 mod process;
 mod record;
 mod service;
 
+use crate::crd::Step;
 use crate::crd::reasons::reason;
 use std::collections::{BTreeMap, HashMap};
 use std::ffi::OsString;
@@ -58,6 +60,7 @@ pub struct LocalBackend {
     steps: Mutex<HashMap<(String, String), Arc<LocalStep>>>,
     /// Whether `discover` reads what an earlier process recorded on disk.
     resumable: bool,
+    collector: collect::Collector,
 }
 
 #[derive(Debug)]
@@ -91,6 +94,7 @@ impl LocalBackend {
             host_env,
             steps: Mutex::new(HashMap::new()),
             resumable: false,
+            collector: collect::Collector::default(),
         }
     }
 
@@ -111,6 +115,15 @@ impl LocalBackend {
     /// The directory standing in for `/workspace` in `workflow`'s steps.
     pub fn workspace(&self, workflow: &Workflow) -> PathBuf {
         self.workflow_dir(workflow).join("workspace")
+    }
+
+    /// Where the archive of changes with `digest` is kept (`status.steps[].artifacts`).
+    pub fn archive_path(&self, digest: &str) -> PathBuf {
+        collect::archive_path(&self.artifact_store(), digest)
+    }
+
+    fn artifact_store(&self) -> PathBuf {
+        self.root.join("artifacts")
     }
 
     /// The process group of a started step (its main process's pid).
@@ -335,7 +348,25 @@ impl Backend for LocalBackend {
         workflow: &Workflow,
         request: &StepRequest,
     ) -> Result<(), BackendError> {
+        let name = &request.step.name;
+        let started = self.lock().get(&key(workflow, name)).map(|s| s.retry);
+        if request.step.collects() && started.is_none_or(|retry| retry < request.retry) {
+            let workspace = self.workspace(workflow);
+            self.collector
+                .before(key(workflow, name), workspace)
+                .await?;
+        }
         self.start_locked(workflow, request)
+    }
+
+    async fn collect_changes(
+        &self,
+        workflow: &Workflow,
+        step: &Step,
+    ) -> Result<Option<crate::archive::Packed>, BackendError> {
+        let (workspace, store) = (self.workspace(workflow), self.artifact_store());
+        let key = key(workflow, &step.name);
+        self.collector.collect(key, step, workspace, store).await
     }
 
     async fn tail_step(

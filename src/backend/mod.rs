@@ -320,6 +320,15 @@ pub trait Backend: Send + Sync {
         limit: usize,
     ) -> impl Future<Output = Result<Vec<u8>, BackendError>> + Send;
 
+    /// Once `step` ended, pack what it changed under the workspace (it
+    /// collects: `collect` or `artifacts`) and store the archive by its digest.
+    /// `Ok(None)`: it changed nothing its globs select.
+    fn collect_changes(
+        &self,
+        workflow: &Workflow,
+        step: &Step,
+    ) -> impl Future<Output = Result<Option<crate::archive::Packed>, BackendError>> + Send;
+
     /// Ask the step to end (SIGTERM), force it after `grace` (SIGKILL), and
     /// return once it ended.
     fn stop_step(

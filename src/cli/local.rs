@@ -5,6 +5,7 @@
 
 mod console;
 mod manifest;
+mod output;
 
 use std::collections::HashSet;
 use std::io::IsTerminal;
@@ -50,6 +51,10 @@ pub struct RunArgs {
     /// When to colour the output.
     #[arg(long, value_enum, default_value = "auto")]
     pub color: ColorChoice,
+    /// Extract what steps with `collect` or `artifacts` changed into DIR (with
+    /// several Jobs in the file, into DIR/<job>).
+    #[arg(long, short = 'o', value_name = "DIR")]
+    pub output: Option<PathBuf>,
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -132,6 +137,17 @@ pub async fn run(args: RunArgs) -> anyhow::Result<i32> {
                 console.summary(&job.name, &report);
                 if report.phase != JobPhase::Succeeded {
                     worst = EXIT_FAILED;
+                }
+                if let Some(dir) = &args.output {
+                    let dest = if loaded.jobs.len() > 1 {
+                        dir.join(workflow.id.as_str())
+                    } else {
+                        dir.clone()
+                    };
+                    if let Err(error) = output::extract_all(&backend, &report.steps, &dest) {
+                        eprintln!("baton run: Job {}: {error:#}", job.name);
+                        worst = EXIT_FAILED;
+                    }
                 }
             }
             Err(error) => {

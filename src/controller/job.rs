@@ -49,6 +49,7 @@ pub fn invalid_spec(job: &Job, runner_secrets: &BTreeSet<String>) -> Option<Stri
         .err()
         .map(|errors| errors.iter().map(ToString::to_string).collect())
         .unwrap_or_default();
+    problems.extend(crate::archive::glob_problems(&job.spec.steps));
     for step in &job.spec.steps {
         for (how, secret) in step.secrets_read() {
             if runner_secrets.contains(secret) {

@@ -2,6 +2,7 @@
 
 use std::collections::BTreeMap;
 
+use super::artifacts::{Collect, StepArtifacts};
 use k8s_openapi::api::core::v1::{EnvVar, LocalObjectReference, ResourceRequirements, Toleration};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, LabelSelector, Time};
@@ -238,12 +239,30 @@ pub struct Step {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(schema_with = "super::pod_template::volumes_schema")]
     pub volumes: Option<Vec<StepVolume>>,
+
+    /// `changes`: once the step ended, pack what it added, modified and deleted
+    /// under the workspace into an archive (`status.steps[].artifacts`; extract
+    /// it with `baton run --output DIR`). Steps running beside it share the
+    /// workspace: their changes in that time are in it too.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub collect: Option<Collect>,
+
+    /// Globs of changed paths to collect (`dist/**`, `*.log`), relative to the
+    /// workspace; implies `collect: changes`, limited to the paths they match.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "super::artifacts::globs_schema")]
+    pub artifacts: Option<Vec<String>>,
 }
 
 impl Step {
     /// Whether `allowFailure` is set.
     pub fn allows_failure(&self) -> bool {
         self.allow_failure == Some(true)
+    }
+
+    /// Whether the step collects its changes (`collect` or `artifacts`).
+    pub fn collects(&self) -> bool {
+        self.collect.is_some() || self.artifacts.is_some()
     }
 
     /// Whether `service` is set.
@@ -468,6 +487,10 @@ pub struct StepStatus {
     /// count it as a success.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub failure_allowed: Option<bool>,
+    /// The archive of what the step changed, when it collects (`collect`,
+    /// `artifacts`) and changed anything.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub artifacts: Option<StepArtifacts>,
 }
 
 impl StepStatus {

@@ -4,6 +4,7 @@
 //! The Rust types are the contract: `baton crd` prints the CRDs generated from them,
 //! `config/crd/` holds that output, and a test fails when the two drift.
 
+pub mod artifacts;
 pub mod conditions;
 pub mod duration;
 pub mod job;

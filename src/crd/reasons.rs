@@ -70,4 +70,8 @@ pub mod reason {
     pub const SERVICE_STOPPED: &str = "ServiceStopped";
     /// A service step that ended on its own while steps still needed it.
     pub const SERVICE_EXITED: &str = "ServiceExited";
+    /// What the step changed (`collect`, `artifacts`) could not be packed or stored.
+    pub const COLLECT_FAILED: &str = "CollectFailed";
+    /// The step asks for something its backend cannot do yet (`collect` on a pod).
+    pub const UNSUPPORTED: &str = "Unsupported";
 }

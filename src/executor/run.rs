@@ -19,6 +19,7 @@ mod services;
 use super::dag::{Dag, Scheduler};
 use super::outputs;
 use super::{CancellationToken, Executor, ExecutorError, JobReport, LogSink, StatusSink};
+use crate::archive::Packed;
 use crate::backend::{Backend, BackendError, StepExit, StepRequest, Workflow};
 use crate::crd::Step;
 use crate::crd::duration;
@@ -39,6 +40,9 @@ enum StepEnd {
         exit: Result<StepExit, BackendError>,
         how: How,
         outputs: Option<Result<Vec<u8>, BackendError>>,
+        /// The archive of what it changed, for a step that collects (boxed:
+        /// rarely there, and it would double the size of every end).
+        changes: Option<Box<Result<Option<Packed>, BackendError>>>,
         log: LogEnd,
     },
 }
@@ -372,13 +376,14 @@ impl<B: Backend> Executor<'_, B> {
                     last: None,
                 };
                 let how = How::Exited;
-                let (exit, outputs) = (Err(error), None);
+                let (exit, outputs, changes) = (Err(error), None, None);
                 return (
                     i,
                     StepEnd::Ended {
                         exit,
                         how,
                         outputs,
+                        changes,
                         log,
                     },
                 );
@@ -434,12 +439,20 @@ impl<B: Backend> Executor<'_, B> {
                 ),
                 Err(_) => None,
             };
+            let step = &plan.spec.steps[i];
+            let changes = match exit {
+                Ok(_) if step.collects() => {
+                    Some(Box::new(self.backend.collect_changes(workflow, step).await))
+                }
+                _ => None,
+            };
             (
                 i,
                 StepEnd::Ended {
                     exit,
                     how,
                     outputs,
+                    changes,
                     log,
                 },
             )

@@ -151,6 +151,21 @@ impl Console {
                 let _ = writeln!(out, "  {}: {message}", step.status.name);
             }
         }
+        let archives: Vec<_> = report
+            .steps
+            .iter()
+            .filter_map(|s| Some((&s.status.name, s.status.artifacts.as_ref()?)))
+            .collect();
+        if !archives.is_empty() {
+            let _ = writeln!(out, "\nchanges collected:");
+            for (name, a) in archives {
+                let _ = writeln!(
+                    out,
+                    "  {name}: {} added, {} modified, {} deleted ({} bytes, {})",
+                    a.added, a.modified, a.deleted, a.size, a.digest
+                );
+            }
+        }
         if report.outputs.is_empty() {
             let _ = writeln!(out, "\noutputs: none");
         } else {

@@ -127,6 +127,11 @@ pub fn load(path: &Path, text: &str) -> Result<Loaded, Vec<String>> {
                     .map(|e| format!("{label}: spec.steps: {e}")),
             );
         }
+        doc_problems.extend(
+            crate::archive::glob_problems(&job.spec.steps)
+                .into_iter()
+                .map(|p| format!("{label}: {p}")),
+        );
         if doc_problems.is_empty() {
             loaded.notes.extend(notes(&name, &job.spec));
             loaded.jobs.push(LocalJob {

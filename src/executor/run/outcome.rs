@@ -5,7 +5,9 @@ use crate::crd::reasons::reason;
 use std::time::Duration;
 
 use super::{Executor, How, Plan, Start, State, StepEnd, StopCause, services};
-use crate::backend::{Backend, StepExit};
+use crate::archive::Packed;
+use crate::backend::{Backend, BackendError, StepExit};
+use crate::crd::artifacts::StepArtifacts;
 use crate::crd::duration;
 use crate::crd::job::{JobPhase, StepPhase, StepStatus};
 use crate::executor::{JobReport, StatusSink, StepReport, outputs};
@@ -107,7 +109,7 @@ impl<B: Backend> Executor<'_, B> {
         end: StepEnd,
         cause: Option<StopCause>,
     ) {
-        let (exit, how, raw_outputs) = match end {
+        let (exit, how, raw_outputs, changes) = match end {
             StepEnd::StartFailed(error) => {
                 state.mark_ended(
                     i,
@@ -118,8 +120,12 @@ impl<B: Backend> Executor<'_, B> {
                 return;
             }
             StepEnd::Ended {
-                exit, how, outputs, ..
-            } => (exit, how, outputs),
+                exit,
+                how,
+                outputs,
+                changes,
+                ..
+            } => (exit, how, outputs, changes),
         };
         let exit = match exit {
             Ok(exit) => exit,
@@ -172,6 +178,10 @@ impl<B: Backend> Executor<'_, B> {
         if let Some((_, message)) = &output_failure {
             tracing::warn!(step = %plan.spec.steps[i].name, %message, "step outputs");
         }
+        if let Some(failure) = record_changes(state, i, changes) {
+            tracing::warn!(step = %plan.spec.steps[i].name, message = %failure.1, "step changes");
+            output_failure = output_failure.or(Some(failure));
+        }
 
         if let Some((phase, reason, message)) =
             services::service_end(state, i, how, cause, exit_code)
@@ -215,6 +225,29 @@ impl<B: Backend> Executor<'_, B> {
             },
         };
         state.mark_ended(i, phase, reason, message);
+    }
+}
+
+/// Put the archive of what step `i` changed in its status; a failure to make
+/// it, as (reason, message): the step asked for its changes and lost them.
+fn record_changes(
+    state: &mut State,
+    i: usize,
+    changes: Option<Box<Result<Option<Packed>, BackendError>>>,
+) -> Option<(&'static str, String)> {
+    match *changes? {
+        Ok(packed) => {
+            let count = |n: usize| i32::try_from(n).unwrap_or(i32::MAX);
+            state.statuses[i].artifacts = packed.map(|p| StepArtifacts {
+                digest: p.digest,
+                size: i64::try_from(p.size).unwrap_or(i64::MAX),
+                added: count(p.added),
+                modified: count(p.modified),
+                deleted: count(p.deleted),
+            });
+            None
+        }
+        Err(error) => Some((reason::COLLECT_FAILED, error.to_string())),
     }
 }
 

@@ -87,3 +87,39 @@ async fn an_oom_killed_step_says_so_and_an_allowed_failure_lets_its_job_succeed(
     })
     .await;
 }
+
+/// Collecting changes from step pods is not built yet: such a step fails at
+/// once, saying so, instead of running and silently bringing nothing back.
+#[tokio::test]
+async fn a_step_that_collects_changes_on_a_pod_fails_unsupported() {
+    in_namespace("job-collect-pod", |ns| async move {
+        let _s = setup_with(&ns, "kubernetes").await?;
+        let image = crate::support::STEP_IMAGE;
+        apply(&ns, &job("collect", "pool=e2e", serde_json::json!([
+            { "name": "build", "image": image, "collect": "changes", "script": "echo built" },
+        ]))?)
+        .await?;
+        let j = wait_for(&jobs(&ns), "collect", phase_is(JobPhase::Failed), 120).await?;
+        let st = j.status.context("status")?;
+        let build = st
+            .steps
+            .iter()
+            .find(|s| s.name == "build")
+            .context("build")?;
+        ensure!(
+            build.phase == StepPhase::Failed
+                && build.reason.as_deref() == Some("Unsupported")
+                && build
+                    .message
+                    .as_deref()
+                    .is_some_and(|m| m.contains("not collected from step pods")),
+            "{build:?}"
+        );
+        ensure!(
+            build.artifacts.is_none() && build.pod_name.is_none(),
+            "{build:?}"
+        );
+        Ok(())
+    })
+    .await;
+}
