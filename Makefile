@@ -73,8 +73,9 @@ e2e: cluster-up images kstatus ## End-to-end tests against the real local cluste
 
 test: lint unit e2e ## Everything CI runs: lint, unit tests, e2e on a real cluster
 
-bench-local: ## Executor benchmark: 200 trivial steps in a wide DAG, local backend
+bench-local: ## Executor (200 trivial steps in a wide DAG, local backend) and change-archive benchmarks
 	$(CARGO) bench --bench executor
+	$(CARGO) bench --bench archive
 
 clean-cache: ## Remove built cluster binaries and images (next cluster-up is cold)
 	rm -rf $(BATON_CACHE)

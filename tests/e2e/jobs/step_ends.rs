@@ -116,7 +116,7 @@ async fn a_step_that_collects_changes_on_a_pod_fails_unsupported() {
             "{build:?}"
         );
         ensure!(
-            build.artifacts.is_none() && build.pod_name.is_none(),
+            build.artifacts.is_none() && build.exit_code.is_none(),
             "{build:?}"
         );
         Ok(())

@@ -1,0 +1,118 @@
+//! Change archives at the size issue 13 names: a 100 MB tree of 10,000 files
+//! (sizes spread from a few bytes to ~60 KB, half of them text-like, half
+//! random), all of them "changed". Times the snapshot (hashing every file),
+//! packing (tar + zstd level 3) and extraction (checked, staged, moved into
+//! place), each the median of a few runs, and prints MB/s of file content.
+//! Run: `cargo bench --bench archive` (`make bench-local`).
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use baton::archive::{self, Changes, Limits};
+
+const FILES: usize = 10_000;
+const TOTAL: usize = 100 * 1000 * 1000;
+const RUNS: usize = 3;
+
+/// A small xorshift generator: random, repeatable file contents.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+}
+
+fn make_tree(root: &Path) -> usize {
+    let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+    let mut bytes = 0;
+    for i in 0..FILES {
+        let dir = root.join(format!("d{:02}/e{:02}", i % 50, (i / 50) % 20));
+        std::fs::create_dir_all(&dir).expect("create a directory");
+        // Mean size TOTAL / FILES, spread over [1, 2 × mean).
+        let len = 1 + usize::try_from(rng.next()).unwrap_or(0) % (2 * TOTAL / FILES);
+        let body: Vec<u8> = if i % 2 == 0 {
+            let words = [
+                "fn ", "let ", "x = ", "1;\n", "match ", "{ }\n", "self.", "Ok(())\n",
+            ];
+            let mut out = Vec::with_capacity(len);
+            while out.len() < len {
+                let w = words[usize::try_from(rng.next() % 8).unwrap_or(0)];
+                out.extend_from_slice(w.as_bytes());
+            }
+            out.truncate(len);
+            out
+        } else {
+            (0..len).map(|_| rng.next().to_le_bytes()[0]).collect()
+        };
+        bytes += body.len();
+        std::fs::write(dir.join(format!("f{i:05}.dat")), body).expect("write a file");
+    }
+    bytes
+}
+
+fn median(mut runs: Vec<Duration>) -> Duration {
+    runs.sort();
+    runs[runs.len() / 2]
+}
+
+fn rate(bytes: usize, d: Duration) -> f64 {
+    bytes as f64 / 1e6 / d.as_secs_f64()
+}
+
+fn main() {
+    let scratch = std::env::temp_dir().join(format!("baton-bench-archive-{}", std::process::id()));
+    let tree = scratch.join("tree");
+    let bytes = make_tree(&tree);
+
+    let mut snap_runs = Vec::new();
+    let mut after = archive::Snapshot::new();
+    for _ in 0..RUNS {
+        let started = Instant::now();
+        after = archive::snapshot(&tree).expect("snapshot");
+        snap_runs.push(started.elapsed());
+    }
+    let changes: Changes = archive::diff(&archive::Snapshot::new(), &after);
+
+    let packed_path = scratch.join("changes.tar.zst");
+    let mut pack_runs = Vec::new();
+    let mut packed = None;
+    for _ in 0..RUNS {
+        let started = Instant::now();
+        let file = std::io::BufWriter::new(std::fs::File::create(&packed_path).expect("create"));
+        packed = Some(archive::pack(&tree, &changes, file).expect("pack"));
+        pack_runs.push(started.elapsed());
+    }
+    let packed = packed.expect("packed once");
+
+    let mut extract_runs = Vec::new();
+    for run in 0..RUNS {
+        let dest = scratch.join(format!("out{run}"));
+        let file = std::io::BufReader::new(std::fs::File::open(&packed_path).expect("open"));
+        let started = Instant::now();
+        let done = archive::extract(file, &dest, &Limits::default()).expect("extract");
+        extract_runs.push(started.elapsed());
+        assert_eq!(done.bytes as usize, bytes);
+        std::fs::remove_dir_all(&dest).expect("remove the copy");
+    }
+    let _ = std::fs::remove_dir_all(&scratch);
+
+    let (snap, pack, extract) = (median(snap_runs), median(pack_runs), median(extract_runs));
+    println!(
+        "change archive: {FILES} files, {:.1} MB of content, archive {:.1} MB (sha256 {})",
+        bytes as f64 / 1e6,
+        packed.size as f64 / 1e6,
+        &packed.digest[7..19]
+    );
+    println!("  {:<10} {:>10} {:>10}", "phase", "median", "MB/s");
+    for (phase, d) in [("snapshot", snap), ("pack", pack), ("extract", extract)] {
+        println!(
+            "  {phase:<10} {:>9.2}s {:>10.0}",
+            d.as_secs_f64(),
+            rate(bytes, d)
+        );
+    }
+}
