@@ -9,8 +9,10 @@ use clap::Args;
 use crate::backend::local::dirs as local_dirs;
 use crate::controller;
 use crate::crd::duration;
+use crate::domain::scope::Scope;
 use crate::runner::{self, BackendKind};
 use crate::server::ApiConfig;
+use crate::server::input::is_dns_label;
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
     duration::parse(s).map_err(|e| e.to_string())
@@ -39,9 +41,16 @@ pub struct ControllerArgs {
         env = "BATON_MAX_CONNECTIONS"
     )]
     pub max_connections: u32,
-    /// Watch and serve only this namespace (default: all namespaces).
-    #[arg(long, short = 'n', env = "BATON_NAMESPACE")]
-    pub namespace: Option<String>,
+    /// Watch and serve only these namespaces: repeat the flag or separate names
+    /// by commas (default: all namespaces).
+    #[arg(
+        long,
+        short = 'n',
+        value_name = "NS[,NS...]",
+        value_delimiter = ',',
+        env = "BATON_NAMESPACE"
+    )]
+    pub namespace: Vec<String>,
     /// How often the control channel carries a ping.
     #[arg(long, value_parser = parse_duration, default_value = "10s", env = "BATON_PING_INTERVAL")]
     pub ping_interval: Duration,
@@ -262,6 +271,17 @@ pub async fn shutdown_signal() {
     tracing::info!("shutdown signal received");
 }
 
+/// `--namespace` as a [`Scope`], each name a DNS label.
+fn served_namespaces(flags: &[String]) -> anyhow::Result<Scope> {
+    let scope = Scope::from_flags(flags);
+    if let Scope::Only(names) = &scope
+        && let Some(bad) = names.iter().find(|n| !is_dns_label(n))
+    {
+        anyhow::bail!("--namespace {bad:?} is not a namespace name (a DNS label)");
+    }
+    Ok(scope)
+}
+
 pub async fn controller(args: ControllerArgs) -> anyhow::Result<i32> {
     let leader_election = args.leader.config()?;
     let config = controller::Config {
@@ -269,7 +289,7 @@ pub async fn controller(args: ControllerArgs) -> anyhow::Result<i32> {
         api: ApiConfig {
             ping_interval: args.ping_interval,
             poll_interval: args.poll_interval,
-            namespace: args.namespace,
+            namespaces: served_namespaces(&args.namespace)?,
             max_pending_runners: args.max_pending_runners,
             limits: crate::server::listen::Limits {
                 max_connections: usize::try_from(args.max_connections).unwrap_or(usize::MAX),
@@ -367,6 +387,49 @@ impl TlsArgs {
                 "--tls-cert-file (BATON_TLS_CERT_FILE) and --tls-key-file (BATON_TLS_KEY_FILE) \
                  go together: set both to serve HTTPS, or neither"
             ),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+    use crate::cli::{Cli, Command};
+
+    fn namespaces(args: &[&str]) -> anyhow::Result<Scope> {
+        let cli = Cli::try_parse_from([&["baton", "controller"], args].concat())?;
+        let Command::Controller(args) = cli.command else {
+            anyhow::bail!("not the controller command");
+        };
+        served_namespaces(&args.namespace)
+    }
+
+    #[test]
+    fn namespace_flag_repeats_or_takes_commas() {
+        let cases: &[(&[&str], &str)] = &[
+            (&[], "*"),
+            (&["--namespace", "a"], "a"),
+            (&["-n", "a", "-n", "b"], "a,b"),
+            (&["--namespace", "b,a"], "a,b"),
+            (&["--namespace=a,b", "-n", "c"], "a,b,c"),
+        ];
+        for (args, want) in cases {
+            let got = namespaces(args).map(|s| s.to_string());
+            assert_eq!(got.ok().as_deref(), Some(*want), "{args:?}");
+        }
+    }
+
+    #[test]
+    fn a_namespace_that_is_no_dns_label_is_refused() {
+        for bad in ["A", "a_b", "a,-b"] {
+            let err = namespaces(&["--namespace", bad]).map(|s| s.to_string());
+            assert!(
+                err.as_ref()
+                    .is_err_and(|e| e.to_string().contains("not a namespace name")),
+                "{bad}: {err:?}"
+            );
         }
     }
 }

@@ -8,6 +8,7 @@ pub mod leader;
 pub mod on_demand;
 pub mod runner;
 mod runtime;
+mod scoped;
 pub mod token;
 mod watches;
 
@@ -26,6 +27,7 @@ use tracing::{info, warn};
 
 use crate::crd::{Job, Runner, RunnerToken};
 use crate::domain::challenge::Challenges;
+use crate::domain::scope::Scope;
 use crate::domain::{adoption, backoff};
 use crate::server::health::Readiness;
 use crate::server::hub::{Hub, RunnerKey};
@@ -207,16 +209,6 @@ pub struct Config {
     pub tls: Option<server::tls::TlsFiles>,
 }
 
-fn api<K>(client: &Client, namespace: Option<&str>) -> Api<K>
-where
-    K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>,
-{
-    match namespace {
-        Some(ns) => Api::namespaced(client.clone(), ns),
-        None => Api::all(client.clone()),
-    }
-}
-
 /// The watch caches: read by the reconcilers and the runner API, written by the
 /// watches (`watches.rs`).
 struct Caches {
@@ -316,12 +308,15 @@ type KickReceiver = tokio::sync::mpsc::UnboundedReceiver<ObjectRef<Job>>;
 
 /// Remove the logs of Jobs deleted while no controller watched, once the Job
 /// cache has synced.
-fn sweep_logs(ctx: &Context, ns: Option<String>) {
+fn sweep_logs(ctx: &Context, scope: Scope) {
     let (jobs, logs) = (ctx.jobs.clone(), ctx.logs.clone());
     tokio::spawn(async move {
         if jobs.wait_until_ready().await.is_ok() {
             let live = jobs.state().iter().filter_map(|j| j.uid()).collect();
-            let removed = logs.sweep(&live, ns.as_deref()).await;
+            let mut removed = 0;
+            for ns in scope.watched() {
+                removed += logs.sweep(&live, ns).await;
+            }
             info!(
                 removed,
                 "removed the logs of Jobs deleted while no controller watched"
@@ -352,7 +347,7 @@ pub async fn run(
         .map_err(server::ServerError::from)?;
     let logs_dir = server::log_dir::prepare(config.data_dir.as_deref())?;
     let client = Client::try_default().await.map_err(StartError::Client)?;
-    let ns = config.api.namespace.clone();
+    let scope = config.api.namespaces.clone();
     let elector = elector(&client, &config)?;
     let readiness = Readiness::default();
     readiness.require("crds", "not checked yet");
@@ -373,7 +368,7 @@ pub async fn run(
         logs,
     );
     let (listener, addr) = server::bind(config.listen).await?;
-    info!(%addr, namespace = ns.as_deref().unwrap_or("*"), tls = tls.is_some(), "runner API listening");
+    info!(%addr, namespaces = %scope, tls = tls.is_some(), "runner API listening");
     let (stop, shutdown) = stop_on(shutdown);
 
     let Caches {
@@ -383,17 +378,17 @@ pub async fn run(
         runner_pods,
     } = caches;
     let controllers = futures::future::join3(
-        watches::runners(ns.as_deref(), runners.1, ctx.clone(), shutdown.clone()),
-        watches::tokens(ns.as_deref(), tokens.1, ctx.clone(), shutdown.clone()),
+        watches::runners(&scope, runners.1, ctx.clone(), shutdown.clone()),
+        watches::tokens(&scope, tokens.1, ctx.clone(), shutdown.clone()),
         watches::jobs(
-            ns.as_deref(),
+            &scope,
             (jobs.1, runner_pods.1),
             kicks,
             ctx.clone(),
             shutdown.clone(),
         ),
     );
-    sweep_logs(&ctx, ns.clone());
+    sweep_logs(&ctx, scope.clone());
     let serve = server::serve(listener, state, tls, shutdown.clone());
     let crds_ready = wait_for_crds(client.clone(), readiness.clone());
     let caches = (runners.0, tokens.0, jobs.0);

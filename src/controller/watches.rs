@@ -9,14 +9,17 @@ use std::sync::Arc;
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Pod, Secret};
 use kube::runtime::controller::Controller;
+use kube::runtime::reflector::Store;
 use kube::runtime::reflector::{ObjectRef, store::Writer};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, ResourceExt};
 use tracing::info;
 
 use super::runtime::drive;
-use super::{Context, api, job, on_demand, runner, runner_deleted, token};
+use super::scoped;
+use super::{Context, job, on_demand, runner, runner_deleted, token};
 use crate::crd::{Job, Runner, RunnerToken};
+use crate::domain::scope::Scope;
 use crate::server::hub::RunnerKey;
 use crate::server::metrics::Kind;
 
@@ -27,14 +30,14 @@ impl<T: Future<Output = ()> + Clone + Send + Sync + 'static> Shutdown for T {}
 /// Runners: one watch feeds the cache, the reconciler, and the hub's deletions;
 /// the hub's changes (connections) reconcile their Runner too.
 pub fn runners(
-    ns: Option<&str>,
+    scope: &Scope,
     writer: Writer<Runner>,
     ctx: Arc<Context>,
     shutdown: impl Shutdown,
 ) -> impl Future<Output = ()> {
     let (hub, client) = (ctx.hub.clone(), ctx.client.clone());
-    let events = watcher(api::<Runner>(&ctx.client, ns), watcher::Config::default())
-        .default_backoff()
+    let config = watcher::Config::default();
+    let events = scoped::watch(&ctx.client, scope, config, ctx.runners.clone())
         .reflect(writer)
         .inspect(move |ev| {
             if let Ok(watcher::Event::Delete(r)) = ev {
@@ -59,14 +62,14 @@ pub fn runners(
 
 /// RunnerTokens: the cache the server checks tokens against, and their Secrets.
 pub fn tokens(
-    ns: Option<&str>,
+    scope: &Scope,
     writer: Writer<RunnerToken>,
     ctx: Arc<Context>,
     shutdown: impl Shutdown,
 ) -> impl Future<Output = ()> {
     let hub = ctx.hub.clone();
-    let events = watcher(api::<RunnerToken>(&ctx.client, ns), watcher::Config::default())
-        .default_backoff()
+    let config = watcher::Config::default();
+    let events = scoped::watch(&ctx.client, scope, config, ctx.tokens.clone())
         .reflect(writer)
         .inspect(move |ev| {
             if let Ok(watcher::Event::Delete(t)) = ev {
@@ -76,13 +79,13 @@ pub fn tokens(
             }
         })
         .applied_objects();
-    let secrets = api::<Secret>(&ctx.client, ns);
-    let controller = Controller::for_stream(events, ctx.tokens.clone())
-        .owns(
-            secrets,
-            watcher::Config::default().labels(token::SECRET_LABEL),
-        )
-        .graceful_shutdown_on(shutdown);
+    let mut controller = Controller::for_stream(events, ctx.tokens.clone());
+    // No store behind these: one trigger watch per namespace needs no merging.
+    for secrets in scoped::apis::<Secret>(&ctx.client, scope) {
+        let config = watcher::Config::default().labels(token::SECRET_LABEL);
+        controller = controller.owns(secrets, config);
+    }
+    let controller = controller.graceful_shutdown_on(shutdown);
     drive(controller, Kind::RunnerToken, token::reconcile, ctx)
 }
 
@@ -90,7 +93,7 @@ pub fn tokens(
 /// with. Kicks (capacity freed) and on-demand runner pods' changes reconcile
 /// Jobs too.
 pub fn jobs(
-    ns: Option<&str>,
+    scope: &Scope,
     writers: (Writer<Job>, Writer<Pod>),
     kicks: tokio::sync::mpsc::UnboundedReceiver<ObjectRef<Job>>,
     ctx: Arc<Context>,
@@ -98,8 +101,8 @@ pub fn jobs(
 ) -> impl Future<Output = ()> {
     let (job_writer, pod_writer) = writers;
     let seen = ctx.clone();
-    let events = watcher(api::<Job>(&ctx.client, ns), watcher::Config::default())
-        .default_backoff()
+    let config = watcher::Config::default();
+    let events = scoped::watch(&ctx.client, scope, config, ctx.jobs.clone())
         .reflect(job_writer)
         .inspect(move |ev| {
             if let Ok(ev) = ev {
@@ -113,7 +116,12 @@ pub fn jobs(
     });
     let controller = Controller::for_stream(events, ctx.jobs.clone())
         .reconcile_on(kicks)
-        .reconcile_on(runner_pod_owners(&ctx.client, ns, pod_writer))
+        .reconcile_on(runner_pod_owners(
+            &ctx.client,
+            scope,
+            pod_writer,
+            ctx.runner_pods.clone(),
+        ))
         .graceful_shutdown_on(shutdown);
     drive(controller, Kind::Job, job::reconcile, ctx)
 }
@@ -143,25 +151,23 @@ fn job_event(ctx: &Context, ev: &watcher::Event<Job>) {
 /// On-demand runner pods: a cache, and each change wakes the Job that owns it.
 fn runner_pod_owners(
     client: &Client,
-    ns: Option<&str>,
+    scope: &Scope,
     writer: Writer<Pod>,
+    cache: Store<Pod>,
 ) -> impl futures::Stream<Item = ObjectRef<Job>> + Send + 'static {
-    watcher(
-        api::<Pod>(client, ns),
-        watcher::Config::default().labels(on_demand::JOB_LABEL),
-    )
-    .default_backoff()
-    .reflect(writer)
-    .touched_objects()
-    .filter_map(|pod| {
-        futures::future::ready(pod.ok().and_then(|p| {
-            let owner = p
-                .owner_references()
-                .iter()
-                .find(|o| o.kind == "Job" && o.api_version == "baton.dev/v1alpha1")?
-                .name
-                .clone();
-            Some(ObjectRef::<Job>::new(&owner).within(&p.namespace()?))
-        }))
-    })
+    let config = watcher::Config::default().labels(on_demand::JOB_LABEL);
+    scoped::watch(client, scope, config, cache)
+        .reflect(writer)
+        .touched_objects()
+        .filter_map(|pod| {
+            futures::future::ready(pod.ok().and_then(|p| {
+                let owner = p
+                    .owner_references()
+                    .iter()
+                    .find(|o| o.kind == "Job" && o.api_version == "baton.dev/v1alpha1")?
+                    .name
+                    .clone();
+                Some(ObjectRef::<Job>::new(&owner).within(&p.namespace()?))
+            }))
+        })
 }

@@ -164,26 +164,27 @@ pub(super) fn unavailable(why: String) -> ApiError {
 }
 
 /// The namespace a runner's Runner lives in: a valid token's own, else the one it
-/// asked for, else the server's, else `default`.
+/// asked for, else the server's one namespace, else `default`.
 pub(super) fn namespace_for(state: &ApiState, check: &TokenCheck, asked: Option<&str>) -> String {
     match check {
         TokenCheck::Valid(v) => v.namespace.clone(),
         _ => asked
             .map(str::to_owned)
-            .or_else(|| state.config.namespace.clone())
+            .or_else(|| state.config.namespaces.single().map(str::to_owned))
             .unwrap_or_else(|| "default".to_owned()),
     }
 }
 
 pub(super) fn serves(state: &ApiState, ns: &str) -> Result<(), ApiError> {
-    match &state.config.namespace {
-        Some(only) if only != ns => Err(ApiError::new(
-            StatusCode::FORBIDDEN,
-            "NamespaceNotServed",
-            format!("this server serves namespace {only} only, not {ns}"),
-        )),
-        _ => Ok(()),
+    let served = &state.config.namespaces;
+    if served.serves(ns) {
+        return Ok(());
     }
+    Err(ApiError::new(
+        StatusCode::FORBIDDEN,
+        "NamespaceNotServed",
+        format!("this server serves namespaces {served} only, not {ns}"),
+    ))
 }
 
 /// What the cluster (the Runner) and this process (the hub) know of a runner.

@@ -265,7 +265,7 @@ fn list(
     let ns = q
         .namespace
         .clone()
-        .or_else(|| state.config.namespace.clone())
+        .or_else(|| state.config.namespaces.single().map(str::to_owned))
         .unwrap_or_else(|| "default".to_owned());
     runner_auth(state, authorization, &q.runner, &ns)?;
     let mut out: Vec<Assignment> = state

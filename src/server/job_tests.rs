@@ -71,7 +71,7 @@ fn fixture(name: &str) -> Fixture {
             hub: Arc::new(Hub::default()),
             readiness: Readiness::default(),
             config: ApiConfig {
-                namespace: Some("ns".into()),
+                namespaces: crate::domain::scope::Scope::only(&["ns"]),
                 ..Default::default()
             },
             metrics: Default::default(),

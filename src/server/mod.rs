@@ -61,8 +61,8 @@ pub struct ApiConfig {
     pub ping_interval: Duration,
     /// How often a Pending runner is told to poll (default 5 s).
     pub poll_interval: Duration,
-    /// Serve only this namespace (the controller watches only it).
-    pub namespace: Option<String>,
+    /// The namespaces served (the controller watches only them).
+    pub namespaces: crate::domain::scope::Scope,
     /// Pending (tokenless) Runners allowed per namespace that opted in.
     pub max_pending_runners: usize,
     /// Connection cap and timeouts of the listener.
@@ -76,7 +76,7 @@ impl Default for ApiConfig {
         Self {
             ping_interval: Duration::from_secs(10),
             poll_interval: Duration::from_secs(5),
-            namespace: None,
+            namespaces: crate::domain::scope::Scope::All,
             max_pending_runners: 20,
             limits: listen::Limits::default(),
             rate: rate::RateConfig::default(),

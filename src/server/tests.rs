@@ -47,7 +47,7 @@ fn fixture() -> Fixture {
             hub: Arc::new(Hub::default()),
             readiness,
             config: ApiConfig {
-                namespace: Some("ns".into()),
+                namespaces: crate::domain::scope::Scope::only(&["ns"]),
                 ..Default::default()
             },
             metrics: Default::default(),

@@ -119,9 +119,28 @@ pub(crate) async fn server_dry_run(
     ns: &str,
     manifest: &str,
 ) -> anyhow::Result<usize> {
+    create_each(client, ns, manifest, true).await
+}
+
+/// Create every document of `manifest` for real (what `helm install` would,
+/// without a release); the number created.
+pub(crate) async fn create_manifest(
+    client: &Client,
+    ns: &str,
+    manifest: &str,
+) -> anyhow::Result<usize> {
+    create_each(client, ns, manifest, false).await
+}
+
+async fn create_each(
+    client: &Client,
+    ns: &str,
+    manifest: &str,
+    dry_run: bool,
+) -> anyhow::Result<usize> {
     let docs: Vec<serde_json::Value> = serde_saphyr::from_multiple(manifest)?;
     let pp = PostParams {
-        dry_run: true,
+        dry_run,
         field_manager: Some(FIELD_MANAGER.into()),
     };
     let mut n = 0;
@@ -146,7 +165,7 @@ pub(crate) async fn server_dry_run(
         let name = obj.metadata.name.clone().unwrap_or_default();
         api.create(&pp, &obj)
             .await
-            .with_context(|| format!("server-side dry run of {} {name}", types.kind))?;
+            .with_context(|| format!("create (dry run: {dry_run}) {} {name}", types.kind))?;
         n += 1;
     }
     Ok(n)

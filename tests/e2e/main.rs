@@ -18,6 +18,7 @@ mod failover;
 mod helm;
 mod jobs;
 mod kstatus;
+mod namespaces;
 mod on_demand;
 mod pods;
 mod procs;

@@ -172,7 +172,8 @@ pub async fn wait_status(url: &str, status: u16, secs: u64) -> anyhow::Result<()
     bail!("{url} did not answer {status} within {secs}s (last: {last})")
 }
 
-/// `baton controller` restricted to one namespace.
+/// `baton controller` restricted to the test's namespace (`ns` may also name
+/// several, comma-separated: `--namespace a,b`).
 pub struct Controller {
     pub proc: Proc,
     pub url: String,

@@ -18,7 +18,7 @@ use crate::procs::{Agent, Controller, TempDir, baton, baton_ok, http};
 use crate::support::{TestNs, in_namespace, wait_for, wait_gone};
 
 /// A Runner whose status shows `adoption`, and `Connected` as given.
-fn runner_is(adoption: AdoptionState, connected: bool) -> impl Condition<Runner> {
+pub(crate) fn runner_is(adoption: AdoptionState, connected: bool) -> impl Condition<Runner> {
     move |r: Option<&Runner>| {
         r.and_then(|r| r.status.as_ref()).is_some_and(|s| {
             s.adoption == Some(adoption)
@@ -57,7 +57,7 @@ async fn create_token(ns: &TestNs, name: &str, extra: &[&str]) -> anyhow::Result
     Ok(token)
 }
 
-async fn register_raw(
+pub(crate) async fn register_raw(
     url: &str,
     body: &str,
     content_type: Option<&str>,
@@ -78,7 +78,7 @@ async fn register_raw(
 
 /// A registration body with a fresh key proof: a challenge from the server,
 /// signed by a new key (as a runner does; the bodies below are sent raw).
-async fn body_for(url: &str, name: &str, ns: &str) -> anyhow::Result<String> {
+pub(crate) async fn body_for(url: &str, name: &str, ns: &str) -> anyhow::Result<String> {
     let req = RegisterRequest {
         name: name.to_owned(),
         runner_id: "e2e-0123456789".to_owned(),

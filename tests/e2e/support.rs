@@ -133,8 +133,55 @@ where
     F: FnOnce(TestNs) -> Fut,
     Fut: Future<Output = anyhow::Result<()>>,
 {
+    in_namespaces_with_pss(&[prefix], pss_level, |mut all| {
+        let ns = all.remove(0);
+        body(ns)
+    })
+    .await
+}
+
+/// [`in_namespace`] with several namespaces at once (a test of a controller that
+/// serves some namespaces and not others): all are dumped on failure and deleted.
+pub async fn in_namespaces<F, Fut>(prefixes: &[&str], body: F)
+where
+    F: FnOnce(Vec<TestNs>) -> Fut,
+    Fut: Future<Output = anyhow::Result<()>>,
+{
+    in_namespaces_with_pss(prefixes, "restricted", body).await
+}
+
+async fn in_namespaces_with_pss<F, Fut>(prefixes: &[&str], pss_level: &str, body: F)
+where
+    F: FnOnce(Vec<TestNs>) -> Fut,
+    Fut: Future<Output = anyhow::Result<()>>,
+{
     let client = client().await;
     install_crds(&client).await.expect("install CRDs");
+    let mut names = Vec::new();
+    for prefix in prefixes {
+        names.push(create_namespace(&client, prefix, pss_level).await);
+    }
+    let all = names.iter().map(|name| TestNs {
+        client: client.clone(),
+        name: name.clone(),
+    });
+    let result = body(all.collect()).await;
+    let ns_api: Api<Namespace> = Api::all(client.clone());
+    for name in &names {
+        if let Err(err) = &result {
+            eprintln!("=== test in namespace {name} failed: {err:#}");
+            dump_namespace(&client, name).await;
+        }
+        let _ = ns_api.delete(name, &DeleteParams::background()).await;
+    }
+    if let Err(err) = result {
+        panic!("{err:#}");
+    }
+}
+
+/// A fresh namespace `e2e-PREFIX-RANDOM` enforcing Pod Security `pss_level`, once
+/// its `default` ServiceAccount exists.
+async fn create_namespace(client: &Client, prefix: &str, pss_level: &str) -> String {
     let name = format!("e2e-{prefix}-{:08x}", rand_suffix());
     let ns_api: Api<Namespace> = Api::all(client.clone());
     let ns: Namespace = serde_json::from_value(serde_json::json!({
@@ -162,20 +209,7 @@ where
     )
     .await
     .expect("the namespace's default service account");
-
-    let result = body(TestNs {
-        client: client.clone(),
-        name: name.clone(),
-    })
-    .await;
-    if let Err(err) = &result {
-        eprintln!("=== test in namespace {name} failed: {err:#}");
-        dump_namespace(&client, &name).await;
-    }
-    let _ = ns_api.delete(&name, &DeleteParams::background()).await;
-    if let Err(err) = result {
-        panic!("{err:#}");
-    }
+    name
 }
 
 fn rand_suffix() -> u32 {

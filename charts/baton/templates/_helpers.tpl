@@ -53,9 +53,26 @@ app.kubernetes.io/part-of: baton
 {{- end }}
 
 {{/*
+The namespaces the controller watches, as JSON (read it with fromJsonArray):
+watchNamespaces, plus watchNamespace (one name, kept for existing installs), each
+once; [] means all namespaces. Each must be a DNS label: it becomes a Role's
+namespace and a --namespace value.
+*/}}
+{{- define "baton.watchNamespaces" -}}
+{{- $names := list }}
+{{- range (concat .Values.watchNamespaces (compact (list .Values.watchNamespace))) }}
+{{- if not (regexMatch "^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$" (toString .)) }}
+{{- fail (printf "watchNamespaces: %q is not a namespace name (a DNS label)" (toString .)) }}
+{{- end }}
+{{- $names = append $names (toString .) }}
+{{- end }}
+{{- $names | uniq | toJson }}
+{{- end }}
+
+{{/*
 The rules on namespaced objects (README.md, "RBAC", says why each is there). A
-ClusterRole when the controller watches all namespaces, a Role in watchNamespace
-otherwise.
+ClusterRole when the controller watches all namespaces, a Role in each watched
+namespace otherwise.
 */}}
 {{- define "baton.namespacedRules" -}}
 - apiGroups: [baton.dev]
@@ -126,9 +143,10 @@ otherwise.
 {{/* Where the TLS Secret is mounted in the controller and static runner pods. */}}
 {{- define "baton.tlsDir" -}}/etc/baton/tls{{- end }}
 
-{{/* Namespace of the Runners of static runner entries without their own. */}}
+{{/* Namespace of the Runners of static runner entries without their own: the first watched namespace, else the release's. */}}
 {{- define "baton.runnerNamespace" -}}
-{{- default (default .Release.Namespace .Values.watchNamespace) .Values.runnerDefaults.namespace }}
+{{- $watched := include "baton.watchNamespaces" . | fromJsonArray }}
+{{- default (default .Release.Namespace (first $watched)) .Values.runnerDefaults.namespace }}
 {{- end }}
 
 {{/*
@@ -165,6 +183,7 @@ baton.dev/static-runner: {{ . }}
 
 {{/* Static runner entries merged over runnerDefaults, each with its namespace: a list of dicts. */}}
 {{- define "baton.runners" -}}
+{{- $watched := include "baton.watchNamespaces" . | fromJsonArray }}
 {{- $out := list }}
 {{- range .Values.runners }}
 {{- $r := mergeOverwrite (deepCopy $.Values.runnerDefaults) (deepCopy .) }}
@@ -172,8 +191,8 @@ baton.dev/static-runner: {{ . }}
 {{- fail (printf "runners[].name %q must be a DNS label: 1 to 63 of a-z, 0-9 and '-'" (toString $r.name)) }}
 {{- end }}
 {{- $_ := set $r "namespace" (default (include "baton.runnerNamespace" $) $r.namespace) }}
-{{- if and $.Values.watchNamespace (ne $r.namespace $.Values.watchNamespace) }}
-{{- fail (printf "runners[] %s: namespace %s is not watchNamespace %s, the only one the controller serves" $r.name $r.namespace $.Values.watchNamespace) }}
+{{- if and $watched (not (has $r.namespace $watched)) }}
+{{- fail (printf "runners[] %s: namespace %s is not in watchNamespaces %s, the namespaces the controller serves" $r.name $r.namespace (join "," $watched)) }}
 {{- end }}
 {{- if not (has $r.backend (list "kubernetes" "local")) }}
 {{- fail (printf "runners[] %s: backend must be kubernetes or local" $r.name) }}
@@ -215,21 +234,26 @@ are joined and split again (a list of lists cannot be flattened before Kubernete
     : '')).join(',').split(',').filter(n, n != '')
 {{- end }}
 
-{{/* Admission: the namespaces a binding covers (watchNamespace, else all). */}}
+{{/* Admission: the namespaces a binding covers (the watched ones, else all). */}}
 {{- define "baton.admissionNamespaces" -}}
-{{- with .Values.watchNamespace }}
+{{- if include "baton.watchNamespaces" . | fromJsonArray }}
 matchResources:
   namespaceSelector:
-    matchLabels:
-      kubernetes.io/metadata.name: {{ . }}
+    {{- include "baton.servedNamespaces" . | nindent 4 }}
 {{- end }}
 {{- end }}
 
-{{/* A namespaceSelector's body for the namespaces this release serves: watchNamespace, else all. */}}
+{{/* A namespaceSelector's body for the namespaces this release serves: the watched ones, else all. */}}
 {{- define "baton.servedNamespaces" -}}
-{{- if .Values.watchNamespace -}}
+{{- $watched := include "baton.watchNamespaces" . | fromJsonArray }}
+{{- if eq (len $watched) 1 -}}
 matchLabels:
-  kubernetes.io/metadata.name: {{ .Values.watchNamespace }}
+  kubernetes.io/metadata.name: {{ first $watched }}
+{{- else if $watched -}}
+matchExpressions:
+- key: kubernetes.io/metadata.name
+  operator: In
+  values: {{ toJson $watched }}
 {{- else -}}
 {}
 {{- end }}
