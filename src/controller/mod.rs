@@ -288,7 +288,7 @@ fn context(
         challenges,
         rate: Arc::new(server::rate::RateLimiter::new(config.api.rate)),
     };
-    let (kick, kicks) = job::Kick::new(caches.jobs.0.clone());
+    let (kick, kicks) = job::Kick::new();
     let ctx = Arc::new(Context {
         client: client.clone(),
         hub,
@@ -382,7 +382,7 @@ pub async fn run(
         jobs,
         runner_pods,
     } = caches;
-    let controllers = futures::future::join3(
+    let controllers = futures::future::join4(
         watches::runners(ns.as_deref(), runners.1, ctx.clone(), shutdown.clone()),
         watches::tokens(ns.as_deref(), tokens.1, ctx.clone(), shutdown.clone()),
         watches::jobs(
@@ -392,6 +392,7 @@ pub async fn run(
             ctx.clone(),
             shutdown.clone(),
         ),
+        job::board::run(ctx.clone(), shutdown.clone()),
     );
     sweep_logs(&ctx, ns.clone());
     let serve = server::serve(listener, state, tls, shutdown.clone());

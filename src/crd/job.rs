@@ -35,6 +35,18 @@ pub use super::pod_template::{PodTemplate, StepVolume};
         priority = 1
     ),
     printcolumn(
+        name = "Position",
+        type_ = "integer",
+        json_path = ".status.queuePosition",
+        priority = 1
+    ),
+    printcolumn(
+        name = "Priority",
+        type_ = "integer",
+        json_path = ".spec.priority",
+        priority = 1
+    ),
+    printcolumn(
         name = "Epoch",
         type_ = "integer",
         json_path = ".status.epoch",
@@ -114,6 +126,13 @@ pub struct JobSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pod_template: Option<PodTemplate>,
 
+    /// Queue order within the namespace: a higher priority is handed to a runner
+    /// first; Jobs of one priority go first come, first served (creationTimestamp,
+    /// then name). From -1000 to 1000; unset means 0.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self >= -1000 && self <= 1000").message("priority must be between -1000 and 1000"))]
+    pub priority: Option<i32>,
+
     /// Set to true to cancel the Job in any phase. Cannot be undone.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cancel: Option<bool>,
@@ -131,7 +150,8 @@ has(self.workspace) == has(oldSelf.workspace) && (!has(self.workspace) || self.w
 has(self.timeout) == has(oldSelf.timeout) && (!has(self.timeout) || self.timeout == oldSelf.timeout) && \
 has(self.retries) == has(oldSelf.retries) && (!has(self.retries) || self.retries == oldSelf.retries) && \
 has(self.ttlSecondsAfterFinished) == has(oldSelf.ttlSecondsAfterFinished) && (!has(self.ttlSecondsAfterFinished) || self.ttlSecondsAfterFinished == oldSelf.ttlSecondsAfterFinished) && \
-has(self.podTemplate) == has(oldSelf.podTemplate) && (!has(self.podTemplate) || self.podTemplate == oldSelf.podTemplate)";
+has(self.podTemplate) == has(oldSelf.podTemplate) && (!has(self.podTemplate) || self.podTemplate == oldSelf.podTemplate) && \
+has(self.priority) == has(oldSelf.priority) && (!has(self.priority) || self.priority == oldSelf.priority)";
 
 /// One step of a Job: a container (on a cluster) or a process (locally).
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
@@ -430,6 +450,11 @@ pub struct JobStatus {
     /// The spec generation this status describes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
+    /// While Queued: its place in its namespace's queue, from 1 (next to be handed
+    /// a runner), in queue order (`spec.priority`, then age). Absent otherwise.
+    /// Written in batches, only when it changes: it may lag a second or two.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queue_position: Option<i32>,
 }
 
 /// Observed state of one step.

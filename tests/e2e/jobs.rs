@@ -434,6 +434,7 @@ fn step_pods(ns: &TestNs) -> Api<k8s_openapi::api::core::v1::Pod> {
 mod lifecycle;
 mod pod_shape;
 mod private_images;
+mod queue;
 mod restarts;
 mod secrets;
 mod services;
