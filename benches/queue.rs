@@ -50,6 +50,7 @@ fn runners() -> Vec<RunnerView> {
                 // Most runners full: the queue is long because capacity is short.
                 free: usize::from(i % 7 == 0),
                 on_demand_for: None,
+                direct_only: false,
             }
         })
         .collect()

@@ -98,7 +98,7 @@ pub async fn reconcile(job: Arc<Job>, ctx: Arc<Context>) -> Result<Action, Error
     // An on-demand Job's runner pod comes first (outside the queue lock).
     let ns = job.namespace().unwrap_or_default();
     let valid = || invalid_spec(&job, &runner_secrets(&ctx.tokens, &ns)).is_none();
-    let slot = if in_queue && job.spec.runner_selector.is_none() && valid() {
+    let slot = if in_queue && job.spec.spawns_runner() && valid() {
         Some(on_demand::prepare(&ctx, &job).await?)
     } else {
         None

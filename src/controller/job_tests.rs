@@ -19,6 +19,7 @@ fn runner(name: &str, pool: &str, usable: bool, free: usize) -> RunnerView {
         usable,
         free,
         on_demand_for: None,
+        direct_only: false,
     }
 }
 

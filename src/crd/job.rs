@@ -69,6 +69,8 @@ pub use super::pod_template::{PodTemplate, StepVolume};
     // a nested exists() over the steps does not fit.
     validation = Rule::new("self.steps.all(s, !has(s.dependsOn) || sets.contains(self.steps.map(t, t.name), s.dependsOn))")
         .message("dependsOn must name other steps of this Job"),
+    validation = Rule::new("!(has(self.runnerName) && has(self.onDemand))")
+        .message("set runnerName (run on that runner) or onDemand (spawn a runner pod), not both"),
     validation = Rule::new("!(has(self.runnerSelector) && has(self.onDemand))")
         .message("set runnerSelector (run on an adopted runner) or onDemand (spawn a runner pod), not both"),
     validation = Rule::new(IMMUTABLE_SPEC_RULE)
@@ -82,6 +84,15 @@ pub struct JobSpec {
     /// on-demand runner pod is spawned for this Job (see `onDemand`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub runner_selector: Option<LabelSelector>,
+
+    /// Run on the Runner of this name and no other, whatever its labels
+    /// (`runnerSelector` is then not used). While that runner is not adopted,
+    /// connected and enabled, or is full, the Job waits and says why. The only way
+    /// onto a runner started with `--direct-only`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 253))]
+    #[x_kube(validation = Rule::new("self.matches('^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$')").message("runnerName must be a Runner's name: lowercase letters, digits, '-' and '.'"))]
+    pub runner_name: Option<String>,
 
     /// Settings for the on-demand runner pod spawned when `runnerSelector` is absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -138,11 +149,20 @@ pub struct JobSpec {
     pub cancel: Option<bool>,
 }
 
+impl JobSpec {
+    /// A Job with neither `runnerSelector` nor `runnerName` gets a runner pod of
+    /// its own (on demand).
+    pub fn spawns_runner(&self) -> bool {
+        self.runner_selector.is_none() && self.runner_name.is_none()
+    }
+}
+
 /// Every spec field except `cancel` must equal its old value (set or unset alike).
 /// Kept as one rule so the message is one sentence; a unit test checks it names
 /// every field of [`JobSpec`] but `cancel`.
 pub const IMMUTABLE_SPEC_RULE: &str = "\
 has(self.runnerSelector) == has(oldSelf.runnerSelector) && (!has(self.runnerSelector) || self.runnerSelector == oldSelf.runnerSelector) && \
+has(self.runnerName) == has(oldSelf.runnerName) && (!has(self.runnerName) || self.runnerName == oldSelf.runnerName) && \
 has(self.onDemand) == has(oldSelf.onDemand) && (!has(self.onDemand) || self.onDemand == oldSelf.onDemand) && \
 has(self.imagePullSecrets) == has(oldSelf.imagePullSecrets) && (!has(self.imagePullSecrets) || self.imagePullSecrets == oldSelf.imagePullSecrets) && \
 self.steps == oldSelf.steps && \

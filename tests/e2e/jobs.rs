@@ -431,6 +431,7 @@ fn step_pods(ns: &TestNs) -> Api<k8s_openapi::api::core::v1::Pod> {
     Api::namespaced(ns.client.clone(), &ns.name)
 }
 
+mod direct;
 mod lifecycle;
 mod pod_shape;
 mod private_images;

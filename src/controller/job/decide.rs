@@ -157,7 +157,7 @@ fn finished(job: &Job, seen: &Observed, now: Timestamp) -> JobPlan {
     plan.kick_namespace = true;
     plan.forget_away = true;
     plan.clean_up = Some(CleanUp {
-        unused_runner_pods: job.spec.runner_selector.is_none(),
+        unused_runner_pods: job.spec.spawns_runner(),
         step_pods: !seen.keep_step_pods,
     });
     match job_status::ttl_due(job) {
@@ -211,7 +211,7 @@ fn queued(job: &Job, seen: &Observed, now: Timestamp) -> JobPlan {
             // upkeep when its decision changes: no timer per Job, so an idle queue
             // costs nothing. An invalid spec waits for an edit (and the spec is
             // immutable). An on-demand Job watches its own pod, and looks again.
-            let requeue = if job.spec.runner_selector.is_some() || *why == reason::INVALID_SPEC {
+            let requeue = if !job.spec.spawns_runner() || *why == reason::INVALID_SPEC {
                 Requeue::OnChange
             } else {
                 Requeue::After(QUEUE_RESYNC)

@@ -114,7 +114,7 @@ pub fn plan_namespace(ctx: &Context, ns: &str, recent: &mut Recent) -> Arc<NsPla
 async fn runner_seen(ctx: &Context, job: &Job, ns: &str) -> Option<RunnerSeen> {
     let runner = job.status.as_ref()?.runner.clone()?;
     // An on-demand runner whose pod is gone or going is lost at once.
-    if job.spec.runner_selector.is_none() {
+    if job.spec.spawns_runner() {
         ctx.runner_pods.wait_until_ready().await.ok();
         let pod = on_demand::pod_named(ctx, ns, &runner);
         if pod.is_none_or(|p| on_demand::is_gone(&p)) {
@@ -185,6 +185,8 @@ fn runner_views(ctx: &Context, ns: &str, recent: &mut Recent) -> Vec<RunnerView>
                 usable: is_usable(r, &ctx.hub, ns),
                 free: max.saturating_sub(used),
                 on_demand_for: r.spec.labels.get(on_demand::JOB_LABEL).cloned(),
+                direct_only: (ctx.hub.view(&RunnerKey::new(ns, r.name_any())))
+                    .is_some_and(|v| v.direct_only),
             }
         })
         .collect()
@@ -197,6 +199,7 @@ fn queued(j: &Job, runner_secrets: &BTreeSet<String>) -> Queued {
         priority: j.spec.priority.unwrap_or(0),
         created: j.metadata.creation_timestamp.as_ref().map(|t| t.0),
         selector: j.spec.runner_selector.clone(),
+        runner_name: j.spec.runner_name.clone(),
         invalid: invalid_spec(j, runner_secrets),
         on_demand: None,
     }

@@ -28,6 +28,8 @@ pub struct RunnerView {
     pub free: usize,
     /// An on-demand runner: the uid of the one Job it exists for.
     pub on_demand_for: Option<String>,
+    /// Started with `--direct-only`: takes only Jobs that name it (`runnerName`).
+    pub direct_only: bool,
 }
 
 /// A queued Job.
@@ -39,6 +41,8 @@ pub struct Queued {
     pub priority: i32,
     pub created: Option<Timestamp>,
     pub selector: Option<LabelSelector>,
+    /// `spec.runnerName`: that runner only, its selector unused.
+    pub runner_name: Option<String>,
     /// Why its spec cannot run, if it cannot.
     pub invalid: Option<String>,
     /// No selector: its own on-demand runner (known only for the Job being
@@ -112,6 +116,8 @@ pub fn decisions(queue: &[Queued], runners: &[RunnerView]) -> Vec<Decision> {
                     reason: reason::INVALID_SPEC,
                     message: why.clone(),
                 }
+            } else if let Some(name) = &job.runner_name {
+                direct_decision(name, &mut free, runners)
             } else if let Some(sel) = &job.selector {
                 let matching = groups.matching(sel);
                 take_room(matching, &mut free, runners)
@@ -157,6 +163,32 @@ pub fn on_demand_decision(
     }
 }
 
+/// A Job that names its runner: that one, if it is usable (on-demand runners
+/// serve only their own Job) and has room.
+fn direct_decision(name: &str, free: &mut [usize], runners: &[RunnerView]) -> Decision {
+    let found = runners.iter().position(|r| r.name == name);
+    match found {
+        Some(i) if runners[i].usable && runners[i].on_demand_for.is_none() => {
+            if free[i] == 0 {
+                return Decision::Wait {
+                    reason: reason::RUNNERS_BUSY,
+                    message: format!("runner {name} (runnerName) is at maxConcurrentJobs"),
+                };
+            }
+            free[i] -= 1;
+            Decision::Assign {
+                runner: name.to_owned(),
+            }
+        }
+        _ => Decision::Wait {
+            reason: reason::NAMED_RUNNER_UNAVAILABLE,
+            message: format!(
+                "runner {name} (runnerName) is not an adopted, connected and enabled runner"
+            ),
+        },
+    }
+}
+
 /// Of `matching` (runner indexes, in name order), the one with the most room;
 /// its room shrinks by one.
 fn take_room(matching: &[usize], free: &mut [usize], runners: &[RunnerView]) -> Decision {
@@ -192,7 +224,7 @@ fn take_room(matching: &[usize], free: &mut [usize], runners: &[RunnerView]) -> 
 /// thousands of Jobs usually share a handful of selectors.
 struct SelectorGroups<'a> {
     runners: &'a [RunnerView],
-    /// Usable shared runners (not on-demand), in name order.
+    /// Usable shared runners (not on-demand, not direct-only), in name order.
     shared: Vec<usize>,
     by_hash: HashMap<u64, Vec<usize>>,
     groups: Vec<(&'a LabelSelector, Vec<usize>)>,
@@ -201,7 +233,10 @@ struct SelectorGroups<'a> {
 impl<'a> SelectorGroups<'a> {
     fn new(runners: &'a [RunnerView]) -> Self {
         let mut shared: Vec<usize> = (0..runners.len())
-            .filter(|&i| runners[i].usable && runners[i].on_demand_for.is_none())
+            .filter(|&i| {
+                let r = &runners[i];
+                r.usable && r.on_demand_for.is_none() && !r.direct_only
+            })
             .collect();
         shared.sort_by(|&a, &b| runners[a].name.cmp(&runners[b].name));
         Self {
@@ -294,7 +329,7 @@ fn needs_reconcile(
     shown: &Shown,
     runners: &[RunnerView],
 ) -> bool {
-    let on_demand = job.selector.is_none() && job.invalid.is_none();
+    let on_demand = job.selector.is_none() && job.runner_name.is_none() && job.invalid.is_none();
     match decision {
         // Planned without its pod, so only its own runner says it can go.
         _ if on_demand => runners

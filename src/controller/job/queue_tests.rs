@@ -32,6 +32,7 @@ fn runner(name: &str, pool: &str, free: usize) -> RunnerView {
         usable: true,
         free,
         on_demand_for: None,
+        direct_only: false,
     }
 }
 
@@ -264,4 +265,69 @@ fn only_queued_live_jobs_have_a_place() {
         k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(at(0).unwrap()),
     );
     assert!(!waits_in_queue(&deleting));
+}
+
+fn named(name: &str, runner: &str, selector: Option<LabelSelector>) -> Queued {
+    Queued {
+        runner_name: Some(runner.into()),
+        ..job(name, 0, 0, selector)
+    }
+}
+
+#[test]
+fn a_job_naming_its_runner_goes_there_whatever_the_selectors() {
+    let mut direct = runner("direct", "b", 1);
+    direct.direct_only = true;
+    let runners = [runner("shared", "a", 5), direct];
+    let queue = vec![
+        // Its selector matches `shared` only: unused when it names a runner.
+        named("mine", "direct", pool("a")),
+        named("no-selector", "shared", None),
+        // A direct-only runner is never found by its labels.
+        job("by-labels", 0, 1, pool("b")),
+        named("later", "direct", None),
+        named("ghost", "nowhere", None),
+    ];
+    let plan = plan_queue(&queue, &runners);
+    let to = |r: &str| Decision::Assign { runner: r.into() };
+    assert_eq!(plan["mine"], to("direct"));
+    assert_eq!(plan["no-selector"], to("shared"));
+    let reason_of = |n: &str| match &plan[n] {
+        Decision::Wait { reason, message } => (*reason, message.clone()),
+        d => panic!("{n}: {d:?}"),
+    };
+    assert_eq!(reason_of("by-labels").0, reason::NO_MATCHING_RUNNER);
+    assert_eq!(
+        reason_of("later").0,
+        reason::RUNNERS_BUSY,
+        "direct has room for one"
+    );
+    let (why, message) = reason_of("ghost");
+    assert_eq!(why, reason::NAMED_RUNNER_UNAVAILABLE);
+    assert!(message.contains("runner nowhere (runnerName)"), "{message}");
+}
+
+#[test]
+fn a_named_runner_that_cannot_take_jobs_is_waited_for() {
+    let mut off = runner("off", "a", 1);
+    off.usable = false;
+    let mut pod = runner("pod", "a", 1);
+    pod.on_demand_for = Some("uid-other".into());
+    let queue = vec![named("to-off", "off", None), named("to-pod", "pod", None)];
+    let decided = decisions(&queue, &[off, pod]);
+    for d in &decided {
+        assert!(
+            matches!(d, Decision::Wait { reason, .. } if *reason == reason::NAMED_RUNNER_UNAVAILABLE),
+            "{d:?}"
+        );
+    }
+    // Waiting for a named runner is not an on-demand wait: no kick without a change.
+    let shown: Vec<Shown> = decided
+        .iter()
+        .map(|d| match d {
+            Decision::Wait { reason, message } => waiting(reason, message),
+            Decision::Assign { .. } => Shown::default(),
+        })
+        .collect();
+    assert!(upkeep(&queue, &decided, &shown, &[]).kick.is_empty());
 }
