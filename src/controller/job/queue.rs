@@ -86,7 +86,9 @@ pub fn waits_in_queue(job: &Job) -> bool {
 
 /// Put `queue` in [`queue_order`].
 pub fn sort_queue(queue: &mut [Queued]) {
-    queue.sort_by(queue_order);
+    // The order is total (names are unique in a namespace): unstable is as
+    // deterministic, and moves the Jobs less.
+    queue.sort_unstable_by(queue_order);
 }
 
 /// Whether `labels` satisfy `sel` (matchLabels and matchExpressions), by
@@ -119,8 +121,8 @@ pub fn decisions(queue: &[Queued], runners: &[RunnerView]) -> Vec<Decision> {
             } else if let Some(name) = &job.runner_name {
                 direct_decision(name, &mut free, runners)
             } else if let Some(sel) = &job.selector {
-                let matching = groups.matching(sel);
-                take_room(matching, &mut free, runners)
+                let (matching, busy) = groups.matching(sel);
+                take_room(matching, busy, &mut free, runners)
             } else if let Some(slot) = &job.on_demand {
                 let decision = on_demand_decision(slot, runners, &free);
                 if let Decision::Assign { runner } = &decision
@@ -190,8 +192,13 @@ fn direct_decision(name: &str, free: &mut [usize], runners: &[RunnerView]) -> De
 }
 
 /// Of `matching` (runner indexes, in name order), the one with the most room;
-/// its room shrinks by one.
-fn take_room(matching: &[usize], free: &mut [usize], runners: &[RunnerView]) -> Decision {
+/// its room shrinks by one. `busy`: the message when all are full.
+fn take_room(
+    matching: &[usize],
+    busy: &str,
+    free: &mut [usize],
+    runners: &[RunnerView],
+) -> Decision {
     let mut best: Option<usize> = None;
     for &i in matching {
         // Strictly more room wins, so a tie goes to the first by name.
@@ -212,10 +219,7 @@ fn take_room(matching: &[usize], free: &mut [usize], runners: &[RunnerView]) -> 
         },
         None => Decision::Wait {
             reason: reason::RUNNERS_BUSY,
-            message: format!(
-                "{} matching runner(s), all at maxConcurrentJobs",
-                matching.len()
-            ),
+            message: busy.to_owned(),
         },
     }
 }
@@ -227,7 +231,8 @@ struct SelectorGroups<'a> {
     /// Usable shared runners (not on-demand, not direct-only), in name order.
     shared: Vec<usize>,
     by_hash: HashMap<u64, Vec<usize>>,
-    groups: Vec<(&'a LabelSelector, Vec<usize>)>,
+    /// Each selector, the runners it matches, and the message when all are full.
+    groups: Vec<(&'a LabelSelector, Vec<usize>, String)>,
 }
 
 impl<'a> SelectorGroups<'a> {
@@ -247,8 +252,9 @@ impl<'a> SelectorGroups<'a> {
         }
     }
 
-    /// The usable shared runners `sel` matches, in name order.
-    fn matching(&mut self, sel: &'a LabelSelector) -> &[usize] {
+    /// The usable shared runners `sel` matches, in name order, and what a Job
+    /// waiting for them all is told.
+    fn matching(&mut self, sel: &'a LabelSelector) -> (&[usize], &str) {
         let hash = selector_hash(sel);
         let same = self
             .by_hash
@@ -257,19 +263,24 @@ impl<'a> SelectorGroups<'a> {
         let group = same.unwrap_or_else(|| {
             let parsed = Selector::try_from(sel.clone()).ok();
             let runners = self.runners;
-            let matching = (self.shared.iter().copied())
+            let matching: Vec<usize> = (self.shared.iter().copied())
                 .filter(|&i| {
                     parsed
                         .as_ref()
                         .is_some_and(|s| s.matches(&runners[i].labels))
                 })
                 .collect();
-            self.groups.push((sel, matching));
+            let busy = format!(
+                "{} matching runner(s), all at maxConcurrentJobs",
+                matching.len()
+            );
+            self.groups.push((sel, matching, busy));
             let g = self.groups.len() - 1;
             self.by_hash.entry(hash).or_default().push(g);
             g
         });
-        &self.groups[group].1
+        let (_, matching, busy) = &self.groups[group];
+        (matching, busy)
     }
 }
 
