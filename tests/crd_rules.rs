@@ -101,8 +101,8 @@ fn spec_is_immutable_except_cancel() {
 fn immutability_rule_names_every_spec_field_but_cancel() {
     // A spec with every field set: its JSON keys are the spec's fields.
     let spec = serde_json::json!({
-        "runnerSelector": {}, "onDemand": {}, "imagePullSecrets": [], "steps": [], "workspace": {}, "timeout": "1s",
-        "retries": 0, "ttlSecondsAfterFinished": 0, "podTemplate": {}, "cancel": true,
+        "runnerSelector": {}, "runnerName": "r1", "onDemand": {}, "imagePullSecrets": [], "steps": [], "workspace": {}, "timeout": "1s",
+        "retries": 0, "ttlSecondsAfterFinished": 0, "podTemplate": {}, "priority": 0, "cancel": true,
     });
     // ... and the schema's, so a field added to the type but not above fails here.
     let crd = serde_json::to_value(<Job as kube::CustomResourceExt>::crd()).unwrap();

@@ -344,7 +344,7 @@ async fn the_runner_client_reaches_the_server_with_its_ca_file_only() {
     let key = baton::domain::identity::Identity::generate().unwrap();
     let with_ca = Client::with_ca(&url, Some(&ca_file)).unwrap();
     let err = with_ca
-        .control("r1", "ns", "bogus", &key)
+        .control("r1", "ns", "bogus", &key, false)
         .await
         .err()
         .unwrap();
@@ -352,7 +352,7 @@ async fn the_runner_client_reaches_the_server_with_its_ca_file_only() {
 
     let without = Client::new(&url).unwrap();
     let err = without
-        .control("r1", "ns", "bogus", &key)
+        .control("r1", "ns", "bogus", &key, false)
         .await
         .err()
         .unwrap();

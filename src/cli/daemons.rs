@@ -236,6 +236,10 @@ pub struct AgentArgs {
     /// Job is assigned within --once-wait.
     #[arg(long)]
     pub once: bool,
+    /// Take only Jobs that name this runner (spec.runnerName), never one by
+    /// its labels; the Runner's status says so (directOnly).
+    #[arg(long, env = "BATON_RUNNER_DIRECT_ONLY")]
+    pub direct_only: bool,
     /// With --once: how long to wait for a Job.
     #[arg(long, value_parser = parse_duration, default_value = "10m", requires = "once")]
     pub once_wait: Duration,
@@ -357,6 +361,7 @@ pub async fn agent(args: AgentArgs) -> anyhow::Result<i32> {
         backoff_base: args.backoff_base,
         backoff_max: args.backoff_max,
         once: args.once.then_some(args.once_wait),
+        direct_only: args.direct_only,
         ca_file: args.ca_file.filter(|p| !p.as_os_str().is_empty()),
         ca_pem: args.ca_pem.filter(|p| !p.trim().is_empty()),
     };

@@ -1,4 +1,4 @@
-//! `kubectl baton job run | logs | cancel`.
+//! `kubectl baton job run | logs | list | cancel`.
 //!
 //! `run` applies a Job (a create: with `metadata.generateName`, a new Job with a
 //! generated name each run, whose name is printed and followed; a fixed name that
@@ -18,7 +18,7 @@ use anyhow::{Context, anyhow, bail};
 use clap::Subcommand;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::ResourceExt;
-use kube::api::{Api, Patch, PatchParams, PostParams};
+use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
 use kube::runtime::wait::await_condition;
 
 use super::job_logs::{LogClient, ServerArgs};
@@ -29,7 +29,7 @@ use crate::crd::job::JobPhase;
 
 const MANAGER: &str = "kubectl-baton";
 
-/// `job run | logs | cancel`.
+/// `job run | logs | list | cancel`.
 #[derive(Debug, Subcommand)]
 pub enum JobVerb {
     /// Create a Job from a manifest (with metadata.generateName, a new Job each
@@ -54,6 +54,12 @@ pub enum JobVerb {
         step: Option<String>,
         #[command(flatten)]
         server: ServerArgs,
+        #[command(flatten)]
+        kube: KubeArgs,
+    },
+    /// List the Jobs: phase, priority, and for a Queued one its place in the
+    /// queue and why it waits (the Scheduled condition's reason).
+    List {
         #[command(flatten)]
         kube: KubeArgs,
     },
@@ -112,6 +118,17 @@ pub async fn job(verb: JobVerb) -> anyhow::Result<i32> {
             let (client, ns) = kube.connect().await?;
             let api: Api<Job> = Api::namespaced(client, &ns);
             print_logs(&api, &ns, &name, step.as_deref(), follow, &logs).await?;
+            Ok(0)
+        }
+        JobVerb::List { kube } => {
+            let (client, ns) = kube.connect().await?;
+            let api: Api<Job> = Api::namespaced(client, &ns);
+            let list = api
+                .list(&ListParams::default())
+                .await
+                .context("list Jobs")?;
+            let now = k8s_openapi::jiff::Timestamp::now();
+            println!("{}", super::job_list::list_table(&list.items, now));
             Ok(0)
         }
         JobVerb::Cancel { name, kube } => {

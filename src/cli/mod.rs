@@ -4,6 +4,7 @@ use clap::{Parser, Subcommand};
 
 pub mod daemons;
 pub mod job;
+pub mod job_list;
 pub mod job_logs;
 pub mod local;
 pub mod plugin;
@@ -37,7 +38,7 @@ pub enum Command {
         #[command(subcommand)]
         verb: plugin::TokenVerb,
     },
-    /// Run, follow and cancel Jobs on the cluster.
+    /// Run, follow, list and cancel Jobs on the cluster.
     Job {
         #[command(subcommand)]
         verb: job::JobVerb,

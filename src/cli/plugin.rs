@@ -186,6 +186,7 @@ pub fn list_table(runners: &[Runner]) -> String {
         "CONNECTED".into(),
         "READY".into(),
         "DISABLED".into(),
+        "DIRECT-ONLY".into(),
         "RUNNER-ID".into(),
         "KEY".into(),
     ]];
@@ -205,12 +206,13 @@ pub fn list_table(runners: &[Runner]) -> String {
             cond("Connected"),
             cond("Ready"),
             r.spec.disabled.to_string(),
+            status.direct_only.unwrap_or(false).to_string(),
             status.runner_id.unwrap_or_else(|| "-".into()),
             // What an operator compares with the runner's log before adopting it.
             status.key_fingerprint.unwrap_or_else(|| "-".into()),
         ]);
     }
-    let widths: Vec<usize> = (0..7)
+    let widths: Vec<usize> = (0..8)
         .map(|i| rows.iter().map(|r| r[i].len()).max().unwrap_or(0))
         .collect();
     rows.iter()
@@ -316,6 +318,22 @@ mod tests {
         let lines: Vec<&str> = t.lines().collect();
         assert!(lines[0].starts_with("NAME"));
         assert!(lines[1].contains("Rejected"), "{t}");
+        let direct = |r: &Runner| list_table(std::slice::from_ref(r));
+        let mut d = Runner::new("r2", RunnerSpec::default());
+        d.status = Some(RunnerStatus {
+            direct_only: Some(true),
+            ..Default::default()
+        });
+        let columns = |t: &str, row: usize| -> Vec<String> {
+            t.lines()
+                .nth(row)
+                .expect("a row")
+                .split_whitespace()
+                .map(str::to_owned)
+                .collect()
+        };
+        assert_eq!(columns(&direct(&d), 0)[5], "DIRECT-ONLY");
+        assert_eq!(columns(&direct(&d), 1)[5], "true");
         assert!(lines[1].contains("abc"), "{t}");
         assert!(
             lines[0].ends_with("KEY") && lines[1].ends_with("SHA256:fp"),

@@ -2,11 +2,14 @@
 //! runner's Jobs, cancellation, clean-up and TTL.
 //!
 //! Pipeline: [`observe`] (the watch caches, the hub, the queue plan of the Job's
-//! namespace: FIFO by creationTimestamp, each Job to a usable matching runner
-//! with room) → [`decide`] (pure: the [`JobPlan`]) → [`apply`] (the status first,
+//! namespace: by `spec.priority`, then FIFO by creationTimestamp, each Job to a
+//! usable matching runner with room; remembered until its inputs change) → [`decide`] (pure: the [`JobPlan`]) → [`apply`] (the status first,
 //! replaced at the resourceVersion read, so of two controllers racing for one
 //! Job exactly one write lands; then what follows from it). Every status is
 //! computed by [`crate::crd::job_status`], as the runner API's are.
+//!
+//! The queue's upkeep ([`board`], on the leader) writes `status.queuePosition`
+//! in batches and reconciles the Queued Jobs a change of the queue concerns.
 //!
 //! A Job with no `runnerSelector` first gets a runner pod of its own
 //! ([`on_demand::prepare`]) and is then assigned to that runner only; the pod going
@@ -27,6 +30,7 @@ use crate::crd::{Job, RunnerToken};
 use crate::executor::dag::Dag;
 
 mod apply;
+pub mod board;
 mod decide;
 mod observe;
 mod queue;
@@ -84,13 +88,18 @@ pub async fn reconcile(job: Arc<Job>, ctx: Arc<Context>) -> Result<Action, Error
         .as_ref()
         .and_then(|s| s.phase)
         .unwrap_or_default();
-    let in_queue = phase == JobPhase::Queued
-        && job.spec.cancel != Some(true)
-        && job.metadata.deletion_timestamp.is_none();
+    let in_queue = waits_in_queue(&job);
+    // A Job new to the queue or leaving it moves the others: the queue's upkeep
+    // looks. (Not for a Queued Job that already has a place: its position write
+    // or wait reason, the upkeep's own doing, must not start another pass.)
+    let placed = job.status.as_ref().and_then(|s| s.queue_position).is_some();
+    if !(phase == JobPhase::Queued && placed) {
+        ctx.kick.board().touch(&job.namespace().unwrap_or_default());
+    }
     // An on-demand Job's runner pod comes first (outside the queue lock).
     let ns = job.namespace().unwrap_or_default();
     let valid = || invalid_spec(&job, &runner_secrets(&ctx.tokens, &ns)).is_none();
-    let slot = if in_queue && job.spec.runner_selector.is_none() && valid() {
+    let slot = if in_queue && job.spec.spawns_runner() && valid() {
         Some(on_demand::prepare(&ctx, &job).await?)
     } else {
         None
@@ -106,22 +115,26 @@ pub async fn reconcile(job: Arc<Job>, ctx: Arc<Context>) -> Result<Action, Error
     apply(&ctx, &job, plan, recent.as_deref_mut()).await
 }
 
-/// Triggers reconciles of other Jobs (queued ones, when capacity frees up).
+/// Triggers reconciles of other Jobs, and the queue's upkeep ([`board`]).
 #[derive(Clone)]
 pub struct Kick {
     tx: tokio::sync::mpsc::UnboundedSender<kube::runtime::reflector::ObjectRef<Job>>,
-    jobs: kube::runtime::reflector::Store<Job>,
+    board: Arc<board::Board>,
 }
 
 impl Kick {
-    pub fn new(
-        jobs: kube::runtime::reflector::Store<Job>,
-    ) -> (
+    pub fn new() -> (
         Self,
         tokio::sync::mpsc::UnboundedReceiver<kube::runtime::reflector::ObjectRef<Job>>,
     ) {
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-        (Self { tx, jobs }, rx)
+        let board = Arc::default();
+        (Self { tx, board }, rx)
+    }
+
+    /// The queue's upkeep and plans.
+    pub fn board(&self) -> &board::Board {
+        &self.board
     }
 
     /// Reconcile one Job again.
@@ -131,17 +144,10 @@ impl Kick {
             .send(kube::runtime::reflector::ObjectRef::new(name).within(ns));
     }
 
-    /// Reconcile every Queued Job of `ns` again.
+    /// `ns`'s queue may move (capacity freed, a runner changed): the upkeep
+    /// plans it once and reconciles only the Jobs whose decision changed.
     pub fn kick_namespace(&self, ns: &str) {
-        for j in self.jobs.state() {
-            if j.namespace().as_deref() == Some(ns)
-                && j.status.as_ref().and_then(|s| s.phase).unwrap_or_default() == JobPhase::Queued
-            {
-                let _ = self
-                    .tx
-                    .send(kube::runtime::reflector::ObjectRef::from_obj(&*j));
-            }
-        }
+        self.board.touch(ns);
     }
 }
 

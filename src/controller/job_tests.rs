@@ -19,15 +19,16 @@ fn runner(name: &str, pool: &str, usable: bool, free: usize) -> RunnerView {
         usable,
         free,
         on_demand_for: None,
+        direct_only: false,
     }
 }
 
 fn q(name: &str, selector: Option<LabelSelector>) -> Queued {
     Queued {
         name: name.into(),
+        uid: format!("uid-{name}"),
         selector,
-        invalid: None,
-        on_demand: None,
+        ..Default::default()
     }
 }
 
@@ -92,10 +93,8 @@ fn fifo_capacity_and_reasons() {
         q("j6", sel("pool", "zzz")),
         q("j7", None),
         Queued {
-            name: "j8".into(),
-            selector: sel("pool", "a"),
             invalid: Some("cycle".into()),
-            on_demand: None,
+            ..q("j8", sel("pool", "a"))
         },
     ];
     let plan = plan_queue(&queue, &runners);

@@ -280,7 +280,7 @@ fn context(
         challenges,
         rate: Arc::new(server::rate::RateLimiter::new(config.api.rate)),
     };
-    let (kick, kicks) = job::Kick::new(caches.jobs.0.clone());
+    let (kick, kicks) = job::Kick::new();
     let ctx = Arc::new(Context {
         client: client.clone(),
         hub,
@@ -377,7 +377,7 @@ pub async fn run(
         jobs,
         runner_pods,
     } = caches;
-    let controllers = futures::future::join3(
+    let controllers = futures::future::join4(
         watches::runners(&scope, runners.1, ctx.clone(), shutdown.clone()),
         watches::tokens(&scope, tokens.1, ctx.clone(), shutdown.clone()),
         watches::jobs(
@@ -387,6 +387,7 @@ pub async fn run(
             ctx.clone(),
             shutdown.clone(),
         ),
+        job::board::run(ctx.clone(), shutdown.clone()),
     );
     sweep_logs(&ctx, scope.clone());
     let serve = server::serve(listener, state, tls, shutdown.clone());

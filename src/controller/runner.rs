@@ -197,6 +197,11 @@ pub fn plan(
         },
         public_key: session_field(|s| &s.public_key).or(previous.public_key),
         active_jobs: Some(previous.active_jobs.unwrap_or(0)),
+        // What its control channel said; kept while it is away.
+        direct_only: match session.filter(|s| s.connected) {
+            Some(s) => s.direct_only.then_some(true),
+            None => previous.direct_only,
+        },
         conditions: conditions::merge(
             &previous.conditions,
             &[&[adopted_cond, connected_cond][..], &health.desired()].concat(),

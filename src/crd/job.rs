@@ -36,6 +36,18 @@ pub use super::pod_template::{PodTemplate, StepVolume};
         priority = 1
     ),
     printcolumn(
+        name = "Position",
+        type_ = "integer",
+        json_path = ".status.queuePosition",
+        priority = 1
+    ),
+    printcolumn(
+        name = "Priority",
+        type_ = "integer",
+        json_path = ".spec.priority",
+        priority = 1
+    ),
+    printcolumn(
         name = "Epoch",
         type_ = "integer",
         json_path = ".status.epoch",
@@ -58,6 +70,8 @@ pub use super::pod_template::{PodTemplate, StepVolume};
     // a nested exists() over the steps does not fit.
     validation = Rule::new("self.steps.all(s, !has(s.dependsOn) || sets.contains(self.steps.map(t, t.name), s.dependsOn))")
         .message("dependsOn must name other steps of this Job"),
+    validation = Rule::new("!(has(self.runnerName) && has(self.onDemand))")
+        .message("set runnerName (run on that runner) or onDemand (spawn a runner pod), not both"),
     validation = Rule::new("!(has(self.runnerSelector) && has(self.onDemand))")
         .message("set runnerSelector (run on an adopted runner) or onDemand (spawn a runner pod), not both"),
     validation = Rule::new(IMMUTABLE_SPEC_RULE)
@@ -71,6 +85,15 @@ pub struct JobSpec {
     /// on-demand runner pod is spawned for this Job (see `onDemand`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub runner_selector: Option<LabelSelector>,
+
+    /// Run on the Runner of this name and no other, whatever its labels
+    /// (`runnerSelector` is then not used). While that runner is not adopted,
+    /// connected and enabled, or is full, the Job waits and says why. The only way
+    /// onto a runner started with `--direct-only`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 253))]
+    #[x_kube(validation = Rule::new("self.matches('^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$')").message("runnerName must be a Runner's name: lowercase letters, digits, '-' and '.'"))]
+    pub runner_name: Option<String>,
 
     /// Settings for the on-demand runner pod spawned when `runnerSelector` is absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -115,9 +138,24 @@ pub struct JobSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pod_template: Option<PodTemplate>,
 
+    /// Queue order within the namespace: a higher priority is handed to a runner
+    /// first; Jobs of one priority go first come, first served (creationTimestamp,
+    /// then name). From -1000 to 1000; unset means 0.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self >= -1000 && self <= 1000").message("priority must be between -1000 and 1000"))]
+    pub priority: Option<i32>,
+
     /// Set to true to cancel the Job in any phase. Cannot be undone.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cancel: Option<bool>,
+}
+
+impl JobSpec {
+    /// A Job with neither `runnerSelector` nor `runnerName` gets a runner pod of
+    /// its own (on demand).
+    pub fn spawns_runner(&self) -> bool {
+        self.runner_selector.is_none() && self.runner_name.is_none()
+    }
 }
 
 /// Every spec field except `cancel` must equal its old value (set or unset alike).
@@ -125,6 +163,7 @@ pub struct JobSpec {
 /// every field of [`JobSpec`] but `cancel`.
 pub const IMMUTABLE_SPEC_RULE: &str = "\
 has(self.runnerSelector) == has(oldSelf.runnerSelector) && (!has(self.runnerSelector) || self.runnerSelector == oldSelf.runnerSelector) && \
+has(self.runnerName) == has(oldSelf.runnerName) && (!has(self.runnerName) || self.runnerName == oldSelf.runnerName) && \
 has(self.onDemand) == has(oldSelf.onDemand) && (!has(self.onDemand) || self.onDemand == oldSelf.onDemand) && \
 has(self.imagePullSecrets) == has(oldSelf.imagePullSecrets) && (!has(self.imagePullSecrets) || self.imagePullSecrets == oldSelf.imagePullSecrets) && \
 self.steps == oldSelf.steps && \
@@ -132,7 +171,8 @@ has(self.workspace) == has(oldSelf.workspace) && (!has(self.workspace) || self.w
 has(self.timeout) == has(oldSelf.timeout) && (!has(self.timeout) || self.timeout == oldSelf.timeout) && \
 has(self.retries) == has(oldSelf.retries) && (!has(self.retries) || self.retries == oldSelf.retries) && \
 has(self.ttlSecondsAfterFinished) == has(oldSelf.ttlSecondsAfterFinished) && (!has(self.ttlSecondsAfterFinished) || self.ttlSecondsAfterFinished == oldSelf.ttlSecondsAfterFinished) && \
-has(self.podTemplate) == has(oldSelf.podTemplate) && (!has(self.podTemplate) || self.podTemplate == oldSelf.podTemplate)";
+has(self.podTemplate) == has(oldSelf.podTemplate) && (!has(self.podTemplate) || self.podTemplate == oldSelf.podTemplate) && \
+has(self.priority) == has(oldSelf.priority) && (!has(self.priority) || self.priority == oldSelf.priority)";
 
 /// One step of a Job: a container (on a cluster) or a process (locally).
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
@@ -449,6 +489,11 @@ pub struct JobStatus {
     /// The spec generation this status describes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
+    /// While Queued: its place in its namespace's queue, from 1 (next to be handed
+    /// a runner), in queue order (`spec.priority`, then age). Absent otherwise.
+    /// Written in batches, only when it changes: it may lag a second or two.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queue_position: Option<i32>,
 }
 
 /// Observed state of one step.

@@ -71,6 +71,7 @@ pub fn next(job: &Job, t: Transition<'_>, now: Timestamp) -> JobStatus {
         Transition::Report(r) => reported(current.clone(), &job.spec, r, generation, now),
         Transition::Settle => current.clone(),
     };
+    let s = without_stale_position(s);
     settle(
         s,
         &current.conditions,
@@ -78,6 +79,15 @@ pub fn next(job: &Job, t: Transition<'_>, now: Timestamp) -> JobStatus {
         generation,
         now,
     )
+}
+
+/// A queue position belongs to a Queued Job only: leaving the queue drops it
+/// (the queue's own batched writes give it back on a return to the queue).
+fn without_stale_position(mut s: JobStatus) -> JobStatus {
+    if s.phase.unwrap_or_default() != JobPhase::Queued {
+        s.queue_position = None;
+    }
+    s
 }
 
 fn scheduled(

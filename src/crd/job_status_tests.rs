@@ -413,3 +413,24 @@ fn an_allowed_failure_is_kept_and_the_job_succeeds_with_it_named() {
         "Current"
     );
 }
+
+#[test]
+fn a_queue_position_stays_while_queued_and_goes_with_the_queue() {
+    let now = Timestamp::from_second(1_800_000_000).unwrap();
+    let mut job = Job::new("j", spec());
+    job.status = Some(JobStatus {
+        phase: Some(JobPhase::Queued),
+        queue_position: Some(3),
+        ..Default::default()
+    });
+    let wait = Transition::Wait {
+        reason: reason::RUNNERS_BUSY,
+        message: "busy",
+    };
+    assert_eq!(next(&job, wait, now).queue_position, Some(3));
+    let assigned = next(&job, Transition::Assign { runner: "r1" }, now);
+    assert_eq!(assigned.phase, Some(JobPhase::Assigned));
+    assert_eq!(assigned.queue_position, None);
+    let cancelled = next(&job, Transition::Cancel { lost_runner: None }, now);
+    assert_eq!(cancelled.queue_position, None);
+}

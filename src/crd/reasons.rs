@@ -32,6 +32,8 @@ pub mod reason {
     pub const INVALID_SPEC: &str = "InvalidSpec";
     pub const NO_MATCHING_RUNNER: &str = "NoMatchingRunner";
     pub const RUNNERS_BUSY: &str = "RunnersBusy";
+    /// The runner `spec.runnerName` names is not adopted, connected and enabled.
+    pub const NAMED_RUNNER_UNAVAILABLE: &str = "NamedRunnerUnavailable";
     /// Its runner vanished: the Job waits for a hand-over at the next epoch.
     pub const RUNNER_LOST: &str = "RunnerLost";
     /// No on-demand runner pods (the controller has no `--runner-server-url`).

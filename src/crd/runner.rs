@@ -34,6 +34,12 @@ pub const DECOMMISSION_ANNOTATION: &str = "baton.dev/decommission";
     printcolumn(name = "Disabled", type_ = "boolean", json_path = ".spec.disabled"),
     printcolumn(name = "Active", type_ = "integer", json_path = ".status.activeJobs"),
     printcolumn(
+        name = "Direct-Only",
+        type_ = "boolean",
+        json_path = ".status.directOnly",
+        priority = 1
+    ),
+    printcolumn(
         name = "Version",
         type_ = "string",
         json_path = ".status.version",
@@ -111,6 +117,11 @@ pub struct RunnerStatus {
     /// Jobs the runner is running now.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub active_jobs: Option<i32>,
+    /// True when the runner was started with `--direct-only`: it takes only Jobs
+    /// that name it (`spec.runnerName`), none by its labels. As its last control
+    /// channel said.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub direct_only: Option<bool>,
     /// `Adopted`, `Connected`, `Ready`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,

@@ -80,4 +80,7 @@ pub struct ControlQuery {
     pub name: String,
     #[serde(default)]
     pub namespace: Option<String>,
+    /// Started with `--direct-only`: give it only Jobs that name it.
+    #[serde(default)]
+    pub direct_only: bool,
 }

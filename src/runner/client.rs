@@ -174,6 +174,7 @@ impl Client {
         namespace: &str,
         token: &str,
         identity: &Identity,
+        direct_only: bool,
     ) -> Result<impl Stream<Item = Result<SseEvent, ClientError>> + use<>, ClientError> {
         const DOING: &str = "open the control channel";
         let challenge = self.challenge().await?;
@@ -181,7 +182,7 @@ impl Client {
         let res = self
             .http
             .get(format!("{}/v1/control", self.base))
-            .query(&[("name", name), ("namespace", namespace)])
+            .query(&control_query(name, namespace, direct_only))
             .header("accept", "text/event-stream")
             .header(CHALLENGE_HEADER, challenge)
             .header(SIGNATURE_HEADER, signature)
@@ -381,6 +382,20 @@ impl SseParser {
         }
         out
     }
+}
+
+/// The control channel's query: `directOnly` only when set, as a server that
+/// predates it refuses fields it does not know.
+fn control_query<'a>(
+    name: &'a str,
+    namespace: &'a str,
+    direct_only: bool,
+) -> Vec<(&'a str, &'a str)> {
+    let mut query = vec![("name", name), ("namespace", namespace)];
+    if direct_only {
+        query.push(("directOnly", "true"));
+    }
+    query
 }
 
 #[cfg(test)]

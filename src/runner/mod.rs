@@ -55,6 +55,8 @@ pub struct Config {
     pub once: Option<Duration>,
     /// `--ca-file`: extra CA certificate(s) trusted for an https:// server.
     pub ca_file: Option<PathBuf>,
+    /// `--direct-only`: take only Jobs that name this runner (`spec.runnerName`).
+    pub direct_only: bool,
     /// `--ca-pem` / `BATON_CA_PEM`: extra CA certificate(s) as PEM text (how the
     /// controller hands its `--runner-ca-file` to on-demand runner pods).
     pub ca_pem: Option<String>,
@@ -368,7 +370,13 @@ impl Agent {
     async fn hold(&mut self, namespace: &str, token: &str) -> Result<Ended, RunnerError> {
         let stream = match self
             .client
-            .control(&self.req.name, namespace, token, &self.identity)
+            .control(
+                &self.req.name,
+                namespace,
+                token,
+                &self.identity,
+                self.config.direct_only,
+            )
             .await
         {
             Ok(s) => s,
@@ -546,6 +554,7 @@ mod tests {
             backoff_base: Duration::from_millis(10),
             backoff_max: Duration::from_millis(50),
             once: None,
+            direct_only: false,
             ca_file: None,
             ca_pem: None,
         };

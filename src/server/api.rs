@@ -235,6 +235,7 @@ fn control(
         .runners
         .get(&ObjectRef::new(&key.name).within(&key.namespace))
         .is_some_and(|r| r.spec.disabled);
+    state.hub.set_direct_only(&key, q.direct_only);
     let (id, rx) = state.hub.connect(&key, &valid.token, disabled);
     info!(runner = %key, connection = id, "control channel opened");
     let held = Held {

@@ -51,6 +51,8 @@ pub struct SessionView {
     /// Not connected, but it was since this process knew it: the runner is
     /// Idle, retrying its control channel.
     pub idle: bool,
+    /// Its control channel was opened with `--direct-only`.
+    pub direct_only: bool,
 }
 
 /// What a registration tells the hub.
@@ -82,6 +84,7 @@ struct Session {
     connection: Option<Connection>,
     /// A control channel was open once.
     was_connected: bool,
+    direct_only: bool,
     /// Last registration or connection (not part of the view: it changes all the time).
     last_seen: Option<std::time::Instant>,
 }
@@ -96,6 +99,7 @@ impl Session {
             public_key: self.public_key.clone(),
             connected: self.connection.is_some(),
             idle: self.connection.is_none() && self.was_connected,
+            direct_only: self.direct_only,
         }
     }
 }
@@ -189,6 +193,19 @@ impl Hub {
             s.public_key = reg.public_key.to_owned();
             s.last_seen = Some(std::time::Instant::now());
             s.view() != before
+        };
+        if changed {
+            self.changed(key);
+        }
+    }
+
+    /// Whether runner `key` takes only Jobs that name it: said by each control
+    /// channel it opens, before it opens (so it is never offered other Jobs).
+    pub fn set_direct_only(&self, key: &RunnerKey, direct_only: bool) {
+        let changed = {
+            let mut sessions = self.lock();
+            let s = sessions.entry(key.clone()).or_default();
+            std::mem::replace(&mut s.direct_only, direct_only) != direct_only
         };
         if changed {
             self.changed(key);
@@ -401,5 +418,16 @@ mod tests {
             }
         );
         assert_eq!(hub.connected(), 0);
+    }
+
+    #[test]
+    fn a_control_channel_says_whether_the_runner_is_direct_only() {
+        let hub = Hub::default();
+        let key = RunnerKey::new("ns", "r1");
+        hub.set_direct_only(&key, true);
+        let _conn = hub.connect(&key, "tok", false);
+        assert!(hub.view(&key).unwrap().direct_only);
+        hub.set_direct_only(&key, false);
+        assert!(!hub.view(&key).unwrap().direct_only);
     }
 }

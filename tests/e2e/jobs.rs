@@ -431,9 +431,11 @@ fn step_pods(ns: &TestNs) -> Api<k8s_openapi::api::core::v1::Pod> {
     Api::namespaced(ns.client.clone(), &ns.name)
 }
 
+mod direct;
 mod lifecycle;
 mod pod_shape;
 mod private_images;
+mod queue;
 mod restarts;
 mod secrets;
 mod services;

@@ -244,38 +244,51 @@ impl Agent {
         labels: &str,
         backend: &str,
     ) -> anyhow::Result<Agent> {
+        Self::start_with_flags(server, ns, name, state_dir, token, labels, backend, &[]).await
+    }
+
+    /// [`Agent::start_with_backend`] with more `baton runner` flags (`--direct-only`).
+    #[allow(clippy::too_many_arguments)]
+    pub async fn start_with_flags(
+        server: &str,
+        ns: &str,
+        name: &str,
+        state_dir: &Path,
+        token: Option<&str>,
+        labels: &str,
+        backend: &str,
+        flags: &[&str],
+    ) -> anyhow::Result<Agent> {
         let dir = state_dir.to_string_lossy().into_owned();
         let mut envs = vec![];
         if let Some(t) = token {
             envs.push(("BATON_RUNNER_TOKEN", t));
         }
-        let proc = Proc::spawn(
+        let mut args = vec![
+            "runner",
+            "--server",
+            server,
+            "--name",
             name,
-            &[
-                "runner",
-                "--server",
-                server,
-                "--name",
-                name,
-                "--state-dir",
-                &dir,
-                "--namespace",
-                ns,
-                "--labels",
-                labels,
-                "--backend",
-                backend,
-                "--health-addr",
-                "127.0.0.1:0",
-                "--ping-timeout",
-                "5s",
-                "--backoff-base",
-                "200ms",
-                "--backoff-max",
-                "2s",
-            ],
-            &envs,
-        )?;
+            "--state-dir",
+            &dir,
+            "--namespace",
+            ns,
+            "--labels",
+            labels,
+            "--backend",
+            backend,
+            "--health-addr",
+            "127.0.0.1:0",
+            "--ping-timeout",
+            "5s",
+            "--backoff-base",
+            "200ms",
+            "--backoff-max",
+            "2s",
+        ];
+        args.extend_from_slice(flags);
+        let proc = Proc::spawn(name, &args, &envs)?;
         let line = proc.wait_for_log("runner health listening", 30).await?;
         let health = format!("http://{}", addr_in(&line)?);
         Ok(Agent {

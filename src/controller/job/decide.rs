@@ -13,11 +13,10 @@ use crate::crd::job_status::{self, Transition};
 use crate::crd::reasons::{condition, reason};
 use crate::crd::{Job, conditions};
 
-/// A waiting Job looks again this long after its last reconcile, as a safety net
-/// only: what can let it go is an event that kicks it — a Runner reconciled
-/// (connected, disconnected, adopted, enabled, relabelled, resized), a Job of
-/// its namespace finished or cancelled, or another Job's assignment by a plan
-/// that assigns it too.
+/// A waiting on-demand Job looks again this long after its last reconcile, as a
+/// safety net only. A Job waiting for a shared runner has no such timer: the
+/// queue's upkeep ([`super::board`]) reconciles it when a plan of its namespace
+/// (after a Runner or a Job changed) assigns it or changes its reason.
 pub const QUEUE_RESYNC: Duration = Duration::from_secs(30);
 /// How often an Assigned Job not yet Running is re-sent to its runner, and a
 /// cancel to a runner that has not stopped yet.
@@ -158,7 +157,7 @@ fn finished(job: &Job, seen: &Observed, now: Timestamp) -> JobPlan {
     plan.kick_namespace = true;
     plan.forget_away = true;
     plan.clean_up = Some(CleanUp {
-        unused_runner_pods: job.spec.runner_selector.is_none(),
+        unused_runner_pods: job.spec.spawns_runner(),
         step_pods: !seen.keep_step_pods,
     });
     match job_status::ttl_due(job) {
@@ -208,8 +207,11 @@ fn queued(job: &Job, seen: &Observed, now: Timestamp) -> JobPlan {
             reason: why,
             message,
         }) => {
-            // An invalid spec waits for an edit (and the spec is immutable).
-            let requeue = if *why == reason::INVALID_SPEC {
+            // A Job waiting for a shared runner is reconciled again by the queue's
+            // upkeep when its decision changes: no timer per Job, so an idle queue
+            // costs nothing. An invalid spec waits for an edit (and the spec is
+            // immutable). An on-demand Job watches its own pod, and looks again.
+            let requeue = if !job.spec.spawns_runner() || *why == reason::INVALID_SPEC {
                 Requeue::OnChange
             } else {
                 Requeue::After(QUEUE_RESYNC)

@@ -151,6 +151,13 @@ fn queued_jobs() {
             job(Queued, false, true),
             busy(),
             None,
+            "status=Queued@0 tell=- note=RunnersBusy clean=- next=change",
+        ),
+        (
+            "on-demand waits: looks again (its pod may move)",
+            job(Queued, false, false),
+            busy(),
+            None,
             "status=Queued@0 tell=- note=RunnersBusy clean=- next=30000ms",
         ),
         (
@@ -197,7 +204,7 @@ fn waiting_again_for_the_same_reason_writes_nothing() {
     let again = decide(&j, &seen(busy(), None), later);
     assert_eq!(
         describe(&again),
-        "status=- tell=- note=- clean=- next=30000ms"
+        "status=- tell=- note=- clean=- next=change"
     );
 }
 

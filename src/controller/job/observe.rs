@@ -1,14 +1,19 @@
 //! What the Job reconciler reads before it decides: the queue's verdict on a
-//! Queued Job (the watch caches and the hub, planned by [`plan_queue`]) or the
+//! Queued Job (the watch caches and the hub, planned by [`decisions`]) or the
 //! state of an active Job's runner. Reads only; [`super::apply`] writes.
 
 use std::collections::{BTreeSet, HashMap};
+use std::hash::{DefaultHasher, Hash, Hasher};
 use std::sync::Arc;
 
 use kube::ResourceExt;
 
+use super::board::NsPlan;
 use super::decide::{Observed, RunnerSeen};
-use super::queue::{Decision, Queued, RunnerView, plan_queue};
+use super::queue::{
+    Decision, Queued, RunnerView, decisions, on_demand_decision, plan_queue, sort_queue,
+    waits_in_queue,
+};
 use super::{Recent, invalid_spec, runner_secrets};
 use crate::controller::{Context, on_demand};
 use crate::crd::job::JobPhase;
@@ -52,8 +57,8 @@ pub async fn observe(
     seen
 }
 
-/// This Job's decision in a plan of its namespace's whole queue, and the other
-/// Jobs the plan assigns.
+/// This Job's decision in the plan of its namespace's whole queue, and the
+/// other Jobs the plan assigns.
 fn queue_verdict(
     ctx: &Context,
     job: &Job,
@@ -62,30 +67,54 @@ fn queue_verdict(
     recent: &mut Recent,
 ) -> (Option<Decision>, Vec<String>) {
     let name = job.name_any();
+    let plan = plan_namespace(ctx, ns, recent);
+    let others = (plan.queue.iter().zip(&plan.decisions))
+        .filter(|(j, d)| j.name != name && matches!(d, Decision::Assign { .. }))
+        .map(|(j, _)| j.name.clone())
+        .collect();
+    let free: Vec<usize> = plan.runners.iter().map(|r| r.free).collect();
+    let mine = match (slot, plan.index.get(&name)) {
+        // On-demand runners serve one Job each: no other Job's decision bears on it.
+        (Some(slot), _) => on_demand_decision(&slot, &plan.runners, &free),
+        (None, Some(&i)) => plan.decisions[i].clone(),
+        (None, None) => {
+            // Not in the cache yet (just created): planned in its place, once.
+            let mut q = plan.queue.clone();
+            q.push(queued(job, &runner_secrets(&ctx.tokens, ns)));
+            sort_queue(&mut q);
+            match plan_queue(&q, &plan.runners).remove(&name) {
+                Some(decision) => decision,
+                None => return (None, others),
+            }
+        }
+    };
+    (Some(mine), others)
+}
+
+/// The plan of `ns`'s queue: the one remembered if nothing it depends on
+/// changed (a position written, a step reported), else made afresh. So a Job
+/// reconciled for no queue reason costs a pass over the cache, not a plan.
+pub fn plan_namespace(ctx: &Context, ns: &str, recent: &mut Recent) -> Arc<NsPlan> {
     let runners = runner_views(ctx, ns, recent);
     let secrets = runner_secrets(&ctx.tokens, ns);
-    let mut q = queue(ctx, ns, &secrets);
-    if !q.iter().any(|j| j.name == name) {
-        // Not in the cache yet (just created): plan it last.
-        q.push(queued(job, &secrets));
+    let jobs = queued_jobs(ctx, ns);
+    let key = plan_key(&jobs, &runners, &secrets);
+    let board = ctx.kick.board();
+    if let Some(plan) = board.remembered(ns, key) {
+        return plan;
     }
-    if let Some(me) = q.iter_mut().find(|j| j.name == name) {
-        me.on_demand = slot;
-    }
-    let mut plan = plan_queue(&q, &runners);
-    let mine = plan.remove(&name);
-    let others = plan
-        .into_iter()
-        .filter(|(_, d)| matches!(d, Decision::Assign { .. }))
-        .map(|(n, _)| n)
-        .collect();
-    (mine, others)
+    let mut queue: Vec<Queued> = jobs.iter().map(|j| queued(j, &secrets)).collect();
+    sort_queue(&mut queue);
+    let decisions = decisions(&queue, &runners);
+    let plan = Arc::new(NsPlan::new(key, queue, decisions, runners));
+    board.remember(ns, plan.clone());
+    plan
 }
 
 async fn runner_seen(ctx: &Context, job: &Job, ns: &str) -> Option<RunnerSeen> {
     let runner = job.status.as_ref()?.runner.clone()?;
     // An on-demand runner whose pod is gone or going is lost at once.
-    if job.spec.runner_selector.is_none() {
+    if job.spec.spawns_runner() {
         ctx.runner_pods.wait_until_ready().await.ok();
         let pod = on_demand::pod_named(ctx, ns, &runner);
         if pod.is_none_or(|p| on_demand::is_gone(&p)) {
@@ -156,6 +185,8 @@ fn runner_views(ctx: &Context, ns: &str, recent: &mut Recent) -> Vec<RunnerView>
                 usable: is_usable(r, &ctx.hub, ns),
                 free: max.saturating_sub(used),
                 on_demand_for: r.spec.labels.get(on_demand::JOB_LABEL).cloned(),
+                direct_only: (ctx.hub.view(&RunnerKey::new(ns, r.name_any())))
+                    .is_some_and(|v| v.direct_only),
             }
         })
         .collect()
@@ -164,26 +195,36 @@ fn runner_views(ctx: &Context, ns: &str, recent: &mut Recent) -> Vec<RunnerView>
 fn queued(j: &Job, runner_secrets: &BTreeSet<String>) -> Queued {
     Queued {
         name: j.name_any(),
+        uid: j.uid().unwrap_or_default(),
+        priority: j.spec.priority.unwrap_or(0),
+        created: j.metadata.creation_timestamp.as_ref().map(|t| t.0),
         selector: j.spec.runner_selector.clone(),
+        runner_name: j.spec.runner_name.clone(),
         invalid: invalid_spec(j, runner_secrets),
         on_demand: None,
     }
 }
 
-/// The namespace's Queued Jobs in queue order: FIFO by creationTimestamp, then name.
-fn queue(ctx: &Context, ns: &str, runner_secrets: &BTreeSet<String>) -> Vec<Queued> {
-    let mut q: Vec<Arc<Job>> = ctx
-        .jobs
+/// The namespace's Queued Jobs (not cancelled, not being deleted), unordered.
+pub fn queued_jobs(ctx: &Context, ns: &str) -> Vec<Arc<Job>> {
+    ctx.jobs
         .state()
         .into_iter()
-        .filter(|j| j.namespace().as_deref() == Some(ns))
-        .filter(|j| j.metadata.deletion_timestamp.is_none() && j.spec.cancel != Some(true))
-        .filter(|j| j.status.as_ref().and_then(|s| s.phase).unwrap_or_default() == JobPhase::Queued)
-        .collect();
-    q.sort_by(|a, b| {
-        let ta = a.metadata.creation_timestamp.as_ref().map(|t| t.0);
-        let tb = b.metadata.creation_timestamp.as_ref().map(|t| t.0);
-        ta.cmp(&tb).then_with(|| a.name_any().cmp(&b.name_any()))
+        .filter(|j| j.namespace().as_deref() == Some(ns) && waits_in_queue(j))
+        .collect()
+}
+
+/// What a plan depends on, hashed: each queued Job's identity and spec
+/// generation (not its status: a position or a condition changes no decision),
+/// the runners as the queue sees them, and the Secrets a spec may not read.
+fn plan_key(jobs: &[Arc<Job>], runners: &[RunnerView], secrets: &BTreeSet<String>) -> u64 {
+    let mut h = DefaultHasher::new();
+    // The cache's order is arbitrary: the Jobs are summed, not hashed in turn.
+    let jobs_sum = jobs.iter().fold(0u64, |sum, j| {
+        let mut jh = DefaultHasher::new();
+        (&j.metadata.name, &j.metadata.uid, j.metadata.generation).hash(&mut jh);
+        sum.wrapping_add(jh.finish())
     });
-    q.iter().map(|j| queued(j, runner_secrets)).collect()
+    (jobs.len(), jobs_sum, runners, secrets).hash(&mut h);
+    h.finish()
 }

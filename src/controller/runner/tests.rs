@@ -31,6 +31,7 @@ fn session(token: Option<&str>, connected: bool) -> SessionView {
         public_key: String::new(),
         connected,
         idle: false,
+        direct_only: false,
     }
 }
 
@@ -173,6 +174,26 @@ fn restart_keeps_what_the_previous_status_knew() {
         ready.last_transition_time,
         Time(at(10)),
         "Adopted never flipped"
+    );
+}
+
+#[test]
+fn a_direct_only_runner_says_so_and_keeps_it_while_away() {
+    let r = runner(Some(AdoptionDecision::Adopted), false);
+    let direct = SessionView {
+        direct_only: true,
+        ..session(Some("t"), true)
+    };
+    let p = plan(&r, Some(&direct), None, None, at(0));
+    assert_eq!(p.status.direct_only, Some(true));
+    let mut away = r.clone();
+    away.status = Some(p.status);
+    let p = plan(&away, Some(&session(Some("t"), false)), None, None, at(1));
+    assert_eq!(p.status.direct_only, Some(true), "kept while disconnected");
+    let p = plan(&away, Some(&session(Some("t"), true)), None, None, at(2));
+    assert_eq!(
+        p.status.direct_only, None,
+        "reconnected without --direct-only"
     );
 }
 
