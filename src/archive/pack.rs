@@ -7,6 +7,7 @@ use std::path::Path;
 
 use sha2::{Digest, Sha256};
 
+use super::path::link_stays_inside;
 use super::{Changes, FILES, MANIFEST, Manifest, VERSION};
 
 /// zstd's default level: fast enough to keep up with a disk, and a workspace's
@@ -22,6 +23,8 @@ pub struct Packed {
     pub added: usize,
     pub modified: usize,
     pub deleted: usize,
+    /// Symlinks changed but left out: their targets lead out of the tree.
+    pub skipped: Vec<String>,
 }
 
 /// Pack `changes` of the tree at `root` into `out`. A path that vanished since
@@ -33,16 +36,20 @@ pub fn pack(root: &Path, changes: &Changes, out: impl Write) -> io::Result<Packe
         modified: Vec::new(),
         deleted: changes.deleted.clone(),
     };
-    let present = |p: &String| root.join(p).symlink_metadata().is_ok();
+    let mut skipped = Vec::new();
     for (list, into) in [
         (&changes.added, &mut manifest.added),
         (&changes.modified, &mut manifest.modified),
     ] {
         for path in list {
-            if present(path) {
-                into.push(path.clone());
-            } else {
-                manifest.deleted.push(path.clone());
+            match std::fs::read_link(root.join(path)) {
+                // A link out of the tree (`/usr/bin/node`) would make the whole
+                // archive refused on extraction: it is left out, and said so.
+                Ok(target) if !link_stays_inside(path, &target.to_string_lossy()) => {
+                    skipped.push(path.clone());
+                }
+                _ if root.join(path).symlink_metadata().is_ok() => into.push(path.clone()),
+                _ => manifest.deleted.push(path.clone()),
             }
         }
     }
@@ -66,6 +73,7 @@ pub fn pack(root: &Path, changes: &Changes, out: impl Write) -> io::Result<Packe
         added: manifest.added.len(),
         modified: manifest.modified.len(),
         deleted: manifest.deleted.len(),
+        skipped,
     })
 }
 

@@ -116,3 +116,21 @@ fn extracting_into_a_new_directory_writes_the_added_and_modified_files() {
     assert_eq!(mode & 0o777, 0o755);
     assert!(!dest.join("README.md").exists());
 }
+
+#[test]
+fn links_leading_out_of_the_tree_are_left_out_and_named() {
+    let (work, copy) = repo();
+    let before = snapshot(work.path()).unwrap();
+    std::os::unix::fs::symlink("/usr/bin/env", work.path().join("env")).unwrap();
+    std::os::unix::fs::symlink("../../outside", work.path().join("src/up")).unwrap();
+    write(work.path(), "kept.txt", "x");
+    let changes = diff(&before, &snapshot(work.path()).unwrap());
+    let mut bytes = Vec::new();
+    let packed = pack(work.path(), &changes, &mut bytes).unwrap();
+    assert_eq!(packed.skipped, ["env", "src/up"]);
+    assert_eq!(packed.added, 1);
+    // The archive still extracts: nothing in it leads out.
+    extract(bytes.as_slice(), copy.path(), &Limits::default()).unwrap();
+    assert!(copy.path().join("kept.txt").exists());
+    assert!(copy.path().join("env").symlink_metadata().is_err());
+}

@@ -81,6 +81,12 @@ impl Collector {
             store_archive(&workspace, &changes, &store).map(Some)
         })
         .await
+        .inspect(|packed| {
+            let skipped = packed.as_ref().map(|p| p.skipped.as_slice()).unwrap_or_default();
+            if !skipped.is_empty() {
+                tracing::warn!(step = %step.name, ?skipped, "symlinks leading out of the workspace are not collected");
+            }
+        })
     }
 }
 
