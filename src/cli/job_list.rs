@@ -19,21 +19,7 @@ pub fn list_table(jobs: &[Job], now: Timestamp) -> String {
     ];
     let mut rows: Vec<[String; 7]> = vec![header.map(str::to_owned)];
     rows.extend(jobs.iter().map(|j| row(j, now)));
-    let widths: Vec<usize> = (0..header.len())
-        .map(|i| rows.iter().map(|r| r[i].len()).max().unwrap_or(0))
-        .collect();
-    rows.iter()
-        .map(|r| {
-            r.iter()
-                .zip(&widths)
-                .map(|(c, w)| format!("{c:<w$}"))
-                .collect::<Vec<_>>()
-                .join("   ")
-                .trim_end()
-                .to_owned()
-        })
-        .collect::<Vec<_>>()
-        .join("\n")
+    super::table::aligned(&rows, "   ")
 }
 
 fn row(job: &Job, now: Timestamp) -> [String; 7] {

@@ -9,6 +9,7 @@ pub mod job_logs;
 pub mod local;
 pub mod plugin;
 pub mod step_end;
+mod table;
 pub mod terminal;
 
 /// Baton runs CI/CD jobs on Kubernetes runners, or locally with `baton run`.

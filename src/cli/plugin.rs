@@ -212,21 +212,7 @@ pub fn list_table(runners: &[Runner]) -> String {
             status.key_fingerprint.unwrap_or_else(|| "-".into()),
         ]);
     }
-    let widths: Vec<usize> = (0..8)
-        .map(|i| rows.iter().map(|r| r[i].len()).max().unwrap_or(0))
-        .collect();
-    rows.iter()
-        .map(|r| {
-            r.iter()
-                .zip(&widths)
-                .map(|(c, w)| format!("{c:<w$}"))
-                .collect::<Vec<_>>()
-                .join("  ")
-                .trim_end()
-                .to_owned()
-        })
-        .collect::<Vec<_>>()
-        .join("\n")
+    super::table::aligned(&rows, "  ")
 }
 
 pub async fn token(verb: TokenVerb) -> anyhow::Result<i32> {
