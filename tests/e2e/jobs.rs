@@ -52,6 +52,16 @@ async fn setup_with(ns: &TestNs, backend: &str) -> anyhow::Result<Setup> {
 
 /// [`setup_with`], the controller with extra environment.
 async fn setup_env(ns: &TestNs, backend: &str, envs: &[(&str, &str)]) -> anyhow::Result<Setup> {
+    setup_runner(ns, backend, envs, &[]).await
+}
+
+/// [`setup_env`], the runner with extra `baton runner` flags (`--direct-only`).
+async fn setup_runner(
+    ns: &TestNs,
+    backend: &str,
+    envs: &[(&str, &str)],
+    flags: &[&str],
+) -> anyhow::Result<Setup> {
     let ctl = Controller::start_with_env(&ns.name, "127.0.0.1:0", envs).await?;
     let out = baton_ok(&[
         "token", "create", "t1", "-n", &ns.name, "--runner", "r1", "--labels", "pool=e2e",
@@ -59,7 +69,7 @@ async fn setup_env(ns: &TestNs, backend: &str, envs: &[(&str, &str)]) -> anyhow:
     .await?;
     let token = out.trim().to_owned();
     let dir = TempDir::new(&ns.name);
-    let runner = Agent::start_with_backend(
+    let runner = Agent::start_with_flags(
         &ctl.url,
         &ns.name,
         "r1",
@@ -67,6 +77,7 @@ async fn setup_env(ns: &TestNs, backend: &str, envs: &[(&str, &str)]) -> anyhow:
         Some(&token),
         "",
         backend,
+        flags,
     )
     .await?;
     runner.wait_ready(200, 30).await?;

@@ -19,25 +19,7 @@ fn named(name: &str, selector: &str, runner: &str) -> anyhow::Result<Job> {
 #[tokio::test]
 async fn a_direct_only_runner_takes_only_jobs_that_name_it() {
     in_namespace("job-direct", |ns| async move {
-        let ctl = Controller::start(&ns.name, "127.0.0.1:0").await?;
-        let args = [
-            "token", "create", "t1", "-n", &ns.name, "--runner", "r1", "--labels", "pool=e2e",
-        ];
-        let token = baton_ok(&args).await?.trim().to_owned();
-        let dir = TempDir::new(&ns.name);
-        let flags = ["--direct-only"];
-        let runner = Agent::start_with_flags(
-            &ctl.url,
-            &ns.name,
-            "r1",
-            &dir.join("r1"),
-            Some(&token),
-            "",
-            "local",
-            &flags,
-        )
-        .await?;
-        runner.wait_ready(200, 30).await?;
+        let s = setup_runner(&ns, "local", &[], &["--direct-only"]).await?;
         let runners: Api<baton::crd::Runner> = Api::namespaced(ns.client.clone(), &ns.name);
         let says_direct = |r: Option<&baton::crd::Runner>| {
             r.and_then(|r| r.status.as_ref()?.direct_only) == Some(true)
@@ -79,7 +61,7 @@ async fn a_direct_only_runner_takes_only_jobs_that_name_it() {
         .await?;
         let still = jobs(&ns).get("by-labels").await?;
         ensure!(still.status.and_then(|s| s.phase) == Some(JobPhase::Queued));
-        drop(runner);
+        drop(s);
         Ok(())
     })
     .await;
