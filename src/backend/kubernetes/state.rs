@@ -455,6 +455,12 @@ mod tests {
         );
     }
 
+    /// The mark the backend believes is the one the entrypoint writes.
+    #[test]
+    fn the_oom_mark_is_the_entrypoints() {
+        assert_eq!(OOM_MARKER, baton_entrypoint::OOM_MARKER);
+    }
+
     /// An unwrapped step's termination message is its outputs, never a marker.
     #[test]
     fn only_the_entrypoint_marks_an_oom_kill() {

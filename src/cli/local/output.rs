@@ -7,6 +7,7 @@ use std::path::Path;
 
 use crate::archive::{self, Limits};
 use crate::backend::LocalBackend;
+use crate::crd::artifacts::StepArtifacts;
 use crate::executor::StepReport;
 
 /// Extract every step's archive into `dest`; one line per step says what it did.
@@ -15,15 +16,12 @@ pub fn extract_all(
     steps: &[StepReport],
     dest: &Path,
 ) -> anyhow::Result<()> {
-    let mut ended: Vec<&StepReport> = steps
+    let mut ended: Vec<(&StepReport, &StepArtifacts)> = steps
         .iter()
-        .filter(|s| s.status.artifacts.is_some())
+        .filter_map(|s| Some((s, s.status.artifacts.as_ref()?)))
         .collect();
-    ended.sort_by_key(|s| s.status.completion_time.as_ref().map(|t| t.0));
-    for step in ended {
-        let Some(artifacts) = &step.status.artifacts else {
-            continue;
-        };
+    ended.sort_by_key(|(s, _)| s.status.completion_time.as_ref().map(|t| t.0));
+    for (step, artifacts) in ended {
         let path = backend.archive_path(&artifacts.digest);
         let file = std::fs::File::open(&path).map_err(|e| {
             anyhow::anyhow!(
