@@ -3,7 +3,8 @@
 //! Layers, each using only those above it:
 //! `crd` (types and the pure Job status transitions, no I/O) → `protocol` (the
 //! runner ⇄ server wire types) → `domain` (adoption, tokens, Events, CA, backoff,
-//! the Job status writer) → `backend` (where steps run) → `executor` (DAG,
+//! the Job status writer) → `store` (blobs: finished logs, change archives, on
+//! object storage or a directory) → `backend` (where steps run) → `executor` (DAG,
 //! `when`, timeouts, outputs) → `server` (HTTP) / `controller` → `runner` → `cli`.
 
 pub mod archive;
@@ -16,3 +17,4 @@ pub mod executor;
 pub mod protocol;
 pub mod runner;
 pub mod server;
+pub mod store;

@@ -119,7 +119,12 @@ impl LocalBackend {
 
     /// Where the archive of changes with `digest` is kept (`status.steps[].artifacts`).
     pub fn archive_path(&self, digest: &str) -> PathBuf {
-        collect::archive_path(&self.artifact_store(), digest)
+        Self::archive_path_under(&self.root, digest)
+    }
+
+    /// [`LocalBackend::archive_path`] of a backend rooted at `root`.
+    pub fn archive_path_under(root: &Path, digest: &str) -> PathBuf {
+        collect::archive_path(&root.join("artifacts"), digest)
     }
 
     fn artifact_store(&self) -> PathBuf {

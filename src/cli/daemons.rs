@@ -79,6 +79,16 @@ pub struct ControllerArgs {
     /// Cap on one step's stored log, in bytes; past it a marker line says so.
     #[arg(long, value_name = "BYTES", default_value_t = crate::server::logs::DEFAULT_CAP, env = "BATON_LOG_CAP")]
     pub log_cap: u64,
+    /// Where change archives (and finished Jobs' logs) are kept: s3://BUCKET[/PREFIX]
+    /// (also S3-compatible servers: AWS_ENDPOINT_URL, AWS_ALLOW_HTTP), gs://, az://
+    /// or file:///DIR; credentials from the provider's usual environment variables.
+    /// Default: DIR/store beside the logs. On object storage, finished logs
+    /// survive this replica's disk and any leader serves them.
+    #[arg(long, value_name = "URL", env = "BATON_STORE")]
+    pub store: Option<String>,
+    /// Cap on one uploaded change archive, in bytes (compressed).
+    #[arg(long, value_name = "BYTES", default_value_t = crate::server::DEFAULT_ARTIFACT_CAP, env = "BATON_ARTIFACT_CAP")]
+    pub artifact_cap: u64,
     /// An active Job's runner disconnected this long is lost: its Job is handed
     /// to another runner (at a new epoch).
     #[arg(long, value_parser = parse_duration, default_value = "60s", env = "BATON_RUNNER_LOST_AFTER")]
@@ -303,9 +313,11 @@ pub async fn controller(args: ControllerArgs) -> anyhow::Result<i32> {
                 per_second: f64::from(args.register_rate),
                 burst: f64::from(args.register_rate) * 4.0,
             },
+            artifact_cap: args.artifact_cap,
         },
         data_dir: args.data_dir,
         log_cap: args.log_cap,
+        store: args.store.filter(|u| !u.trim().is_empty()),
         runner_lost_after: args.runner_lost_after,
         pending_runner_ttl: args.pending_runner_ttl,
         keep_step_pods: args.keep_step_pods,

@@ -57,6 +57,21 @@ pub enum JobVerb {
         #[command(flatten)]
         kube: KubeArgs,
     },
+    /// Download the archives of what a Job's steps changed (`collect`,
+    /// `artifacts`) and extract them into DIR, in the order the steps ended.
+    Artifacts {
+        name: String,
+        /// Only this step's archive.
+        #[arg(long)]
+        step: Option<String>,
+        /// Where to extract (created if missing).
+        #[arg(short = 'o', long = "output", value_name = "DIR")]
+        output: PathBuf,
+        #[command(flatten)]
+        server: ServerArgs,
+        #[command(flatten)]
+        kube: KubeArgs,
+    },
     /// List the Jobs: phase, priority, and for a Queued one its place in the
     /// queue and why it waits (the Scheduled condition's reason).
     List {
@@ -120,6 +135,13 @@ pub async fn job(verb: JobVerb) -> anyhow::Result<i32> {
             print_logs(&api, &ns, &name, step.as_deref(), follow, &logs).await?;
             Ok(0)
         }
+        JobVerb::Artifacts {
+            name,
+            step,
+            output,
+            server,
+            kube,
+        } => crate::cli::artifacts::run(&name, step.as_deref(), &output, &server, &kube).await,
         JobVerb::List { kube } => {
             let (client, ns) = kube.connect().await?;
             let api: Api<Job> = Api::namespaced(client, &ns);

@@ -114,6 +114,24 @@ impl LogClient {
         })
     }
 
+    /// GET `path` on the server with the token; a refusal is an error carrying
+    /// the server's (sanitized) words.
+    pub async fn get(&self, path: &str) -> anyhow::Result<reqwest::Response> {
+        let res = self
+            .http
+            .get(format!("{}{path}", self.base))
+            .bearer_auth(&self.token)
+            .send()
+            .await
+            .with_context(|| format!("reach the server at {}", self.base))?;
+        let status = res.status();
+        if !status.is_success() {
+            let body = sanitize(&res.text().await.unwrap_or_default());
+            bail!("the server refused {path}: {status} {body}");
+        }
+        Ok(res)
+    }
+
     /// A line of our own (a step's header), stripped like the logs.
     pub fn header(&self, text: &str) -> String {
         if self.sanitize {

@@ -2,6 +2,7 @@
 
 use clap::{Parser, Subcommand};
 
+pub mod artifacts;
 pub mod daemons;
 pub mod job;
 pub mod job_list;

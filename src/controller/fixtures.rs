@@ -25,6 +25,7 @@ pub fn mocked_context(name: &str) -> (Arc<Context>, ApiHandle) {
             std::env::temp_dir().join(format!("baton-fixture-{name}-{}", std::process::id())),
         ),
         log_cap: 1024,
+        store: None,
         runner_lost_after: std::time::Duration::from_secs(60),
         pending_runner_ttl: std::time::Duration::from_secs(3600),
         keep_step_pods: false,
@@ -33,10 +34,12 @@ pub fn mocked_context(name: &str) -> (Arc<Context>, ApiHandle) {
         tls: None,
     };
     let caches = Caches::new();
-    let logs = super::log_store(
+    let logs = super::stores(
         config.data_dir.clone().unwrap_or_default().join("logs"),
         config.log_cap,
-    );
+        None,
+    )
+    .expect("a private temporary directory");
     let (ctx, _state, _kicks) = context(
         &client,
         &config,

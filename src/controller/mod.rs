@@ -9,6 +9,7 @@ pub mod on_demand;
 pub mod runner;
 mod runtime;
 mod scoped;
+mod sweep;
 pub mod token;
 mod watches;
 
@@ -33,6 +34,7 @@ use crate::server::health::Readiness;
 use crate::server::hub::{Hub, RunnerKey};
 use crate::server::metrics::Metrics;
 use crate::server::{self, ApiConfig, ApiState};
+use crate::store::BlobStore;
 
 /// What a reconcile was doing when it failed.
 #[derive(Debug, thiserror::Error)]
@@ -70,6 +72,8 @@ pub enum StartError {
     Server(#[from] server::ServerError),
     #[error(transparent)]
     LogDir(#[from] server::log_dir::LogDirError),
+    #[error("the blob store: {0}")]
+    Store(#[from] crate::store::StoreError),
     #[error("{0}")]
     Leader(String),
     #[error("draw the runner API's challenge key from the OS random source: {0}")]
@@ -91,6 +95,8 @@ pub struct Context {
     pub runner_pods: Store<Pod>,
     pub on_demand: on_demand::OnDemandConfig,
     pub logs: Arc<server::logs::LogStore>,
+    /// Change archives, and finished logs on object storage.
+    pub store: BlobStore,
     /// Held while a Job is assigned, with the assignments the cache may not show yet.
     pub recent: tokio::sync::Mutex<job::Recent>,
     pub kick: job::Kick,
@@ -196,6 +202,9 @@ pub struct Config {
     pub data_dir: Option<std::path::PathBuf>,
     /// Cap on one step's stored log, in bytes.
     pub log_cap: u64,
+    /// The blob store's URL (`s3://bucket/prefix`, ...); `None`: `store/` beside
+    /// the logs in the data directory.
+    pub store: Option<String>,
     /// An active Job's runner disconnected this long is lost.
     pub runner_lost_after: Duration,
     /// A Pending Runner not heard from this long is deleted.
@@ -246,11 +255,24 @@ fn stop_on(
     (stop, stopped)
 }
 
-/// The log store in `root` (made private by [`server::log_dir::prepare`]).
-fn log_store(root: std::path::PathBuf, cap: u64) -> Arc<server::logs::LogStore> {
-    let logs = Arc::new(server::logs::LogStore::new(root, cap));
-    info!(dir = %logs.root().display(), cap, "step logs stored here");
-    logs
+/// The log store in `logs_dir` (made private by [`server::log_dir::prepare`]) and
+/// the blob store: `url`, or a `store` directory beside the logs. Finished logs
+/// are copied to a store that is not on this machine.
+fn stores(
+    logs_dir: std::path::PathBuf,
+    cap: u64,
+    url: Option<&str>,
+) -> Result<(Arc<server::logs::LogStore>, BlobStore), crate::store::StoreError> {
+    let store = match url {
+        Some(url) => BlobStore::open(url)?,
+        None => BlobStore::local(&logs_dir.with_file_name("store"))?,
+    };
+    let mut logs = server::logs::LogStore::new(logs_dir, cap);
+    if !store.is_local() {
+        logs = logs.with_archive(store.clone());
+    }
+    info!(dir = %logs.root().display(), cap, store = store.location(), "step logs and archives stored here");
+    Ok((Arc::new(logs), store))
 }
 
 /// The reconcilers' shared context and the runner API's state, over the same
@@ -262,7 +284,7 @@ fn context(
     hub: Arc<Hub>,
     readiness: Readiness,
     challenges: Arc<Challenges>,
-    logs: Arc<server::logs::LogStore>,
+    (logs, store): (Arc<server::logs::LogStore>, BlobStore),
 ) -> (Arc<Context>, ApiState, KickReceiver) {
     let metrics = Arc::new(Metrics::new());
     let events = crate::domain::events::Events::new(client.clone());
@@ -272,6 +294,7 @@ fn context(
         tokens: caches.tokens.0.clone(),
         jobs: caches.jobs.0.clone(),
         logs: logs.clone(),
+        store: store.clone(),
         hub: hub.clone(),
         readiness,
         config: config.api.clone(),
@@ -290,6 +313,7 @@ fn context(
         runner_pods: caches.runner_pods.0.clone(),
         on_demand: config.on_demand.clone(),
         logs,
+        store,
         recent: tokio::sync::Mutex::default(),
         kick,
         runner_lost_after: config.runner_lost_after,
@@ -306,16 +330,43 @@ fn context(
 
 type KickReceiver = tokio::sync::mpsc::UnboundedReceiver<ObjectRef<Job>>;
 
+/// A deleted Job's logs and blobs go with it.
+pub(crate) async fn remove_job_data(
+    logs: &server::logs::LogStore,
+    store: &BlobStore,
+    (ns, name, uid): (&str, &str, &str),
+) {
+    logs.remove_job(ns, name, uid).await;
+    let Ok(job) = crate::store::JobKey::new(ns, name, uid) else {
+        return;
+    };
+    match store.remove_prefix(&job.prefix()).await {
+        Ok(0) => {}
+        Ok(n) => info!(
+            namespace = ns,
+            job = name,
+            blobs = n,
+            "the deleted Job's blobs removed"
+        ),
+        Err(e) => warn!(
+            namespace = ns,
+            job = name,
+            "remove the deleted Job's blobs: {e}"
+        ),
+    }
+}
+
 /// Remove the logs of Jobs deleted while no controller watched, once the Job
 /// cache has synced.
 fn sweep_logs(ctx: &Context, scope: Scope) {
-    let (jobs, logs) = (ctx.jobs.clone(), ctx.logs.clone());
+    let (jobs, logs, store) = (ctx.jobs.clone(), ctx.logs.clone(), ctx.store.clone());
     tokio::spawn(async move {
         if jobs.wait_until_ready().await.is_ok() {
             let live = jobs.state().iter().filter_map(|j| j.uid()).collect();
             let mut removed = 0;
             for ns in scope.watched() {
                 removed += logs.sweep(&live, ns).await;
+                removed += sweep::blobs(&store, &live, ns).await;
             }
             info!(
                 removed,
@@ -357,7 +408,7 @@ pub async fn run(
     }
     let caches = Caches::new();
     let challenges = Arc::new(Challenges::new().map_err(StartError::Random)?);
-    let logs = log_store(logs_dir, config.log_cap);
+    let (logs, store) = stores(logs_dir, config.log_cap, config.store.as_deref())?;
     let (ctx, state, kicks) = context(
         &client,
         &config,
@@ -365,7 +416,7 @@ pub async fn run(
         hub.clone(),
         readiness.clone(),
         challenges,
-        logs,
+        (logs, store),
     );
     let (listener, addr) = server::bind(config.listen).await?;
     info!(%addr, namespaces = %scope, tls = tls.is_some(), "runner API listening");

@@ -142,9 +142,11 @@ fn job_event(ctx: &Context, ev: &watcher::Event<Job>) {
     {
         ctx.kick.kick_namespace(&ns);
         ctx.clean_up_again(&uid);
-        let logs = ctx.logs.clone();
+        let (logs, store) = (ctx.logs.clone(), ctx.store.clone());
         let name = j.name_any();
-        tokio::spawn(async move { logs.remove_job(&ns, &name, &uid).await });
+        tokio::spawn(async move {
+            super::remove_job_data(&logs, &store, (&ns, &name, &uid)).await;
+        });
     }
 }
 

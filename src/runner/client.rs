@@ -28,6 +28,9 @@ pub enum ClientError {
         #[source]
         source: reqwest::Error,
     },
+    /// A change archive to upload could not be read here.
+    #[error("read the change archive: {0}")]
+    Archive(String),
     /// The server answered, and said no.
     #[error("{doing}: the server answered {status} {reason}: {message}")]
     Refused {
@@ -296,6 +299,44 @@ impl Client {
             .send()
             .await;
         Self::json_or_refused::<serde_json::Value>("report job status", res)
+            .await
+            .map(|_| ())
+    }
+
+    /// Upload a step's change archive (the file at `path`) under its `digest`,
+    /// streamed; the server keeps it only if the content hashes to the digest.
+    pub async fn upload_archive(
+        &self,
+        (namespace, name): (&str, &str),
+        (runner, epoch): (&str, i64),
+        digest: &str,
+        path: &std::path::Path,
+        token: &str,
+    ) -> Result<(), ClientError> {
+        let file = tokio::fs::File::open(path)
+            .await
+            .map_err(|e| ClientError::Archive(format!("open {}: {e}", path.display())))?;
+        let size = file
+            .metadata()
+            .await
+            .map_err(|e| ClientError::Archive(format!("stat {}: {e}", path.display())))?
+            .len();
+        let body = reqwest::Body::wrap_stream(tokio_util::io::ReaderStream::new(file));
+        let res = self
+            .http
+            .put(format!(
+                "{}/v1/jobs/{namespace}/{name}/artifacts/{digest}",
+                self.base
+            ))
+            .query(&[("runner", runner), ("epoch", &epoch.to_string())])
+            .timeout(Duration::from_secs(600))
+            .bearer_auth(token)
+            .header(reqwest::header::CONTENT_TYPE, "application/zstd")
+            .header(reqwest::header::CONTENT_LENGTH, size)
+            .body(body)
+            .send()
+            .await;
+        Self::json_or_refused::<serde_json::Value>("upload a change archive", res)
             .await
             .map(|_| ())
     }

@@ -34,6 +34,7 @@ use crate::executor::{
 use crate::protocol::jobs::{AppendQuery, ClaimRequest, ClaimResponse, MAX_LOG_BODY, StatusReport};
 
 mod sent;
+mod upload;
 use sent::{JOB_LOG_KEEP, STEP_LOG_KEEP, SentLog, gap_stored, resend_from};
 
 /// Jobs in progress: (namespace, name) -> (epoch, its cancel token).
@@ -190,7 +191,7 @@ impl JobRunner {
         match self.backend {
             BackendKind::Local => {
                 // Resumable: a restarted runner finds its steps' records.
-                let backend = LocalBackend::new(self.work_dir.join(ns).join(name)).resumable();
+                let backend = LocalBackend::new(self.job_dir(ns, name)).resumable();
                 Executor::new(&backend, ExecutorOptions::default())
                     .run(workflow, &claim.spec, sink, sink, cancel)
                     .await
@@ -213,6 +214,11 @@ impl JobRunner {
                 None => Err("no Kubernetes client for the kubernetes backend".to_owned()),
             },
         }
+    }
+
+    /// Local backend: where Job `ns/name` runs.
+    fn job_dir(&self, ns: &str, name: &str) -> PathBuf {
+        self.work_dir.join(ns).join(name)
     }
 
     async fn run_job(
@@ -253,6 +259,7 @@ impl JobRunner {
             claim: claim.clone(),
             fenced: CancellationToken::new(),
             sent: Mutex::default(),
+            local_root: (self.backend == BackendKind::Local).then(|| self.job_dir(ns, name)),
         };
         let workflow = Workflow::new(claim.uid.clone());
         let run = self.execute(ns, name, &claim, &workflow, &sink, &cancel);
@@ -333,6 +340,8 @@ struct Sink {
     fenced: CancellationToken,
     /// Per running step: the bytes sent so far, for a resend after a `LogGap`.
     sent: Mutex<HashMap<String, SentLog>>,
+    /// Local backend: the Job's directory (its change archives are under it).
+    local_root: Option<PathBuf>,
 }
 
 /// How one POST of log bytes went.
@@ -388,10 +397,11 @@ impl StatusSink for Sink {
                 );
             }
         }
+        let without_changes = self.upload_changes(status).await;
         self.post(&StatusReport {
             runner: self.runner.clone(),
             epoch: self.claim.epoch,
-            step: Some(status.clone()),
+            step: Some(without_changes.unwrap_or_else(|| status.clone())),
             ..Default::default()
         })
         .await;

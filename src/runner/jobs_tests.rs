@@ -115,6 +115,7 @@ fn sink(server: &str) -> Sink {
         },
         fenced: CancellationToken::new(),
         sent: Mutex::default(),
+        local_root: None,
     }
 }
 

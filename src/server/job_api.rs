@@ -125,7 +125,7 @@ pub fn routes(
         );
     let read = warp::path!("v1" / "jobs" / String / String / "logs")
         .and(warp::get())
-        .and(with_state)
+        .and(with_state.clone())
         .and(query_map())
         .and(auth)
         .then(
@@ -138,6 +138,8 @@ pub fn routes(
             },
         );
     list.or(claim)
+        .unify()
+        .or(artifacts::routes(state.clone()))
         .unify()
         .or(status)
         .unify()
@@ -397,6 +399,7 @@ async fn report(
     for _ in 0..5 {
         let job = fresh(state, ns, name).await?;
         jobs::fence(job.status.as_ref(), &req.runner, req.epoch)?;
+        artifacts::check_reported(state, &job, req.step.as_ref()).await?;
         let current = job.status.clone().unwrap_or_default();
         let next = job_status::next(&job, Transition::Report(req.as_report()), Timestamp::now());
         if next == current {
@@ -463,6 +466,30 @@ async fn report_event(
     state.events.publish(job, warning, why, note).await;
 }
 
+/// The Job, if `runner` at `epoch` still runs it. The watch cache first: epochs
+/// only grow, so a cache at this epoch or later decides; only a cache behind the
+/// presented epoch is checked for real.
+async fn fenced(
+    state: &ApiState,
+    ns: &str,
+    name: &str,
+    runner: &str,
+    epoch: i64,
+) -> Result<Job, ApiError> {
+    match cached(state, ns, name) {
+        Some(j) if jobs::fence(j.status.as_ref(), runner, epoch).is_ok() => Ok((*j).clone()),
+        Some(j) if j.status.as_ref().and_then(|s| s.epoch).unwrap_or(0) >= epoch => {
+            jobs::fence(j.status.as_ref(), runner, epoch)?;
+            Ok((*j).clone())
+        }
+        _ => {
+            let j = fresh(state, ns, name).await?;
+            jobs::fence(j.status.as_ref(), runner, epoch)?;
+            Ok(j)
+        }
+    }
+}
+
 async fn append(
     state: &ApiState,
     ns: &str,
@@ -473,20 +500,7 @@ async fn append(
 ) -> Result<Response, ApiError> {
     names(ns, name)?;
     runner_auth(state, authorization, &q.runner, ns)?;
-    // The watch cache first. Epochs only grow, so a cache at this epoch or later
-    // decides; only a cache behind the presented epoch is checked for real.
-    let job = match cached(state, ns, name) {
-        Some(j) if jobs::fence(j.status.as_ref(), &q.runner, q.epoch).is_ok() => (*j).clone(),
-        Some(j) if j.status.as_ref().and_then(|s| s.epoch).unwrap_or(0) >= q.epoch => {
-            jobs::fence(j.status.as_ref(), &q.runner, q.epoch)?;
-            (*j).clone()
-        }
-        _ => {
-            let j = fresh(state, ns, name).await?;
-            jobs::fence(j.status.as_ref(), &q.runner, q.epoch)?;
-            j
-        }
-    };
+    let job = fenced(state, ns, name, &q.runner, q.epoch).await?;
     if !job.spec.steps.iter().any(|s| s.name == q.step) {
         return Err(ApiError::bad_request(
             "UnknownStep",
@@ -508,10 +522,11 @@ async fn append(
     ))
 }
 
+mod artifacts;
 mod auth;
 mod user_logs;
 use auth::{runner_auth, token_first};
-use user_logs::read;
+use user_logs::{SyncStream, read, user_may_get};
 
 #[cfg(test)]
 #[path = "job_tests.rs"]

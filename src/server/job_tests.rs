@@ -68,6 +68,7 @@ fn fixture(name: &str) -> Fixture {
             tokens,
             jobs: jobs_r,
             logs: Arc::new(LogStore::new(dir, 1024)),
+            store: crate::store::BlobStore::in_memory(),
             hub: Arc::new(Hub::default()),
             readiness: Readiness::default(),
             config: ApiConfig {
@@ -439,3 +440,6 @@ async fn job_routes_check_the_token_before_the_body() {
         }
     }
 }
+
+#[path = "job_tests_artifacts.rs"]
+mod artifacts;

@@ -7,6 +7,11 @@
 //! dropped, one marker line says so, and the logical length (what the runner has
 //! sent) is kept in a sidecar file so offsets keep working.
 //!
+//! With a blob store on object storage ([`LogStore::with_archive`]) a finished
+//! Job's logs are also copied there ([`LogStore::archive_job`]), and a log this
+//! machine does not hold is read from there: a new leader, or any replica, serves
+//! finished logs without a shared volume.
+//!
 //! Reads stream the file in chunks ([`LogReader`]), never the whole log in memory;
 //! the store counts open readers and followers, so a test (or a curious operator)
 //! can see that none outlives its client.
@@ -20,10 +25,14 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
+use futures::StreamExt;
+use futures::stream::BoxStream;
 use tokio::io::{AsyncSeekExt, AsyncWriteExt};
 use tokio::sync::watch;
 use tokio_util::io::ReaderStream;
 use tokio_util::sync::CancellationToken;
+
+use crate::store::{BlobStore, JobKey, StoreError};
 
 /// Default cap of one step's stored log.
 pub const DEFAULT_CAP: u64 = 10 * 1024 * 1024;
@@ -43,6 +52,8 @@ pub enum LogError {
         "{part} {value:?} cannot name a log file: lowercase letters, digits, '-', '.', '_' only"
     )]
     BadKey { part: &'static str, value: String },
+    #[error("the log archive: {0}")]
+    Archive(#[from] StoreError),
     #[error("{doing} {path}: {source}")]
     Io {
         doing: &'static str,
@@ -91,6 +102,11 @@ pub struct LogStore {
     followers: Arc<AtomicUsize>,
     /// Cancelled when the server shuts down: followed reads end.
     stopping: CancellationToken,
+    /// Object storage finished logs are copied to, and read from when this
+    /// machine holds none.
+    archive: Option<BlobStore>,
+    /// uids of Jobs whose logs this process archived.
+    archived: Mutex<std::collections::HashSet<String>>,
 }
 
 impl std::fmt::Debug for LogStore {
@@ -120,7 +136,77 @@ impl LogStore {
             readers: Arc::default(),
             followers: Arc::default(),
             stopping: CancellationToken::new(),
+            archive: None,
+            archived: Mutex::default(),
         }
+    }
+
+    /// Copy finished logs to `store`, and read from it what this machine lacks.
+    #[must_use]
+    pub fn with_archive(mut self, store: BlobStore) -> Self {
+        self.archive = Some(store);
+        self
+    }
+
+    fn archived(
+        &self,
+        key: &LogKey,
+    ) -> Result<Option<(&BlobStore, object_store::path::Path)>, LogError> {
+        let Some(store) = &self.archive else {
+            return Ok(None);
+        };
+        let job = JobKey::new(&key.namespace, &key.name, &key.uid).map_err(StoreError::from)?;
+        Ok(Some((store, job.log(&key.step).map_err(StoreError::from)?)))
+    }
+
+    /// Copy the named steps' logs of a finished Job to the archive (none without
+    /// one), once per process; a step with no log here is skipped. Returns how
+    /// many were copied.
+    pub async fn archive_job(&self, job: &JobKey, steps: &[String]) -> Result<usize, LogError> {
+        let Some(store) = &self.archive else {
+            return Ok(0);
+        };
+        let first = (self.archived.lock())
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(job.uid().to_owned());
+        if !first {
+            return Ok(0);
+        }
+        let copied = self.copy_to(store, job, steps).await;
+        if copied.is_err() {
+            (self.archived.lock())
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .remove(job.uid());
+        }
+        copied
+    }
+
+    async fn copy_to(
+        &self,
+        store: &BlobStore,
+        job: &JobKey,
+        steps: &[String],
+    ) -> Result<usize, LogError> {
+        let mut copied = 0;
+        for step in steps {
+            let key = LogKey {
+                namespace: job.namespace().to_owned(),
+                name: job.name().to_owned(),
+                uid: job.uid().to_owned(),
+                step: step.clone(),
+            };
+            let dp = self.data_path(&key)?;
+            let file = match tokio::fs::File::open(&dp).await {
+                Ok(f) => f,
+                Err(e) if e.kind() == ErrorKind::NotFound => continue,
+                Err(e) => return Err(io("open log", &dp)(e)),
+            };
+            let body = ReaderStream::with_capacity(file, READ_CHUNK);
+            let stored = job.log(step).map_err(StoreError::from)?;
+            store.put(&stored, body, u64::MAX).await?;
+            copied += 1;
+        }
+        Ok(copied)
     }
 
     pub fn root(&self) -> &Path {
@@ -242,6 +328,9 @@ impl LogStore {
         let dp = self.data_path(key)?;
         let mut file = match tokio::fs::File::open(&dp).await {
             Ok(f) => f,
+            Err(e) if e.kind() == ErrorKind::NotFound && self.archive.is_some() => {
+                return self.read_archived(key, from).await;
+            }
             Err(e) if e.kind() == ErrorKind::NotFound && from == 0 => {
                 return Ok(LogReader::new(None, &self.readers));
             }
@@ -260,8 +349,25 @@ impl LogStore {
         file.seek(SeekFrom::Start(from))
             .await
             .map_err(io("seek log", &dp))?;
-        let chunks = ReaderStream::with_capacity(file, READ_CHUNK);
+        let chunks = ReaderStream::with_capacity(file, READ_CHUNK).boxed();
         Ok(LogReader::new(Some(chunks), &self.readers))
+    }
+
+    /// A log this machine does not hold, from the archive (empty when neither has it).
+    async fn read_archived(&self, key: &LogKey, from: u64) -> Result<LogReader, LogError> {
+        let Some((store, stored)) = self.archived(key)? else {
+            return Ok(LogReader::new(None, &self.readers));
+        };
+        match store.get(&stored, from).await {
+            Ok(Some(blob)) => Ok(LogReader::new(Some(blob.bytes), &self.readers)),
+            Ok(None) if from == 0 => Ok(LogReader::new(None, &self.readers)),
+            Ok(None) => Err(LogError::Beyond {
+                offset: from,
+                size: 0,
+            }),
+            Err(StoreError::Beyond { offset, size }) => Err(LogError::Beyond { offset, size }),
+            Err(e) => Err(e.into()),
+        }
     }
 
     /// Changes of any log: `changed()` resolves after the next accepted append.
@@ -371,14 +477,24 @@ impl Drop for Open {
 }
 
 /// A step's stored log as a stream of chunks of at most [`READ_CHUNK`] bytes.
-#[derive(Debug)]
 pub struct LogReader {
-    chunks: Option<ReaderStream<tokio::fs::File>>,
+    chunks: Option<BoxStream<'static, std::io::Result<Bytes>>>,
     _open: Open,
 }
 
+impl std::fmt::Debug for LogReader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LogReader")
+            .field("empty", &self.chunks.is_none())
+            .finish()
+    }
+}
+
 impl LogReader {
-    fn new(chunks: Option<ReaderStream<tokio::fs::File>>, count: &Arc<AtomicUsize>) -> Self {
+    fn new(
+        chunks: Option<BoxStream<'static, std::io::Result<Bytes>>>,
+        count: &Arc<AtomicUsize>,
+    ) -> Self {
         Self {
             chunks,
             _open: Open::new(count),
@@ -391,7 +507,7 @@ impl futures::Stream for LogReader {
 
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         match &mut self.get_mut().chunks {
-            Some(chunks) => Pin::new(chunks).poll_next(cx),
+            Some(chunks) => chunks.as_mut().poll_next(cx),
             None => Poll::Ready(None),
         }
     }

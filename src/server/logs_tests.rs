@@ -205,3 +205,35 @@ async fn an_append_is_seen_by_a_change_receiver() {
     assert!(!changes.has_changed().unwrap());
     let _ = std::fs::remove_dir_all(store.root());
 }
+
+#[tokio::test]
+async fn a_finished_log_is_read_from_the_archive_by_a_replica_that_never_held_it() {
+    let archive = crate::store::BlobStore::in_memory();
+    let leader = LogStore::new(tmp("archive-leader"), 1024).with_archive(archive.clone());
+    let k = key("build");
+    leader.append(&k, 0, b"line 1\nline 2\n").await.unwrap();
+    let job = JobKey::new("ns", "j", "u1").unwrap();
+    let steps = ["build".to_owned(), "never-ran".to_owned()];
+    assert_eq!(leader.archive_job(&job, &steps).await.unwrap(), 1);
+    assert_eq!(
+        leader.archive_job(&job, &steps).await.unwrap(),
+        0,
+        "once per process"
+    );
+
+    // Another replica: its own (empty) directory, the same archive.
+    let other = LogStore::new(tmp("archive-other"), 1024).with_archive(archive.clone());
+    assert_eq!(read_all(&other, &k, 0).await, b"line 1\nline 2\n");
+    assert_eq!(read_all(&other, &k, 7).await, b"line 2\n");
+    assert!(read_all(&other, &key("never-ran"), 0).await.is_empty());
+    assert!(matches!(
+        other.read(&k, 99).await,
+        Err(LogError::Beyond {
+            offset: 99,
+            size: 14
+        })
+    ));
+    // Without an archive, a log this machine lacks is simply empty.
+    let alone = LogStore::new(tmp("archive-alone"), 1024);
+    assert!(read_all(&alone, &k, 0).await.is_empty());
+}

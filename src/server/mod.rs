@@ -69,7 +69,12 @@ pub struct ApiConfig {
     pub limits: listen::Limits,
     /// Per-client rate of the routes anyone may call (challenge, register).
     pub rate: rate::RateConfig,
+    /// The largest change archive a runner may upload.
+    pub artifact_cap: u64,
 }
+
+/// Default cap of one change archive (compressed), as large as extraction takes.
+pub const DEFAULT_ARTIFACT_CAP: u64 = 2 << 30;
 
 impl Default for ApiConfig {
     fn default() -> Self {
@@ -80,6 +85,7 @@ impl Default for ApiConfig {
             max_pending_runners: 20,
             limits: listen::Limits::default(),
             rate: rate::RateConfig::default(),
+            artifact_cap: DEFAULT_ARTIFACT_CAP,
         }
     }
 }
@@ -92,6 +98,8 @@ pub struct ApiState {
     pub tokens: Store<RunnerToken>,
     pub jobs: Store<Job>,
     pub logs: Arc<logs::LogStore>,
+    /// Change archives (and, on object storage, finished logs).
+    pub store: crate::store::BlobStore,
     pub hub: Arc<Hub>,
     pub readiness: Readiness,
     pub config: ApiConfig,

@@ -44,6 +44,7 @@ fn fixture() -> Fixture {
                 std::env::temp_dir().join(format!("baton-server-tests-{}", std::process::id())),
                 logs::DEFAULT_CAP,
             )),
+            store: crate::store::BlobStore::in_memory(),
             hub: Arc::new(Hub::default()),
             readiness,
             config: ApiConfig {

@@ -29,6 +29,7 @@ pub fn state(
         tokens: reflector::store().0,
         jobs,
         logs,
+        store: baton::store::BlobStore::in_memory(),
         hub: Arc::new(Hub::default()),
         readiness: Readiness::default(),
         config: ApiConfig {

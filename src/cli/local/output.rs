@@ -5,9 +5,8 @@
 
 use std::path::Path;
 
-use crate::archive::{self, Limits};
 use crate::backend::LocalBackend;
-use crate::crd::artifacts::StepArtifacts;
+use crate::cli::artifacts::{extract_step, in_order};
 use crate::executor::StepReport;
 
 /// Extract every step's archive into `dest`; one line per step says what it did.
@@ -16,32 +15,17 @@ pub fn extract_all(
     steps: &[StepReport],
     dest: &Path,
 ) -> anyhow::Result<()> {
-    let mut ended: Vec<(&StepReport, &StepArtifacts)> = steps
-        .iter()
-        .filter_map(|s| Some((s, s.status.artifacts.as_ref()?)))
-        .collect();
-    ended.sort_by_key(|(s, _)| s.status.completion_time.as_ref().map(|t| t.0));
-    for (step, artifacts) in ended {
+    let statuses: Vec<_> = steps.iter().map(|s| s.status.clone()).collect();
+    for (step, artifacts) in in_order(&statuses) {
         let path = backend.archive_path(&artifacts.digest);
         let file = std::fs::File::open(&path).map_err(|e| {
             anyhow::anyhow!(
                 "open the archive of step {} ({}): {e}",
-                step.status.name,
+                step.name,
                 path.display()
             )
         })?;
-        let done = archive::extract(std::io::BufReader::new(file), dest, &Limits::default())
-            .map_err(|e| {
-                anyhow::anyhow!("extract the changes of step {}: {e}", step.status.name)
-            })?;
-        println!(
-            "step {}: {} path{} written, {} deleted in {}",
-            step.status.name,
-            done.written,
-            if done.written == 1 { "" } else { "s" },
-            done.deleted,
-            dest.display()
-        );
+        extract_step(&step.name, file, dest)?;
     }
     Ok(())
 }

@@ -101,6 +101,7 @@ fn tell_runner(ctx: &Context, ns: &str, name: &str, tell: &Tell) {
 }
 
 async fn clean_up(ctx: &Context, job: &Job, clean: CleanUp) -> Result<(), Error> {
+    archive_logs(ctx, job).await;
     if clean.unused_runner_pods {
         on_demand::clean_up(ctx, job).await?;
     }
@@ -108,6 +109,27 @@ async fn clean_up(ctx: &Context, job: &Job, clean: CleanUp) -> Result<(), Error>
         remove_step_pods(ctx, job).await?;
     }
     Ok(())
+}
+
+/// Copy a finished Job's logs to object storage (nothing without it), once per
+/// process: a new leader, or any replica, then serves them. A failure is retried
+/// on the Job's next reconcile.
+async fn archive_logs(ctx: &Context, job: &Job) {
+    let (Some(ns), Some(uid)) = (job.namespace(), job.uid()) else {
+        return;
+    };
+    let Ok(key) = crate::store::JobKey::new(&ns, &job.name_any(), &uid) else {
+        return;
+    };
+    let steps: Vec<String> = job.spec.steps.iter().map(|s| s.name.clone()).collect();
+    match ctx.logs.archive_job(&key, &steps).await {
+        Ok(0) => {}
+        Ok(n) => info!(
+            steps = n,
+            "the finished Job's logs copied to the blob store"
+        ),
+        Err(e) => warn!("copy the finished Job's logs to the blob store: {e}"),
+    }
 }
 
 /// Delete a finished Job's step pods and workspace claim, once per process (its
@@ -157,7 +179,7 @@ async fn delete(ctx: &Context, job: &Job) -> Result<(), Error> {
         Err(e) => return Err(kube_err("delete finished Job", name)(e)),
     }
     if let Some(uid) = job.uid() {
-        ctx.logs.remove_job(&ns, &name, &uid).await;
+        crate::controller::remove_job_data(&ctx.logs, &ctx.store, (&ns, &name, &uid)).await;
         ctx.clean_up_again(&uid);
     }
     Ok(())

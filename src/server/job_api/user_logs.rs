@@ -9,7 +9,7 @@ use crate::server::logs::{LogReader, Open};
 use kube::api::PostParams;
 
 /// Whether the user behind a Kubernetes bearer token may `get` Job `ns/name`.
-async fn user_may_get(
+pub(super) async fn user_may_get(
     state: &ApiState,
     authorization: Option<&str>,
     ns: &str,
@@ -120,10 +120,10 @@ fn reviewed_user(status: TokenReviewStatus) -> Result<UserInfo, ApiError> {
 
 /// A `Send` stream made `Sync`, as warp's streaming body asks: it is only ever
 /// polled through `&mut`, so the mutex is never locked.
-struct SyncStream<S>(std::sync::Mutex<Pin<Box<S>>>);
+pub(super) struct SyncStream<S>(std::sync::Mutex<Pin<Box<S>>>);
 
 impl<S> SyncStream<S> {
-    fn new(stream: S) -> Self {
+    pub(super) fn new(stream: S) -> Self {
         Self(std::sync::Mutex::new(Box::pin(stream)))
     }
 }
