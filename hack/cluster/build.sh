@@ -3,7 +3,7 @@
 # cache outside the repo, and install the Debian packages it runs on.
 #
 #   BATON_CACHE   cache root (default ~/.cache/baton)
-#   BUILD_ONLY    optional space-separated subset: apt k8s etcd coredns helm local-path
+#   BUILD_ONLY    optional space-separated subset: apt k8s etcd coredns helm local-path seaweedfs
 #
 # Each binary is built into a temp name and renamed into place, so an interrupted build
 # never leaves a broken cached binary. Re-running with everything built is a no-op.
@@ -132,6 +132,22 @@ build_etcd() {
   rm -rf "$tmp"
 }
 
+# SeaweedFS's `weed`, the S3-compatible object store the store e2e tests run on
+# loopback. Its go.mod has a replace directive, so `go install pkg@v` refuses it:
+# built inside its own (read-only) module directory, with its own go.mod.
+build_seaweedfs() {
+  local out=$CACHE/seaweedfs-$SEAWEEDFS_VERSION/bin
+  if have "$out" weed; then log "seaweedfs $SEAWEEDFS_VERSION cached"; return; fi
+  local mod=github.com/seaweedfs/seaweedfs@$SEAWEEDFS_VERSION dir
+  dir=$(go mod download -json "$mod" | sed -n 's/^[[:space:]]*"Dir": "\(.*\)",$/\1/p')
+  [[ -d $dir ]] || { log "ERROR: go mod download $mod gave no directory"; return 1; }
+  local tmp; tmp=$(mktemp -d "$CACHE/.build.XXXXXX")
+  log "go build weed (SeaweedFS $SEAWEEDFS_VERSION) -- several minutes on a cold cache"
+  (cd "$dir" && CGO_ENABLED=0 GOFLAGS=-buildvcs=false go build -trimpath -ldflags '-s -w' -o "$tmp/weed" ./weed)
+  publish "$tmp" "$out" weed
+  rm -rf "$tmp"
+}
+
 # go_install NAME PKG VERSION BINNAME
 go_install() {
   local name=$1 pkg=$2 ver=$3 bin=$4 out=$CACHE/$1-$3/bin
@@ -157,6 +173,7 @@ main() {
   want local-path && go_install local-path github.com/rancher/local-path-provisioner \
     "$LOCAL_PATH_VERSION" local-path-provisioner
   want k8s && build_cri_cleanup
+  want seaweedfs && build_seaweedfs
   log "done in $(( $(date +%s) - start ))s (cache: $CACHE)"
 }
 

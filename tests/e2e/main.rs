@@ -25,4 +25,5 @@ mod procs;
 mod registry;
 mod runners;
 mod step_pods;
+mod store;
 mod tls;
