@@ -73,9 +73,11 @@ e2e: cluster-up images kstatus ## End-to-end tests against the real local cluste
 
 test: lint unit e2e ## Everything CI runs: lint, unit tests, e2e on a real cluster
 
-bench-local: ## Executor (200 trivial steps in a wide DAG, local backend) and change-archive benchmarks
+bench-local: ## Executor (200 trivial steps in a wide DAG) and change-archive benchmarks (pack, extract, upload to a directory and to SeaweedFS's S3)
 	$(CARGO) bench --bench executor
-	$(CARGO) bench --bench archive
+	@dir=$$(mktemp -d /tmp/baton-bench-s3.XXXXXX); \
+	  env_=$$(hack/s3/weed.sh start $$dir) && eval "$$env_" && $(CARGO) bench --bench archive; \
+	  rc=$$?; hack/s3/weed.sh stop $$dir; rm -rf $$dir; exit $$rc
 
 clean-cache: ## Remove built cluster binaries and images (next cluster-up is cold)
 	rm -rf $(BATON_CACHE)

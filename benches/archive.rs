@@ -2,13 +2,18 @@
 //! (sizes spread from a few bytes to ~60 KB, half of them text-like, half
 //! random), all of them "changed". Times the snapshot (hashing every file),
 //! packing (tar + zstd level 3) and extraction (checked, staged, moved into
-//! place), each the median of a few runs, and prints MB/s of file content.
-//! Run: `cargo bench --bench archive` (`make bench-local`).
+//! place), then the upload of the archive into the blob store (a directory, and
+//! with `BATON_BENCH_STORE=s3://...` object storage), each the median of a few
+//! runs; prints MB/s of file content and of archive bytes.
+//! Run: `cargo bench --bench archive`; `make bench-local` also starts SeaweedFS
+//! on loopback (hack/s3/weed.sh) for the S3 row.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
 
 use baton::archive::{self, Changes, Limits};
+use baton::store::{BlobStore, Digest};
+use object_store::path::Path as ObjectPath;
 
 const FILES: usize = 10_000;
 const TOTAL: usize = 100 * 1000 * 1000;
@@ -98,6 +103,25 @@ fn main() {
         assert_eq!(done.bytes as usize, bytes);
         std::fs::remove_dir_all(&dest).expect("remove the copy");
     }
+    let mut stores = vec![(
+        "store dir".to_owned(),
+        BlobStore::local(&scratch.join("store")).expect("store"),
+    )];
+    if let Ok(url) = std::env::var("BATON_BENCH_STORE") {
+        stores.push((
+            url.clone(),
+            BlobStore::open(&url).expect("BATON_BENCH_STORE"),
+        ));
+    }
+    let uploads: Vec<(String, Duration)> = stores
+        .iter()
+        .map(|(name, store)| {
+            (
+                format!("upload to {name}"),
+                median(upload_runs(store, &packed_path, &packed.digest)),
+            )
+        })
+        .collect();
     let _ = std::fs::remove_dir_all(&scratch);
 
     let (snap, pack, extract) = (median(snap_runs), median(pack_runs), median(extract_runs));
@@ -107,12 +131,48 @@ fn main() {
         packed.size as f64 / 1e6,
         &packed.digest[7..19]
     );
-    println!("  {:<10} {:>10} {:>10}", "phase", "median", "MB/s");
-    for (phase, d) in [("snapshot", snap), ("pack", pack), ("extract", extract)] {
+    println!(
+        "  {:<28} {:>9} {:>12} {:>14}",
+        "phase", "median", "tree MB/s", "archive MB/s"
+    );
+    let phases = [
+        ("snapshot".to_owned(), snap),
+        ("pack".into(), pack),
+        ("extract".into(), extract),
+    ];
+    for (phase, d) in phases.into_iter().chain(uploads) {
         println!(
-            "  {phase:<10} {:>9.2}s {:>10.0}",
+            "  {phase:<28} {:>8.2}s {:>12.0} {:>14.0}",
             d.as_secs_f64(),
-            rate(bytes, d)
+            rate(bytes, d),
+            rate(usize::try_from(packed.size).unwrap_or(0), d)
         );
     }
+}
+
+/// Store the archive as a runner's upload lands: streamed from its file in 64 KiB
+/// chunks, hashed against its digest while it goes, renamed into place.
+fn upload_runs(store: &BlobStore, archive: &Path, digest: &str) -> Vec<Duration> {
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let digest = Digest::parse(digest).expect("digest");
+    (0..RUNS)
+        .map(|run| {
+            let key = ObjectPath::from(format!("bench/{run}/{}.tar.zst", digest.hex()));
+            rt.block_on(async {
+                let file = tokio::fs::File::open(archive).await.expect("open");
+                let body = tokio_util::io::ReaderStream::with_capacity(file, 64 << 10);
+                let started = Instant::now();
+                store
+                    .put_verified(&key, body, u64::MAX, &digest)
+                    .await
+                    .expect("upload");
+                let took = started.elapsed();
+                store
+                    .remove_prefix(&ObjectPath::from("bench"))
+                    .await
+                    .expect("clean up");
+                took
+            })
+        })
+        .collect()
 }

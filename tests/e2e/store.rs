@@ -333,6 +333,8 @@ async fn through_failover(ns: &TestNs, weed: &Seaweed) -> anyhow::Result<()> {
             &out.to_string_lossy(),
             "-n",
             n,
+            // The Service's plain http:// on this node's cluster network.
+            "--insecure",
         ])
         .env("BATON_SERVER", &server)
         .env("BATON_TOKEN", &reader)
