@@ -33,6 +33,7 @@ use crate::executor::{
 };
 use crate::protocol::jobs::{AppendQuery, ClaimRequest, ClaimResponse, MAX_LOG_BODY, StatusReport};
 
+mod direct;
 mod sent;
 use sent::{JOB_LOG_KEEP, STEP_LOG_KEEP, SentLog, gap_stored, resend_from};
 
@@ -51,6 +52,9 @@ pub struct JobRunner {
     pub kube: Option<kube::Client>,
     /// Kubernetes backend: the image step pods copy `baton-entrypoint` from.
     pub tools_image: String,
+    /// `--direct-only`, and the local backend's fixed workspace: see [`direct`].
+    direct_only: bool,
+    workspace: Option<PathBuf>,
     running: Arc<Mutex<Running>>,
     /// Whether a Job was ever started, and a wake-up when one ends.
     started: Arc<std::sync::atomic::AtomicBool>,
@@ -89,6 +93,8 @@ impl JobRunner {
             work_dir,
             kube,
             tools_image: crate::backend::DEFAULT_TOOLS_IMAGE.into(),
+            direct_only: false,
+            workspace: None,
             running: Arc::default(),
             started: Arc::default(),
             ended: Arc::default(),
@@ -190,7 +196,9 @@ impl JobRunner {
         match self.backend {
             BackendKind::Local => {
                 // Resumable: a restarted runner finds its steps' records.
-                let backend = LocalBackend::new(self.work_dir.join(ns).join(name)).resumable();
+                let backend = LocalBackend::new(self.work_dir.join(ns).join(name))
+                    .resumable()
+                    .with_workspace(self.workspace.clone());
                 Executor::new(&backend, ExecutorOptions::default())
                     .run(workflow, &claim.spec, sink, sink, cancel)
                     .await
@@ -254,6 +262,9 @@ impl JobRunner {
             fenced: CancellationToken::new(),
             sent: Mutex::default(),
         };
+        if self.refused(&claim, &sink).await {
+            return;
+        }
         let workflow = Workflow::new(claim.uid.clone());
         let run = self.execute(ns, name, &claim, &workflow, &sink, &cancel);
         let mut connections = self.connections.subscribe();
