@@ -3,6 +3,7 @@
 use clap::{Parser, Subcommand};
 
 pub mod daemons;
+mod here;
 pub mod job;
 pub mod job_list;
 pub mod job_logs;
