@@ -167,6 +167,50 @@ async fn ctrl_c_cancels_the_here_job_then_cleans_up() {
 }
 
 #[tokio::test]
+async fn here_without_rbac_on_runner_tokens_names_the_permission() {
+    in_namespace("here-rbac", |ns| async move {
+        // May read Jobs (and their logs), nothing else.
+        let token = sa_token(&ns, "dev", true).await?;
+        let cwd = TempDir::new(&format!("{}-cwd", ns.name));
+        let kubeconfig = crate::namespaces::sa_kubeconfig(&ns, "dev", &cwd).await?;
+        std::fs::write(cwd.join("j.yaml"), manifest("j", "echo hi"))?;
+        let kubeconfig = kubeconfig.to_str().context("path")?;
+        let args = [
+            "job",
+            "run",
+            "j.yaml",
+            "--here",
+            "--kubeconfig",
+            kubeconfig,
+            "-n",
+            &ns.name,
+        ];
+        let envs = [
+            ("BATON_SERVER", "http://127.0.0.1:9"),
+            ("BATON_TOKEN", token.as_str()),
+        ];
+        let mut cli = Proc::spawn_in("here-rbac", &args, &envs, &cwd.0)?;
+        let exit = cli.wait_exit(60).await?;
+        ensure!(exit.code() == Some(1), "exit {exit}");
+        let want = format!(
+            "needs permission to create runnertokens.baton.dev in namespace {}",
+            ns.name
+        );
+        ensure!(cli.logs().contains(&want), "{}", cli.logs());
+        ensure!(
+            jobs(&ns)
+                .list(&ListParams::default())
+                .await?
+                .items
+                .is_empty(),
+            "no Job created"
+        );
+        Ok(())
+    })
+    .await;
+}
+
+#[tokio::test]
 async fn here_without_a_controller_fails_within_its_wait() {
     // No controller serves this namespace: the token is never minted.
     in_namespace("here-noctl", |ns| async move {
