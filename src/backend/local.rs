@@ -61,6 +61,8 @@ pub struct LocalBackend {
     /// Whether `discover` reads what an earlier process recorded on disk.
     resumable: bool,
     collector: collect::Collector,
+    /// A fixed workspace for every workflow (`job run --here`: the user's directory).
+    workspace: Option<PathBuf>,
 }
 
 #[derive(Debug)]
@@ -95,6 +97,7 @@ impl LocalBackend {
             steps: Mutex::new(HashMap::new()),
             resumable: false,
             collector: collect::Collector::default(),
+            workspace: None,
         }
     }
 
@@ -112,9 +115,18 @@ impl LocalBackend {
         record::reap_orphans(root)
     }
 
+    /// Every workflow's steps use `dir` as `/workspace` (it is never removed).
+    pub fn with_workspace(mut self, dir: Option<PathBuf>) -> Self {
+        self.workspace = dir;
+        self
+    }
+
     /// The directory standing in for `/workspace` in `workflow`'s steps.
     pub fn workspace(&self, workflow: &Workflow) -> PathBuf {
-        self.workflow_dir(workflow).join("workspace")
+        match &self.workspace {
+            Some(dir) => dir.clone(),
+            None => self.workflow_dir(workflow).join("workspace"),
+        }
     }
 
     /// Where the archive of changes with `digest` is kept (`status.steps[].artifacts`).

@@ -374,6 +374,7 @@ pub async fn agent(args: AgentArgs) -> anyhow::Result<i32> {
         backoff_max: args.backoff_max,
         once: args.once.then_some(args.once_wait),
         direct_only: args.direct_only,
+        workspace: None,
         ca_file: args.ca_file.filter(|p| !p.as_os_str().is_empty()),
         ca_pem: args.ca_pem.filter(|p| !p.trim().is_empty()),
     };

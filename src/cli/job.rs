@@ -12,7 +12,8 @@
 //! --audience baton`), a token meant for the API server is refused. A kubeconfig
 //! that authenticates with client certificates has no bearer token to forward.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use anyhow::{Context, anyhow, bail};
 use clap::Subcommand;
@@ -27,7 +28,7 @@ use super::step_end;
 use crate::crd::Job;
 use crate::crd::job::JobPhase;
 
-const MANAGER: &str = "kubectl-baton";
+pub(super) const MANAGER: &str = "kubectl-baton";
 
 /// `job run | logs | list | cancel`.
 #[derive(Debug, Subcommand)]
@@ -39,6 +40,15 @@ pub enum JobVerb {
         file: PathBuf,
         #[arg(short = 'f', long)]
         follow: bool,
+        /// Run it here: a runner inside this command (local backend, the current
+        /// directory as /workspace) takes it, and only it; logs followed, the
+        /// runner and its RunnerToken removed at the end. Ctrl-C cancels the Job.
+        #[arg(long)]
+        here: bool,
+        /// With --here: how long to wait for the controller (token minted, runner
+        /// connected) and, after Ctrl-C, for the Job to end cancelled.
+        #[arg(long, default_value = "60", requires = "here")]
+        wait_seconds: u64,
         #[command(flatten)]
         server: ServerArgs,
         #[command(flatten)]
@@ -90,18 +100,22 @@ pub async fn job(verb: JobVerb) -> anyhow::Result<i32> {
     match verb {
         JobVerb::Run {
             file,
+            here: true,
+            wait_seconds,
+            server,
+            kube,
+            ..
+        } => super::here::run(&file, &server, &kube, Duration::from_secs(wait_seconds)).await,
+        JobVerb::Run {
+            file,
             follow,
             server,
             kube,
+            ..
         } => {
             // Before the Job exists: a refused --server must not leave it behind.
             let logs = follow.then(|| LogClient::new(&server)).transpose()?;
-            let text = std::fs::read_to_string(&file)
-                .with_context(|| format!("read {}", file.display()))?;
-            let mut job: Job = serde_saphyr::from_str(&text)
-                .map_err(|e| anyhow!("{} is not a Job manifest: {e}", file.display()))?;
-            let naming = naming(&job.metadata)
-                .map_err(|problem| anyhow!("{}: {problem}", file.display()))?;
+            let (mut job, naming) = load(&file)?;
             let (client, ns) = kube.connect().await?;
             job.metadata.namespace = Some(ns.clone());
             let api: Api<Job> = Api::namespaced(client, &ns);
@@ -169,9 +183,19 @@ pub async fn job(verb: JobVerb) -> anyhow::Result<i32> {
     }
 }
 
+/// The Job in a manifest file, and how it is named.
+pub(super) fn load(file: &Path) -> anyhow::Result<(Job, Naming)> {
+    let text = std::fs::read_to_string(file).with_context(|| format!("read {}", file.display()))?;
+    let job: Job = serde_saphyr::from_str(&text)
+        .map_err(|e| anyhow!("{} is not a Job manifest: {e}", file.display()))?;
+    let naming =
+        naming(&job.metadata).map_err(|problem| anyhow!("{}: {problem}", file.display()))?;
+    Ok((job, naming))
+}
+
 /// How `job run` names the Job it creates.
 #[derive(Clone, Debug, PartialEq, Eq)]
-enum Naming {
+pub(super) enum Naming {
     /// `metadata.name`: one Job of that name; a second run finds it exists.
     Fixed(String),
     /// `metadata.generateName` (and no name): the API server adds a random
@@ -195,7 +219,7 @@ fn naming(meta: &ObjectMeta) -> Result<Naming, String> {
 
 /// What a failed create says: for a fixed name that exists (a second run of
 /// the same manifest), how to run it again.
-fn create_failed(error: kube::Error, ns: &str, naming: &Naming) -> anyhow::Error {
+pub(super) fn create_failed(error: kube::Error, ns: &str, naming: &Naming) -> anyhow::Error {
     match (&error, naming) {
         (kube::Error::Api(status), Naming::Fixed(name)) if status.is_already_exists() => anyhow!(
             "Job {ns}/{name} already exists: delete it (kubectl delete job.baton.dev {name} -n {ns}), \
@@ -206,7 +230,7 @@ fn create_failed(error: kube::Error, ns: &str, naming: &Naming) -> anyhow::Error
 }
 
 /// Wait for the Job to end; its exit code.
-async fn finish(api: &Api<Job>, name: &str) -> anyhow::Result<i32> {
+pub(super) async fn finish(api: &Api<Job>, name: &str) -> anyhow::Result<i32> {
     let done = await_condition(api.clone(), name, |j: Option<&Job>| {
         j.and_then(|j| j.status.as_ref()?.phase)
             .is_some_and(JobPhase::is_finished)
@@ -226,7 +250,7 @@ async fn finish(api: &Api<Job>, name: &str) -> anyhow::Result<i32> {
     Ok(if phase == JobPhase::Succeeded { 0 } else { 1 })
 }
 
-async fn print_logs(
+pub(super) async fn print_logs(
     api: &Api<Job>,
     ns: &str,
     name: &str,

@@ -4,6 +4,7 @@ use clap::{Parser, Subcommand};
 
 pub mod artifacts;
 pub mod daemons;
+mod here;
 pub mod job;
 pub mod job_list;
 pub mod job_logs;

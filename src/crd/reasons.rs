@@ -41,6 +41,8 @@ pub mod reason {
     pub const RUNNER_POD_PENDING: &str = "RunnerPodPending";
     pub const IMAGE_PULL_FAILED: &str = "ImagePullFailed";
     pub const RUNNER_STARTING: &str = "RunnerStarting";
+    /// A direct-only runner refused a Job that does not name it (`spec.runnerName`).
+    pub const NOT_ASSIGNED_BY_NAME: &str = "NotAssignedByName";
     /// The on-demand runner's name is held by a Runner an operator decided on.
     pub const RUNNER_NAME_TAKEN: &str = "RunnerNameTaken";
 

@@ -33,6 +33,7 @@ use crate::executor::{
 };
 use crate::protocol::jobs::{AppendQuery, ClaimRequest, ClaimResponse, MAX_LOG_BODY, StatusReport};
 
+mod direct;
 mod sent;
 mod upload;
 use sent::{JOB_LOG_KEEP, STEP_LOG_KEEP, SentLog, gap_stored, resend_from};
@@ -52,6 +53,9 @@ pub struct JobRunner {
     pub kube: Option<kube::Client>,
     /// Kubernetes backend: the image step pods copy `baton-entrypoint` from.
     pub tools_image: String,
+    /// `--direct-only`, and the local backend's fixed workspace: see [`direct`].
+    direct_only: bool,
+    workspace: Option<PathBuf>,
     running: Arc<Mutex<Running>>,
     /// Whether a Job was ever started, and a wake-up when one ends.
     started: Arc<std::sync::atomic::AtomicBool>,
@@ -90,6 +94,8 @@ impl JobRunner {
             work_dir,
             kube,
             tools_image: crate::backend::DEFAULT_TOOLS_IMAGE.into(),
+            direct_only: false,
+            workspace: None,
             running: Arc::default(),
             started: Arc::default(),
             ended: Arc::default(),
@@ -191,7 +197,9 @@ impl JobRunner {
         match self.backend {
             BackendKind::Local => {
                 // Resumable: a restarted runner finds its steps' records.
-                let backend = LocalBackend::new(self.job_dir(ns, name)).resumable();
+                let backend = LocalBackend::new(self.job_dir(ns, name))
+                    .resumable()
+                    .with_workspace(self.workspace.clone());
                 Executor::new(&backend, ExecutorOptions::default())
                     .run(workflow, &claim.spec, sink, sink, cancel)
                     .await
@@ -261,6 +269,9 @@ impl JobRunner {
             sent: Mutex::default(),
             local_root: (self.backend == BackendKind::Local).then(|| self.job_dir(ns, name)),
         };
+        if self.refused(&claim, &sink).await {
+            return;
+        }
         let workflow = Workflow::new(claim.uid.clone());
         let run = self.execute(ns, name, &claim, &workflow, &sink, &cancel);
         let mut connections = self.connections.subscribe();

@@ -57,6 +57,8 @@ pub struct Config {
     pub ca_file: Option<PathBuf>,
     /// `--direct-only`: take only Jobs that name this runner (`spec.runnerName`).
     pub direct_only: bool,
+    /// Local backend: every Job's `/workspace` (`job run --here`), else one per Job.
+    pub workspace: Option<PathBuf>,
     /// `--ca-pem` / `BATON_CA_PEM`: extra CA certificate(s) as PEM text (how the
     /// controller hands its `--runner-ca-file` to on-demand runner pods).
     pub ca_pem: Option<String>,
@@ -172,7 +174,8 @@ pub async fn run(
         config.work_dir.clone(),
         kube,
     )
-    .with_tools_image(config.tools_image.clone());
+    .with_tools_image(config.tools_image.clone())
+    .with_direct(config.direct_only, config.workspace.clone());
     let once = config.once.map(|wait| jobs.clone().once(wait));
     let once = async move {
         match once {
@@ -555,6 +558,7 @@ mod tests {
             backoff_max: Duration::from_millis(50),
             once: None,
             direct_only: false,
+            workspace: None,
             ca_file: None,
             ca_pem: None,
         };

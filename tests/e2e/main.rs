@@ -16,6 +16,7 @@ mod chart_tls;
 mod crds;
 mod failover;
 mod helm;
+mod here;
 mod jobs;
 mod kstatus;
 mod namespaces;

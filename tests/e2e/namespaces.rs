@@ -136,7 +136,7 @@ fn roles_only_where_watched(rbac: &str, watched: &[&str], other: &str) -> anyhow
 
 /// A kubeconfig for the e2e cluster that authenticates as ServiceAccount `sa`
 /// of `ns` (a bound token from the TokenRequest API), and as nothing else.
-async fn sa_kubeconfig(ns: &TestNs, sa: &str, dir: &TempDir) -> anyhow::Result<PathBuf> {
+pub(crate) async fn sa_kubeconfig(ns: &TestNs, sa: &str, dir: &TempDir) -> anyhow::Result<PathBuf> {
     let accounts: Api<ServiceAccount> = Api::namespaced(ns.client.clone(), &ns.name);
     let request = TokenRequest {
         spec: TokenRequestSpec {

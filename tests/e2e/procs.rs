@@ -25,8 +25,19 @@ pub struct Proc {
 
 impl Proc {
     pub fn spawn(name: &str, args: &[&str], envs: &[(&str, &str)]) -> anyhow::Result<Proc> {
+        Self::spawn_in(name, args, envs, Path::new("."))
+    }
+
+    /// [`Proc::spawn`] in the working directory `dir`.
+    pub fn spawn_in(
+        name: &str,
+        args: &[&str],
+        envs: &[(&str, &str)],
+        dir: &Path,
+    ) -> anyhow::Result<Proc> {
         let mut cmd = Command::new(BATON);
         cmd.args(args)
+            .current_dir(dir)
             .env("NO_COLOR", "1")
             .env("RUST_LOG", "info,warp::filters::trace=warn")
             .env_remove("BATON_RUNNER_TOKEN")
