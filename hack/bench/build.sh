@@ -4,11 +4,11 @@
 # Pipelines' controller from its Go module (a wrapper module, as for kube-*), and a
 # Python venv with the driver's packages.
 set -euo pipefail
-HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+BENCH_HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 # shellcheck source=../cluster/build.sh
-. "$HERE/../cluster/build.sh"   # log, have, publish, go_install, build_k8s, build_etcd
+. "$BENCH_HERE/../cluster/build.sh"   # log, have, publish, go_install, build_k8s, build_etcd
 # shellcheck source=versions.env
-. "$HERE/versions.env"
+. "$BENCH_HERE/versions.env"
 
 build_tekton() {
   local out=$CACHE/tekton-$TEKTON_VERSION/bin

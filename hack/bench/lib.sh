@@ -10,6 +10,7 @@ BENCH_HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 
 log() { printf '[bench %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 STATE=${BATON_BENCH_DIR:-/var/tmp/baton-bench}
+[[ $STATE != "$BATON_CLUSTER_DIR" ]] || { echo "the bench must not use the e2e cluster's $STATE" >&2; exit 1; }
 PKI=$STATE/pki
 KUBECONFIG_ADMIN=$STATE/kubeconfig
 NODE_IP=127.0.0.1            # kubeconfig() points at NODE_IP:APISERVER_PORT

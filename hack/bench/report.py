@@ -142,8 +142,8 @@ def write(out):
         r = out["restart"]
         md += [f"Restart: {r['jobs']} running Jobs, controller and runners SIGKILLed, their step "
                f"pods ended meanwhile; after the restart {r['resumed']}/{r['jobs']} Jobs finished "
-               f"{r['resume_s_from_ready']:.1f} s after the controller was ready "
-               f"({r['resume_s_from_start']:.1f} s after it was started); duplicate step pods: "
+               f"within {r['resume_s']:.1f} s of the controller's start (it and the runners "
+               f"restarted at once); duplicate step pods: "
                f"{r['duplicates']}.", ""]
     with open(base + ".md", "w") as f:
         f.write("\n".join(md))

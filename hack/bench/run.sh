@@ -4,13 +4,12 @@
 # bench/results/<date>.{md,json,png}), then stop everything it started and remove the
 # bench state, unless BENCH_KEEP=1. Settings: hack/bench/README.md.
 set -euo pipefail
-HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 # shellcheck source=lib.sh
-. "$HERE/lib.sh"
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"   # BENCH_HERE: this directory (HERE is hack/cluster's)
 
 cd "$REPO"
 cargo build --release --bin baton
-"$HERE/up.sh"
-finish() { [[ ${BENCH_KEEP:-0} == 1 ]] || "$HERE/down.sh"; }
+"$BENCH_HERE/up.sh"
+finish() { [[ ${BENCH_KEEP:-0} == 1 ]] || "$BENCH_HERE/down.sh"; }
 trap finish EXIT
-BATON_BENCH_DIR=$STATE "$BENCH_PY" "$HERE/bench.py"
+BATON_BENCH_DIR=$STATE "$BENCH_PY" "$BENCH_HERE/bench.py"
