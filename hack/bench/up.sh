@@ -12,18 +12,7 @@ set -euo pipefail
 apiserver_ready() { kc get --raw /readyz --request-timeout=3s; }
 
 make_bench_pki() {
-  mkdir -p "$PKI"; chmod 700 "$PKI"
-  if [[ ! -f $PKI/ca.crt ]]; then
-    log "creating CA and certificates in $PKI"
-    openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out "$PKI/ca.key" 2>/dev/null
-    openssl req -x509 -new -key "$PKI/ca.key" -subj "/CN=baton-bench-ca" -days 3650 -sha256 \
-      -addext "basicConstraints=critical,CA:TRUE" -addext "keyUsage=critical,keyCertSign,cRLSign,digitalSignature" \
-      -out "$PKI/ca.crt" 2>/dev/null
-  fi
-  [[ -f $PKI/sa.key ]] || {
-    openssl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:2048 -out "$PKI/sa.key" 2>/dev/null
-    openssl pkey -in "$PKI/sa.key" -pubout -out "$PKI/sa.pub" 2>/dev/null
-  }
+  make_ca baton-bench-ca
   mkcert apiserver kube-apiserver "" "DNS:localhost,IP:127.0.0.1,IP:10.96.0.1" server
   mkcert etcd-server etcd "" "DNS:localhost,IP:127.0.0.1" both
   mkcert apiserver-etcd-client kube-apiserver-etcd-client "" "" client

@@ -116,6 +116,22 @@ start_daemon() {
   is_running "$name" || { tail -n 30 "$STATE/logs/$name.log" >&2; die "$name exited at once (log: $STATE/logs/$name.log)"; }
 }
 
+# make_ca CN: the CA (named CN) and the service-account key pair in $PKI, once
+make_ca() {
+  mkdir -p "$PKI"; chmod 700 "$PKI"
+  if [[ ! -f $PKI/ca.crt ]]; then
+    log "creating CA, certificates and service-account key in $PKI"
+    openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out "$PKI/ca.key" 2>/dev/null
+    openssl req -x509 -new -key "$PKI/ca.key" -subj "/CN=$1" -days 3650 -sha256 \
+      -addext "basicConstraints=critical,CA:TRUE" -addext "keyUsage=critical,keyCertSign,cRLSign,digitalSignature" \
+      -out "$PKI/ca.crt" 2>/dev/null
+  fi
+  [[ -f $PKI/sa.key ]] || {
+    openssl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:2048 -out "$PKI/sa.key" 2>/dev/null
+    openssl pkey -in "$PKI/sa.key" -pubout -out "$PKI/sa.pub" 2>/dev/null
+  }
+}
+
 # mkcert NAME CN O "SAN list or empty" serverAuth|clientAuth|both
 mkcert() {
   local name=$1 cn=$2 o=$3 san=$4 usage=$5
