@@ -105,7 +105,7 @@ def plot(out, path):
 def write(out):
     out["finished"] = time.time()
     date = time.strftime("%Y-%m-%d", time.gmtime(out["started"]))
-    base = os.path.join(REPO, "bench", "results", date)
+    base = os.path.join(os.environ.get("BENCH_OUT", os.path.join(REPO, "bench", "results")), date)
     os.makedirs(os.path.dirname(base), exist_ok=True)
     slim = dict(out, runs=[{k: v for k, v in r.items() if k != "latencies"} for r in out["runs"]])
     with open(base + ".json", "w") as f:
