@@ -16,7 +16,7 @@ KSTATUS_VERSION := $(shell sed -n 's,^require sigs.k8s.io/cli-utils \(v[^ ]*\)$$
 KSTATUS_HASH := $(shell cat hack/kstatus/main.go hack/kstatus/go.mod hack/kstatus/go.sum | sha256sum | cut -c1-12)
 export BATON_KSTATUS ?= $(BATON_CACHE)/kstatus-$(KSTATUS_VERSION)-$(KSTATUS_HASH)/kstatus
 
-.PHONY: help build release lint helm-lint fmt unit crd images cluster-up cluster-down kstatus e2e test bench-local clean-cache
+.PHONY: help build release lint helm-lint fmt unit crd images cluster-up cluster-down kstatus e2e test bench bench-local clean-cache
 
 help: ## List the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  %-14s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -72,6 +72,9 @@ e2e: cluster-up images kstatus ## End-to-end tests against the real local cluste
 	KUBECONFIG=$(KUBECONFIG_E2E) $(CARGO) test --test e2e -- --test-threads=4
 
 test: lint unit e2e ## Everything CI runs: lint, unit tests, e2e on a real cluster
+
+bench: ## Baton vs batch/v1 Jobs vs Tekton on a KWOK control plane (not in CI): bench/results/, hack/bench/README.md
+	hack/bench/run.sh
 
 bench-local: ## Executor (200 trivial steps in a wide DAG) and change-archive benchmarks (pack, extract, upload to a directory and to SeaweedFS's S3)
 	$(CARGO) bench --bench executor

@@ -177,4 +177,5 @@ main() {
   log "done in $(( $(date +%s) - start ))s (cache: $CACHE)"
 }
 
-main "$@"; exit $?
+# sourced by hack/bench/build.sh for its helpers: only run when executed
+if [[ ${BASH_SOURCE[0]} == "$0" ]]; then main "$@"; exit $?; fi

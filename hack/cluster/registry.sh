@@ -1,4 +1,4 @@
-# The private registry of the local cluster, sourced by up.sh (needs lib.sh and up.sh's
+# The private registry of the local cluster, sourced by up.sh (needs lib.sh, with its
 # start_daemon/wait_for). Debian's docker-registry (CNCF distribution 2.8) with htpasswd
 # (bcrypt) auth, plain HTTP on loopback only: containerd on this host is its only client,
 # so nothing crosses a wire, and the login path (401, then basic auth) is the same as with

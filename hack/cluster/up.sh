@@ -17,45 +17,7 @@ set -euo pipefail
 # shellcheck source=registry.sh
 . "$(dirname "${BASH_SOURCE[0]}")/registry.sh"
 
-UP_TIMEOUT=${UP_TIMEOUT:-180}
 T0=$(date +%s)
-
-# wait_for DESC LOGNAME CMD...: retry CMD until it succeeds or UP_TIMEOUT passes
-wait_for() {
-  local desc=$1 logname=$2; shift 2
-  local deadline=$(($(date +%s) + UP_TIMEOUT))
-  log "waiting for $desc"
-  until "$@" >/dev/null 2>&1; do
-    if (($(date +%s) > deadline)); then
-      log "ERROR: timed out after ${UP_TIMEOUT}s waiting for $desc"
-      local f
-      for f in $logname; do
-        [[ -f $STATE/logs/$f.log ]] && { log "--- tail of $STATE/logs/$f.log"; tail -n 40 "$STATE/logs/$f.log" >&2; }
-      done
-      exit 1
-    fi
-    sleep 0.5
-  done
-  log "$desc: ok ($(($(date +%s) - T0))s)"
-}
-
-# start_daemon NAME BINARY ARGS...: start detached in its own session, log + pid file
-start_daemon() {
-  local name=$1 bin=$2; shift 2
-  local pid
-  if pid=$(pid_of "$name"); then log "$name already running (pid $pid)"; return; fi
-  log "starting $name"
-  echo "=== $(date -Is) $bin $*" >>"$STATE/logs/$name.log"
-  # Daemons keep no inherited descriptor (a caller's flock among them would stay
-  # locked for as long as the cluster runs).
-  ( for fd in /proc/$BASHPID/fd/*; do fd=${fd##*/}
-      if ((fd > 2)); then eval "exec $fd>&-" 2>/dev/null || true; fi
-    done
-    exec setsid "$bin" "$@" >>"$STATE/logs/$name.log" 2>&1 </dev/null ) &
-  echo $! >"$(pidfile "$name")"
-  sleep 0.2
-  is_running "$name" || { tail -n 30 "$STATE/logs/$name.log" >&2; die "$name exited at once (log: $STATE/logs/$name.log)"; }
-}
 
 # ---------------------------------------------------------------- health checks
 apiserver_ready() { kc get --raw /readyz --request-timeout=3s; }
@@ -81,39 +43,8 @@ healthy() {
 }
 
 # ---------------------------------------------------------------- PKI
-# mkcert NAME CN O "SAN list or empty" serverAuth|clientAuth|both
-mkcert() {
-  local name=$1 cn=$2 o=$3 san=$4 usage=$5
-  [[ -f $PKI/$name.crt && -f $PKI/$name.key ]] && return
-  local eku=clientAuth subj="/CN=$cn"
-  [[ -n $o ]] && subj="/O=$o$subj"
-  case $usage in server) eku=serverAuth ;; both) eku="serverAuth,clientAuth" ;; esac
-  {
-    echo "basicConstraints=critical,CA:FALSE"
-    echo "keyUsage=critical,digitalSignature,keyEncipherment"
-    echo "extendedKeyUsage=$eku"
-    [[ -n $san ]] && echo "subjectAltName=$san"
-  } >"$PKI/$name.ext"
-  openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out "$PKI/$name.key" 2>/dev/null
-  openssl req -new -key "$PKI/$name.key" -subj "$subj" -out "$PKI/$name.csr" 2>/dev/null
-  openssl x509 -req -in "$PKI/$name.csr" -CA "$PKI/ca.crt" -CAkey "$PKI/ca.key" -CAcreateserial \
-    -days 3650 -sha256 -extfile "$PKI/$name.ext" -out "$PKI/$name.crt" 2>/dev/null
-  rm -f "$PKI/$name.csr" "$PKI/$name.ext"
-}
-
 make_pki() {
-  mkdir -p "$PKI"; chmod 700 "$PKI"
-  if [[ ! -f $PKI/ca.crt ]]; then
-    log "creating CA, certificates and service-account key in $PKI"
-    openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out "$PKI/ca.key" 2>/dev/null
-    openssl req -x509 -new -key "$PKI/ca.key" -subj "/CN=baton-cluster-ca" -days 3650 -sha256 \
-      -addext "basicConstraints=critical,CA:TRUE" -addext "keyUsage=critical,keyCertSign,cRLSign,digitalSignature" \
-      -out "$PKI/ca.crt" 2>/dev/null
-  fi
-  [[ -f $PKI/sa.key ]] || {
-    openssl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:2048 -out "$PKI/sa.key" 2>/dev/null
-    openssl pkey -in "$PKI/sa.key" -pubout -out "$PKI/sa.pub" 2>/dev/null
-  }
+  make_ca baton-cluster-ca
   mkcert apiserver kube-apiserver "" \
     "DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local,DNS:localhost,DNS:$NODE_NAME,IP:127.0.0.1,IP:$NODE_IP,IP:$KUBERNETES_SVC_IP" server
   mkcert etcd-server etcd "" "DNS:localhost,IP:127.0.0.1" both
@@ -125,22 +56,6 @@ make_pki() {
   mkcert kube-proxy system:kube-proxy "" "" client
   mkcert kubelet-client "system:node:$NODE_NAME" system:nodes "" client
   mkcert kubelet-server "$NODE_NAME" "" "DNS:$NODE_NAME,DNS:localhost,IP:$NODE_IP,IP:127.0.0.1" server
-}
-
-# kubeconfig NAME CERT: writes $STATE/config/NAME.kubeconfig (admin goes to $KUBECONFIG_ADMIN)
-kubeconfig() {
-  local name=$1 cert=$2 out=$STATE/config/$1.kubeconfig
-  [[ $name == admin ]] && out=$KUBECONFIG_ADMIN
-  [[ -f $out ]] && return
-  local k=("$KUBECTL" --kubeconfig "$out.tmp")
-  rm -f "$out.tmp"
-  "${k[@]}" config set-cluster baton --server "https://$NODE_IP:$APISERVER_PORT" \
-    --certificate-authority "$PKI/ca.crt" --embed-certs >/dev/null
-  "${k[@]}" config set-credentials "$name" --client-certificate "$PKI/$cert.crt" \
-    --client-key "$PKI/$cert.key" --embed-certs >/dev/null
-  "${k[@]}" config set-context baton --cluster baton --user "$name" >/dev/null
-  "${k[@]}" config use-context baton >/dev/null
-  chmod 600 "$out.tmp"; mv "$out.tmp" "$out"
 }
 
 # ---------------------------------------------------------------- configs
