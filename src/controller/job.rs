@@ -44,6 +44,36 @@ pub use queue::*;
 #[derive(Debug, Default)]
 pub struct Recent(HashMap<(String, String), (String, i64)>);
 
+/// Room on a runner taken, under the queue lock, for an assignment whose status
+/// write is still to come: the lock is released before the write (other Jobs'
+/// decisions need not wait out this one's round trip), and the room is given
+/// back if the write does not land.
+#[derive(Debug)]
+pub struct Reservation<'a> {
+    recent: &'a tokio::sync::Mutex<Recent>,
+    key: (String, String),
+}
+
+impl<'a> Reservation<'a> {
+    /// Take the room `plan` assigns, if it assigns (`held`: the locked `recent`).
+    pub fn take(
+        recent: &'a tokio::sync::Mutex<Recent>,
+        held: &mut Recent,
+        job: &Job,
+        plan: &JobPlan,
+    ) -> Option<Self> {
+        let (runner, epoch) = plan.assigned.clone()?;
+        let key = (job.namespace().unwrap_or_default(), job.name_any());
+        held.0.insert(key.clone(), (runner, epoch));
+        Some(Self { recent, key })
+    }
+
+    /// The write did not land: the room is free again.
+    pub async fn give_back(self) {
+        self.recent.lock().await.0.remove(&self.key);
+    }
+}
+
 /// Why a spec cannot run, if it cannot: a DAG cycle, or a step whose env or
 /// volume reads a Secret holding a runner token (`runner_secrets`, the namespace's). The chart's
 /// admission policy refuses such a Job at create; this holds where it is not
@@ -104,7 +134,8 @@ pub async fn reconcile(job: Arc<Job>, ctx: Arc<Context>) -> Result<Action, Error
     } else {
         None
     };
-    // One queue decision at a time per process, so capacity is counted once.
+    // One queue decision at a time per process, so capacity is counted once;
+    // the lock is held for the decision, not for its write (a Reservation).
     let mut recent = if in_queue {
         Some(ctx.recent.lock().await)
     } else {
@@ -112,7 +143,11 @@ pub async fn reconcile(job: Arc<Job>, ctx: Arc<Context>) -> Result<Action, Error
     };
     let seen = observe(&ctx, &job, slot, recent.as_deref_mut()).await;
     let plan = decide(&job, &seen, Timestamp::now());
-    apply(&ctx, &job, plan, recent.as_deref_mut()).await
+    let reserved = recent
+        .as_deref_mut()
+        .and_then(|held| Reservation::take(&ctx.recent, held, &job, &plan));
+    drop(recent);
+    apply(&ctx, &job, plan, reserved).await
 }
 
 /// Triggers reconciles of other Jobs, and the queue's upkeep ([`board`]).

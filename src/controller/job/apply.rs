@@ -7,8 +7,8 @@ use kube::api::{Api, DeleteParams, ListParams};
 use kube::runtime::controller::Action;
 use tracing::{info, warn};
 
-use super::Recent;
-use super::decide::{CleanUp, JobPlan, Requeue, SOON, Tell};
+use super::Reservation;
+use super::decide::{AFTER_CONFLICT, CleanUp, JobPlan, Requeue, Tell};
 use crate::backend::kubernetes::{job_selector, workspace_claim_name};
 use crate::controller::{Context, Error, on_demand};
 use crate::crd::Job;
@@ -28,25 +28,25 @@ pub async fn apply(
     ctx: &Context,
     job: &Job,
     plan: JobPlan,
-    recent: Option<&mut Recent>,
+    reserved: Option<Reservation<'_>>,
 ) -> Result<Action, Error> {
     let ns = job.namespace().ok_or(Error::NoNamespace)?;
     let name = job.name_any();
     if let Some(status) = plan.status {
-        let written = job_write::replace_status(&ctx.client, job, status)
-            .await
-            .map_err(kube_err("write the status of Job", name.clone()))?;
-        match written {
-            Written::Landed => {}
-            // A decision on stale data: look again with fresh data.
-            Written::Conflict => return Ok(Action::requeue(SOON)),
-            Written::Gone => return Ok(Action::await_change()),
+        let written = job_write::replace_status(&ctx.client, job, status).await;
+        let stop = match written {
+            Ok(Written::Landed) => None,
+            // A decision on stale data: look again once the newer Job arrives.
+            Ok(Written::Conflict) => Some(Ok(Action::requeue(AFTER_CONFLICT))),
+            Ok(Written::Gone) => Some(Ok(Action::await_change())),
+            Err(e) => Some(Err(kube_err("write the status of Job", name.clone())(e))),
+        };
+        if let Some(stop) = stop {
+            if let Some(room) = reserved {
+                room.give_back().await;
+            }
+            return stop;
         }
-    }
-    if let (Some((runner, epoch)), Some(recent)) = (&plan.assigned, recent) {
-        recent
-            .0
-            .insert((ns.clone(), name.clone()), (runner.clone(), *epoch));
     }
     if plan.forget_away {
         ctx.disconnected_for(&ns, &name, true);
@@ -145,10 +145,14 @@ async fn remove_step_pods(ctx: &Context, job: &Job) -> Result<(), Error> {
     let lp = ListParams::default().labels(&job_selector(&uid));
     let claim = workspace_claim_name(&job.name_any(), &uid);
     let claims: Api<PersistentVolumeClaim> = Api::namespaced(ctx.client.clone(), &ns);
+    // A claim exists only for a Job with `spec.workspace`: no call for the others.
+    let has_claim = job.spec.workspace.is_some();
     let gone = async {
         pods.delete_collection(&DeleteParams::background(), &lp)
             .await?;
-        claims.delete(&claim, &DeleteParams::background()).await?;
+        if has_claim {
+            claims.delete(&claim, &DeleteParams::background()).await?;
+        }
         Ok::<(), kube::Error>(())
     };
     match gone.await {

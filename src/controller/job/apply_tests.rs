@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use super::*;
 use crate::controller::fixtures::{json_response, mocked_context, status_response};
-use crate::controller::job::{ASSIGN_RESEND, Note};
+use crate::controller::job::{AFTER_CONFLICT, ASSIGN_RESEND, Note, Recent};
 use crate::crd::job::{JobPhase, JobStatus};
 use crate::crd::{JobSpec, Step};
 use crate::server::hub::{Control, RunnerKey};
@@ -73,13 +73,22 @@ async fn an_assignment_that_meets_a_conflict_tells_no_runner() {
             .await
             .is_err()
     });
-    let mut recent = Recent::default();
-    let action = apply(&ctx, &queued_job(), assign_plan(), Some(&mut recent))
-        .await
-        .unwrap();
-    assert_eq!(action, Action::requeue(SOON), "looks again with fresh data");
+    let recent = tokio::sync::Mutex::new(Recent::default());
+    let (job, plan) = (queued_job(), assign_plan());
+    let reserved = Reservation::take(&recent, &mut *recent.lock().await, &job, &plan);
+    assert_eq!(
+        recent.lock().await.0.len(),
+        1,
+        "room taken before the write"
+    );
+    let action = apply(&ctx, &job, plan, reserved).await.unwrap();
+    assert_eq!(
+        action,
+        Action::requeue(AFTER_CONFLICT),
+        "looks again when the newer Job arrives (at the latest after AFTER_CONFLICT)"
+    );
     assert!(runner.try_recv().is_err(), "the runner was told nothing");
-    assert!(recent.0.is_empty(), "no capacity taken");
+    assert!(recent.lock().await.0.is_empty(), "the room was given back");
     assert!(
         server.await.unwrap(),
         "an Event was published for a write that never landed"
@@ -102,10 +111,10 @@ async fn an_assignment_that_lands_is_told_and_remembered() {
         assert!(req.uri().path().contains("/events"), "{}", req.uri());
         send.send_response(status_response(500, "InternalError"));
     });
-    let mut recent = Recent::default();
-    let action = apply(&ctx, &queued_job(), assign_plan(), Some(&mut recent))
-        .await
-        .unwrap();
+    let recent = tokio::sync::Mutex::new(Recent::default());
+    let (job, plan) = (queued_job(), assign_plan());
+    let reserved = Reservation::take(&recent, &mut *recent.lock().await, &job, &plan);
+    let action = apply(&ctx, &job, plan, reserved).await.unwrap();
     assert_eq!(action, Action::requeue(ASSIGN_RESEND));
     let told = runner.try_recv().expect("the runner was told");
     assert_eq!(
@@ -116,6 +125,6 @@ async fn an_assignment_that_lands_is_told_and_remembered() {
             epoch: 1
         }
     );
-    assert_eq!(recent.0.len(), 1);
+    assert_eq!(recent.lock().await.0.len(), 1, "the room stays taken");
     server.await.unwrap();
 }

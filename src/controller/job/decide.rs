@@ -25,6 +25,12 @@ pub const ASSIGN_RESEND: Duration = Duration::from_secs(10);
 /// version: look again soon, with fresh data.
 pub const SOON: Duration = Duration::from_millis(200);
 
+/// After a status write met a conflict: the newer Job, arriving through the
+/// watch, reconciles it again at once; this only bounds the wait if it never
+/// does. (Retrying on a timer instead re-reads the same stale cache: under a
+/// burst of Jobs that was most of the controller's requests.)
+pub const AFTER_CONFLICT: Duration = Duration::from_secs(5);
+
 /// The holder of an active Job, as observed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum RunnerSeen {
@@ -86,7 +92,7 @@ pub enum Requeue {
 #[derive(Clone, Debug, PartialEq)]
 pub struct JobPlan {
     /// Written first, at the resourceVersion read; unless it lands, nothing
-    /// below but the requeue happens (a conflict looks again [`SOON`]).
+    /// below but the requeue happens (a conflict looks again when the newer Job arrives, [`AFTER_CONFLICT`]).
     pub status: Option<JobStatus>,
     /// An Event, when the write changed how the Job stands.
     pub note: Option<Note>,
