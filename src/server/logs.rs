@@ -433,6 +433,9 @@ impl LogStore {
 
     /// Remove every log of a Job (it was deleted).
     pub async fn remove_job(&self, namespace: &str, name: &str, uid: &str) {
+        (self.archived.lock())
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(uid);
         if let Ok(dir) = self.job_dir(namespace, name, uid) {
             let _ = tokio::fs::remove_dir_all(dir).await;
         }
@@ -440,23 +443,13 @@ impl LogStore {
 }
 
 /// One part of a log's path: a Kubernetes name (DNS subdomain or label, a uid),
-/// never empty, `.`/`..`, a separator or anything a shell or a path would read.
+/// never empty, `.`/`..`, a separator or anything a shell or a path would read
+/// (the rule of the blob store's keys).
 fn path_part(part: &'static str, value: &str) -> Result<(), LogError> {
-    let ok = !value.is_empty()
-        && value.len() <= 253
-        && value != "."
-        && value != ".."
-        && value.bytes().all(|b| {
-            b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'-' | b'.' | b'_')
-        });
-    if ok {
-        Ok(())
-    } else {
-        Err(LogError::BadKey {
-            part,
-            value: value.chars().take(64).collect(),
-        })
-    }
+    crate::store::keys::name_part(part, value).map_err(|_| LogError::BadKey {
+        part,
+        value: value.chars().take(64).collect(),
+    })
 }
 
 /// One of a count of open things; the count goes down when it is dropped.

@@ -132,7 +132,7 @@ pub fn uid_of_job_dir(dir: &str) -> Option<&str> {
 
 /// A Kubernetes name (DNS subdomain or label) or uid: never empty, `.`/`..`, a
 /// separator, or anything but lowercase letters, digits, `-`, `.`, `_`.
-fn name_part(part: &'static str, value: &str) -> Result<(), BadKey> {
+pub fn name_part(part: &'static str, value: &str) -> Result<(), BadKey> {
     let ok = !value.is_empty()
         && value.len() <= 253
         && value != "."
