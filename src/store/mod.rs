@@ -5,9 +5,11 @@
 //! A local directory under the data directory is the default, so `baton
 //! controller` needs nothing else. With object storage a Job's finished logs and
 //! archives outlive the controller's disk: a new leader, or any replica, serves
-//! them. Writes stream (never a whole blob in memory), are capped, and land under
-//! their final key only once complete and, for content-addressed blobs, once
-//! their SHA-256 matched: a reader never sees half a blob.
+//! them. Writes stream (never a whole blob in memory) as multipart uploads, are
+//! capped, and are completed only once the whole body arrived and, for
+//! content-addressed blobs, its SHA-256 matched; otherwise they are aborted. A
+//! multipart upload's object appears only on completion, so a reader never sees
+//! half a blob.
 
 pub mod keys;
 
@@ -175,7 +177,6 @@ impl BlobStore {
     }
 
     /// Store `body` at `key`, at most `cap` bytes; returns its size and digest.
-    /// It lands under `key` only once complete.
     pub async fn put<S, E>(
         &self,
         key: &Path,
@@ -186,21 +187,7 @@ impl BlobStore {
         S: Stream<Item = Result<Bytes, E>> + Send,
         E: std::fmt::Display,
     {
-        let incoming = incoming(key);
-        let written = self.write(&incoming, body, cap).await;
-        let moved = match written {
-            Ok(done) => self
-                .objects
-                .rename(&incoming, key)
-                .await
-                .map(|()| done)
-                .map_err(failed("store", key)),
-            Err(e) => Err(e),
-        };
-        if moved.is_err() {
-            let _ = self.objects.delete(&incoming).await;
-        }
-        moved
+        self.write(key, body, cap, None).await
     }
 
     /// Store `body` at its content address `key` only if it hashes to
@@ -216,27 +203,20 @@ impl BlobStore {
         S: Stream<Item = Result<Bytes, E>> + Send,
         E: std::fmt::Display,
     {
-        let incoming = incoming(key);
-        let result = match self.write(&incoming, body, cap).await {
-            Ok((_, actual)) if actual != *expected => Err(StoreError::DigestMismatch {
-                expected: expected.clone(),
-                actual,
-            }),
-            Ok((size, _)) => self
-                .objects
-                .rename(&incoming, key)
-                .await
-                .map(|()| size)
-                .map_err(failed("store", key)),
-            Err(e) => Err(e),
-        };
-        if result.is_err() {
-            let _ = self.objects.delete(&incoming).await;
-        }
-        result
+        let (size, _) = self.write(key, body, cap, Some(expected)).await?;
+        Ok(size)
     }
 
-    async fn write<S, E>(&self, key: &Path, body: S, cap: u64) -> Result<(u64, Digest), StoreError>
+    /// A multipart upload: the blob appears under `key` only when the upload is
+    /// completed, which happens once the whole body streamed, within `cap`, and
+    /// (with `expected`) hashed to it; otherwise the upload is aborted.
+    async fn write<S, E>(
+        &self,
+        key: &Path,
+        body: S,
+        cap: u64,
+        expected: Option<&Digest>,
+    ) -> Result<(u64, Digest), StoreError>
     where
         S: Stream<Item = Result<Bytes, E>> + Send,
         E: std::fmt::Display,
@@ -250,33 +230,39 @@ impl BlobStore {
         let mut hash = Sha256::new();
         let mut size = 0u64;
         let mut body = std::pin::pin!(body);
-        while let Some(chunk) = body.next().await {
-            let refused = match chunk {
-                Err(e) => Some(StoreError::Body(e.to_string())),
-                Ok(chunk) => {
-                    size += chunk.len() as u64;
-                    if size > cap {
-                        Some(StoreError::TooLarge { cap })
-                    } else {
-                        hash.update(&chunk);
-                        if let Err(e) = writer.wait_for_capacity(IN_FLIGHT).await {
-                            return Err(failed("upload", key)(e));
-                        }
-                        writer.put(chunk);
-                        None
-                    }
-                }
+        let refused = loop {
+            let chunk = match body.next().await {
+                None => break None,
+                Some(Err(e)) => break Some(StoreError::Body(e.to_string())),
+                Some(Ok(chunk)) => chunk,
             };
-            if let Some(e) = refused {
-                let _ = writer.abort().await;
-                return Err(e);
+            size += chunk.len() as u64;
+            if size > cap {
+                break Some(StoreError::TooLarge { cap });
             }
+            hash.update(&chunk);
+            if let Err(e) = writer.wait_for_capacity(IN_FLIGHT).await {
+                break Some(failed("upload", key)(e));
+            }
+            writer.put(chunk);
+        };
+        let actual = Digest::of_hash(&hash.finalize());
+        let refused = refused.or_else(|| {
+            let expected = expected.filter(|e| **e != actual)?;
+            Some(StoreError::DigestMismatch {
+                expected: expected.clone(),
+                actual: actual.clone(),
+            })
+        });
+        if let Some(e) = refused {
+            let _ = writer.abort().await;
+            return Err(e);
         }
         writer
             .finish()
             .await
             .map_err(failed("finish the upload of", key))?;
-        Ok((size, Digest::of_hash(&hash.finalize())))
+        Ok((size, actual))
     }
 
     /// The size of the blob at `key`, if there is one.
@@ -361,20 +347,6 @@ fn redacted(url: &str) -> String {
         _ => url.to_owned(),
     };
     shown.chars().take(200).collect()
-}
-
-/// Where a blob is written before it is complete (and verified): beside its key.
-fn incoming(key: &Path) -> Path {
-    let mut nonce = [0u8; 8];
-    if getrandom::fill(&mut nonce).is_err() {
-        // Only uniqueness matters: the clock will do.
-        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH);
-        nonce = now
-            .map(|d| d.as_nanos() as u64)
-            .unwrap_or_default()
-            .to_le_bytes();
-    }
-    Path::from(format!("{key}.incoming-{}", hex::encode(nonce)))
 }
 
 #[cfg(test)]
