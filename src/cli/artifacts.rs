@@ -105,11 +105,9 @@ async fn download(
     (ns, name): (&str, &str),
     artifacts: &StepArtifacts,
 ) -> anyhow::Result<std::fs::File> {
+    let path = format!("/v1/jobs/{ns}/{name}/artifacts/{}", artifacts.digest);
     let res = reader
-        .get(&format!(
-            "/v1/jobs/{ns}/{name}/artifacts/{}",
-            artifacts.digest
-        ))
+        .get(&path, &[], &format!("the archive {}", artifacts.digest))
         .await?;
     let mut file = tempfile::tempfile().context("create a temporary file")?;
     let (mut hash, mut size) = (sha2::Sha256::new(), 0u64);

@@ -114,12 +114,19 @@ impl LogClient {
         })
     }
 
-    /// GET `path` on the server with the token; a refusal is an error carrying
-    /// the server's (sanitized) words.
-    pub async fn get(&self, path: &str) -> anyhow::Result<reqwest::Response> {
+    /// GET `path?query` on the server with the token; a refusal is an error
+    /// naming `what` with the server's words (stripped, always: they reach the
+    /// terminal too).
+    pub async fn get(
+        &self,
+        path: &str,
+        query: &[(&str, &str)],
+        what: &str,
+    ) -> anyhow::Result<reqwest::Response> {
         let res = self
             .http
             .get(format!("{}{path}", self.base))
+            .query(query)
             .bearer_auth(&self.token)
             .send()
             .await
@@ -127,7 +134,7 @@ impl LogClient {
         let status = res.status();
         if !status.is_success() {
             let body = sanitize(&res.text().await.unwrap_or_default());
-            bail!("the server refused {path}: {status} {body}");
+            bail!("the server refused {what}: {status} {body}");
         }
         Ok(res)
     }
@@ -149,23 +156,14 @@ impl LogClient {
         step: &str,
         follow: bool,
     ) -> anyhow::Result<()> {
+        let follow = if follow { "true" } else { "false" };
         let res = self
-            .http
-            .get(format!("{}/v1/jobs/{ns}/{name}/logs", self.base))
-            .query(&[
-                ("step", step),
-                ("follow", if follow { "true" } else { "false" }),
-            ])
-            .bearer_auth(&self.token)
-            .send()
-            .await
-            .with_context(|| format!("reach the server at {}", self.base))?;
-        let status = res.status();
-        if !status.is_success() {
-            // The server's words reach the terminal too: stripped, always.
-            let body = sanitize(&res.text().await.unwrap_or_default());
-            bail!("the server refused the logs of step {step}: {status} {body}");
-        }
+            .get(
+                &format!("/v1/jobs/{ns}/{name}/logs"),
+                &[("step", step), ("follow", follow)],
+                &format!("the logs of step {step}"),
+            )
+            .await?;
         let mut body = res.bytes_stream();
         let mut filter = self.sanitize.then(Sanitizer::default);
         while let Some(chunk) = body.next().await {

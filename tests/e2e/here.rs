@@ -52,6 +52,13 @@ async fn leftovers(ns: &TestNs) -> anyhow::Result<Vec<String>> {
     Ok(left)
 }
 
+/// No Runner or RunnerToken of the CLI's is left.
+async fn nothing_left(ns: &TestNs) -> anyhow::Result<()> {
+    let left = leftovers(ns).await?;
+    ensure!(left.is_empty(), "left behind: {left:?}");
+    Ok(())
+}
+
 #[tokio::test]
 async fn a_here_job_runs_on_the_clis_runner_while_a_matching_static_runner_stays_idle() {
     in_namespace("here", |ns| async move {
@@ -92,11 +99,7 @@ async fn a_here_job_runs_on_the_clis_runner_while_a_matching_static_runner_stays
             "the static runner took a job:\n{}",
             s.runner.proc.logs()
         );
-        ensure!(
-            leftovers(&ns).await?.is_empty(),
-            "left behind: {:?}",
-            leftovers(&ns).await?
-        );
+        nothing_left(&ns).await?;
 
         // A failing step: the CLI exits 1, and still cleans up.
         std::fs::write(cwd.join("bad.yaml"), manifest("bad", "echo broken; exit 3"))?;
@@ -104,11 +107,7 @@ async fn a_here_job_runs_on_the_clis_runner_while_a_matching_static_runner_stays
         let exit = cli.wait_exit(120).await?;
         ensure!(exit.code() == Some(1), "exit {exit}");
         wait_for(&jobs(&ns), "bad", phase_is(JobPhase::Failed), 5).await?;
-        ensure!(
-            leftovers(&ns).await?.is_empty(),
-            "left behind: {:?}",
-            leftovers(&ns).await?
-        );
+        nothing_left(&ns).await?;
 
         // A Job that already names a runner is refused before anything is created.
         let named = manifest("named", "echo hi").replace("spec:\n", "spec:\n  runnerName: r1\n");
@@ -121,11 +120,7 @@ async fn a_here_job_runs_on_the_clis_runner_while_a_matching_static_runner_stays
             jobs(&ns).get_opt("named").await?.is_none(),
             "no Job created"
         );
-        ensure!(
-            leftovers(&ns).await?.is_empty(),
-            "left behind: {:?}",
-            leftovers(&ns).await?
-        );
+        nothing_left(&ns).await?;
         drop(s);
         Ok(())
     })
@@ -155,11 +150,7 @@ async fn ctrl_c_cancels_the_here_job_then_cleans_up() {
         let done = jobs(&ns).get("slow").await?;
         let phase = done.status.and_then(|s| s.phase);
         ensure!(phase == Some(JobPhase::Cancelled), "{phase:?}");
-        ensure!(
-            leftovers(&ns).await?.is_empty(),
-            "left behind: {:?}",
-            leftovers(&ns).await?
-        );
+        nothing_left(&ns).await?;
         drop(s);
         Ok(())
     })
