@@ -41,7 +41,15 @@ fn output_over_the_checkout_becomes_the_workspace_the_steps_left() {
     std::fs::write(out.join("docs/old.md"), "to be replaced\n").unwrap();
     std::fs::write(out.join("README.md"), "# demo\n").unwrap();
 
-    let args = [Path::new("--work-dir"), &work, Path::new("--output"), &out];
+    // The checkout above is the whole premise: the workspace starts empty, not
+    // as a copy of the directory the test runs in.
+    let args = [
+        Path::new("--work-dir"),
+        &work,
+        Path::new("--output"),
+        &out,
+        Path::new("--empty-workspace"),
+    ];
     let (code, stdout, stderr) = baton_run(&example(), &args);
     assert_eq!(code, 0, "{stdout}\n{stderr}");
     assert!(

@@ -103,6 +103,7 @@ fn immutability_rule_names_every_spec_field_but_cancel() {
     let spec = serde_json::json!({
         "runnerSelector": {}, "runnerName": "r1", "onDemand": {}, "imagePullSecrets": [], "steps": [], "workspace": {}, "timeout": "1s",
         "retries": 0, "ttlSecondsAfterFinished": 0, "podTemplate": {}, "priority": 0, "cancel": true,
+        "inputs": [], "content": {"digest": "sha256:0", "size": 0},
     });
     // ... and the schema's, so a field added to the type but not above fails here.
     let crd = serde_json::to_value(<Job as kube::CustomResourceExt>::crd()).unwrap();

@@ -68,6 +68,13 @@ impl Backend for Scripted {
         ));
         Ok(())
     }
+    async fn seed_workspace(
+        &self,
+        _: &Workflow,
+        _: &std::path::Path,
+    ) -> Result<baton::archive::Extracted, BackendError> {
+        unreachable!("these Jobs have no content")
+    }
     async fn tail_step(
         &self,
         _: &Workflow,

@@ -16,11 +16,13 @@ mod extract;
 mod pack;
 mod path;
 mod select;
+mod tree;
 
 pub use changes::{Changes, Snapshot, diff, snapshot};
 pub use extract::{Extracted, Limits, Refused, extract};
 pub use pack::{Packed, pack};
 pub use select::{Selection, glob_problems};
+pub use tree::{Tree, TreeError, select as select_tree};
 
 use serde::{Deserialize, Serialize};
 

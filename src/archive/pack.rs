@@ -3,7 +3,7 @@
 use std::fs::File;
 use std::io::{self, Write};
 use std::os::unix::fs::PermissionsExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
 
@@ -54,16 +54,29 @@ pub fn pack(root: &Path, changes: &Changes, out: impl Write) -> io::Result<Packe
         }
     }
     manifest.deleted.sort();
+    let mut paths: Vec<&String> = manifest.added.iter().chain(&manifest.modified).collect();
+    paths.sort();
+    let sources: Vec<(String, PathBuf)> = paths
+        .into_iter()
+        .map(|p| (p.clone(), root.join(p)))
+        .collect();
+    write(&manifest, &sources, out, skipped)
+}
 
+/// Write `manifest`, then each `(archive path, source)` in the order given.
+pub(super) fn write(
+    manifest: &Manifest,
+    sources: &[(String, PathBuf)],
+    out: impl Write,
+    skipped: Vec<String>,
+) -> io::Result<Packed> {
     let hashing = HashingWriter::new(out);
     let encoder = zstd::Encoder::new(hashing, LEVEL)?;
     let mut tar = tar::Builder::new(encoder);
-    let json = serde_json::to_vec(&manifest).map_err(io::Error::other)?;
+    let json = serde_json::to_vec(manifest).map_err(io::Error::other)?;
     append_bytes(&mut tar, MANIFEST, &json)?;
-    let mut paths: Vec<&String> = manifest.added.iter().chain(&manifest.modified).collect();
-    paths.sort();
-    for path in paths {
-        append_path(&mut tar, root, path)?;
+    for (path, source) in sources {
+        append_path(&mut tar, source, path)?;
     }
     let hashing = tar.into_inner()?.finish()?;
     let (digest, size) = hashing.finish()?;
@@ -91,15 +104,14 @@ fn append_bytes<W: Write>(tar: &mut tar::Builder<W>, name: &str, bytes: &[u8]) -
     tar.append_data(&mut h, name, bytes)
 }
 
-fn append_path<W: Write>(tar: &mut tar::Builder<W>, root: &Path, path: &str) -> io::Result<()> {
-    let full = root.join(path);
+fn append_path<W: Write>(tar: &mut tar::Builder<W>, full: &Path, path: &str) -> io::Result<()> {
     let name = format!("{FILES}{path}");
     let meta = full.symlink_metadata()?;
     if meta.is_dir() {
         let mut h = header(tar::EntryType::Directory, 0o755, 0);
         tar.append_data(&mut h, &name, io::empty())
     } else if meta.file_type().is_symlink() {
-        let target = std::fs::read_link(&full)?;
+        let target = std::fs::read_link(full)?;
         let mut h = header(tar::EntryType::Symlink, 0o777, 0);
         tar.append_link(&mut h, &name, target)
     } else if meta.is_file() {
@@ -108,7 +120,7 @@ fn append_path<W: Write>(tar: &mut tar::Builder<W>, root: &Path, path: &str) -> 
         } else {
             0o644
         };
-        let file = File::open(&full)?;
+        let file = File::open(full)?;
         // Exactly the length read now: a file another step is still writing is
         // cut there (or zero-padded if it shrank), never a torn archive.
         let len = file.metadata()?.len();

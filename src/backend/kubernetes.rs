@@ -444,6 +444,19 @@ impl Backend for KubernetesBackend {
         Ok(None)
     }
 
+    async fn seed_workspace(
+        &self,
+        _workflow: &Workflow,
+        _archive: &std::path::Path,
+    ) -> Result<crate::archive::Extracted, BackendError> {
+        Err(BackendError::Content {
+            reason: crate::crd::reasons::reason::UNSUPPORTED,
+            message: "`spec.content` is not unpacked into step pods yet: run this Job with \
+                      `baton run`, `job run --here`, or on a runner with the local backend"
+                .into(),
+        })
+    }
+
     async fn read_outputs(
         &self,
         workflow: &Workflow,

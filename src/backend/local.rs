@@ -24,6 +24,8 @@ mod launch;
 mod process;
 mod record;
 mod service;
+mod tail;
+use tail::Tail;
 
 use crate::crd::Step;
 use crate::crd::reasons::reason;
@@ -38,13 +40,11 @@ use std::time::Duration;
 use futures::StreamExt;
 use nix::sys::signal::Signal;
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
-use tokio::sync::watch;
 
 pub use launch::{INHERITED, SECRET_PREFIX, secret_variable};
 
 use super::{
-    Backend, BackendError, DiscoveredStep, LogChunk, LogStream, StepExit, StepRequest, StepState,
-    Workflow,
+    Backend, BackendError, DiscoveredStep, LogStream, StepExit, StepRequest, StepState, Workflow,
 };
 use crate::backend::mask::Patterns;
 use process::{Handle, LogProgress};
@@ -386,6 +386,14 @@ impl Backend for LocalBackend {
         self.collector.collect(key, step, workspace, store).await
     }
 
+    async fn seed_workspace(
+        &self,
+        workflow: &Workflow,
+        archive: &Path,
+    ) -> Result<crate::archive::Extracted, BackendError> {
+        collect::seed(archive.to_owned(), self.workspace(workflow)).await
+    }
+
     async fn tail_step(
         &self,
         workflow: &Workflow,
@@ -538,59 +546,6 @@ async fn read_prefix(path: &Path, limit: usize) -> std::io::Result<Vec<u8>> {
     let mut out = Vec::new();
     file.take(limit as u64).read_to_end(&mut out).await?;
     Ok(out)
-}
-
-/// State of a log tail: read the file up to what the supervisor has written, wait
-/// for more, end when the log is closed and fully read.
-struct Tail {
-    step: String,
-    file: tokio::fs::File,
-    /// Where the file starts in the step's log.
-    base: u64,
-    /// Position in the file.
-    offset: u64,
-    progress: watch::Receiver<LogProgress>,
-}
-
-impl Tail {
-    async fn next(mut self) -> Option<(Result<LogChunk, BackendError>, Self)> {
-        loop {
-            let progress = *self.progress.borrow_and_update();
-            if self.offset < progress.len {
-                let want = (progress.len - self.offset).min(LOG_CHUNK) as usize;
-                let mut bytes = vec![0u8; want];
-                return match self.file.read(&mut bytes).await {
-                    Ok(0) => None,
-                    Ok(n) => {
-                        bytes.truncate(n);
-                        let chunk = LogChunk {
-                            step: self.step.clone(),
-                            offset: self.base + self.offset,
-                            bytes,
-                        };
-                        self.offset += n as u64;
-                        Some((Ok(chunk), self))
-                    }
-                    Err(source) => {
-                        let err = BackendError::Io {
-                            step: self.step.clone(),
-                            doing: "read the log file",
-                            source,
-                        };
-                        // End after reporting: a later read would fail the same way.
-                        self.offset = u64::MAX;
-                        Some((Err(err), self))
-                    }
-                };
-            }
-            if progress.closed || self.offset == u64::MAX {
-                return None;
-            }
-            if self.progress.changed().await.is_err() && self.offset >= self.progress.borrow().len {
-                return None;
-            }
-        }
-    }
 }
 
 #[cfg(test)]

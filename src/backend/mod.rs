@@ -210,6 +210,13 @@ pub enum BackendError {
         reason: &'static str,
         message: String,
     },
+    /// The Job's content could not be put into its workspace.
+    #[error("unpack the Job's content into the workspace: {message}")]
+    Content {
+        /// `Unsupported` (the backend cannot) or `ContentRefused`.
+        reason: &'static str,
+        message: String,
+    },
     #[error("step {step}: {doing}: {source}")]
     Kube {
         step: String,
@@ -229,7 +236,9 @@ impl BackendError {
             Self::WorkingDir { .. } => "InvalidWorkingDir",
             Self::InvalidStep { .. } => "InvalidStep",
             Self::Spawn { .. } => "StartFailed",
-            Self::Lost { reason, .. } | Self::CannotStart { reason, .. } => reason,
+            Self::Lost { reason, .. }
+            | Self::CannotStart { reason, .. }
+            | Self::Content { reason, .. } => reason,
             Self::Io { .. }
             | Self::UnknownStep { .. }
             | Self::Failed { .. }
@@ -328,6 +337,14 @@ pub trait Backend: Send + Sync {
         workflow: &Workflow,
         step: &Step,
     ) -> impl Future<Output = Result<Option<crate::archive::Packed>, BackendError>> + Send;
+
+    /// Before the first step of a workflow: unpack the content archive at
+    /// `archive` (a Job's `spec.content`) into the workspace its steps share.
+    fn seed_workspace(
+        &self,
+        workflow: &Workflow,
+        archive: &std::path::Path,
+    ) -> impl Future<Output = Result<crate::archive::Extracted, BackendError>> + Send;
 
     /// Ask the step to end (SIGTERM), force it after `grace` (SIGKILL), and
     /// return once it ended.

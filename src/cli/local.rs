@@ -12,7 +12,9 @@ use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use super::content;
 use crate::backend::{Backend, LocalBackend, Workflow};
+use crate::crd::JobSpec;
 use crate::crd::duration;
 use crate::crd::job::JobPhase;
 use crate::executor::{CancellationToken, Executor, ExecutorOptions};
@@ -55,6 +57,14 @@ pub struct RunArgs {
     /// several Jobs in the file, into DIR/<job>).
     #[arg(long, short = 'o', value_name = "DIR")]
     pub output: Option<PathBuf>,
+    /// The directory each Job's workspace starts as a copy of: what its
+    /// `spec.inputs` map (all of it by default), less `.git/` and what
+    /// `.gitignore` files ignore.
+    #[arg(long, value_name = "DIR", default_value = ".")]
+    pub from: PathBuf,
+    /// Start every Job with an empty workspace instead (nothing is copied).
+    #[arg(long, conflicts_with = "from")]
+    pub empty_workspace: bool,
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -129,8 +139,17 @@ pub async fn run(args: RunArgs) -> anyhow::Result<i32> {
         let console = Console::new(&job.spec, color);
         let steps = job.spec.steps.len();
         println!("=== Job {} ({steps} step{})", job.name, plural(steps));
+        let content = match seed(&args, &job.spec).await {
+            Ok(content) => content,
+            Err(error) => {
+                eprintln!("baton run: Job {}: {error:#}", job.name);
+                worst = EXIT_FAILED;
+                continue;
+            }
+        };
+        let seeded = content.as_ref().map(content::Packing::path);
         match executor
-            .run(&workflow, &job.spec, &console, &console, &cancel)
+            .run_seeded(&workflow, &job.spec, seeded, &console, &console, &cancel)
             .await
         {
             Ok(report) => {
@@ -178,6 +197,21 @@ pub async fn run(args: RunArgs) -> anyhow::Result<i32> {
         println!("\nworkspaces and step logs kept in {}", root.display());
     }
     Ok(worst)
+}
+
+/// The Job's workspace content, packed from `--from` (none with --empty-workspace).
+async fn seed(args: &RunArgs, spec: &JobSpec) -> anyhow::Result<Option<content::Packing>> {
+    if args.empty_workspace {
+        return Ok(None);
+    }
+    let inputs = spec.inputs.clone().unwrap_or_default();
+    let packing = content::pack_off_runtime(args.from.clone(), inputs).await?;
+    println!(
+        "workspace: {} from {}",
+        packing.summary(),
+        args.from.display()
+    );
+    Ok(Some(packing))
 }
 
 /// First Ctrl-C: cancel the run (steps get SIGTERM, then SIGKILL after the grace

@@ -3,6 +3,7 @@
 use clap::{Parser, Subcommand};
 
 pub mod artifacts;
+pub mod content;
 pub mod daemons;
 mod here;
 pub mod job;

@@ -3,6 +3,7 @@
 use std::collections::BTreeMap;
 
 use super::artifacts::{Collect, StepArtifacts};
+pub use super::content::{Content, Input};
 use k8s_openapi::api::core::v1::{EnvVar, LocalObjectReference, ResourceRequirements, Toleration};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, LabelSelector, Time};
@@ -117,6 +118,19 @@ pub struct JobSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub workspace: Option<Workspace>,
 
+    /// Which paths of the directory sent with the Job (`job run --upload DIR`,
+    /// or the current directory for `baton run`) land where under `/workspace`.
+    /// Unset: all of it, at the top. `.git/` and what `.gitignore` files ignore
+    /// are never sent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "super::content::inputs_schema")]
+    pub inputs: Option<Vec<Input>>,
+
+    /// The archive unpacked into `/workspace` before the first step, as the
+    /// controller stores it; `job run --upload DIR` uploads it and sets this.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub content: Option<Content>,
+
     /// Upper bound on the whole Job's run time (e.g. `1h`). Unset: no limit.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(schema_with = "super::schema::duration")]
@@ -168,6 +182,8 @@ has(self.onDemand) == has(oldSelf.onDemand) && (!has(self.onDemand) || self.onDe
 has(self.imagePullSecrets) == has(oldSelf.imagePullSecrets) && (!has(self.imagePullSecrets) || self.imagePullSecrets == oldSelf.imagePullSecrets) && \
 self.steps == oldSelf.steps && \
 has(self.workspace) == has(oldSelf.workspace) && (!has(self.workspace) || self.workspace == oldSelf.workspace) && \
+has(self.inputs) == has(oldSelf.inputs) && (!has(self.inputs) || self.inputs == oldSelf.inputs) && \
+has(self.content) == has(oldSelf.content) && (!has(self.content) || self.content == oldSelf.content) && \
 has(self.timeout) == has(oldSelf.timeout) && (!has(self.timeout) || self.timeout == oldSelf.timeout) && \
 has(self.retries) == has(oldSelf.retries) && (!has(self.retries) || self.retries == oldSelf.retries) && \
 has(self.ttlSecondsAfterFinished) == has(oldSelf.ttlSecondsAfterFinished) && (!has(self.ttlSecondsAfterFinished) || self.ttlSecondsAfterFinished == oldSelf.ttlSecondsAfterFinished) && \

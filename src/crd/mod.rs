@@ -6,6 +6,7 @@
 
 pub mod artifacts;
 pub mod conditions;
+pub mod content;
 pub mod duration;
 pub mod job;
 pub mod job_status;

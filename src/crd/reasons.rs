@@ -78,4 +78,8 @@ pub mod reason {
     pub const COLLECT_FAILED: &str = "CollectFailed";
     /// The step asks for something its backend cannot do yet (`collect` on a pod).
     pub const UNSUPPORTED: &str = "Unsupported";
+    /// The Job's `spec.content` could not be fetched from the controller.
+    pub const CONTENT_UNAVAILABLE: &str = "ContentUnavailable";
+    /// The Job's `spec.content` is not an archive that may be unpacked.
+    pub const CONTENT_REFUSED: &str = "ContentRefused";
 }

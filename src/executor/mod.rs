@@ -146,6 +146,18 @@ pub enum ExecutorError {
     Setup(#[source] BackendError),
     #[error("discover the workflow's steps")]
     Discover(#[source] BackendError),
+    #[error("seed the workspace")]
+    Seed(#[source] BackendError),
+}
+
+impl ExecutorError {
+    /// The Job's `reason` when this error failed it.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::Seed(e) => e.reason(),
+            _ => "RunFailed",
+        }
+    }
 }
 
 fn join(errors: &[DagError]) -> String {

@@ -229,6 +229,23 @@ impl<B: Backend> Executor<'_, B> {
         logs: &L,
         cancel: &CancellationToken,
     ) -> Result<JobReport, ExecutorError> {
+        self.run_seeded(workflow, spec, None, status, logs, cancel)
+            .await
+    }
+
+    /// [`Executor::run`], with the workspace seeded from the content archive at
+    /// `content` before the first step. A workflow whose steps the backend
+    /// already knows (a resumed one) is not seeded again: its steps may have
+    /// changed the workspace since.
+    pub async fn run_seeded<S: StatusSink, L: LogSink>(
+        &self,
+        workflow: &Workflow,
+        spec: &JobSpec,
+        content: Option<&std::path::Path>,
+        status: &S,
+        logs: &L,
+        cancel: &CancellationToken,
+    ) -> Result<JobReport, ExecutorError> {
         let (plan, dag) = Plan::new(spec)?;
         self.backend
             .setup_workflow(workflow)
@@ -239,6 +256,11 @@ impl<B: Backend> Executor<'_, B> {
             .discover(workflow)
             .await
             .map_err(ExecutorError::Discover)?;
+        if let Some(archive) = content.filter(|_| discovered.is_empty()) {
+            let seeded = self.backend.seed_workspace(workflow, archive).await;
+            let seeded = seeded.map_err(ExecutorError::Seed)?;
+            tracing::info!(workflow = %workflow.id, files = seeded.written, bytes = seeded.bytes, "workspace seeded from the Job's content");
+        }
         let mut state = State::new(dag, spec, self.backend.listen_address());
         // A resumed Job's timeout counts from when it first started, not from now.
         let job_started = Start::recorded(status.recorded().start_time.as_ref());

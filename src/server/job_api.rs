@@ -141,6 +141,8 @@ pub fn routes(
         .unify()
         .or(artifacts::routes(state.clone()))
         .unify()
+        .or(uploads::routes(state.clone()))
+        .unify()
         .or(status)
         .unify()
         .or(append)
@@ -524,6 +526,7 @@ async fn append(
 
 mod artifacts;
 mod auth;
+mod uploads;
 mod user_logs;
 use auth::{runner_auth, token_first};
 use user_logs::{SyncStream, read, user_may_get};

@@ -3,7 +3,7 @@
 //! ```text
 //! jobs/<namespace>/<name>-<uid>/logs/<step>.log            a finished step's log
 //! jobs/<namespace>/<name>-<uid>/artifacts/<hex>.tar.zst    a step's changes
-//! uploads/<hex>.tar.zst                                    content a user sent in
+//! uploads/<namespace>/<hex>.tar.zst                        content a user sent in
 //! ```
 //!
 //! A Job's blobs share one prefix, so deleting the Job deletes one prefix. Every
@@ -119,10 +119,19 @@ impl JobKey {
     }
 }
 
-/// Content a user uploaded for Jobs to start from (shared by every Job that names it).
-pub fn upload(digest: &Digest) -> Path {
-    Path::from_iter(["uploads", &format!("{}.tar.zst", digest.hex())])
+/// Content a user uploaded for Jobs of `namespace` to start from (shared by
+/// every Job there that names it; a Job elsewhere never finds it).
+pub fn upload(namespace: &str, digest: &Digest) -> Result<Path, BadKey> {
+    name_part("namespace", namespace)?;
+    Ok(Path::from_iter([
+        UPLOADS,
+        namespace,
+        &format!("{}.tar.zst", digest.hex()),
+    ]))
 }
+
+/// Where uploads live.
+pub const UPLOADS: &str = "uploads";
 
 /// The uid of a Job's prefix directory, `<name>-<uid>` (a uid is 36 characters).
 pub fn uid_of_job_dir(dir: &str) -> Option<&str> {
@@ -177,9 +186,10 @@ mod tests {
             format!("{prefix}/artifacts/{}.tar.zst", "ab".repeat(32))
         );
         assert_eq!(
-            upload(&d).to_string(),
-            format!("uploads/{}.tar.zst", "ab".repeat(32))
+            upload("ci", &d).unwrap().to_string(),
+            format!("uploads/ci/{}.tar.zst", "ab".repeat(32))
         );
+        assert!(upload("../x", &d).is_err());
         assert_eq!(uid_of_job_dir(&format!("build.1-{UID}")), Some(UID));
     }
 

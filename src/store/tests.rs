@@ -87,7 +87,7 @@ async fn a_verified_blob_lands_whole_and_reads_back_from_any_offset() {
 async fn a_body_that_does_not_match_its_digest_leaves_nothing() {
     for (store, _dir) in stores() {
         let claimed = digest_of(b"what the runner said");
-        let key = keys::upload(&claimed);
+        let key = keys::upload("ci", &claimed).unwrap();
         let err = store
             .put_verified(&key, body(&[b"something else"]), 1024, &claimed)
             .await

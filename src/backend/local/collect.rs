@@ -8,7 +8,7 @@ use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, PoisonError};
 
-use crate::archive::{self, Packed, Selection, Snapshot};
+use crate::archive::{self, Extracted, Limits, Packed, Selection, Snapshot};
 use crate::backend::BackendError;
 use crate::crd::Step;
 
@@ -88,6 +88,24 @@ impl Collector {
             }
         })
     }
+}
+
+/// Unpack the content archive at `archive` into `workspace`, safely (the
+/// extraction refuses what a change archive may not hold).
+pub async fn seed(archive: PathBuf, workspace: PathBuf) -> Result<Extracted, BackendError> {
+    let unpack = move || {
+        let file = std::fs::File::open(&archive)
+            .map_err(|e| format!("open {}: {e}", archive.display()))?;
+        archive::extract(io::BufReader::new(file), &workspace, &Limits::default())
+            .map_err(|e| e.to_string())
+    };
+    let unpacked = tokio::task::spawn_blocking(unpack)
+        .await
+        .unwrap_or_else(|e| Err(e.to_string()));
+    unpacked.map_err(|message| BackendError::Content {
+        reason: crate::crd::reasons::reason::CONTENT_REFUSED,
+        message,
+    })
 }
 
 /// Where the archive with `digest` is kept under `store`.

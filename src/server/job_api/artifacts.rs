@@ -81,11 +81,11 @@ pub(super) fn routes(
     upload.or(download).unify()
 }
 
-type BodyStream = futures::stream::BoxStream<'static, Result<Bytes, warp::Error>>;
+pub(super) type BodyStream = futures::stream::BoxStream<'static, Result<Bytes, warp::Error>>;
 
 /// The request body as `Bytes` chunks (a fn, not a closure: warp's body type
 /// has no name to annotate a closure with).
-fn byte_stream<S, B>(body: S) -> BodyStream
+pub(super) fn byte_stream<S, B>(body: S) -> BodyStream
 where
     S: futures::Stream<Item = Result<B, warp::Error>> + Send + 'static,
     B: Buf,
@@ -102,7 +102,7 @@ struct Upload<'a> {
     authorization: Option<&'a str>,
 }
 
-fn digest(value: &str) -> Result<Digest, ApiError> {
+pub(super) fn digest(value: &str) -> Result<Digest, ApiError> {
     Digest::parse(value).map_err(|e| ApiError::bad_request("InvalidDigest", e.to_string()))
 }
 
@@ -115,7 +115,7 @@ fn job_key(job: &Job) -> Result<JobKey, ApiError> {
     .map_err(|e| ApiError::bad_request("InvalidName", e.to_string()))
 }
 
-fn upload_query(q: &Query) -> Result<(String, i64), ApiError> {
+pub(super) fn runner_query(q: &Query) -> Result<(String, i64), ApiError> {
     const EXPECTED: &str = "?runner=R&epoch=E";
     if let Some(k) = q.keys().find(|k| !matches!(k.as_str(), "runner" | "epoch")) {
         return Err(ApiError::bad_request(
@@ -126,7 +126,7 @@ fn upload_query(q: &Query) -> Result<(String, i64), ApiError> {
     Ok((field(q, "runner", EXPECTED)?, field(q, "epoch", EXPECTED)?))
 }
 
-fn store_error(e: StoreError) -> ApiError {
+pub(super) fn store_error(e: StoreError) -> ApiError {
     match e {
         e @ StoreError::TooLarge { .. } => ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
@@ -154,19 +154,9 @@ where
 {
     names(up.ns, up.name)?;
     let digest = digest(up.digest)?;
-    let (runner, epoch) = upload_query(q)?;
+    let (runner, epoch) = runner_query(q)?;
     runner_auth(state, up.authorization, &runner, up.ns)?;
-    let essence = up
-        .content_type
-        .and_then(|ct| ct.split(';').next())
-        .map(|s| s.trim().to_ascii_lowercase());
-    if !essence.as_deref().is_some_and(|e| MEDIA.contains(&e)) {
-        return Err(ApiError::new(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "UnsupportedMediaType",
-            format!("Content-Type must be one of {}", MEDIA.join(", ")),
-        ));
-    }
+    check_media(up.content_type)?;
     let job = fenced(state, up.ns, up.name, &runner, epoch).await?;
     let key = job_key(&job)?.archive(&digest);
     if let Some(size) = state.store.size(&key).await.map_err(store_error)? {
@@ -185,6 +175,34 @@ where
         StatusCode::CREATED,
         &serde_json::json!({ "size": size, "stored": true }),
     ))
+}
+
+/// An archive's body must say it is one.
+pub(super) fn check_media(content_type: Option<&str>) -> Result<(), ApiError> {
+    let essence = content_type
+        .and_then(|ct| ct.split(';').next())
+        .map(|s| s.trim().to_ascii_lowercase());
+    if essence.as_deref().is_some_and(|e| MEDIA.contains(&e)) {
+        return Ok(());
+    }
+    Err(ApiError::new(
+        StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        "UnsupportedMediaType",
+        format!("Content-Type must be one of {}", MEDIA.join(", ")),
+    ))
+}
+
+/// A stored archive as the response body, with its type and length.
+pub(super) fn archive_response(blob: crate::store::Blob) -> Response {
+    use warp::Reply;
+    let mut response = warp::reply::stream(SyncStream::new(blob.bytes)).into_response();
+    let headers = response.headers_mut();
+    headers.insert(
+        "content-type",
+        warp::http::HeaderValue::from_static("application/zstd"),
+    );
+    headers.insert("content-length", warp::http::HeaderValue::from(blob.size));
+    response
 }
 
 /// A step report that names an archive: it must be stored, at the size reported.
@@ -253,13 +271,5 @@ async fn download(
         .await
         .map_err(store_error)?
         .ok_or_else(|| not_found(" in the store (it was lost or removed)"))?;
-    use warp::Reply;
-    let mut response = warp::reply::stream(SyncStream::new(blob.bytes)).into_response();
-    let headers = response.headers_mut();
-    headers.insert(
-        "content-type",
-        warp::http::HeaderValue::from_static("application/zstd"),
-    );
-    headers.insert("content-length", warp::http::HeaderValue::from(blob.size));
-    Ok(response)
+    Ok(archive_response(blob))
 }

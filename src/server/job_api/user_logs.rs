@@ -15,13 +15,25 @@ pub(super) async fn user_may_get(
     ns: &str,
     name: &str,
 ) -> Result<(), ApiError> {
+    user_may(state, authorization, "get", ns, Some(name)).await
+}
+
+/// Whether the user behind a Kubernetes bearer token may `verb` jobs in `ns`
+/// (Job `name`, when given).
+pub(super) async fn user_may(
+    state: &ApiState,
+    authorization: Option<&str>,
+    verb: &str,
+    ns: &str,
+    name: Option<&str>,
+) -> Result<(), ApiError> {
     // Kubernetes tokens (JWTs) are longer than runner tokens: their own bound.
     let token = authorization
         .ok_or_else(|| {
             ApiError::new(
                 StatusCode::UNAUTHORIZED,
                 "TokenMissing",
-                "reading logs needs a Kubernetes bearer token (Authorization: Bearer ...)",
+                "this route needs a Kubernetes bearer token (Authorization: Bearer ...)",
             )
         })?
         .strip_prefix("Bearer ")
@@ -56,10 +68,10 @@ pub(super) async fn user_may_get(
             extra: user.extra.clone(),
             resource_attributes: Some(ResourceAttributes {
                 namespace: Some(ns.to_owned()),
-                verb: Some("get".into()),
+                verb: Some(verb.to_owned()),
                 group: Some("baton.dev".into()),
                 resource: Some("jobs".into()),
-                name: Some(name.to_owned()),
+                name: name.map(str::to_owned),
                 ..Default::default()
             }),
             ..Default::default()
@@ -73,12 +85,13 @@ pub(super) async fn user_may_get(
     if decided.status.is_some_and(|s| s.allowed) {
         Ok(())
     } else {
-        info!(user = ?user.username, namespace = ns, job = name, "log read refused by RBAC");
+        info!(user = ?user.username, namespace = ns, job = ?name, verb, "refused by RBAC");
+        let which = name.map(|n| format!(" {n}")).unwrap_or_default();
         Err(ApiError::new(
             StatusCode::FORBIDDEN,
             "Forbidden",
             format!(
-                "{} may not get jobs.baton.dev {name} in namespace {ns}",
+                "{} may not {verb} jobs.baton.dev{which} in namespace {ns}",
                 user.username.unwrap_or_default()
             ),
         ))
