@@ -15,6 +15,7 @@ pub mod changes;
 mod extract;
 mod pack;
 mod path;
+pub mod received;
 mod select;
 mod tree;
 

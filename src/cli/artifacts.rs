@@ -4,15 +4,13 @@
 //! the steps ended, each checked against its digest before a byte is extracted,
 //! and extracted safely (no path leaves DIR; caps on size, count and ratio).
 
-use std::io::{Seek, Write};
+use std::io::Seek;
 use std::path::Path;
 
 use anyhow::{Context, anyhow, bail};
-use futures::StreamExt;
 use kube::api::Api;
-use sha2::Digest as _;
 
-use crate::archive::{self, Limits};
+use crate::archive::{self, Limits, received};
 use crate::cli::job_logs::{LogClient, ServerArgs};
 use crate::cli::plugin::KubeArgs;
 use crate::crd::Job;
@@ -110,28 +108,15 @@ async fn download(
         .get(&path, &[], &format!("the archive {}", artifacts.digest))
         .await?;
     let mut file = tempfile::tempfile().context("create a temporary file")?;
-    let (mut hash, mut size) = (sha2::Sha256::new(), 0u64);
-    let mut body = res.bytes_stream();
-    while let Some(chunk) = body.next().await {
-        let chunk = chunk.context("download the archive")?;
-        size += chunk.len() as u64;
-        if i64::try_from(size).unwrap_or(i64::MAX) > artifacts.size {
-            bail!(
-                "archive {} is longer than the {} bytes the Job's status says",
-                artifacts.digest,
-                artifacts.size
-            );
-        }
-        hash.update(&chunk);
-        file.write_all(&chunk).context("write the temporary file")?;
-    }
-    let got = format!("sha256:{}", hex::encode(hash.finalize()));
-    if got != artifacts.digest {
-        bail!(
-            "the archive downloaded as {got}, not {} as the Job's status says",
-            artifacts.digest
-        );
-    }
+    let size = u64::try_from(artifacts.size).unwrap_or(0);
+    received::receive(res.bytes_stream(), &mut file, &artifacts.digest, size)
+        .await
+        .with_context(|| {
+            format!(
+                "the archive {} is not what the Job's status says",
+                artifacts.digest
+            )
+        })?;
     file.rewind().context("rewind the temporary file")?;
     Ok(file)
 }

@@ -79,7 +79,7 @@ pub fn human_bytes(n: u64) -> String {
 }
 
 /// Progress of a transfer on a terminal (stderr): one line, rewritten at most
-/// once per percent. Silent when stderr is not a terminal.
+/// once per percent, ended at 100 %. Silent when stderr is not a terminal.
 pub struct Progress {
     what: String,
     total: u64,
@@ -102,18 +102,16 @@ impl Progress {
     pub fn advance(&mut self, n: u64) {
         self.done += n;
         let percent = (self.done * 100).checked_div(self.total).unwrap_or(100);
-        if self.on && self.shown != Some(percent) {
-            self.shown = Some(percent);
-            eprint!(
-                "\r{}: {percent:>3}% of {}",
-                self.what,
-                human_bytes(self.total)
-            );
+        if !self.on || self.shown == Some(percent) {
+            return;
         }
-    }
-
-    pub fn finish(&mut self) {
-        if self.on && self.shown.is_some() {
+        self.shown = Some(percent);
+        eprint!(
+            "\r{}: {percent:>3}% of {}",
+            self.what,
+            human_bytes(self.total)
+        );
+        if self.done >= self.total {
             eprintln!();
         }
     }

@@ -49,6 +49,11 @@ pub enum JobVerb {
         /// connected) and, after Ctrl-C, for the Job to end cancelled.
         #[arg(long, default_value = "60", requires = "here")]
         wait_seconds: u64,
+        /// Send DIR as the Job's content: unpacked into /workspace before its
+        /// first step (what spec.inputs maps, all of DIR by default; never
+        /// .git/ or what .gitignore ignores). Needs --server and --token.
+        #[arg(long, value_name = "DIR", conflicts_with = "here")]
+        upload: Option<PathBuf>,
         #[command(flatten)]
         server: ServerArgs,
         #[command(flatten)]
@@ -109,15 +114,21 @@ pub async fn job(verb: JobVerb) -> anyhow::Result<i32> {
         JobVerb::Run {
             file,
             follow,
+            upload,
             server,
             kube,
             ..
         } => {
             // Before the Job exists: a refused --server must not leave it behind.
-            let logs = follow.then(|| LogClient::new(&server)).transpose()?;
+            let logs = (follow || upload.is_some())
+                .then(|| LogClient::new(&server))
+                .transpose()?;
             let (mut job, naming) = load(&file)?;
             let (client, ns) = kube.connect().await?;
             job.metadata.namespace = Some(ns.clone());
+            if let (Some(dir), Some(server)) = (&upload, &logs) {
+                super::upload::attach(&mut job, dir, &ns, server).await?;
+            }
             let api: Api<Job> = Api::namespaced(client, &ns);
             let pp = PostParams {
                 field_manager: Some(MANAGER.into()),
@@ -129,7 +140,7 @@ pub async fn job(verb: JobVerb) -> anyhow::Result<i32> {
                 .map_err(|e| create_failed(e, &ns, &naming))?;
             let name = created.name_any();
             eprintln!("job.baton.dev/{name} created");
-            let Some(logs) = logs else {
+            let Some(logs) = logs.filter(|_| follow) else {
                 return Ok(0);
             };
             print_logs(&api, &ns, &name, None, true, &logs).await?;

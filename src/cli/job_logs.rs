@@ -100,11 +100,11 @@ pub struct LogClient {
 impl LogClient {
     pub fn new(args: &ServerArgs) -> anyhow::Result<Self> {
         let server = args.server.as_deref().ok_or_else(|| {
-            anyhow!("logs come from the controller's server: pass --server URL or set BATON_SERVER")
+            anyhow!("logs, artifacts and uploads go through the controller's server: pass --server URL or set BATON_SERVER")
         })?;
         let base = check_server(server, args.insecure)?;
         let token = args.token.clone().ok_or_else(|| {
-            anyhow!("reading logs needs a Kubernetes bearer token: pass --token or set BATON_TOKEN (minted for Baton: `kubectl create token SA --audience baton`)")
+            anyhow!("the controller's server needs a Kubernetes bearer token: pass --token or set BATON_TOKEN (minted for Baton: `kubectl create token SA --audience baton`)")
         })?;
         Ok(Self {
             base,
@@ -137,6 +137,18 @@ impl LogClient {
             bail!("the server refused {what}: {status} {body}");
         }
         Ok(res)
+    }
+
+    /// A request to `path` on the server, carrying the token.
+    pub fn request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+        self.http
+            .request(method, format!("{}{path}", self.base))
+            .bearer_auth(&self.token)
+    }
+
+    /// The server's base URL, for messages.
+    pub fn base(&self) -> &str {
+        &self.base
     }
 
     /// A line of our own (a step's header), stripped like the logs.

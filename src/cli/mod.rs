@@ -14,6 +14,7 @@ pub mod plugin;
 pub mod step_end;
 mod table;
 pub mod terminal;
+mod upload;
 
 /// Baton runs CI/CD jobs on Kubernetes runners, or locally with `baton run`.
 #[derive(Debug, Parser)]

@@ -237,7 +237,8 @@ impl Client {
         res: Result<reqwest::Response, reqwest::Error>,
     ) -> Result<T, ClientError> {
         let res = res.map_err(|source| ClientError::Unreachable { doing, source })?;
-        if res.status().as_u16() != 200 {
+        // 201 too: an archive stored for the first time is created.
+        if !res.status().is_success() {
             return Err(refused(doing, res).await);
         }
         res.json()
@@ -339,6 +340,33 @@ impl Client {
         Self::json_or_refused::<serde_json::Value>("upload a change archive", res)
             .await
             .map(|_| ())
+    }
+
+    /// The Job's content (`spec.content`), as a streaming response.
+    pub async fn fetch_content(
+        &self,
+        (namespace, name): (&str, &str),
+        (runner, epoch): (&str, i64),
+        token: &str,
+    ) -> Result<reqwest::Response, ClientError> {
+        const DOING: &str = "fetch the Job's content";
+        let res = self
+            .http
+            .get(format!("{}/v1/jobs/{namespace}/{name}/content", self.base))
+            .query(&[("runner", runner), ("epoch", &epoch.to_string())])
+            .timeout(Duration::from_secs(600))
+            .bearer_auth(token)
+            .send()
+            .await
+            .map_err(|source| ClientError::Unreachable {
+                doing: DOING,
+                source,
+            })?;
+        if res.status().is_success() {
+            Ok(res)
+        } else {
+            Err(refused(DOING, res).await)
+        }
     }
 
     /// Append a chunk of a step's log at `q.offset`.

@@ -26,17 +26,17 @@ use tracing::{info, warn};
 
 use super::BackendKind;
 use super::client::{Client, ClientError};
-use crate::backend::{JobTarget, KubernetesBackend, LocalBackend, LogChunk, Workflow};
-use crate::crd::job::{JobPhase, StepStatus};
-use crate::executor::{
-    CancellationToken, Executor, ExecutorOptions, JobReport, LogSink, Recorded, StatusSink,
-};
-use crate::protocol::jobs::{AppendQuery, ClaimRequest, ClaimResponse, MAX_LOG_BODY, StatusReport};
+use crate::backend::{JobTarget, KubernetesBackend, LocalBackend, Workflow};
+use crate::crd::job::JobPhase;
+use crate::executor::{CancellationToken, Executor, ExecutorOptions, JobReport};
+use crate::protocol::jobs::{ClaimRequest, ClaimResponse, StatusReport};
 
+mod content;
 mod direct;
 mod sent;
+mod sink;
 mod upload;
-use sent::{JOB_LOG_KEEP, STEP_LOG_KEEP, SentLog, gap_stored, resend_from};
+use sink::Sink;
 
 /// Jobs in progress: (namespace, name) -> (epoch, its cancel token).
 type Running = HashMap<(String, String), (i64, CancellationToken)>;
@@ -187,13 +187,13 @@ impl JobRunner {
     /// Run the Job's steps on this runner's backend.
     async fn execute(
         &self,
-        ns: &str,
-        name: &str,
         claim: &ClaimResponse,
+        content: Option<&std::path::Path>,
         workflow: &Workflow,
         sink: &Sink,
         cancel: &CancellationToken,
-    ) -> Result<JobReport, String> {
+    ) -> Result<JobReport, RunError> {
+        let (ns, name) = (claim.namespace.as_str(), claim.name.as_str());
         match self.backend {
             BackendKind::Local => {
                 // Resumable: a restarted runner finds its steps' records.
@@ -201,9 +201,9 @@ impl JobRunner {
                     .resumable()
                     .with_workspace(self.workspace.clone());
                 Executor::new(&backend, ExecutorOptions::default())
-                    .run(workflow, &claim.spec, sink, sink, cancel)
+                    .run_seeded(workflow, &claim.spec, content, sink, sink, cancel)
                     .await
-                    .map_err(|e| e.to_string())
+                    .map_err(RunError::from)
             }
             BackendKind::Kubernetes => match &self.kube {
                 Some(client) => {
@@ -217,9 +217,11 @@ impl JobRunner {
                     Executor::new(&backend, ExecutorOptions::default())
                         .run(workflow, &claim.spec, sink, sink, cancel)
                         .await
-                        .map_err(|e| e.to_string())
+                        .map_err(RunError::from)
                 }
-                None => Err("no Kubernetes client for the kubernetes backend".to_owned()),
+                None => Err(RunError::failed(
+                    "no Kubernetes client for the kubernetes backend",
+                )),
             },
         }
     }
@@ -272,8 +274,12 @@ impl JobRunner {
         if self.refused(&claim, &sink).await {
             return;
         }
+        let content = match self.content(&claim, &sink).await {
+            Ok(content) => content,
+            Err((reason, message)) => return sink.fail(reason, message).await,
+        };
         let workflow = Workflow::new(claim.uid.clone());
-        let run = self.execute(ns, name, &claim, &workflow, &sink, &cancel);
+        let run = self.execute(&claim, content.as_deref(), &workflow, &sink, &cancel);
         let mut connections = self.connections.subscribe();
         connections.mark_unchanged();
         let replays = async {
@@ -285,7 +291,7 @@ impl JobRunner {
         let mut run = std::pin::pin!(run);
         let outcome = tokio::select! {
             outcome = &mut run => outcome,
-            () = replays => Err("the runner stopped".to_owned()),
+            () = replays => Err(RunError::failed("the runner stopped")),
             () = sink.fenced.cancelled() => {
                 if self.backend == BackendKind::Kubernetes {
                     // The Job's new runner adopts the step pods: leave them alone
@@ -310,17 +316,45 @@ impl JobRunner {
                 outputs: Some(r.outputs),
                 ..Default::default()
             },
-            Err(message) => StatusReport {
+            Err(RunError { reason, message }) => StatusReport {
                 runner: self.runner.clone(),
                 epoch,
                 phase: Some(JobPhase::Failed),
-                reason: Some("RunFailed".into()),
+                reason: Some(reason.to_owned()),
                 message: Some(message),
                 ..Default::default()
             },
         };
         info!(namespace = ns, job = name, phase = ?report.phase, reason = ?report.reason, "job ended");
         sink.post(&report).await;
+    }
+}
+
+/// Why a run ended before the executor could report: the Job's reason and message.
+struct RunError {
+    reason: &'static str,
+    message: String,
+}
+
+impl RunError {
+    fn failed(message: &str) -> Self {
+        Self {
+            reason: "RunFailed",
+            message: message.to_owned(),
+        }
+    }
+}
+
+impl From<crate::executor::ExecutorError> for RunError {
+    fn from(e: crate::executor::ExecutorError) -> Self {
+        let message = anyhow::Error::from(e);
+        let reason = message
+            .downcast_ref::<crate::executor::ExecutorError>()
+            .map_or("RunFailed", crate::executor::ExecutorError::reason);
+        Self {
+            reason,
+            message: format!("{message:#}"),
+        }
     }
 }
 
@@ -338,256 +372,6 @@ const CLAIM: Schedule = Schedule::new(Duration::from_millis(200), Duration::from
 
 fn retry_pause(attempt: u64) -> Duration {
     CALLS.pause(u32::try_from(attempt).unwrap_or(u32::MAX))
-}
-
-/// Status and log sink of one run: everything goes to the server.
-struct Sink {
-    client: Client,
-    runner: String,
-    token: String,
-    claim: ClaimResponse,
-    /// Set when the server fences this run off (the Job moved to a new epoch, or
-    /// is no longer active): see `run_job` for what the run does then.
-    fenced: CancellationToken,
-    /// Per running step: the bytes sent so far, for a resend after a `LogGap`.
-    sent: Mutex<HashMap<String, SentLog>>,
-    /// Local backend: the Job's directory (its change archives are under it).
-    local_root: Option<PathBuf>,
-}
-
-/// How one POST of log bytes went.
-enum Sent {
-    Done,
-    /// 409 `LogGap`: the server holds this many bytes.
-    Gap(u64),
-    /// Fenced off (the run is cancelled) or refused for good.
-    Stopped,
-}
-
-impl Sink {
-    /// Post until the server takes it (a restarting controller is waited for); a
-    /// fencing refusal stops the run, a malformed request is dropped.
-    async fn post(&self, report: &StatusReport) {
-        for attempt in 0u64.. {
-            match self
-                .client
-                .report(&self.claim.namespace, &self.claim.name, report, &self.token)
-                .await
-            {
-                Ok(()) => return,
-                Err(e @ ClientError::Refused { status: 409, .. }) => {
-                    warn!(job = %self.claim.name, "fenced off, stopping the run: {e}");
-                    self.fenced.cancel();
-                    return;
-                }
-                Err(e) if is_permanent(&e) => {
-                    warn!(job = %self.claim.name, "report refused, dropped: {e}");
-                    return;
-                }
-                Err(e) => {
-                    warn!(job = %self.claim.name, attempt, "report failed, retrying: {e}");
-                    tokio::time::sleep(retry_pause(attempt)).await;
-                }
-            }
-        }
-    }
-}
-
-impl StatusSink for Sink {
-    async fn step_changed(&self, status: &StepStatus) {
-        if status.phase.is_finished() {
-            // Kept for a replay to a new leader, while the Job's total allows.
-            let mut sent = lock(&self.sent);
-            let total: usize = sent.values().map(|l| l.bytes.len()).sum();
-            if total > JOB_LOG_KEEP && sent.remove(&status.name).is_some() {
-                warn!(
-                    job = %self.claim.name,
-                    step = %status.name,
-                    kept = JOB_LOG_KEEP,
-                    "the Job's kept logs are over the bound: this finished step's log cannot be replayed to a new controller"
-                );
-            }
-        }
-        let without_changes = self.upload_changes(status).await;
-        self.post(&StatusReport {
-            runner: self.runner.clone(),
-            epoch: self.claim.epoch,
-            step: Some(without_changes.unwrap_or_else(|| status.clone())),
-            ..Default::default()
-        })
-        .await;
-    }
-
-    async fn job_changed(&self, phase: JobPhase, reason: Option<&str>) {
-        // The end is reported once, with the outputs, after the run.
-        if phase.is_finished() {
-            return;
-        }
-        self.post(&StatusReport {
-            runner: self.runner.clone(),
-            epoch: self.claim.epoch,
-            phase: Some(phase),
-            reason: reason.map(str::to_owned),
-            ..Default::default()
-        })
-        .await;
-    }
-
-    /// What the claim says was recorded: a resumed run continues its clocks.
-    fn recorded(&self) -> Recorded {
-        Recorded {
-            start_time: self.claim.start_time.clone(),
-            steps: self.claim.steps.clone(),
-        }
-    }
-}
-
-impl Sink {
-    /// POST `bytes` of `step`'s log at `offset` until the server answers.
-    async fn send(&self, step: &str, offset: u64, bytes: &[u8]) -> Sent {
-        let q = AppendQuery {
-            step: step.to_owned(),
-            offset,
-            runner: self.runner.clone(),
-            epoch: self.claim.epoch,
-        };
-        for attempt in 0u64.. {
-            match self
-                .client
-                .append_log(
-                    &self.claim.namespace,
-                    &self.claim.name,
-                    &q,
-                    bytes.to_vec(),
-                    &self.token,
-                )
-                .await
-            {
-                Ok(_) => return Sent::Done,
-                Err(ClientError::Refused {
-                    status: 409,
-                    reason,
-                    message,
-                    ..
-                }) if reason == "StaleEpoch" || reason == "NotActive" => {
-                    warn!(job = %self.claim.name, "fenced off, stopping the run: {message}");
-                    self.fenced.cancel();
-                    return Sent::Stopped;
-                }
-                Err(ClientError::Refused {
-                    status: 409,
-                    reason,
-                    message,
-                    ..
-                }) if reason == "LogGap" && gap_stored(&message).is_some() => {
-                    return Sent::Gap(gap_stored(&message).unwrap_or_default());
-                }
-                Err(e) if is_permanent(&e) => {
-                    warn!(job = %self.claim.name, step, "log chunk refused, dropped: {e}");
-                    return Sent::Stopped;
-                }
-                Err(e) => {
-                    warn!(job = %self.claim.name, step, attempt, "log append failed, retrying: {e}");
-                    tokio::time::sleep(retry_pause(attempt)).await;
-                }
-            }
-        }
-        Sent::Stopped
-    }
-
-    /// Keep a chunk for a later resend.
-    fn record(&self, chunk: &LogChunk) {
-        let mut sent = lock(&self.sent);
-        let log = sent
-            .entry(chunk.step.clone())
-            .or_insert_with(|| SentLog::new(chunk.offset));
-        if log.record(chunk.offset, &chunk.bytes, STEP_LOG_KEEP) {
-            warn!(
-                job = %self.claim.name,
-                step = %chunk.step,
-                kept = STEP_LOG_KEEP,
-                "step log longer than the resend buffer: only its first bytes are kept for a resend"
-            );
-        }
-    }
-
-    /// After the control channel opened again: each kept step log's last byte is
-    /// sent again. A server holding it all ignores it; one holding less answers
-    /// `LogGap` and [`LogSink::append`] sends what it lacks. (A one-byte probe,
-    /// not an empty one: the server requires a Content-Length, which an empty
-    /// body does not always carry.)
-    async fn replay(&self) {
-        let tails: Vec<LogChunk> = lock(&self.sent)
-            .iter()
-            .filter_map(|(step, log)| {
-                let last = *log.bytes.last()?;
-                Some(LogChunk {
-                    step: step.clone(),
-                    offset: log.end() - 1,
-                    bytes: vec![last],
-                })
-            })
-            .collect();
-        for tail in tails {
-            self.append(tail).await;
-        }
-    }
-
-    /// The kept bytes of `step` from `stored` on (a copy), with their offset.
-    fn resend(&self, step: &str, stored: u64) -> Option<(u64, Vec<u8>)> {
-        let sent = lock(&self.sent);
-        let log = sent.get(step)?;
-        resend_from(log.start, &log.bytes, stored).map(|(o, b)| (o, b.to_vec()))
-    }
-}
-
-impl LogSink for Sink {
-    async fn append(&self, chunk: LogChunk) {
-        self.record(&chunk);
-        let chunk_end = chunk.offset + chunk.bytes.len() as u64;
-        // Each round re-sends from the server's length; a server that keeps losing
-        // what it was sent is not chased for ever.
-        'rounds: for _ in 0..4 {
-            let stored = match self.send(&chunk.step, chunk.offset, &chunk.bytes).await {
-                Sent::Done | Sent::Stopped => return,
-                Sent::Gap(stored) => stored,
-            };
-            let Some((from, bytes)) = self.resend(&chunk.step, stored) else {
-                warn!(
-                    job = %self.claim.name,
-                    step = %chunk.step,
-                    offset = chunk.offset,
-                    stored,
-                    "log gap: the server lacks bytes this runner no longer holds; chunk dropped"
-                );
-                return;
-            };
-            info!(
-                job = %self.claim.name,
-                step = %chunk.step,
-                from,
-                bytes = bytes.len(),
-                "log gap: the server holds less than was sent; resending"
-            );
-            let piece = usize::try_from(MAX_LOG_BODY).unwrap_or(usize::MAX);
-            let mut offset = from;
-            for part in bytes.chunks(piece) {
-                match self.send(&chunk.step, offset, part).await {
-                    Sent::Done => offset += part.len() as u64,
-                    Sent::Gap(_) => continue 'rounds,
-                    Sent::Stopped => return,
-                }
-            }
-            if offset >= chunk_end {
-                return;
-            }
-        }
-        warn!(job = %self.claim.name, step = %chunk.step, offset = chunk.offset, "log gap persists; chunk dropped");
-    }
-
-    fn resume_offset(&self, step: &str) -> u64 {
-        self.claim.log_offsets.get(step).copied().unwrap_or(0)
-    }
 }
 
 #[cfg(test)]

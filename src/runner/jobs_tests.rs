@@ -1,4 +1,9 @@
+use super::sent::{SentLog, gap_stored, resend_from};
 use super::*;
+use crate::backend::LogChunk;
+use crate::crd::job::StepStatus;
+use crate::executor::{LogSink, StatusSink};
+use crate::protocol::jobs::AppendQuery;
 
 #[test]
 fn resend_from_gap_at_zero_sends_everything_kept() {

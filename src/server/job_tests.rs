@@ -443,3 +443,6 @@ async fn job_routes_check_the_token_before_the_body() {
 
 #[path = "job_tests_artifacts.rs"]
 mod artifacts;
+
+#[path = "job_tests_uploads.rs"]
+mod uploads;

@@ -6,12 +6,9 @@
 
 use std::path::PathBuf;
 
-use tracing::warn;
-
 use super::{JobRunner, Sink};
-use crate::crd::job::JobPhase;
 use crate::crd::reasons::reason;
-use crate::protocol::jobs::{ClaimResponse, StatusReport};
+use crate::protocol::jobs::ClaimResponse;
 
 /// Why a runner named `me` refuses a Job that names `named` (`spec.runnerName`),
 /// or `None` when it runs it.
@@ -44,16 +41,7 @@ impl JobRunner {
         let Some(why) = refusal(self.direct_only, &self.runner, named) else {
             return false;
         };
-        warn!(namespace = %claim.namespace, job = %claim.name, "job refused: {why}");
-        sink.post(&StatusReport {
-            runner: self.runner.clone(),
-            epoch: claim.epoch,
-            phase: Some(JobPhase::Failed),
-            reason: Some(reason::NOT_ASSIGNED_BY_NAME.to_owned()),
-            message: Some(why),
-            ..Default::default()
-        })
-        .await;
+        sink.fail(reason::NOT_ASSIGNED_BY_NAME, why).await;
         true
     }
 }
