@@ -109,6 +109,16 @@ pub(crate) async fn apply(ns: &TestNs, job: &Job) -> anyhow::Result<()> {
 
 /// A ServiceAccount token; with `may_get`, the account may `get` Jobs here.
 pub(crate) async fn sa_token(ns: &TestNs, name: &str, may_get: bool) -> anyhow::Result<String> {
+    let verbs: &[&str] = if may_get { &["get"] } else { &[] };
+    sa_token_may(ns, name, verbs).await
+}
+
+/// A ServiceAccount token for Baton; the account may `verbs` Jobs here.
+pub(crate) async fn sa_token_may(
+    ns: &TestNs,
+    name: &str,
+    verbs: &[&str],
+) -> anyhow::Result<String> {
     let pp = PostParams::default();
     let sas: Api<ServiceAccount> = Api::namespaced(ns.client.clone(), &ns.name);
     sas.create(
@@ -116,10 +126,10 @@ pub(crate) async fn sa_token(ns: &TestNs, name: &str, may_get: bool) -> anyhow::
         &serde_json::from_value(serde_json::json!({ "metadata": { "name": name } }))?,
     )
     .await?;
-    if may_get {
+    if !verbs.is_empty() {
         let role: Role = serde_json::from_value(serde_json::json!({
             "metadata": { "name": name },
-            "rules": [{ "apiGroups": ["baton.dev"], "resources": ["jobs"], "verbs": ["get"] }]
+            "rules": [{ "apiGroups": ["baton.dev"], "resources": ["jobs"], "verbs": verbs }]
         }))?;
         Api::<Role>::namespaced(ns.client.clone(), &ns.name)
             .create(&pp, &role)

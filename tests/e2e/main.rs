@@ -13,6 +13,7 @@ mod admission;
 mod attacks;
 mod chart;
 mod chart_tls;
+mod content;
 mod crds;
 mod failover;
 mod helm;

@@ -1,0 +1,220 @@
+//! Content in, changes out, on the real cluster: `kubectl baton job run FILE
+//! --upload DIR` sends a small repository (without `.git/` and what
+//! `.gitignore` ignores) once; the runner unpacks it into the workspace before
+//! the first step; a step edits, adds and deletes files; `job artifacts`
+//! reproduces exactly those changes over a copy of what was sent. A user who may
+//! not create Jobs cannot upload, and a Job naming content that was never
+//! uploaded fails saying so.
+
+use std::path::Path;
+
+use anyhow::{Context, ensure};
+use baton::archive::snapshot;
+use baton::crd::conditions;
+use baton::crd::job::{JobPhase, StepPhase};
+use kube::api::PostParams;
+
+use crate::jobs::{jobs, phase_is, sa_token_may, setup};
+use crate::procs::{BATON, TempDir};
+use crate::support::{TestNs, in_namespace, wait_for};
+
+fn write(root: &Path, path: &str, body: &str) -> anyhow::Result<()> {
+    let full = root.join(path);
+    std::fs::create_dir_all(full.parent().context("parent")?)?;
+    std::fs::write(full, body)?;
+    Ok(())
+}
+
+/// A checkout: what is sent, and what must stay home.
+fn repository(root: &Path) -> anyhow::Result<()> {
+    write(root, "README.md", "# demo\n")?;
+    write(root, "src/lib.rs", "pub fn f() {}\n")?;
+    write(root, "src/old.rs", "// to be removed\n")?;
+    write(root, ".gitignore", "/target\n*.log\n")?;
+    write(root, "target/debug/app", "a build output\n")?;
+    write(root, "debug.log", "noise\n")?;
+    write(root, ".git/HEAD", "ref: refs/heads/main\n")?;
+    Ok(())
+}
+
+const MANIFEST: &str = "apiVersion: baton.dev/v1alpha1
+kind: Job
+metadata:
+  generateName: checkout-
+spec:
+  runnerSelector:
+    matchLabels:
+      pool: e2e
+  steps:
+  - name: check
+    image: busybox
+    script: |
+      test -f src/lib.rs && test -f README.md
+      test ! -e target && test ! -e debug.log && test ! -e .git
+      echo seeded
+  - name: edit
+    image: busybox
+    dependsOn: [check]
+    collect: changes
+    script: |
+      echo '// edited' >> src/lib.rs
+      rm src/old.rs
+      mkdir gen && echo new > gen/out.txt
+";
+
+/// `baton job run FILE --upload DIR` as `token`'s user: (exit code, stderr).
+async fn run_upload(
+    ns: &TestNs,
+    dir: &Path,
+    server: &str,
+    token: &str,
+) -> anyhow::Result<(i32, String)> {
+    let out = tokio::process::Command::new(BATON)
+        .args(["job", "run", "job.yaml", "--upload", "repo", "-n", &ns.name])
+        .current_dir(dir)
+        .env("BATON_SERVER", server)
+        .env("BATON_TOKEN", token)
+        .output()
+        .await?;
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok((out.status.code().unwrap_or(-1), said))
+}
+
+/// The Job `job run` said it created.
+fn created(said: &str) -> anyhow::Result<String> {
+    said.lines()
+        .find_map(|l| l.strip_prefix("job.baton.dev/")?.strip_suffix(" created"))
+        .map(str::to_owned)
+        .with_context(|| format!("no Job created: {said}"))
+}
+
+#[tokio::test]
+async fn an_uploaded_checkout_seeds_the_workspace_and_job_artifacts_reproduce_the_changes() {
+    in_namespace("content", |ns| async move {
+        let s = setup(&ns).await?;
+        let dev = sa_token_may(&ns, "dev", &["get", "create"]).await?;
+        let home = TempDir::new(&format!("{}-home", ns.name));
+        repository(&home.join("repo"))?;
+        std::fs::write(home.join("job.yaml"), MANIFEST)?;
+
+        let (code, said) = run_upload(&ns, &home.0, &s.ctl.url, &dev).await?;
+        ensure!(code == 0, "job run --upload: {said}");
+        ensure!(said.contains("uploaded sha256:"), "{said}");
+        let name = created(&said)?;
+        let done = wait_for(&jobs(&ns), &name, phase_is(JobPhase::Succeeded), 90).await?;
+        let content = done.spec.content.clone().context("spec.content")?;
+        let status = done.status.clone().unwrap_or_default();
+        let edit = status
+            .steps
+            .iter()
+            .find(|s| s.name == "edit")
+            .context("edit")?;
+        ensure!(edit.phase == StepPhase::Succeeded, "{edit:?}");
+        let packed = edit.artifacts.clone().context("edit's archive")?;
+        ensure!(
+            (packed.added, packed.modified, packed.deleted) == (2, 1, 1),
+            "gen/ and gen/out.txt added, src/lib.rs modified, src/old.rs deleted: {packed:?}"
+        );
+
+        // The same tree again: found on the server, not sent twice.
+        let (code, again) = run_upload(&ns, &home.0, &s.ctl.url, &dev).await?;
+        ensure!(code == 0, "second run: {again}");
+        ensure!(again.contains("on the server already"), "{again}");
+        ensure!(!again.contains("uploaded sha256:"), "{again}");
+        let second = created(&again)?;
+        let twice = wait_for(&jobs(&ns), &second, phase_is(JobPhase::Succeeded), 90).await?;
+        ensure!(
+            twice.spec.content == Some(content),
+            "the same content address"
+        );
+
+        // What was sent, plus the step's changes, is the workspace the step left.
+        let out = home.join("out");
+        for file in ["README.md", "src/lib.rs", "src/old.rs", ".gitignore"] {
+            std::fs::create_dir_all(out.join(file).parent().context("parent")?)?;
+            std::fs::copy(home.join("repo").join(file), out.join(file))?;
+        }
+        let got = tokio::process::Command::new(BATON)
+            .args([
+                "job",
+                "artifacts",
+                &name,
+                "-o",
+                &out.to_string_lossy(),
+                "-n",
+                &ns.name,
+            ])
+            .env("BATON_SERVER", &s.ctl.url)
+            .env("BATON_TOKEN", &dev)
+            .output()
+            .await?;
+        ensure!(
+            got.status.success(),
+            "job artifacts: {}",
+            String::from_utf8_lossy(&got.stderr)
+        );
+        let uid = done.metadata.uid.clone().context("uid")?;
+        let workspace = s
+            .dir
+            .join("r1-work")
+            .join(&ns.name)
+            .join(&name)
+            .join(&uid)
+            .join("workspace");
+        ensure!(
+            snapshot(&out)? == snapshot(&workspace)?,
+            "the extracted tree differs from the runner's workspace {}",
+            workspace.display()
+        );
+        ensure!(std::fs::read_to_string(out.join("src/lib.rs"))? == "pub fn f() {}\n// edited\n");
+        ensure!(!out.join("src/old.rs").exists(), "src/old.rs deleted");
+        Ok(())
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn uploads_need_create_on_jobs_and_jobs_need_their_content_uploaded() {
+    in_namespace("content-refused", |ns| async move {
+        let s = setup(&ns).await?;
+        let reader = sa_token_may(&ns, "reader", &["get"]).await?;
+        let home = TempDir::new(&format!("{}-home", ns.name));
+        repository(&home.join("repo"))?;
+        std::fs::write(home.join("job.yaml"), MANIFEST)?;
+        let (code, said) = run_upload(&ns, &home.0, &s.ctl.url, &reader).await?;
+        ensure!(code != 0, "a reader uploaded: {said}");
+        ensure!(
+            said.contains("refused the upload") && said.contains("403"),
+            "{said}"
+        );
+        ensure!(
+            jobs(&ns).list(&Default::default()).await?.items.is_empty(),
+            "no Job made"
+        );
+
+        // A Job naming content nobody uploaded fails before any step runs.
+        let mut job: baton::crd::Job = serde_saphyr::from_str(MANIFEST)?;
+        job.metadata.generate_name = None;
+        job.metadata.name = Some("unsent".into());
+        job.spec.content = Some(baton::crd::job::Content {
+            digest: format!("sha256:{}", "ab".repeat(32)),
+            size: 10,
+        });
+        jobs(&ns).create(&PostParams::default(), &job).await?;
+        let failed = wait_for(&jobs(&ns), "unsent", phase_is(JobPhase::Failed), 60).await?;
+        let status = failed.status.unwrap_or_default();
+        let why = conditions::find(&status.conditions, "Failed").context("Failed condition")?;
+        ensure!(why.reason == "ContentUnavailable", "{why:?}");
+        ensure!(why.message.contains("ContentNotFound"), "{why:?}");
+        ensure!(
+            status.steps.iter().all(|s| s.phase == StepPhase::Pending),
+            "no step ran"
+        );
+        Ok(())
+    })
+    .await;
+}
