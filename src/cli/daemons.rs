@@ -86,9 +86,14 @@ pub struct ControllerArgs {
     /// survive this replica's disk and any leader serves them.
     #[arg(long, value_name = "URL", env = "BATON_STORE")]
     pub store: Option<String>,
-    /// Cap on one uploaded change archive, in bytes (compressed).
+    /// Cap on one archive sent to the server (a step's changes, or content
+    /// uploaded with `job run --upload`), in bytes (compressed).
     #[arg(long, value_name = "BYTES", default_value_t = crate::server::DEFAULT_ARTIFACT_CAP, env = "BATON_ARTIFACT_CAP")]
     pub artifact_cap: u64,
+    /// An upload (`job run --upload`) that no Job names is removed once it is
+    /// this old.
+    #[arg(long, value_parser = parse_duration, default_value = "1h", env = "BATON_UPLOAD_RETENTION")]
+    pub upload_retention: Duration,
     /// An active Job's runner disconnected this long is lost: its Job is handed
     /// to another runner (at a new epoch).
     #[arg(long, value_parser = parse_duration, default_value = "60s", env = "BATON_RUNNER_LOST_AFTER")]
@@ -318,6 +323,7 @@ pub async fn controller(args: ControllerArgs) -> anyhow::Result<i32> {
         data_dir: args.data_dir,
         log_cap: args.log_cap,
         store: args.store.filter(|u| !u.trim().is_empty()),
+        upload_retention: args.upload_retention,
         runner_lost_after: args.runner_lost_after,
         pending_runner_ttl: args.pending_runner_ttl,
         keep_step_pods: args.keep_step_pods,

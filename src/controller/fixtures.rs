@@ -26,6 +26,7 @@ pub fn mocked_context(name: &str) -> (Arc<Context>, ApiHandle) {
         ),
         log_cap: 1024,
         store: None,
+        upload_retention: std::time::Duration::from_secs(3600),
         runner_lost_after: std::time::Duration::from_secs(60),
         pending_runner_ttl: std::time::Duration::from_secs(3600),
         keep_step_pods: false,

@@ -205,6 +205,8 @@ pub struct Config {
     /// The blob store's URL (`s3://bucket/prefix`, ...); `None`: `store/` beside
     /// the logs in the data directory.
     pub store: Option<String>,
+    /// An upload no Job names is removed once this old.
+    pub upload_retention: Duration,
     /// An active Job's runner disconnected this long is lost.
     pub runner_lost_after: Duration,
     /// A Pending Runner not heard from this long is deleted.
@@ -441,6 +443,7 @@ pub async fn run(
         job::board::run(ctx.clone(), shutdown.clone()),
     );
     sweep_logs(&ctx, scope.clone());
+    sweep::spawn_upload_sweeps(ctx.jobs.clone(), ctx.store.clone(), config.upload_retention);
     let serve = server::serve(listener, state, tls, shutdown.clone());
     let crds_ready = wait_for_crds(client.clone(), readiness.clone());
     let caches = (runners.0, tokens.0, jobs.0);

@@ -259,7 +259,7 @@ impl<B: Backend> Executor<'_, B> {
         if let Some(archive) = content.filter(|_| discovered.is_empty()) {
             let seeded = self.backend.seed_workspace(workflow, archive).await;
             let seeded = seeded.map_err(ExecutorError::Seed)?;
-            tracing::info!(workflow = %workflow.id, files = seeded.written, bytes = seeded.bytes, "workspace seeded from the Job's content");
+            tracing::debug!(workflow = %workflow.id, files = seeded.written, bytes = seeded.bytes, "workspace seeded from the Job's content");
         }
         let mut state = State::new(dag, spec, self.backend.listen_address());
         // A resumed Job's timeout counts from when it first started, not from now.

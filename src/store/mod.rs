@@ -322,6 +322,27 @@ impl BlobStore {
         Ok(count)
     }
 
+    /// Every blob under `prefix`, with when it was last written.
+    pub async fn listed(
+        &self,
+        prefix: &Path,
+    ) -> Result<Vec<(Path, std::time::SystemTime)>, StoreError> {
+        self.objects
+            .list(Some(prefix))
+            .map_ok(|meta| (meta.location, meta.last_modified.into()))
+            .try_collect()
+            .await
+            .map_err(failed("list", prefix))
+    }
+
+    /// Remove one blob; a blob already gone is no error.
+    pub async fn remove(&self, key: &Path) -> Result<(), StoreError> {
+        match self.objects.delete(key).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(e) => Err(failed("delete", key)(e)),
+        }
+    }
+
     /// The names directly under `prefix` (one level, like `ls`).
     pub async fn children(&self, prefix: &Path) -> Result<Vec<String>, StoreError> {
         let listed = self
