@@ -1,7 +1,8 @@
 //! Change archives at the size issue 13 names: a 100 MB tree of 10,000 files
 //! (sizes spread from a few bytes to ~60 KB, half of them text-like, half
 //! random), all of them "changed". Times the snapshot (hashing every file),
-//! packing (tar + zstd level 3) and extraction (checked, staged, moved into
+//! packing (tar + zstd level 3), packing the tree as content (the
+//! `.gitignore`-aware walk of `job run --upload`, then the pack) and extraction (checked, staged, moved into
 //! place), then the upload of the archive into the blob store (a directory, and
 //! with `BATON_BENCH_STORE=s3://...` object storage), each the median of a few
 //! runs; prints MB/s of file content and of archive bytes.
@@ -92,6 +93,7 @@ fn main() {
         pack_runs.push(started.elapsed());
     }
     let packed = packed.expect("packed once");
+    let content = median(content_runs(&tree, &scratch.join("content.tar.zst")));
 
     let mut extract_runs = Vec::new();
     for run in 0..RUNS {
@@ -138,6 +140,7 @@ fn main() {
     let phases = [
         ("snapshot".to_owned(), snap),
         ("pack".into(), pack),
+        ("content: walk + pack".into(), content),
         ("extract".into(), extract),
     ];
     for (phase, d) in phases.into_iter().chain(uploads) {
@@ -148,6 +151,24 @@ fn main() {
             rate(usize::try_from(packed.size).unwrap_or(0), d)
         );
     }
+}
+
+/// `job run --upload` and `baton run` packing the whole tree as content: the
+/// `.gitignore`-aware walk (a `.gitignore` that matches nothing, so every file
+/// goes) and the pack, as the CLI does before it sends.
+fn content_runs(tree: &Path, out: &Path) -> Vec<Duration> {
+    std::fs::write(tree.join(".gitignore"), "/target\n*.o\n").expect(".gitignore");
+    let runs = (0..RUNS)
+        .map(|_| {
+            let started = Instant::now();
+            let selected = archive::select_tree(tree, &[], &Limits::default()).expect("select");
+            let file = std::io::BufWriter::new(std::fs::File::create(out).expect("create"));
+            selected.pack(file).expect("pack content");
+            started.elapsed()
+        })
+        .collect();
+    std::fs::remove_file(tree.join(".gitignore")).expect("remove .gitignore");
+    runs
 }
 
 /// Store the archive as a runner's upload lands: streamed from its file in 64 KiB
