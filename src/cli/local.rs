@@ -204,6 +204,12 @@ async fn seed(args: &RunArgs, spec: &JobSpec) -> anyhow::Result<Option<content::
     if args.empty_workspace {
         return Ok(None);
     }
+    if !args.from.is_dir() {
+        anyhow::bail!(
+            "--from {}: not a directory (--empty-workspace starts from nothing)",
+            args.from.display()
+        );
+    }
     let inputs = spec.inputs.clone().unwrap_or_default();
     let packing = content::pack_off_runtime(args.from.clone(), inputs).await?;
     println!(
