@@ -398,12 +398,26 @@ async fn report(
     runner_auth(state, authorization, &req.runner, ns)?;
     // Optimistic concurrency: the write carries the resourceVersion the fence
     // check read; a conflict means someone wrote in between: read and check again.
-    for _ in 0..5 {
-        let job = fresh(state, ns, name).await?;
+    // The first try starts from the watch cache when it already fences this
+    // runner in (one request instead of a read and a write); a cache that is
+    // behind costs a conflict, then the loop reads for real.
+    for attempt in 0..5 {
+        let (job, from_cache) = match cached(state, ns, name) {
+            Some(j)
+                if attempt == 0
+                    && jobs::fence(j.status.as_ref(), &req.runner, req.epoch).is_ok() =>
+            {
+                ((*j).clone(), true)
+            }
+            _ => (fresh(state, ns, name).await?, false),
+        };
         jobs::fence(job.status.as_ref(), &req.runner, req.epoch)?;
         artifacts::check_reported(state, &job, req.step.as_ref()).await?;
         let current = job.status.clone().unwrap_or_default();
         let next = job_status::next(&job, Transition::Report(req.as_report()), Timestamp::now());
+        if next == current && from_cache {
+            continue; // nothing to write as far as the cache knows: ask the API server
+        }
         if next == current {
             return Ok(reply_json(
                 StatusCode::OK,
