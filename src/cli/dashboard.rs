@@ -9,6 +9,7 @@ use std::sync::Arc;
 use anyhow::{Context, bail};
 use clap::Args;
 
+use super::job_logs::{LogClient, ServerArgs};
 use super::plugin::KubeArgs;
 use crate::dashboard::access::Access;
 use crate::dashboard::guard::Guard;
@@ -36,6 +37,9 @@ pub struct DashboardArgs {
     /// With --behind-auth-proxy: a Host the proxy forwards (repeat for more).
     #[arg(long, value_name = "HOST[:PORT]", requires = "behind_auth_proxy")]
     pub public_host: Vec<String>,
+    /// Where the steps' logs come from (optional: without it, no logs).
+    #[command(flatten)]
+    pub server: ServerArgs,
     #[command(flatten)]
     pub kube: KubeArgs,
 }
@@ -72,6 +76,11 @@ fn token() -> anyhow::Result<String> {
 
 pub async fn run(args: DashboardArgs) -> anyhow::Result<i32> {
     check_address(args.address, args.behind_auth_proxy, &args.public_host)?;
+    // Checked before anything else: a refused --server, or one without a token.
+    let logs = match args.server.server {
+        Some(_) => Some(Arc::new(LogClient::new(&args.server)?)),
+        None => None,
+    };
     let (client, ns) = args.kube.connect().await?;
     let listener = tokio::net::TcpListener::bind(SocketAddr::new(args.address, args.port))
         .await
@@ -82,6 +91,7 @@ pub async fn run(args: DashboardArgs) -> anyhow::Result<i32> {
         live: Live::start(&client, namespace),
         access: Access::new(client.clone()),
         guard: Arc::new(Guard::new(addr, &args.public_host, token()?)),
+        logs,
         scope: namespace.map_or("all namespaces".to_owned(), |n| format!("namespace {n}")),
         client,
     });

@@ -275,6 +275,29 @@ fn events_table(out: &mut String, events: &[EventRow]) {
     out.push_str("</tbody></table></section>");
 }
 
+/// One log viewer per step, outside the live part of the page (a viewer keeps its
+/// lines while the rest is redrawn); without a log server, how to get one.
+pub fn logs_section(ns: &str, name: &str, steps: &[String], enabled: bool) -> String {
+    let mut out =
+        String::from(r#"<section aria-labelledby="logs-h" id="logs"><h2 id="logs-h">Logs</h2>"#);
+    if !enabled {
+        out.push_str(r#"<p class="empty">Start the dashboard with <code>--server</code> and <code>--token</code> (a token minted for audience <code>baton</code>) to follow the steps' logs here.</p></section>"#);
+        return out;
+    }
+    for step in steps {
+        let _ = write!(
+            out,
+            r#"<details class="log" data-step="{step}" data-log-src="/live/logs/{ns}/{name}/{step_s}"><summary>Step {step} <span class="log-count" aria-live="off"></span></summary><div class="log-tools"><label>Search <input type="search" class="log-search" aria-label="Search the log of step {step}"></label><button type="button" class="log-all">Show all lines</button><span class="log-state" role="status"></span></div><pre class="log-lines" tabindex="0" aria-label="Log of step {step}"></pre></details>"#,
+            step = escape(step),
+            ns = segment(ns),
+            name = segment(name),
+            step_s = segment(step),
+        );
+    }
+    out.push_str("</section>");
+    out
+}
+
 #[cfg(test)]
 #[path = "job_page_tests.rs"]
 mod tests;

@@ -130,3 +130,23 @@ fn a_job_without_status_or_events_still_renders() {
     let b = job_body(&v, false);
     assert!(b.contains("<h2 id=\"events-h\">Events</h2><p class=\"empty\">None.</p>"));
 }
+
+#[test]
+fn each_step_gets_a_log_viewer_when_logs_can_be_read() {
+    let steps = ["build".to_owned(), "a b".to_owned()];
+    let on = logs_section("team", "ci", &steps, true);
+    assert!(
+        on.contains(r#"data-log-src="/live/logs/team/ci/build""#),
+        "{on}"
+    );
+    assert!(
+        on.contains(r#"data-log-src="/live/logs/team/ci/a+b""#),
+        "{on}"
+    );
+    assert_eq!(on.matches("<details").count(), 2);
+    let off = logs_section("team", "ci", &steps, false);
+    assert!(
+        !off.contains("<details") && off.contains("--server"),
+        "{off}"
+    );
+}

@@ -6,6 +6,7 @@
 //!   view models to markup (the step graph is server-side SVG).
 //! - [`live`]: watch caches of Runners and Jobs (and a Job page's Events) opened
 //!   with the user's client; pages follow them over server-sent events.
+//! - [`logs`]: a step's log relayed from the controller's user log route.
 //! - [`access`]: SelfSubjectAccessReviews decide which buttons are drawn.
 //! - [`actions`]: the buttons' changes, through the plugin's own functions.
 //! - [`guard`]: the Host check (DNS rebinding) and the CSRF check.
@@ -18,6 +19,7 @@ pub mod guard;
 pub mod html;
 pub mod job_page;
 pub mod live;
+pub mod logs;
 pub mod routes;
 pub mod rows;
 pub mod state;

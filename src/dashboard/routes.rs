@@ -7,6 +7,7 @@
 //! | `GET /live?…` | those two lists as server-sent events, on every change |
 //! | `GET /jobs/NS/NAME` | a Job's page |
 //! | `GET /live/jobs/NS/NAME` | its body as server-sent events |
+//! | `GET /live/logs/NS/NAME/STEP` | a step's log, followed (`Last-Event-ID` resumes) |
 //! | `POST /api/runners/NS/NAME/ACTION` | adopt, reject, disable, enable, forget |
 //! | `POST /api/jobs/NS/NAME/cancel` | `spec.cancel: true` |
 //! | `GET /static/app.{css,js}` | the assets, compiled into the binary |
@@ -24,7 +25,7 @@ use super::guard::{self, refusal};
 use super::html::{self, Shell};
 use super::rows::{JobFilter, RunnerAction};
 use super::state::{self, Dash};
-use super::{actions, live};
+use super::{actions, live, logs};
 
 const APP_CSS: &str = include_str!("assets/app.css");
 const APP_JS: &str = include_str!("assets/app.js");
@@ -56,6 +57,11 @@ pub fn routes(d: Arc<Dash>) -> impl Filter<Extract = (Response,), Error = Infall
         .and(warp::get())
         .and(with())
         .map(job_live);
+    let logs = warp::path!("live" / "logs" / String / String / String)
+        .and(warp::get())
+        .and(warp::header::optional::<u64>("last-event-id"))
+        .and(with())
+        .map(logs_live);
     let runner_action = warp::path!("api" / "runners" / String / String / String)
         .and(warp::post())
         .and(guard::change(d.guard.clone()))
@@ -78,6 +84,8 @@ pub fn routes(d: Arc<Dash>) -> impl Filter<Extract = (Response,), Error = Infall
         .or(job_page)
         .unify()
         .or(job_live)
+        .unify()
+        .or(logs)
         .unify()
         .or(runner_action)
         .unify()
@@ -156,7 +164,10 @@ async fn job_page(ns: String, name: String, d: Arc<Dash>) -> Response {
     d.live.ready(Duration::from_secs(5)).await;
     let live = format!("/live/jobs/{}/{}", html::segment(&ns), html::segment(&name));
     let body = match state::job(&d, &ns, &name, &[]).await {
-        Some(b) => format!(r#"<div id="job" class="live">{b}</div>"#),
+        Some(b) => format!(
+            r#"<div id="job" class="live">{b}</div>{}"#,
+            state::job_logs(&d, &ns, &name)
+        ),
         None => state::job_missing(&ns, &name),
     };
     page(&d, &format!("Job {name}"), &live, &body)
@@ -191,6 +202,14 @@ fn job_live(ns: String, name: String, d: Arc<Dash>) -> Response {
         .boxed()
     };
     sse(updates(d, ticks, render))
+}
+
+fn logs_live(ns: String, name: String, step: String, from: Option<u64>, d: Arc<Dash>) -> Response {
+    let Some(client) = d.logs.clone() else {
+        let m = "this dashboard reads no logs: start it with --server and --token";
+        return refusal(StatusCode::NOT_FOUND, "LogsUnavailable", m);
+    };
+    sse(logs::follow(client, ns, name, step, from.unwrap_or(0)))
 }
 
 type Render = Box<

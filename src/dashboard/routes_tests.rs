@@ -37,6 +37,7 @@ fn dash() -> (Arc<Dash>, mpsc::UnboundedReceiver<Seen>) {
         access: Access::new(client.clone()),
         guard: Arc::new(Guard::new(addr, &[], TOKEN.into())),
         scope: "namespace ci".into(),
+        logs: None,
         client,
     };
     (Arc::new(d), seen)

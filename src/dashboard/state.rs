@@ -26,6 +26,8 @@ pub struct Dash {
     pub guard: Arc<Guard>,
     /// Where it acts, for the header: the namespace, or "all namespaces".
     pub scope: String,
+    /// The controller's log route, with the user's Baton token (`--server`, `--token`).
+    pub logs: Option<Arc<crate::cli::job_logs::LogClient>>,
 }
 
 /// The two live lists of the front page, as fragments: (runners, jobs).
@@ -73,6 +75,15 @@ pub async fn job(d: &Dash, ns: &str, name: &str, events: &[Event]) -> Option<Str
     let view = job_page::job_view(&job, events, Timestamp::now());
     let can_cancel = d.access.may(Ask::new("patch", "jobs", ns)).await;
     Some(job_page::job_body(&view, can_cancel))
+}
+
+/// The log viewers of Job `ns/name`'s steps (empty when the cache has no such Job).
+pub fn job_logs(d: &Dash, ns: &str, name: &str) -> String {
+    let Some(job) = d.live.jobs.get(&ObjectRef::new(name).within(ns)) else {
+        return String::new();
+    };
+    let steps: Vec<String> = job.spec.steps.iter().map(|s| s.name.clone()).collect();
+    job_page::logs_section(ns, name, &steps, d.logs.is_some())
 }
 
 /// The body shown for a Job that is not (or no longer) there.

@@ -14,6 +14,7 @@ mod attacks;
 mod chart;
 mod chart_tls;
 mod crds;
+mod dashboard;
 mod failover;
 mod helm;
 mod here;
