@@ -12,6 +12,7 @@ pub mod backend;
 pub mod cli;
 pub mod controller;
 pub mod crd;
+pub mod dashboard;
 pub mod domain;
 pub mod executor;
 pub mod protocol;

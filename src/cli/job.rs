@@ -180,18 +180,23 @@ pub async fn job(verb: JobVerb) -> anyhow::Result<i32> {
         }
         JobVerb::Cancel { name, kube } => {
             let (client, ns) = kube.connect().await?;
-            let api: Api<Job> = Api::namespaced(client, &ns);
-            api.patch(
-                &name,
-                &PatchParams::apply(MANAGER),
-                &Patch::Merge(serde_json::json!({ "spec": { "cancel": true } })),
-            )
-            .await
-            .with_context(|| format!("cancel Job {name}"))?;
+            cancel(&Api::namespaced(client, &ns), &name).await?;
             println!("job.baton.dev/{name} cancel requested");
             Ok(0)
         }
     }
+}
+
+/// `job cancel`: patch `spec.cancel: true`.
+pub async fn cancel(api: &Api<Job>, name: &str) -> anyhow::Result<()> {
+    api.patch(
+        name,
+        &PatchParams::apply(MANAGER),
+        &Patch::Merge(serde_json::json!({ "spec": { "cancel": true } })),
+    )
+    .await
+    .with_context(|| format!("cancel Job {name}"))?;
+    Ok(())
 }
 
 /// The Job in a manifest file, and how it is named.

@@ -5,6 +5,7 @@ use clap::{Parser, Subcommand};
 pub mod artifacts;
 pub mod content;
 pub mod daemons;
+pub mod dashboard;
 mod here;
 pub mod job;
 pub mod job_list;
@@ -48,6 +49,8 @@ pub enum Command {
         #[command(subcommand)]
         verb: job::JobVerb,
     },
+    /// Serve the web dashboard on 127.0.0.1, acting with your kubeconfig credentials.
+    Dashboard(dashboard::DashboardArgs),
 }
 
 /// `baton runner`: the agent with flags, or a plugin verb.
@@ -93,6 +96,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
         }
         Command::Token { verb } => plugin::token(verb).await,
         Command::Job { verb } => job::job(verb).await,
+        Command::Dashboard(args) => dashboard::run(args).await,
         Command::Crd { dir } if dir.is_empty() => {
             print!("{}", crate::crd::all_yaml()?);
             Ok(0)

@@ -138,10 +138,7 @@ pub async fn runner(verb: RunnerVerb) -> anyhow::Result<i32> {
         RunnerVerb::Reject { name, kube } => set_adoption(&kube, &name, "Rejected").await,
         RunnerVerb::Forget { name, kube } => {
             let (client, ns) = kube.connect().await?;
-            let api: Api<Runner> = Api::namespaced(client, &ns);
-            api.delete(&name, &DeleteParams::default())
-                .await
-                .with_context(|| format!("delete Runner {name}"))?;
+            forget(&Api::namespaced(client, &ns), &name).await?;
             println!("runner {name} forgotten");
             Ok(0)
         }
@@ -165,7 +162,13 @@ pub async fn runner(verb: RunnerVerb) -> anyhow::Result<i32> {
 
 async fn set_adoption(kube: &KubeArgs, name: &str, decision: &str) -> anyhow::Result<i32> {
     let (client, ns) = kube.connect().await?;
-    let api: Api<Runner> = Api::namespaced(client, &ns);
+    patch_adoption(&Api::namespaced(client, &ns), name, decision).await?;
+    println!("runner {name} {}", decision.to_lowercase());
+    Ok(0)
+}
+
+/// `runner adopt|reject`: patch `spec.adoption` (`Adopted` or `Rejected`).
+pub async fn patch_adoption(api: &Api<Runner>, name: &str, decision: &str) -> anyhow::Result<()> {
     let patch = serde_json::json!({ "spec": { "adoption": decision } });
     let pp = PatchParams {
         field_manager: Some(MANAGER.into()),
@@ -174,8 +177,15 @@ async fn set_adoption(kube: &KubeArgs, name: &str, decision: &str) -> anyhow::Re
     api.patch(name, &pp, &Patch::Merge(&patch))
         .await
         .with_context(|| format!("set spec.adoption of Runner {name} to {decision}"))?;
-    println!("runner {name} {}", decision.to_lowercase());
-    Ok(0)
+    Ok(())
+}
+
+/// `runner forget`: delete the Runner.
+pub async fn forget(api: &Api<Runner>, name: &str) -> anyhow::Result<()> {
+    api.delete(name, &DeleteParams::default())
+        .await
+        .with_context(|| format!("delete Runner {name}"))?;
+    Ok(())
 }
 
 /// `runner list` output: one row per runner.

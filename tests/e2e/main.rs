@@ -15,6 +15,7 @@ mod chart;
 mod chart_tls;
 mod content;
 mod crds;
+mod dashboard;
 mod failover;
 mod helm;
 mod here;
