@@ -159,7 +159,23 @@ where
     check_media(up.content_type)?;
     let job = fenced(state, up.ns, up.name, &runner, epoch).await?;
     let key = job_key(&job)?.archive(&digest);
-    if let Some(size) = state.store.size(&key).await.map_err(store_error)? {
+    let reply = store_once(state, &key, body, &digest).await?;
+    info!(namespace = up.ns, job = up.name, %digest, status = %reply.status(), "change archive received");
+    Ok(reply)
+}
+
+/// Store a content-addressed archive at `key` unless it is there already:
+/// 201 with its size when stored now, 200 when it was held before.
+pub(super) async fn store_once<S>(
+    state: &ApiState,
+    key: &object_store::path::Path,
+    body: S,
+    digest: &Digest,
+) -> Result<Response, ApiError>
+where
+    S: futures::Stream<Item = Result<Bytes, warp::Error>> + Send,
+{
+    if let Some(size) = state.store.size(key).await.map_err(store_error)? {
         return Ok(reply_json(
             StatusCode::OK,
             &serde_json::json!({ "size": size, "stored": false }),
@@ -167,10 +183,9 @@ where
     }
     let size = state
         .store
-        .put_verified(&key, body, state.config.artifact_cap, &digest)
+        .put_verified(key, body, state.config.artifact_cap, digest)
         .await
         .map_err(store_error)?;
-    info!(namespace = up.ns, job = up.name, %digest, size, "change archive stored");
     Ok(reply_json(
         StatusCode::CREATED,
         &serde_json::json!({ "size": size, "stored": true }),

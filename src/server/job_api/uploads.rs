@@ -13,6 +13,7 @@
 
 use super::artifacts::{
     BodyStream, archive_response, byte_stream, check_media, digest, runner_query, store_error,
+    store_once,
 };
 use super::user_logs::user_may;
 #[allow(clippy::wildcard_imports)]
@@ -130,22 +131,9 @@ where
     let key = upload_key(sent.ns, &digest)?;
     may_upload(state, sent.authorization, sent.ns).await?;
     check_media(sent.content_type)?;
-    if let Some(size) = state.store.size(&key).await.map_err(store_error)? {
-        return Ok(reply_json(
-            StatusCode::OK,
-            &serde_json::json!({ "size": size, "stored": false }),
-        ));
-    }
-    let size = state
-        .store
-        .put_verified(&key, body, state.config.artifact_cap, &digest)
-        .await
-        .map_err(store_error)?;
-    info!(namespace = sent.ns, %digest, size, "upload stored");
-    Ok(reply_json(
-        StatusCode::CREATED,
-        &serde_json::json!({ "size": size, "stored": true }),
-    ))
+    let reply = store_once(state, &key, body, &digest).await?;
+    info!(namespace = sent.ns, %digest, status = %reply.status(), "upload received");
+    Ok(reply)
 }
 
 async fn fetch(
