@@ -122,6 +122,15 @@ impl Manifest {
 
     /// Every CEL rule this object breaks, as `field: message` lines.
     pub fn problems(&self) -> Vec<String> {
+        let mut problems = match self {
+            Self::Job(job) => unique_step_names(&job.spec.steps),
+            _ => Vec::new(),
+        };
+        problems.extend(self.cel_problems());
+        problems
+    }
+
+    fn cel_problems(&self) -> Vec<String> {
         let result = match self {
             Self::Job(o) => o.validate_cel(),
             Self::Runner(o) => o.validate_cel(),
@@ -141,4 +150,20 @@ impl Manifest {
                 .collect(),
         }
     }
+}
+
+/// What the API server's list map on `spec.steps` refuses, said in words: each
+/// step name once (one pass, as the server does it).
+pub fn unique_step_names(steps: &[crate::crd::Step]) -> Vec<String> {
+    let mut seen = std::collections::HashSet::new();
+    let mut twice: Vec<&str> = steps
+        .iter()
+        .filter(|s| !seen.insert(s.name.as_str()))
+        .map(|s| s.name.as_str())
+        .collect();
+    twice.dedup();
+    twice
+        .into_iter()
+        .map(|name| format!("spec.steps: step names must be unique within a Job: {name:?} appears more than once"))
+        .collect()
 }
