@@ -19,7 +19,7 @@ export BATON_KSTATUS ?= $(BATON_CACHE)/kstatus-$(KSTATUS_VERSION)-$(KSTATUS_HASH
 .PHONY: help build release lint helm-lint fmt unit crd images cluster-up cluster-down kstatus browser e2e test bench bench-local clean-cache
 
 help: ## List the targets
-	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  %-14s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z0-9_-]+:.*## / {printf "  %-14s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
 build: ## Debug build of the baton binary
 	$(CARGO) build
