@@ -467,8 +467,11 @@ impl Backend for KubernetesBackend {
         let attempt = self.attempt(step).await?;
         let cached = lock(&attempt.frame).clone();
         let frame = match cached {
-            Some(frame) => Some(frame),
-            None => tail::read_frame(&self.pods, &attempt).await?,
+            Some(frame) if !frame.is_cut() => Some(frame),
+            // The live tail can end before the last bytes of a container that
+            // just exited reach it (the follow stream closes early): the whole
+            // log, read again now, has them. What the tail saw is the fallback.
+            cut => tail::read_frame(&self.pods, &attempt).await?.or(cut),
         };
         let Some(frame) = frame else {
             return Ok(Vec::new());
