@@ -106,6 +106,25 @@ impl Session {
             .with_context(|| format!("the page never showed {css}"))
     }
 
+    /// Click the element `css` once the page shows it. A live update may swap
+    /// the element between finding and clicking it (a stale reference): then it
+    /// is found again, as a user would click the new button.
+    async fn click(&self, css: &str) -> anyhow::Result<()> {
+        let deadline = tokio::time::Instant::now() + LIVE;
+        loop {
+            match self.shows(css).await?.click().await {
+                Ok(()) => return Ok(()),
+                Err(e)
+                    if e.to_string().contains("stale element")
+                        && tokio::time::Instant::now() < deadline =>
+                {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Err(e) => return Err(anyhow::Error::from(e).context(format!("click {css}"))),
+            }
+        }
+    }
+
     /// Wait until the log viewer `css` shows at least `n` lines; how many it shows.
     async fn log_lines(&self, css: &str, n: usize) -> anyhow::Result<usize> {
         let deadline = tokio::time::Instant::now() + LIVE;
@@ -160,10 +179,7 @@ async fn a_pending_runner_is_adopted_by_clicking_adopt() {
         s.browser.goto(&format!("{url}/")).await?;
         s.shows(r#"tr[data-runner="r1"] .adoption-pending"#).await?;
         s.screenshot("dashboard-runners-pending.png").await?;
-        s.shows(r#"tr[data-runner="r1"] button.act-adopt"#)
-            .await?
-            .click()
-            .await?;
+        s.click(r#"tr[data-runner="r1"] button.act-adopt"#).await?;
 
         // The cluster's answer, then the same page showing it without a reload.
         wait_for(&runners, "r1", runner_is(AdoptionState::Adopted, true), 30).await?;
@@ -255,7 +271,7 @@ async fn a_jobs_graph_shows_each_steps_phase_and_its_cancel_button_cancels_it() 
 
         // The running step's log, followed: it grows while the page is open.
         let log = r#"details.log[data-step="slow"]"#;
-        s.shows(&format!("{log} summary")).await?.click().await?;
+        s.click(&format!("{log} summary")).await?;
         let first = s.log_lines(log, 1).await?;
         let later = s.log_lines(log, first + 5).await?;
         ensure!(later > first, "the log grew: {first} -> {later}");
@@ -274,7 +290,7 @@ async fn a_jobs_graph_shows_each_steps_phase_and_its_cancel_button_cancels_it() 
             .await?;
         s.screenshot("dashboard-log.png").await?;
 
-        s.shows("button.act-cancel").await?.click().await?;
+        s.click("button.act-cancel").await?;
         s.browser
             .accept_alert()
             .await
