@@ -232,15 +232,25 @@ fn with_root_cause(e: &reqwest::Error) -> String {
 
 /// The job calls of the runner API (see [`crate::protocol::jobs`]).
 impl Client {
+    /// The response if the server answered with success (201 too: an archive
+    /// stored for the first time is created); its refusal otherwise.
+    async fn ok_or_refused(
+        doing: &'static str,
+        res: Result<reqwest::Response, reqwest::Error>,
+    ) -> Result<reqwest::Response, ClientError> {
+        let res = res.map_err(|source| ClientError::Unreachable { doing, source })?;
+        if res.status().is_success() {
+            Ok(res)
+        } else {
+            Err(refused(doing, res).await)
+        }
+    }
+
     async fn json_or_refused<T: serde::de::DeserializeOwned>(
         doing: &'static str,
         res: Result<reqwest::Response, reqwest::Error>,
     ) -> Result<T, ClientError> {
-        let res = res.map_err(|source| ClientError::Unreachable { doing, source })?;
-        // 201 too: an archive stored for the first time is created.
-        if !res.status().is_success() {
-            return Err(refused(doing, res).await);
-        }
+        let res = Self::ok_or_refused(doing, res).await?;
         res.json()
             .await
             .map_err(|source| ClientError::Unreachable { doing, source })
@@ -357,16 +367,8 @@ impl Client {
             .timeout(Duration::from_secs(600))
             .bearer_auth(token)
             .send()
-            .await
-            .map_err(|source| ClientError::Unreachable {
-                doing: DOING,
-                source,
-            })?;
-        if res.status().is_success() {
-            Ok(res)
-        } else {
-            Err(refused(DOING, res).await)
-        }
+            .await;
+        Self::ok_or_refused(DOING, res).await
     }
 
     /// Append a chunk of a step's log at `q.offset`.
