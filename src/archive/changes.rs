@@ -11,14 +11,24 @@ use std::io::{self, Read};
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
+use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-/// One path of a tree, as far as a change is concerned.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// One path of a tree, as far as a change is concerned. Serialized (a file's
+/// digest in hex) where a snapshot crosses a process: the kubernetes backend
+/// takes it in a helper pod and keeps it until the step ended.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase", deny_unknown_fields)]
 pub enum Node {
-    File { digest: [u8; 32], executable: bool },
+    File {
+        #[serde(with = "hex_digest")]
+        digest: [u8; 32],
+        executable: bool,
+    },
     Dir,
-    Symlink { target: String },
+    Symlink {
+        target: String,
+    },
 }
 
 /// A tree: relative paths (`/`-separated, no `.` or `..`) to what they are.
@@ -90,6 +100,23 @@ fn file_digest(path: &Path) -> io::Result<[u8; 32]> {
     }
 }
 
+/// A SHA-256 digest as 64 hex digits, nothing else accepted.
+mod hex_digest {
+    use serde::{Deserialize, Deserializer, Serializer, de::Error};
+
+    pub fn serialize<S: Serializer>(digest: &[u8; 32], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&hex::encode(digest))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<[u8; 32], D::Error> {
+        let text = <&str>::deserialize(d)?;
+        let mut digest = [0u8; 32];
+        hex::decode_to_slice(text, &mut digest)
+            .map_err(|e| D::Error::custom(format!("digest {text:?}: {e}")))?;
+        Ok(digest)
+    }
+}
+
 /// The pure middle: what changed from `before` to `after`.
 pub fn diff(before: &Snapshot, after: &Snapshot) -> Changes {
     let mut changes = Changes::default();
@@ -143,6 +170,27 @@ mod tests {
         assert_eq!(changes.modified, ["a", "b", "l"]);
         assert_eq!(changes.deleted, ["d", "d/c"]);
         assert!(diff(&after, &after).is_empty());
+    }
+
+    #[test]
+    fn a_snapshot_survives_json_and_a_bad_one_is_refused() {
+        let tree = Snapshot::from([
+            ("a".into(), file(0xab, true)),
+            ("d".into(), Node::Dir),
+            ("l".into(), Node::Symlink { target: "a".into() }),
+        ]);
+        let json = serde_json::to_string(&tree).unwrap();
+        assert!(json.contains(&"ab".repeat(32)), "{json}");
+        assert_eq!(serde_json::from_str::<Snapshot>(&json).unwrap(), tree);
+        for bad in [
+            r#"{"a":{"file":{"digest":"abc","executable":false}}}"#,
+            r#"{"a":{"file":{"digest":"zz","executable":false}}}"#,
+            r#"{"a":{"file":{"digest":[1,2],"executable":false}}}"#,
+            r#"{"a":{"device":{}}}"#,
+            r#"{"a":{"dir":null,"extra":1}}"#,
+        ] {
+            assert!(serde_json::from_str::<Snapshot>(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

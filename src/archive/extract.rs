@@ -63,7 +63,7 @@ pub enum Refused {
 }
 
 /// What an extraction did.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Extracted {
     pub written: usize,
     pub deleted: usize,
@@ -84,6 +84,15 @@ pub fn extract(input: impl Read, dest: &Path, limits: &Limits) -> Result<Extract
     }
     done.deleted = delete(dest, &manifest.deleted)?;
     Ok(done)
+}
+
+/// Only the manifest of the archive `input`: what it adds, modifies and
+/// deletes, checked as [`extract`] checks it.
+pub fn manifest(input: impl Read, limits: &Limits) -> Result<Manifest, Refused> {
+    let decoder = zstd::Decoder::new(input).map_err(not_an_archive)?;
+    let mut archive = tar::Archive::new(decoder);
+    let mut entries = archive.entries().map_err(not_an_archive)?;
+    read_manifest(entries.next(), limits)
 }
 
 /// An entry unpacked into staging, to be moved into place.

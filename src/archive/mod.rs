@@ -20,7 +20,7 @@ mod select;
 mod tree;
 
 pub use changes::{Changes, Snapshot, diff, snapshot};
-pub use extract::{Extracted, Limits, Refused, extract};
+pub use extract::{Extracted, Limits, Refused, extract, manifest};
 pub use pack::{Packed, pack};
 pub use select::{Selection, glob_problems};
 pub use tree::{Tree, TreeError, select as select_tree};

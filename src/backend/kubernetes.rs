@@ -31,6 +31,7 @@
 //! - **Stopping** deletes the pod with the grace period and waits until it is gone.
 
 mod attempt;
+mod helper;
 mod outputs;
 mod pod;
 mod secrets;
@@ -39,8 +40,10 @@ mod state;
 mod tail;
 mod target;
 mod watch;
+mod workspace;
 
 use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -97,6 +100,11 @@ pub struct KubernetesBackend {
     /// The node the Job's pods are pinned to (with a workspace). Held while the
     /// first pod is being scheduled.
     node: tokio::sync::Mutex<Option<String>>,
+    /// The workspace snapshots taken before collecting steps started, by step
+    /// (as the helper wrote them: handed back to it after the step).
+    before: Mutex<HashMap<String, Vec<u8>>>,
+    /// The Job's directory on the runner, where change archives are kept.
+    archive_root: Option<PathBuf>,
 }
 
 fn kube_err(step: &str, doing: &'static str) -> impl FnOnce(kube::Error) -> BackendError {
@@ -126,7 +134,17 @@ impl KubernetesBackend {
             options,
             attempts: Mutex::new(HashMap::new()),
             node: tokio::sync::Mutex::new(None),
+            before: Mutex::new(HashMap::new()),
+            archive_root: None,
         }
+    }
+
+    /// Keep the archives of collecting steps under `root` (the Job's directory):
+    /// `root/artifacts/HEX.tar.zst`, whence the runner uploads them.
+    #[must_use]
+    pub fn with_archive_root(mut self, root: PathBuf) -> Self {
+        self.archive_root = Some(root);
+        self
     }
 
     pub fn target(&self) -> &JobTarget {
@@ -233,11 +251,25 @@ impl KubernetesBackend {
     /// With a workspace: pin to the node of the Job's pods; the first pod is
     /// waited for until it is scheduled, so every later one follows it.
     async fn create_pinned(&self, attempt: &pod::Attempt<'_>) -> Result<Pod, BackendError> {
+        let step = attempt.step.name.as_str();
+        self.pinned(step, |node| async move {
+            self.create(attempt, node.as_deref()).await
+        })
+        .await
+    }
+
+    /// Create a pod of the Job with `create(node)`, pinned as
+    /// [`Self::create_pinned`] says.
+    async fn pinned<F, Fut>(&self, step: &str, create: F) -> Result<Pod, BackendError>
+    where
+        F: FnOnce(Option<String>) -> Fut,
+        Fut: Future<Output = Result<Pod, BackendError>>,
+    {
         let mut node = self.node.lock().await;
         if node.is_none() {
-            *node = self.scheduled_node(&attempt.step.name).await?;
+            *node = self.scheduled_node(step).await?;
         }
-        let created = self.create(attempt, node.as_deref()).await?;
+        let created = create(node.clone()).await?;
         if node.is_none() {
             let name = created.metadata.name.clone().unwrap_or_default();
             *node = match state::node_of(&created) {
@@ -300,7 +332,8 @@ impl Backend for KubernetesBackend {
             .await
             .map_err(kube_err("", "list the Job's step pods"))?;
         let mut latest: BTreeMap<String, (u32, &Pod)> = BTreeMap::new();
-        for p in list.items.iter().filter(|p| pod::is_ours(p, &self.target)) {
+        let steps = list.items.iter().filter(|p| !helper::is_helper(p));
+        for p in steps.filter(|p| pod::is_ours(p, &self.target)) {
             let Some(found) = AttemptState::from_pod(p) else {
                 tracing::warn!(pod = %p.name_any(), "a pod with the Job's label but not a step pod's labels; ignored");
                 continue;
@@ -350,13 +383,9 @@ impl Backend for KubernetesBackend {
             return Ok(());
         }
         if request.step.collects() {
-            return Err(BackendError::CannotStart {
-                step: step.to_owned(),
-                reason: crate::crd::reasons::reason::UNSUPPORTED,
-                message: "`collect` and `artifacts` are not collected from step pods yet: \
-                          run this Job with `baton run`, or on a runner with the local backend"
-                    .into(),
-            });
+            self.snapshot_before(step)
+                .instrument(self.span(step))
+                .await?;
         }
         let env = request.step.env.as_deref().unwrap_or_default();
         secrets::check_readable(&self.secrets, step, env).await?;
@@ -435,26 +464,22 @@ impl Backend for KubernetesBackend {
             .await
     }
 
-    /// Never reached: `start_step` refuses a step that collects.
     async fn collect_changes(
         &self,
-        _workflow: &Workflow,
-        _step: &Step,
+        workflow: &Workflow,
+        step: &Step,
     ) -> Result<Option<crate::archive::Packed>, BackendError> {
-        Ok(None)
+        self.check(workflow, &step.name)?;
+        self.collect(step).instrument(self.span(&step.name)).await
     }
 
     async fn seed_workspace(
         &self,
-        _workflow: &Workflow,
-        _archive: &std::path::Path,
+        workflow: &Workflow,
+        archive: &std::path::Path,
     ) -> Result<crate::archive::Extracted, BackendError> {
-        Err(BackendError::Content {
-            reason: crate::crd::reasons::reason::UNSUPPORTED,
-            message: "`spec.content` is not unpacked into step pods yet: run this Job with \
-                      `baton run`, `job run --here`, or on a runner with the local backend"
-                .into(),
-        })
+        self.check(workflow, "")?;
+        self.seed(archive).instrument(self.span("")).await
     }
 
     async fn read_outputs(

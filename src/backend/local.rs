@@ -136,11 +136,11 @@ impl LocalBackend {
 
     /// [`LocalBackend::archive_path`] of a backend rooted at `root`.
     pub fn archive_path_under(root: &Path, digest: &str) -> PathBuf {
-        collect::archive_path(&root.join("artifacts"), digest)
+        super::archive_path(root, digest)
     }
 
     fn artifact_store(&self) -> PathBuf {
-        self.root.join("artifacts")
+        super::archive_store(&self.root)
     }
 
     /// The process group of a started step (its main process's pid).

@@ -252,6 +252,23 @@ impl BackendError {
     }
 }
 
+/// Where a runner keeps the change archives of the Job whose directory is
+/// `root` (both backends: the runner uploads them from there).
+pub fn archive_store(root: &std::path::Path) -> std::path::PathBuf {
+    root.join("artifacts")
+}
+
+/// The archive with `digest` in the store of the Job at `root`.
+pub fn archive_path(root: &std::path::Path, digest: &str) -> std::path::PathBuf {
+    archive_in(&archive_store(root), digest)
+}
+
+/// The archive with `digest` in `store`, named by its digest.
+pub fn archive_in(store: &std::path::Path, digest: &str) -> std::path::PathBuf {
+    let hex = digest.strip_prefix("sha256:").unwrap_or(digest);
+    store.join(format!("{hex}.tar.zst"))
+}
+
 /// Where steps run. Every method is idempotent where it can be: starting a step
 /// that exists, stopping one that ended, destroying what is gone all succeed.
 ///

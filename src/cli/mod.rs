@@ -16,6 +16,7 @@ pub mod step_end;
 mod table;
 pub mod terminal;
 mod upload;
+mod workspace;
 
 /// Baton runs CI/CD jobs on Kubernetes runners, or locally with `baton run`.
 #[derive(Debug, Parser)]
@@ -51,6 +52,12 @@ pub enum Command {
     },
     /// Serve the web dashboard on 127.0.0.1, acting with your kubeconfig credentials.
     Dashboard(dashboard::DashboardArgs),
+    /// What the kubernetes backend's workspace helper pods run.
+    #[command(hide = true)]
+    Workspace {
+        #[command(subcommand)]
+        verb: workspace::WorkspaceVerb,
+    },
 }
 
 /// `baton runner`: the agent with flags, or a plugin verb.
@@ -97,6 +104,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Token { verb } => plugin::token(verb).await,
         Command::Job { verb } => job::job(verb).await,
         Command::Dashboard(args) => dashboard::run(args).await,
+        Command::Workspace { verb } => workspace::run(verb).await,
         Command::Crd { dir } if dir.is_empty() => {
             print!("{}", crate::crd::all_yaml()?);
             Ok(0)

@@ -229,7 +229,13 @@ fn rbac_is_namespaced_and_minimal() {
         .collect();
     assert_eq!(
         resources,
-        ["pods", "pods/log", "persistentvolumeclaims", "secrets"]
+        [
+            "pods",
+            "pods/log",
+            "pods/exec",
+            "persistentvolumeclaims",
+            "secrets"
+        ]
     );
     assert!(
         rules

@@ -213,9 +213,10 @@ impl JobRunner {
                     let mut target =
                         JobTarget::new(ns, name, claim.uid.clone()).with_spec(&claim.spec);
                     target.tools_image = self.tools_image.clone();
-                    let backend = KubernetesBackend::new(client.clone(), target);
+                    let backend = KubernetesBackend::new(client.clone(), target)
+                        .with_archive_root(self.job_dir(ns, name));
                     Executor::new(&backend, ExecutorOptions::default())
-                        .run(workflow, &claim.spec, sink, sink, cancel)
+                        .run_seeded(workflow, &claim.spec, content, sink, sink, cancel)
                         .await
                         .map_err(RunError::from)
                 }
@@ -269,7 +270,7 @@ impl JobRunner {
             claim: claim.clone(),
             fenced: CancellationToken::new(),
             sent: Mutex::default(),
-            local_root: (self.backend == BackendKind::Local).then(|| self.job_dir(ns, name)),
+            archive_root: Some(self.job_dir(ns, name)),
         };
         if self.refused(&claim, &sink).await {
             return;

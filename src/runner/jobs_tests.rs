@@ -120,7 +120,7 @@ fn sink(server: &str) -> Sink {
         },
         fenced: CancellationToken::new(),
         sent: Mutex::default(),
-        local_root: None,
+        archive_root: None,
     }
 }
 

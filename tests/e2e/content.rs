@@ -14,9 +14,9 @@ use baton::crd::conditions;
 use baton::crd::job::{JobPhase, StepPhase};
 use kube::api::PostParams;
 
-use crate::jobs::{jobs, phase_is, sa_token_may, setup};
+use crate::jobs::{Setup, jobs, phase_is, sa_token_may, setup, setup_with};
 use crate::procs::{BATON, TempDir};
-use crate::support::{TestNs, in_namespace, wait_for};
+use crate::support::{STEP_IMAGE, TestNs, in_namespace, wait_for};
 
 fn write(root: &Path, path: &str, body: &str) -> anyhow::Result<()> {
     let full = root.join(path);
@@ -92,72 +92,113 @@ fn created(said: &str) -> anyhow::Result<String> {
         .with_context(|| format!("no Job created: {said}"))
 }
 
+/// What the workspace holds after the Job: what was sent, with the edit step's
+/// changes made by hand.
+fn expected(home: &Path) -> anyhow::Result<std::path::PathBuf> {
+    let want = home.join("expected");
+    for file in ["README.md", "src/lib.rs", ".gitignore"] {
+        std::fs::create_dir_all(want.join(file).parent().context("parent")?)?;
+        std::fs::copy(home.join("repo").join(file), want.join(file))?;
+    }
+    write(&want, "src/lib.rs", "pub fn f() {}\n// edited\n")?;
+    write(&want, "gen/out.txt", "new\n")?;
+    Ok(want)
+}
+
+/// A Job sent with `--upload` ran to the end, its changes extracted over a copy
+/// of what was sent.
+struct Reproduced {
+    s: Setup,
+    home: TempDir,
+    name: String,
+    uid: String,
+}
+
+/// Upload the repository, run the Job on a `backend` runner with steps of
+/// `image`, check the edit step's archive, send the same tree again (found, not
+/// sent), and extract the changes with `job artifacts`: exactly the workspace
+/// the steps left.
+async fn upload_edit_reproduce(
+    ns: &TestNs,
+    backend: &str,
+    image: &str,
+) -> anyhow::Result<Reproduced> {
+    let s = setup_with(ns, backend).await?;
+    let dev = sa_token_may(ns, "dev", &["get", "create"]).await?;
+    let home = TempDir::new(&format!("{}-home", ns.name));
+    repository(&home.join("repo"))?;
+    std::fs::write(home.join("job.yaml"), MANIFEST.replace("busybox", image))?;
+
+    let (code, said) = run_upload(ns, &home.0, &s.ctl.url, &dev).await?;
+    ensure!(code == 0, "job run --upload: {said}");
+    ensure!(said.contains("uploaded sha256:"), "{said}");
+    let name = created(&said)?;
+    let done = wait_for(&jobs(ns), &name, phase_is(JobPhase::Succeeded), 120).await?;
+    let content = done.spec.content.clone().context("spec.content")?;
+    let status = done.status.clone().unwrap_or_default();
+    let edit = status
+        .steps
+        .iter()
+        .find(|s| s.name == "edit")
+        .context("edit")?;
+    ensure!(edit.phase == StepPhase::Succeeded, "{edit:?}");
+    let packed = edit.artifacts.clone().context("edit's archive")?;
+    ensure!(
+        (packed.added, packed.modified, packed.deleted) == (2, 1, 1),
+        "gen/ and gen/out.txt added, src/lib.rs modified, src/old.rs deleted: {packed:?}"
+    );
+
+    // The same tree again: found on the server, not sent twice.
+    let (code, again) = run_upload(ns, &home.0, &s.ctl.url, &dev).await?;
+    ensure!(code == 0, "second run: {again}");
+    ensure!(again.contains("on the server already"), "{again}");
+    ensure!(!again.contains("uploaded sha256:"), "{again}");
+    let second = created(&again)?;
+    let twice = wait_for(&jobs(ns), &second, phase_is(JobPhase::Succeeded), 120).await?;
+    ensure!(
+        twice.spec.content == Some(content),
+        "the same content address"
+    );
+
+    // What was sent, plus the step's changes, is the workspace the steps left.
+    let out = home.join("out");
+    for file in ["README.md", "src/lib.rs", "src/old.rs", ".gitignore"] {
+        std::fs::create_dir_all(out.join(file).parent().context("parent")?)?;
+        std::fs::copy(home.join("repo").join(file), out.join(file))?;
+    }
+    let got = tokio::process::Command::new(BATON)
+        .args([
+            "job",
+            "artifacts",
+            &name,
+            "-o",
+            &out.to_string_lossy(),
+            "-n",
+            &ns.name,
+        ])
+        .env("BATON_SERVER", &s.ctl.url)
+        .env("BATON_TOKEN", &dev)
+        .output()
+        .await?;
+    ensure!(
+        got.status.success(),
+        "job artifacts: {}",
+        String::from_utf8_lossy(&got.stderr)
+    );
+    ensure!(
+        snapshot(&out)? == snapshot(&expected(&home.0)?)?,
+        "the extracted tree is not what was sent plus the step's changes"
+    );
+    ensure!(!out.join("src/old.rs").exists(), "src/old.rs deleted");
+    let uid = done.metadata.uid.clone().context("uid")?;
+    Ok(Reproduced { s, home, name, uid })
+}
+
 #[tokio::test]
 async fn an_uploaded_checkout_seeds_the_workspace_and_job_artifacts_reproduce_the_changes() {
     in_namespace("content", |ns| async move {
-        let s = setup(&ns).await?;
-        let dev = sa_token_may(&ns, "dev", &["get", "create"]).await?;
-        let home = TempDir::new(&format!("{}-home", ns.name));
-        repository(&home.join("repo"))?;
-        std::fs::write(home.join("job.yaml"), MANIFEST)?;
-
-        let (code, said) = run_upload(&ns, &home.0, &s.ctl.url, &dev).await?;
-        ensure!(code == 0, "job run --upload: {said}");
-        ensure!(said.contains("uploaded sha256:"), "{said}");
-        let name = created(&said)?;
-        let done = wait_for(&jobs(&ns), &name, phase_is(JobPhase::Succeeded), 90).await?;
-        let content = done.spec.content.clone().context("spec.content")?;
-        let status = done.status.clone().unwrap_or_default();
-        let edit = status
-            .steps
-            .iter()
-            .find(|s| s.name == "edit")
-            .context("edit")?;
-        ensure!(edit.phase == StepPhase::Succeeded, "{edit:?}");
-        let packed = edit.artifacts.clone().context("edit's archive")?;
-        ensure!(
-            (packed.added, packed.modified, packed.deleted) == (2, 1, 1),
-            "gen/ and gen/out.txt added, src/lib.rs modified, src/old.rs deleted: {packed:?}"
-        );
-
-        // The same tree again: found on the server, not sent twice.
-        let (code, again) = run_upload(&ns, &home.0, &s.ctl.url, &dev).await?;
-        ensure!(code == 0, "second run: {again}");
-        ensure!(again.contains("on the server already"), "{again}");
-        ensure!(!again.contains("uploaded sha256:"), "{again}");
-        let second = created(&again)?;
-        let twice = wait_for(&jobs(&ns), &second, phase_is(JobPhase::Succeeded), 90).await?;
-        ensure!(
-            twice.spec.content == Some(content),
-            "the same content address"
-        );
-
-        // What was sent, plus the step's changes, is the workspace the step left.
-        let out = home.join("out");
-        for file in ["README.md", "src/lib.rs", "src/old.rs", ".gitignore"] {
-            std::fs::create_dir_all(out.join(file).parent().context("parent")?)?;
-            std::fs::copy(home.join("repo").join(file), out.join(file))?;
-        }
-        let got = tokio::process::Command::new(BATON)
-            .args([
-                "job",
-                "artifacts",
-                &name,
-                "-o",
-                &out.to_string_lossy(),
-                "-n",
-                &ns.name,
-            ])
-            .env("BATON_SERVER", &s.ctl.url)
-            .env("BATON_TOKEN", &dev)
-            .output()
-            .await?;
-        ensure!(
-            got.status.success(),
-            "job artifacts: {}",
-            String::from_utf8_lossy(&got.stderr)
-        );
-        let uid = done.metadata.uid.clone().context("uid")?;
+        let Reproduced { s, home, name, uid } =
+            upload_edit_reproduce(&ns, "local", "busybox").await?;
         let workspace = s
             .dir
             .join("r1-work")
@@ -166,12 +207,38 @@ async fn an_uploaded_checkout_seeds_the_workspace_and_job_artifacts_reproduce_th
             .join(&uid)
             .join("workspace");
         ensure!(
-            snapshot(&out)? == snapshot(&workspace)?,
+            snapshot(&home.join("out"))? == snapshot(&workspace)?,
             "the extracted tree differs from the runner's workspace {}",
             workspace.display()
         );
-        ensure!(std::fs::read_to_string(out.join("src/lib.rs"))? == "pub fn f() {}\n// edited\n");
-        ensure!(!out.join("src/old.rs").exists(), "src/old.rs deleted");
+        Ok(())
+    })
+    .await;
+}
+
+/// The same through step pods: the content goes into the Job's workspace claim
+/// through a helper pod, and the edit step's changes come out through another.
+#[tokio::test]
+async fn an_uploaded_checkout_seeds_step_pods_and_their_changes_come_back() {
+    in_namespace("content-pods", |ns| async move {
+        let done = upload_edit_reproduce(&ns, "kubernetes", STEP_IMAGE).await?;
+        // The helpers are gone with the Job's end, as its step pods are.
+        let pods: kube::Api<k8s_openapi::api::core::v1::Pod> =
+            kube::Api::namespaced(ns.client.clone(), &ns.name);
+        let selector = format!("baton.dev/job-uid={},baton.dev/workspace-helper", done.uid);
+        let left = pods
+            .list(&kube::api::ListParams::default().labels(&selector))
+            .await?;
+        ensure!(
+            left.items
+                .iter()
+                .all(|p| p.metadata.deletion_timestamp.is_some()),
+            "helper pods left: {:?}",
+            left.items
+                .iter()
+                .map(|p| p.metadata.name.clone())
+                .collect::<Vec<_>>()
+        );
         Ok(())
     })
     .await;

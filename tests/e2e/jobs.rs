@@ -46,7 +46,7 @@ pub(crate) async fn setup(ns: &TestNs) -> anyhow::Result<Setup> {
 }
 
 /// [`setup`] with the runner's `--backend`.
-async fn setup_with(ns: &TestNs, backend: &str) -> anyhow::Result<Setup> {
+pub(crate) async fn setup_with(ns: &TestNs, backend: &str) -> anyhow::Result<Setup> {
     setup_env(ns, backend, &[]).await
 }
 

@@ -111,13 +111,16 @@ namespace otherwise.
 # On-demand runner pods (rbac.onDemandRunners): the pods themselves, and the
 # ServiceAccount, Role and RoleBinding `baton-runner` they run as. Kubernetes lets
 # the controller grant only what it holds, so it also holds what that Role grants:
-# pods (incl. deletecollection), pods/log and persistentvolumeclaims.
+# pods (incl. deletecollection), pods/log, pods/exec and persistentvolumeclaims.
 - apiGroups: [""]
   resources: [pods]
   verbs: [get, list, watch, create, delete, deletecollection]
 - apiGroups: [""]
   resources: [pods/log]
   verbs: [get]
+- apiGroups: [""]
+  resources: [pods/exec]
+  verbs: [get, create]
 - apiGroups: [""]
   resources: [persistentvolumeclaims]
   verbs: [get, create, delete]

@@ -87,7 +87,7 @@ pub fn workspace_claim_name(job_name: &str, job_uid: &str) -> String {
 
 /// `s` with every character outside `[a-z0-9-]` turned into `-`, cut to `max`
 /// characters, without leading or trailing `-` (never empty).
-fn dns_label_prefix(s: &str, max: usize) -> String {
+pub fn dns_label_prefix(s: &str, max: usize) -> String {
     let cleaned: String = s
         .chars()
         .map(|c| {
@@ -109,7 +109,7 @@ fn dns_label_prefix(s: &str, max: usize) -> String {
 }
 
 /// A label value for a name that may be longer than 63 characters or hold dots.
-fn label_value(s: &str) -> String {
+pub fn label_value(s: &str) -> String {
     let cut: String = s.chars().take(MAX_NAME).collect();
     cut.trim_matches(|c: char| !c.is_ascii_alphanumeric())
         .to_owned()
@@ -192,7 +192,40 @@ pub fn workspace_claim(target: &JobTarget) -> Option<PersistentVolumeClaim> {
     })
 }
 
-fn job_labels(target: &JobTarget) -> BTreeMap<String, String> {
+/// The claim behind `/workspace` as a volume and its mount (with a workspace).
+pub fn workspace_volume(target: &JobTarget) -> Option<(Volume, VolumeMount)> {
+    target.workspace.as_ref()?;
+    let volume = Volume {
+        name: "workspace".into(),
+        persistent_volume_claim: Some(PersistentVolumeClaimVolumeSource {
+            claim_name: workspace_claim_name(&target.job_name, &target.job_uid),
+            read_only: None,
+        }),
+        ..Default::default()
+    };
+    let mount = VolumeMount {
+        name: "workspace".into(),
+        mount_path: WORKSPACE_DIR.into(),
+        ..Default::default()
+    };
+    Some((volume, mount))
+}
+
+/// Every pod of the Job runs as the same non-root user, so each can write what
+/// the others left in the workspace.
+pub fn pod_security(target: &JobTarget) -> PodSecurityContext {
+    PodSecurityContext {
+        run_as_non_root: Some(true),
+        run_as_user: Some(target.run_as_user),
+        run_as_group: Some(target.run_as_group),
+        fs_group: Some(target.run_as_group),
+        seccomp_profile: Some(restricted::runtime_default()),
+        ..Default::default()
+    }
+}
+
+/// The labels every pod of the Job carries.
+pub fn job_labels(target: &JobTarget) -> BTreeMap<String, String> {
     BTreeMap::from([
         (LABEL_JOB_UID.into(), target.job_uid.clone()),
         (LABEL_JOB_NAME.into(), label_value(&target.job_name)),
@@ -229,20 +262,9 @@ pub fn step_pod(
         mount_path: BATON_DIR.into(),
         ..Default::default()
     }];
-    if target.workspace.is_some() {
-        volumes.push(Volume {
-            name: "workspace".into(),
-            persistent_volume_claim: Some(PersistentVolumeClaimVolumeSource {
-                claim_name: workspace_claim_name(&target.job_name, &target.job_uid),
-                read_only: None,
-            }),
-            ..Default::default()
-        });
-        mounts.push(VolumeMount {
-            name: "workspace".into(),
-            mount_path: WORKSPACE_DIR.into(),
-            ..Default::default()
-        });
+    if let Some((volume, mount)) = workspace_volume(target) {
+        volumes.push(volume);
+        mounts.push(mount);
     }
 
     let (user_volumes, user_mounts) = shape::volumes(step);
@@ -272,14 +294,7 @@ pub fn step_pod(
         restart_policy: Some("Never".into()),
         automount_service_account_token: Some(false),
         enable_service_links: Some(false),
-        security_context: Some(PodSecurityContext {
-            run_as_non_root: Some(true),
-            run_as_user: Some(target.run_as_user),
-            run_as_group: Some(target.run_as_group),
-            fs_group: Some(target.run_as_group),
-            seccomp_profile: Some(restricted::runtime_default()),
-            ..Default::default()
-        }),
+        security_context: Some(pod_security(target)),
         init_containers: Some(vec![init]),
         image_pull_secrets: target.image_pull_secrets.clone(),
         containers: vec![container],

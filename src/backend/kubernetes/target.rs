@@ -13,7 +13,8 @@ pub struct JobTarget {
     pub namespace: String,
     pub job_name: String,
     pub job_uid: String,
-    /// `spec.workspace`: a claim mounted at `/workspace` in every step pod.
+    /// `spec.workspace`: a claim mounted at `/workspace` in every step pod (by
+    /// default for a Job with `spec.content` or a step that collects).
     pub workspace: Option<Workspace>,
     /// `spec.imagePullSecrets`: every step pod's `imagePullSecrets`.
     pub image_pull_secrets: Option<Vec<LocalObjectReference>>,
@@ -60,7 +61,12 @@ impl JobTarget {
     /// one that read the Job from the API.
     #[must_use]
     pub fn with_spec(mut self, spec: &JobSpec) -> Self {
-        self.workspace = spec.workspace.clone();
+        self.workspace = spec.workspace.clone().or_else(|| {
+            // Content in and changes out go through the workspace claim: a Job
+            // that asks for either gets one with the defaults.
+            let needs = spec.content.is_some() || spec.steps.iter().any(|s| s.collects());
+            needs.then(Workspace::default)
+        });
         self.pod_template = spec.pod_template.clone();
         self.image_pull_secrets = spec.image_pull_secrets.clone();
         self

@@ -108,12 +108,6 @@ pub async fn seed(archive: PathBuf, workspace: PathBuf) -> Result<Extracted, Bac
     })
 }
 
-/// Where the archive with `digest` is kept under `store`.
-pub fn archive_path(store: &Path, digest: &str) -> PathBuf {
-    let hex = digest.strip_prefix("sha256:").unwrap_or(digest);
-    store.join(format!("{hex}.tar.zst"))
-}
-
 /// Pack into a temporary file, then move it to its content address.
 fn store_archive(workspace: &Path, changes: &archive::Changes, store: &Path) -> io::Result<Packed> {
     std::fs::create_dir_all(store)?;
@@ -125,7 +119,7 @@ fn store_archive(workspace: &Path, changes: &archive::Changes, store: &Path) -> 
         let packed = archive::pack(workspace, changes, &mut file)?;
         file.flush()?;
         file.get_ref().sync_all()?;
-        std::fs::rename(&temp, archive_path(store, &packed.digest))?;
+        std::fs::rename(&temp, crate::backend::archive_in(store, &packed.digest))?;
         Ok(packed)
     })();
     if result.is_err() {

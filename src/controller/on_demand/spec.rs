@@ -281,6 +281,9 @@ pub fn desired_rbac(ns: &str) -> (ServiceAccount, Role, RoleBinding) {
             ),
             // Tail step logs.
             rule(&["pods/log"], &["get"]),
+            // Content into and changes out of workspace helper pods: exec is a
+            // websocket GET, and newer API servers also check create.
+            rule(&["pods/exec"], &["get", "create"]),
             // The Job's workspace volume.
             rule(&["persistentvolumeclaims"], &["create", "get", "delete"]),
             // The values of the Secrets steps read, to mask them in step logs (a

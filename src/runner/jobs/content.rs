@@ -7,7 +7,7 @@ use std::path::PathBuf;
 
 use tracing::{info, warn};
 
-use super::{BackendKind, ClientError, JobRunner, Sink, is_permanent, retry_pause};
+use super::{ClientError, JobRunner, Sink, is_permanent, retry_pause};
 use crate::archive::received;
 use crate::crd::job::Content;
 use crate::crd::reasons::reason;
@@ -29,14 +29,6 @@ impl JobRunner {
         let Some(content) = claim.spec.content.as_ref() else {
             return Ok(None);
         };
-        if self.backend == BackendKind::Kubernetes {
-            return Err((
-                reason::UNSUPPORTED,
-                "`spec.content` is not unpacked into step pods yet: run this Job on a runner \
-                 with the local backend (or `job run --here`)"
-                    .into(),
-            ));
-        }
         let dir = self.job_dir(&claim.namespace, &claim.name).join("content");
         let hex = content.digest.trim_start_matches("sha256:");
         let path = dir.join(format!("{hex}.tar.zst"));

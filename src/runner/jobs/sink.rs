@@ -26,8 +26,8 @@ pub(super) struct Sink {
     pub(super) fenced: CancellationToken,
     /// Per running step: the bytes sent so far, for a resend after a `LogGap`.
     pub(super) sent: Mutex<HashMap<String, SentLog>>,
-    /// Local backend: the Job's directory (its change archives are under it).
-    pub(super) local_root: Option<PathBuf>,
+    /// The Job's directory on the runner (its change archives are under it).
+    pub(super) archive_root: Option<PathBuf>,
 }
 
 /// How one POST of log bytes went.

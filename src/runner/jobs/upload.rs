@@ -49,12 +49,10 @@ impl Sink {
         None
     }
 
-    /// Where the local backend packed the archive with `digest` (the kubernetes
-    /// backend collects nothing yet).
+    /// Where the backend kept the archive with `digest` (both keep them under
+    /// the Job's directory).
     fn archive_path(&self, digest: &str) -> Option<PathBuf> {
-        let root = self.local_root.as_ref()?;
-        Some(crate::backend::LocalBackend::archive_path_under(
-            root, digest,
-        ))
+        let root = self.archive_root.as_ref()?;
+        Some(crate::backend::archive_path(root, digest))
     }
 }
