@@ -11,6 +11,9 @@
 //!   `/workspace`. Every step pod after the first scheduled one is pinned (required
 //!   node affinity on the node's name) to that node; the first pod's start waits
 //!   (bounded) until it is scheduled, so parallel first steps do not split.
+//!   A Job with content or a collecting step gets a claim by default; the
+//!   content goes in, and a step's changes come out, through workspace helper
+//!   pods driven over `pods/exec` ([`helper`], [`workspace`]).
 //! - **Outputs** ([`outputs`]): `$BATON_OUTPUT` is `/baton/output` on a per-pod
 //!   `emptyDir`. An init container copies the static `baton-entrypoint` from the
 //!   tools image into it; the entrypoint runs the step's command and frames the
