@@ -16,7 +16,7 @@ KSTATUS_VERSION := $(shell sed -n 's,^require sigs.k8s.io/cli-utils \(v[^ ]*\)$$
 KSTATUS_HASH := $(shell cat hack/kstatus/main.go hack/kstatus/go.mod hack/kstatus/go.sum | sha256sum | cut -c1-12)
 export BATON_KSTATUS ?= $(BATON_CACHE)/kstatus-$(KSTATUS_VERSION)-$(KSTATUS_HASH)/kstatus
 
-.PHONY: help build release lint helm-lint fmt unit crd images cluster-up cluster-down kstatus browser e2e test bench bench-local clean-cache
+.PHONY: help build release lint helm-lint fmt unit crd images cluster-up cluster-down kstatus browser e2e test bench bench-local bench-content clean-cache
 
 help: ## List the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z0-9_-]+:.*## / {printf "  %-14s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -73,6 +73,9 @@ browser: ## Install (once) Debian's chromium and chromium-driver for the dashboa
 e2e: cluster-up images kstatus browser ## End-to-end tests against the real local cluster
 	$(MAKE) --no-print-directory helm-lint
 	KUBECONFIG=$(KUBECONFIG_E2E) $(CARGO) test --test e2e -- --test-threads=4
+
+bench-content: cluster-up images kstatus ## 100 MB of content into step pods and its changes out, through workspace helper pods (not in CI)
+	KUBECONFIG=$(KUBECONFIG_E2E) $(CARGO) test --test e2e content_bench -- --ignored --nocapture
 
 test: lint unit e2e ## Everything CI runs: lint, unit tests, e2e on a real cluster
 

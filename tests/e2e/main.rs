@@ -14,6 +14,7 @@ mod attacks;
 mod chart;
 mod chart_tls;
 mod content;
+mod content_bench;
 mod crds;
 mod dashboard;
 mod failover;

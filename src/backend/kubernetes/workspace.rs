@@ -6,6 +6,7 @@
 
 use std::io;
 use std::path::{Path, PathBuf};
+use std::time::Instant;
 
 use kube::ResourceExt;
 use kube::api::{DeleteParams, PostParams};
@@ -131,11 +132,17 @@ impl KubernetesBackend {
             .await
             .map_err(|e| HelperError::Pod(e.to_string()))?;
         let pod = created.name_any();
-        tracing::info!(pod = %pod, purpose, "workspace helper pod created");
+        let created_at = Instant::now();
         let result = match helper::running(&self.pods, &pod, HELPER_START).await {
-            Ok(()) => helper::exec(&self.pods, &pod, command, input, output)
-                .await
-                .map_err(HelperError::Verb),
+            Ok(()) => {
+                let running_at = Instant::now();
+                let done = helper::exec(&self.pods, &pod, command, input, output).await;
+                // What a helper costs: its start, and the verb with its stream.
+                let start = running_at - created_at;
+                let exec = running_at.elapsed();
+                tracing::info!(pod = %pod, purpose, start_s = start.as_secs_f64(), exec_s = exec.as_secs_f64(), ok = done.is_ok(), "workspace helper done");
+                done.map_err(HelperError::Verb)
+            }
             Err(why) => Err(HelperError::Pod(format!(
                 "workspace helper pod {pod}: {why}"
             ))),
