@@ -239,6 +239,26 @@ async fn an_uploaded_checkout_seeds_step_pods_and_their_changes_come_back() {
                 .map(|p| p.metadata.name.clone())
                 .collect::<Vec<_>>()
         );
+        // The default claim content brought is removed with the finished Job,
+        // as a `spec.workspace` claim is.
+        let claims: kube::Api<k8s_openapi::api::core::v1::PersistentVolumeClaim> =
+            kube::Api::namespaced(ns.client.clone(), &ns.name);
+        let claim = format!("{}-workspace", done.name);
+        let mut gone = false;
+        for _ in 0..60 {
+            gone = claims
+                .get_opt(&claim)
+                .await?
+                .is_none_or(|c| c.metadata.deletion_timestamp.is_some());
+            if gone {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        }
+        ensure!(
+            gone,
+            "the workspace claim {claim} outlived its finished Job"
+        );
         Ok(())
     })
     .await;

@@ -9,7 +9,7 @@ use tracing::{info, warn};
 
 use super::Reservation;
 use super::decide::{AFTER_CONFLICT, CleanUp, JobPlan, Requeue, Tell};
-use crate::backend::kubernetes::{job_selector, workspace_claim_name};
+use crate::backend::kubernetes::{JobTarget, job_selector, workspace_claim_name};
 use crate::controller::{Context, Error, on_demand};
 use crate::crd::Job;
 use crate::domain::job_write::{self, Written};
@@ -145,8 +145,9 @@ async fn remove_step_pods(ctx: &Context, job: &Job) -> Result<(), Error> {
     let lp = ListParams::default().labels(&job_selector(&uid));
     let claim = workspace_claim_name(&job.name_any(), &uid);
     let claims: Api<PersistentVolumeClaim> = Api::namespaced(ctx.client.clone(), &ns);
-    // A claim exists only for a Job with `spec.workspace`: no call for the others.
-    let has_claim = job.spec.workspace.is_some();
+    // A claim exists only for a Job with a workspace (its own, or the default
+    // one content and collecting steps bring): no call for the others.
+    let has_claim = JobTarget::for_job(job).is_some_and(|t| t.workspace.is_some());
     let gone = async {
         pods.delete_collection(&DeleteParams::background(), &lp)
             .await?;
