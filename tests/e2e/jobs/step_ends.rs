@@ -1,6 +1,7 @@
 //! How steps end, on step pods: a step over its memory limit is reported
 //! `OOMKilled` (step reason and the Job's message), and a step allowed to fail
-//! fails without failing its Job.
+//! fails without failing its Job; a step pod's `artifacts` come back through a
+//! workspace helper pod.
 
 #[allow(clippy::wildcard_imports)]
 use super::*;
@@ -88,36 +89,58 @@ async fn an_oom_killed_step_says_so_and_an_allowed_failure_lets_its_job_succeed(
     .await;
 }
 
-/// Collecting changes from step pods is not built yet: such a step fails at
-/// once, saying so, instead of running and silently bringing nothing back.
+/// A step pod's `artifacts` globs bring back only what they select, through a
+/// workspace helper pod (the Job has no `spec.workspace`: collecting gives it
+/// one), and `job artifacts` extracts exactly that.
 #[tokio::test]
-async fn a_step_that_collects_changes_on_a_pod_fails_unsupported() {
+async fn a_step_pods_artifacts_bring_back_only_what_their_globs_select() {
     in_namespace("job-collect-pod", |ns| async move {
-        let _s = setup_with(&ns, "kubernetes").await?;
+        let s = setup_with(&ns, "kubernetes").await?;
         let image = crate::support::STEP_IMAGE;
         apply(&ns, &job("collect", "pool=e2e", serde_json::json!([
-            { "name": "build", "image": image, "collect": "changes", "script": "echo built" },
+            {
+                "name": "build",
+                "image": image,
+                "artifacts": ["dist/**"],
+                "script": "mkdir -p dist tmp && echo app > dist/app.txt && echo x > tmp/scratch",
+            },
         ]))?)
         .await?;
-        let j = wait_for(&jobs(&ns), "collect", phase_is(JobPhase::Failed), 120).await?;
+        let j = wait_for(&jobs(&ns), "collect", phase_is(JobPhase::Succeeded), 120).await?;
         let st = j.status.context("status")?;
         let build = st
             .steps
             .iter()
             .find(|s| s.name == "build")
             .context("build")?;
+        let packed = build.artifacts.clone().context("build's archive")?;
+        ensure!(packed.modified == 0 && packed.deleted == 0, "{packed:?}");
+
+        let reader = sa_token_may(&ns, "reader", &["get"]).await?;
+        let out = crate::procs::TempDir::new(&format!("{}-out", ns.name));
+        let got = tokio::process::Command::new(crate::procs::BATON)
+            .args([
+                "job",
+                "artifacts",
+                "collect",
+                "-o",
+                &out.0.to_string_lossy(),
+                "-n",
+                &ns.name,
+            ])
+            .env("BATON_SERVER", &s.ctl.url)
+            .env("BATON_TOKEN", &reader)
+            .output()
+            .await?;
         ensure!(
-            build.phase == StepPhase::Failed
-                && build.reason.as_deref() == Some("Unsupported")
-                && build
-                    .message
-                    .as_deref()
-                    .is_some_and(|m| m.contains("not collected from step pods")),
-            "{build:?}"
+            got.status.success(),
+            "{}",
+            String::from_utf8_lossy(&got.stderr)
         );
+        ensure!(std::fs::read_to_string(out.join("dist/app.txt"))? == "app\n");
         ensure!(
-            build.artifacts.is_none() && build.exit_code.is_none(),
-            "{build:?}"
+            !out.join("tmp").exists(),
+            "tmp/ is not selected, yet came back"
         );
         Ok(())
     })
