@@ -34,6 +34,7 @@
 //! - **Stopping** deletes the pod with the grace period and waits until it is gone.
 
 mod attempt;
+mod feed;
 mod helper;
 mod outputs;
 mod pod;
@@ -512,7 +513,7 @@ impl Backend for KubernetesBackend {
             doing: "decode $BATON_OUTPUT from the step's log",
             message: e.to_string(),
         })?;
-        let secrets = secrets::of_attempt(&self.pods, &self.secrets, &attempt).await?;
+        let secrets = secrets::of_attempt(&self.secrets, &attempt).await?;
         Ok(secrets.mask_outputs(&outputs, limit))
     }
 

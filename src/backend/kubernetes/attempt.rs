@@ -3,12 +3,15 @@
 //! created it, plus what it learns while watching it.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::sync::{Mutex, MutexGuard, OnceLock, PoisonError};
 
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{EnvVar, Pod};
+use kube::api::Api;
 use tokio::sync::OnceCell;
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
+use super::feed::{PodFeed, Seen};
 use super::outputs::Frame;
 use super::pod;
 use crate::backend::BackendError;
@@ -35,6 +38,11 @@ pub(crate) struct AttemptState {
     /// The values of the pod's `secretKeyRef`s, read once its container started:
     /// what its log and outputs are masked of.
     pub(super) secrets: OnceCell<Patterns>,
+    /// The step container's `env` (a pod's spec never changes): where its
+    /// `secretKeyRef`s are found without reading the pod again.
+    pub(super) env: Vec<EnvVar>,
+    /// The one watch of its pod, started by the first waiter.
+    feed: OnceLock<PodFeed>,
 }
 
 pub(super) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -61,7 +69,23 @@ impl AttemptState {
             frame: Mutex::new(None),
             abandoned: CancellationToken::new(),
             secrets: OnceCell::new(),
+            env: pod
+                .spec
+                .iter()
+                .flat_map(|s| &s.containers)
+                .filter(|c| c.name == pod::CONTAINER)
+                .flat_map(|c| c.env.iter().flatten())
+                .cloned()
+                .collect(),
+            feed: OnceLock::new(),
         })
+    }
+
+    /// A reader of its pod's latest state, from the attempt's one watch.
+    pub(super) fn watch(&self, api: &Api<Pod>) -> watch::Receiver<Seen> {
+        self.feed
+            .get_or_init(|| PodFeed::start(api, &self.pod))
+            .subscribe()
     }
 
     pub(super) fn is_stopping(&self) -> bool {

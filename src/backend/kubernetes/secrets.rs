@@ -9,10 +9,9 @@
 //! container started is not passed on ([`of_attempt`]). Only an `optional` ref to
 //! a Secret or key that does not exist is skipped — the container has no value.
 
-use k8s_openapi::api::core::v1::{EnvVar, Pod, Secret, SecretKeySelector};
+use k8s_openapi::api::core::v1::{EnvVar, Secret, SecretKeySelector};
 use kube::api::Api;
 
-use super::pod::CONTAINER;
 use super::{AttemptState, is_status, kube_err};
 use crate::backend::BackendError;
 use crate::backend::mask::Patterns;
@@ -66,25 +65,13 @@ pub async fn check_readable(
 /// `secretKeyRef`s, read once (after its container started, so they are the
 /// values it got, barring a Secret changed in between).
 pub async fn of_attempt(
-    pods: &Api<Pod>,
     secrets: &Api<Secret>,
     attempt: &AttemptState,
 ) -> Result<Patterns, BackendError> {
     let read = || async {
-        let step = attempt.step.as_str();
-        let pod = pods
-            .get(&attempt.pod)
+        values(secrets, &attempt.step, &attempt.env)
             .await
-            .map_err(kube_err(step, "read the step pod for its Secrets"))?;
-        let env = pod
-            .spec
-            .iter()
-            .flat_map(|s| &s.containers)
-            .filter(|c| c.name == CONTAINER)
-            .flat_map(|c| c.env.iter().flatten())
-            .cloned()
-            .collect::<Vec<_>>();
-        values(secrets, step, &env).await.map(Patterns::new)
+            .map(Patterns::new)
     };
     attempt.secrets.get_or_try_init(read).await.cloned()
 }

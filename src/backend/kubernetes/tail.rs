@@ -98,12 +98,11 @@ async fn send(tx: &Sender, step: &str, chunk: Option<LogChunk>) -> bool {
 /// The Secret values to mask; `None` (after telling the reader why) when they
 /// cannot be read: then no byte of the log is passed on.
 async fn secrets_of(
-    pods: &Api<Pod>,
     secrets: &Api<Secret>,
     attempt: &AttemptState,
     tx: &Sender,
 ) -> Option<Patterns> {
-    match secrets::of_attempt(pods, secrets, attempt).await {
+    match secrets::of_attempt(secrets, attempt).await {
         Ok(patterns) => Some(patterns),
         Err(error) => {
             let _ = tx.send(Err(error)).await;
@@ -131,7 +130,7 @@ async fn run(
             tracing::debug!(pod = %attempt.pod, "the step pod has no log and never will");
             return;
         }
-        let Some(patterns) = secrets_of(&pods, &secrets, &attempt, &tx).await else {
+        let Some(patterns) = secrets_of(&secrets, &attempt, &tx).await else {
             return;
         };
         let before = cursor.done;

@@ -12,11 +12,9 @@ use kube::runtime::watcher::{self, Event, watcher};
 use tokio::time::Instant;
 
 use super::AttemptState;
+use super::feed::{self, Seen};
 use super::state::{self, PodView, Trouble};
 use crate::backend::{BackendError, StepExit};
-
-/// Consecutive watch errors (after the watcher's own backoff) before giving up.
-const MAX_WATCH_ERRORS: u32 = 10;
 
 /// What happened to the watched pod.
 pub enum PodEvent {
@@ -56,11 +54,11 @@ pub fn watch_pod(
         .boxed()
 }
 
-fn watch_failed(step: &str, e: &watcher::Error) -> BackendError {
+fn watch_failed(step: &str, message: String) -> BackendError {
     BackendError::Failed {
         step: step.to_owned(),
         doing: "watch the step pod",
-        message: e.to_string(),
+        message,
     }
 }
 
@@ -80,29 +78,20 @@ pub async fn wait_end(
     cannot_start_after: Duration,
 ) -> Result<StepExit, BackendError> {
     let step = attempt.step.as_str();
-    let mut events = watch_pod(api, &attempt.pod);
+    let mut seen = attempt.watch(api);
     let mut trouble: Option<(Instant, Trouble)> = None;
-    let mut errors = 0;
     loop {
         let deadline = trouble
             .as_ref()
             .map(|(since, _)| *since + cannot_start_after);
         tokio::select! {
-            event = events.next() => {
-                let pod = match event {
-                    None => return Err(BackendError::Failed { step: step.to_owned(), doing: "watch the step pod", message: "the watch ended".into() }),
-                    Some(Err(e)) => {
-                        errors += 1;
-                        tracing::warn!(error = %e, pod = %attempt.pod, "watch the step pod");
-                        if errors >= MAX_WATCH_ERRORS {
-                            return Err(watch_failed(step, &e));
-                        }
-                        continue;
-                    }
-                    Some(Ok(PodEvent::Present(pod))) => pod,
-                    Some(Ok(PodEvent::Gone(last))) => return gone(attempt, last.as_deref()),
+            now = feed::next(&mut seen) => {
+                let pod = match now {
+                    Seen::Nothing => continue,
+                    Seen::Failed(message) => return Err(watch_failed(step, message)),
+                    Seen::Present(pod) => pod,
+                    Seen::Gone(last) => return gone(attempt, last.as_deref()),
                 };
-                errors = 0;
                 match state::view(&pod, attempt.is_stopping()) {
                     PodView::Exited { exit_code, reason } => return Ok(StepExit { code: exit_code, reason }),
                     PodView::Lost { reason, message } => return Err(lost(step, reason, message)),
@@ -157,24 +146,16 @@ fn gone(attempt: &AttemptState, last: Option<&Pod>) -> Result<StepExit, BackendE
 /// Until the container started (its log exists): `true`; `false` if it never
 /// will (the pod is gone or failed first, or waiting was abandoned).
 pub async fn wait_log_ready(api: &Api<Pod>, attempt: &AttemptState) -> bool {
-    let mut events = watch_pod(api, &attempt.pod);
-    let mut errors = 0;
+    let mut seen = attempt.watch(api);
     loop {
-        let event = tokio::select! {
-            event = events.next() => event,
+        let now = tokio::select! {
+            now = feed::next(&mut seen) => now,
             () = attempt.abandoned.cancelled() => return false,
         };
-        match event {
-            None | Some(Ok(PodEvent::Gone(_))) => return false,
-            Some(Err(e)) => {
-                errors += 1;
-                tracing::warn!(error = %e, pod = %attempt.pod, "watch the step pod");
-                if errors >= MAX_WATCH_ERRORS {
-                    return false;
-                }
-            }
-            Some(Ok(PodEvent::Present(pod))) => {
-                errors = 0;
+        match now {
+            Seen::Nothing => {}
+            Seen::Gone(_) | Seen::Failed(_) => return false,
+            Seen::Present(pod) => {
                 if state::container_started(&pod) {
                     return true;
                 }
@@ -194,22 +175,22 @@ pub async fn ready_ip(api: &Api<Pod>, attempt: &AttemptState) -> Result<String, 
         doing: "wait for the service to be up",
         message: message.to_owned(),
     };
-    let mut events = watch_pod(api, &attempt.pod);
-    while let Some(event) = events.next().await {
-        match event {
-            Ok(PodEvent::Gone(_)) => return Err(not_up("its pod is gone")),
-            Ok(PodEvent::Present(pod)) if state::container_ended(&pod) => {
+    let mut seen = attempt.watch(api);
+    loop {
+        match feed::next(&mut seen).await {
+            Seen::Nothing => {}
+            Seen::Gone(_) => return Err(not_up("its pod is gone")),
+            Seen::Failed(message) => return Err(not_up(&message)),
+            Seen::Present(pod) if state::container_ended(&pod) => {
                 return Err(not_up("it ended"));
             }
-            Ok(PodEvent::Present(pod)) => {
+            Seen::Present(pod) => {
                 if let Some(ip) = state::ready_ip(&pod) {
                     return Ok(ip.to_owned());
                 }
             }
-            Err(e) => tracing::warn!(error = %e, pod = %attempt.pod, "watch the service pod"),
         }
     }
-    Err(not_up("the watch of its pod ended"))
 }
 
 /// Until the container ended or the pod is gone (`true`), at most `bound` (`false`).
