@@ -75,7 +75,7 @@ e2e: cluster-up images kstatus browser ## End-to-end tests against the real loca
 	KUBECONFIG=$(KUBECONFIG_E2E) $(CARGO) test --test e2e -- --test-threads=4
 
 bench-content: cluster-up images kstatus ## 100 MB of content into step pods and its changes out, through workspace helper pods (not in CI)
-	KUBECONFIG=$(KUBECONFIG_E2E) $(CARGO) test --test e2e content_bench -- --ignored --nocapture
+	KUBECONFIG=$(KUBECONFIG_E2E) $(CARGO) test --release --test e2e content_bench -- --ignored --nocapture
 
 test: lint unit e2e ## Everything CI runs: lint, unit tests, e2e on a real cluster
 

@@ -94,8 +94,12 @@ async fn bench_content_through_step_pods() {
             .output()
             .await?;
         let upload = started.elapsed().as_secs_f64();
-        let said = String::from_utf8_lossy(&out.stdout).into_owned();
-        ensure!(out.status.success(), "{said}{}", String::from_utf8_lossy(&out.stderr));
+        let said = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        ensure!(out.status.success(), "{said}");
         let name = said
             .lines()
             .find_map(|l| l.strip_prefix("job.baton.dev/")?.strip_suffix(" created"))
