@@ -32,6 +32,8 @@ const CONTAINER: &str = "workspace";
 const BATON_IN_IMAGE: &str = "/usr/local/bin/baton";
 /// How long a helper pod holds if nobody deletes it.
 pub const HOLD_SECONDS: i64 = 3600;
+/// Buffered per exec stream (stdin, stdout): the largest websocket frame sent.
+const STREAM_BUF: usize = 256 * 1024;
 /// Of a failed verb's stderr, this much is kept for its message.
 const STDERR_KEPT: usize = 16 * 1024;
 
@@ -187,7 +189,11 @@ pub async fn exec(
         .container(CONTAINER)
         .stdin(input.is_some())
         .stdout(true)
-        .stderr(true);
+        .stderr(true)
+        // kube-rs buffers 1 KiB per stream by default: a 100 MB archive would
+        // cross as 100,000 websocket frames.
+        .max_stdin_buf_size(STREAM_BUF)
+        .max_stdout_buf_size(STREAM_BUF);
     let mut process = pods
         .exec(name, command, &params)
         .await
