@@ -213,7 +213,8 @@ pub enum BackendError {
     /// The Job's content could not be put into its workspace.
     #[error("unpack the Job's content into the workspace: {message}")]
     Content {
-        /// `Unsupported` (the backend cannot) or `ContentRefused`.
+        /// `ContentUnavailable` (it could not be brought to the workspace) or
+        /// `ContentRefused` (it is not an archive that may be unpacked).
         reason: &'static str,
         message: String,
     },

@@ -76,8 +76,6 @@ pub mod reason {
     pub const SERVICE_EXITED: &str = "ServiceExited";
     /// What the step changed (`collect`, `artifacts`) could not be packed or stored.
     pub const COLLECT_FAILED: &str = "CollectFailed";
-    /// The step asks for something its backend cannot do yet (`collect` on a pod).
-    pub const UNSUPPORTED: &str = "Unsupported";
     /// The Job's `spec.content` could not be fetched from the controller.
     pub const CONTENT_UNAVAILABLE: &str = "ContentUnavailable";
     /// The Job's `spec.content` is not an archive that may be unpacked.
