@@ -16,6 +16,7 @@ mod chart_tls;
 mod content;
 mod crds;
 mod dashboard;
+mod dashboard_bench;
 mod failover;
 mod helm;
 mod here;
