@@ -12,6 +12,7 @@ mod support;
 mod admission;
 mod attacks;
 mod chart;
+mod chart_dashboard;
 mod chart_tls;
 mod content;
 mod crds;
