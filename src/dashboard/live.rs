@@ -68,6 +68,14 @@ impl Live {
         errors.get(kind).cloned()
     }
 
+    /// Both caches hold a first full list (for `/readyz`).
+    pub fn is_ready(&self) -> bool {
+        use futures::FutureExt;
+        let listed = |f: Option<Result<(), _>>| matches!(f, Some(Ok(())));
+        listed(self.runners.wait_until_ready().now_or_never())
+            && listed(self.jobs.wait_until_ready().now_or_never())
+    }
+
     /// Wait (a bounded time) until both caches hold a first full list.
     pub async fn ready(&self, within: Duration) {
         let both = async {

@@ -11,6 +11,7 @@
 //! | `POST /api/runners/NS/NAME/ACTION` | adopt, reject, disable, enable, forget |
 //! | `POST /api/jobs/NS/NAME/cancel` | `spec.cancel: true` |
 //! | `GET /static/app.{css,js}` | the assets, compiled into the binary |
+//! | `GET /livez`, `GET /readyz` | the process serves; both watch caches listed once |
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -78,7 +79,18 @@ pub fn routes(d: Arc<Dash>) -> impl Filter<Extract = (Response,), Error = Infall
     let js = warp::path!("static" / "app.js")
         .and(warp::get())
         .map(|| asset(APP_JS, "text/javascript; charset=utf-8"));
+    let livez = warp::path!("livez")
+        .and(warp::get())
+        .map(|| "ok".into_response());
+    let readyz = warp::path!("readyz")
+        .and(warp::get())
+        .and(with())
+        .map(readyz);
     let all = index
+        .or(livez)
+        .unify()
+        .or(readyz)
+        .unify()
         .or(lists_live)
         .unify()
         .or(job_page)
@@ -171,6 +183,24 @@ async fn job_page(ns: String, name: String, d: Arc<Dash>) -> Response {
         None => state::job_missing(&ns, &name),
     };
     page(&d, &format!("Job {name}"), &live, &body)
+}
+
+/// 200 once both watch caches hold a first list; 503 with why not (a watch's
+/// error, e.g. a refused list) until then.
+fn readyz(d: Arc<Dash>) -> Response {
+    if d.live.is_ready() {
+        return "ready".into_response();
+    }
+    let errors: Vec<String> = ["Runners", "Jobs"]
+        .iter()
+        .filter_map(|k| d.live.error(k).map(|e| format!("{k}: {e}")))
+        .collect();
+    let why = if errors.is_empty() {
+        "the watch caches have not listed Runners and Jobs yet".to_owned()
+    } else {
+        errors.join("; ")
+    };
+    refusal(StatusCode::SERVICE_UNAVAILABLE, "NotReady", &why)
 }
 
 fn lists_live(filter: JobFilter, d: Arc<Dash>) -> Response {

@@ -19,6 +19,11 @@ type Seen = (String, String, String);
 /// A Dash over a mocked API server that lets everything be patched, refuses
 /// deletes (403), and answers watches with nothing.
 fn dash() -> (Arc<Dash>, mpsc::UnboundedReceiver<Seen>) {
+    dash_lists(false)
+}
+
+/// [`dash`]; with `lists_ok`, lists of Runners and Jobs are answered (empty).
+fn dash_lists(lists_ok: bool) -> (Arc<Dash>, mpsc::UnboundedReceiver<Seen>) {
     let (svc, mut handle) = tower_test::mock::pair::<Request<Body>, HttpResponse<Body>>();
     let (tx, seen) = mpsc::unbounded_channel();
     tokio::spawn(async move {
@@ -27,7 +32,12 @@ fn dash() -> (Arc<Dash>, mpsc::UnboundedReceiver<Seen>) {
             let body = req.into_body().collect_bytes().await.unwrap_or_default();
             let body = String::from_utf8_lossy(&body).into_owned();
             let _ = tx.send((method.clone(), uri.clone(), body.clone()));
-            send.send_response(answer(&method, &uri, &body));
+            let listed = lists_ok && method == "GET" && !uri.contains("watch=true");
+            send.send_response(if listed {
+                empty_list()
+            } else {
+                answer(&method, &uri, &body)
+            });
         }
     });
     let client = kube::Client::new(svc, "default");
@@ -41,6 +51,18 @@ fn dash() -> (Arc<Dash>, mpsc::UnboundedReceiver<Seen>) {
         client,
     };
     (Arc::new(d), seen)
+}
+
+fn empty_list() -> HttpResponse<Body> {
+    let list = serde_json::json!({
+        "apiVersion": "baton.dev/v1alpha1", "kind": "List",
+        "metadata": { "resourceVersion": "1" }, "items": []
+    });
+    HttpResponse::builder()
+        .status(200)
+        .header("content-type", "application/json")
+        .body(Body::from(list.to_string().into_bytes()))
+        .unwrap()
 }
 
 fn answer(method: &str, uri: &str, body: &str) -> HttpResponse<Body> {
@@ -134,6 +156,8 @@ async fn every_route_is_behind_the_host_check_and_refusals_carry_the_policy_too(
         "/jobs/ci/x",
         "/live/jobs/ci/x",
         "/static/app.js",
+        "/livez",
+        "/readyz",
     ] {
         let res = warp::test::request()
             .path(path)
@@ -228,6 +252,44 @@ async fn the_api_servers_refusal_comes_back_and_unknown_actions_are_refused() {
         .path("/api/runners/ci/r1/adopt")
         .header("host", HOST);
     assert_eq!(get.reply(&r).await.status(), 405);
+}
+
+#[tokio::test]
+async fn readyz_says_why_until_both_lists_arrive_and_livez_only_that_it_serves() {
+    let get = |path: &str| warp::test::request().path(path).header("host", HOST);
+    // Lists refused (403): not ready, and the watch's error says why, soon.
+    let r = routes(dash().0);
+    assert_eq!(get("/livez").reply(&r).await.status(), 200);
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let res = get("/readyz").reply(&r).await;
+        assert_eq!(
+            (res.status().as_u16(), reason(&res)),
+            (503, "NotReady".into())
+        );
+        if std::str::from_utf8(res.body())
+            .unwrap()
+            .contains("forbidden by the mock")
+        {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{:?}", res.body());
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    // Lists answered: ready once both are in.
+    let r = routes(dash_lists(true).0);
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    while get("/readyz").reply(&r).await.status() != 200 {
+        assert!(tokio::time::Instant::now() < deadline, "never ready");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let post = warp::test::request()
+        .method("POST")
+        .path("/readyz")
+        .header("host", HOST);
+    assert_eq!(post.reply(&r).await.status(), 405);
+    let nested = get("/readyz/../jobs/ci/x").reply(&r).await;
+    assert_eq!(nested.status(), 404);
 }
 
 #[test]

@@ -7,7 +7,7 @@
 //! `$BATON_SCREENSHOT_DIR` (README's are `docs/img/`), else
 //! `target/dashboard-screenshots/`.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
@@ -25,7 +25,7 @@ use crate::runners::runner_is;
 use crate::support::{TestNs, in_namespace, wait_for};
 
 /// Where Debian puts them (`hack/browser/install.sh` installs both).
-const CHROMIUM: &str = "/usr/bin/chromium";
+pub(crate) const CHROMIUM: &str = "/usr/bin/chromium";
 const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
 /// How long the page may take to show a change the API server already has.
 const LIVE: Duration = Duration::from_secs(20);
@@ -37,9 +37,18 @@ async fn dashboard(ns: &TestNs) -> anyhow::Result<(Proc, String)> {
 
 /// [`dashboard`] with more flags (`--server`, `--token`).
 async fn dashboard_with(ns: &TestNs, flags: &[&str]) -> anyhow::Result<(Proc, String)> {
+    dashboard_bin(Path::new(crate::procs::BATON), ns, flags).await
+}
+
+/// [`dashboard_with`], run from the `baton` binary `bin`.
+pub(crate) async fn dashboard_bin(
+    bin: &Path,
+    ns: &TestNs,
+    flags: &[&str],
+) -> anyhow::Result<(Proc, String)> {
     let mut args = vec!["dashboard", "-n", &ns.name, "--port", "0"];
     args.extend_from_slice(flags);
-    let proc = Proc::spawn("dashboard", &args, &[])?;
+    let proc = Proc::spawn_bin(bin, "dashboard", &args, &[], Path::new("."))?;
     let line = proc.wait_for_log("dashboard listening on", 30).await?;
     let url = line
         .split_whitespace()
@@ -51,14 +60,14 @@ async fn dashboard_with(ns: &TestNs, flags: &[&str]) -> anyhow::Result<(Proc, St
 }
 
 /// chromedriver and a headless Chromium session; both end when dropped.
-struct Session {
-    browser: Browser,
+pub(crate) struct Session {
+    pub(crate) browser: Browser,
     _driver: Child,
     _profile: TempDir,
 }
 
 impl Session {
-    async fn start(ns: &TestNs) -> anyhow::Result<Session> {
+    pub(crate) async fn start(ns: &TestNs) -> anyhow::Result<Session> {
         let port = std::net::TcpListener::bind("127.0.0.1:0")?
             .local_addr()?
             .port();
@@ -97,7 +106,7 @@ impl Session {
     }
 
     /// Wait for an element the live page should come to show.
-    async fn shows(&self, css: &str) -> anyhow::Result<fantoccini::elements::Element> {
+    pub(crate) async fn shows(&self, css: &str) -> anyhow::Result<fantoccini::elements::Element> {
         self.browser
             .wait()
             .at_most(LIVE)
@@ -157,7 +166,7 @@ impl Session {
         Ok(())
     }
 
-    async fn close(self) -> anyhow::Result<()> {
+    pub(crate) async fn close(self) -> anyhow::Result<()> {
         self.browser.close().await?;
         Ok(())
     }
@@ -212,7 +221,7 @@ fn graph_job() -> anyhow::Result<baton::crd::Job> {
     )
 }
 
-fn step_is(
+pub(crate) fn step_is(
     step: &'static str,
     phase: &'static str,
 ) -> impl kube::runtime::wait::Condition<baton::crd::Job> {

@@ -365,6 +365,13 @@ pub(crate) async fn cleanup(ns: &TestNs) {
     let _ = Api::<ClusterRole>::all(ns.client.clone())
         .delete(&cluster_name, &dp)
         .await;
+    let dashboard = format!("{cluster_name}-dashboard");
+    let _ = Api::<ClusterRoleBinding>::all(ns.client.clone())
+        .delete(&dashboard, &dp)
+        .await;
+    let _ = Api::<ClusterRole>::all(ns.client.clone())
+        .delete(&dashboard, &dp)
+        .await;
     for suffix in ["job-author", "runner-token-refs"] {
         let name = format!("{cluster_name}-{suffix}");
         let _ = Api::<ValidatingAdmissionPolicyBinding>::all(ns.client.clone())

@@ -35,7 +35,18 @@ impl Proc {
         envs: &[(&str, &str)],
         dir: &Path,
     ) -> anyhow::Result<Proc> {
-        let mut cmd = Command::new(BATON);
+        Self::spawn_bin(Path::new(BATON), name, args, envs, dir)
+    }
+
+    /// [`Proc::spawn_in`] with another build of `baton` (a benchmark's release build).
+    pub fn spawn_bin(
+        bin: &Path,
+        name: &str,
+        args: &[&str],
+        envs: &[(&str, &str)],
+        dir: &Path,
+    ) -> anyhow::Result<Proc> {
+        let mut cmd = Command::new(bin);
         cmd.args(args)
             .current_dir(dir)
             .env("NO_COLOR", "1")

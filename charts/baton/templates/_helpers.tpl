@@ -261,3 +261,30 @@ matchExpressions:
 {}
 {{- end }}
 {{- end }}
+
+{{/* The dashboard's objects: the full name with "-dashboard". */}}
+{{- define "baton.dashboardName" -}}
+{{- printf "%s-dashboard" (include "baton.fullname" .) | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{- define "baton.dashboardSelectorLabels" -}}
+app.kubernetes.io/name: {{ include "baton.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/component: dashboard
+{{- end }}
+
+{{- define "baton.dashboardLabels" -}}
+helm.sh/chart: {{ include "baton.chart" . }}
+{{ include "baton.dashboardSelectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/part-of: baton
+{{- end }}
+
+{{- define "baton.dashboardServiceAccountName" -}}
+{{- if .Values.dashboard.serviceAccount.create }}
+{{- default (include "baton.dashboardName" .) .Values.dashboard.serviceAccount.name }}
+{{- else }}
+{{- default "default" .Values.dashboard.serviceAccount.name }}
+{{- end }}
+{{- end }}

@@ -15,8 +15,17 @@
     setTimeout(() => p.remove(), bad ? 10000 : 4000);
   }
 
+  // Every stream this page holds. A page kept in the back/forward cache would keep
+  // them open, and a browser opens at most six connections to one host: a few
+  // pages later a new stream waits (a minute, measured). So they are closed when
+  // the page is hidden, and a page shown again from that cache is reloaded.
+  const sources = [];
+  const stream = (url) => { const es = new EventSource(url); sources.push(es); return es; };
+  window.addEventListener("pagehide", () => { for (const es of sources) es.close(); });
+  window.addEventListener("pageshow", (ev) => { if (ev.persisted) location.reload(); });
+
   // Live updates: each event replaces one element's content by id.
-  const source = main.dataset.live ? new EventSource(main.dataset.live) : null;
+  const source = main.dataset.live ? stream(main.dataset.live) : null;
   if (source) {
     source.addEventListener("fragment", (ev) => {
       const f = JSON.parse(ev.data);
@@ -102,7 +111,7 @@
     more.addEventListener("click", () => { shown += PAGE; later(); });
     more.textContent = "Show " + PAGE + " earlier lines";
 
-    const es = new EventSource(d.dataset.logSrc);
+    const es = stream(d.dataset.logSrc);
     const add = (ev) => { for (const l of JSON.parse(ev.data)) lines.push(l); later(); };
     es.addEventListener("lines", add);
     es.addEventListener("end", (ev) => { add(ev); es.close(); state.textContent = "ended"; d.dataset.ended = "true"; });
