@@ -244,17 +244,16 @@ async fn an_uploaded_checkout_seeds_step_pods_and_their_changes_come_back() {
         let claims: kube::Api<k8s_openapi::api::core::v1::PersistentVolumeClaim> =
             kube::Api::namespaced(ns.client.clone(), &ns.name);
         let claim = format!("{}-workspace", done.name);
-        let mut gone = false;
-        for _ in 0..60 {
-            gone = claims
-                .get_opt(&claim)
-                .await?
-                .is_none_or(|c| c.metadata.deletion_timestamp.is_some());
-            if gone {
-                break;
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(500)).await;
-        }
+        let removed = kube::runtime::wait::await_condition(
+            claims,
+            &claim,
+            |c: Option<&k8s_openapi::api::core::v1::PersistentVolumeClaim>| {
+                c.is_none_or(|c| c.metadata.deletion_timestamp.is_some())
+            },
+        );
+        let gone = tokio::time::timeout(std::time::Duration::from_secs(30), removed)
+            .await
+            .is_ok_and(|watched| watched.is_ok());
         ensure!(
             gone,
             "the workspace claim {claim} outlived its finished Job"
