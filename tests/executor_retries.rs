@@ -23,6 +23,8 @@ use support::{Recorder, options, phase_and_reason, spec, step};
 struct Scripted {
     /// (step, retry, log_offset) of every start.
     starts: Mutex<Vec<(String, u32, u64)>>,
+    /// How often the executor asked what exists.
+    discovers: Mutex<u32>,
 }
 
 impl Scripted {
@@ -58,6 +60,7 @@ impl Backend for Scripted {
         Ok(())
     }
     async fn discover(&self, _: &Workflow) -> Result<Vec<DiscoveredStep>, BackendError> {
+        *self.discovers.lock().unwrap() += 1;
         Ok(Vec::new())
     }
     async fn start_step(&self, _: &Workflow, request: &StepRequest) -> Result<(), BackendError> {
@@ -149,7 +152,14 @@ impl Backend for Scripted {
 }
 
 async fn run(backend: &Scripted, yaml: &str) -> (baton::executor::JobReport, Recorder) {
-    let rec = Recorder::new();
+    run_as(backend, yaml, Recorder::new()).await
+}
+
+async fn run_as(
+    backend: &Scripted,
+    yaml: &str,
+    rec: Recorder,
+) -> (baton::executor::JobReport, Recorder) {
     let report = Executor::new(backend, options())
         .run(
             &Workflow::new("job"),
@@ -161,6 +171,40 @@ async fn run(backend: &Scripted, yaml: &str) -> (baton::executor::JobReport, Rec
         .await
         .unwrap();
     (report, rec)
+}
+
+#[tokio::test]
+async fn a_sink_that_records_starts_skips_discovery_only_when_nothing_was_recorded() {
+    let yaml = "steps:\n  - {name: a, image: i, script: x}\n";
+    let mut fresh = Recorder::new();
+    fresh.records_starts = true;
+    let backend = Scripted::default();
+    let (report, _) = run_as(&backend, yaml, fresh).await;
+    assert_eq!(report.phase, baton::crd::job::JobPhase::Succeeded);
+    assert_eq!(
+        *backend.discovers.lock().unwrap(),
+        0,
+        "nothing recorded: nothing to find"
+    );
+
+    // Recorded Running (a runner restarted mid-step): the backend is asked.
+    let mut resumed = Recorder::resuming(baton::executor::Recorded {
+        start_time: None,
+        steps: vec![baton::crd::job::StepStatus {
+            name: "a".into(),
+            phase: StepPhase::Running,
+            ..Default::default()
+        }],
+    });
+    resumed.records_starts = true;
+    let backend = Scripted::default();
+    run_as(&backend, yaml, resumed).await;
+    assert_eq!(*backend.discovers.lock().unwrap(), 1);
+
+    // A sink that does not record starts: always asked.
+    let backend = Scripted::default();
+    run(&backend, yaml).await;
+    assert_eq!(*backend.discovers.lock().unwrap(), 1);
 }
 
 #[tokio::test]

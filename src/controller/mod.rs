@@ -109,6 +109,8 @@ pub struct Context {
         std::sync::Mutex<std::collections::HashMap<(String, String), std::time::Instant>>,
     /// `--keep-step-pods`.
     pub keep_step_pods: bool,
+    /// When each Runner's status was last written (`status.activeJobs` waits).
+    pub runner_writes: runner::StatusWrites,
     /// uids of finished Jobs whose step pods this process removed.
     pub cleaned: std::sync::Mutex<std::collections::HashSet<String>>,
     pub backoff: backoff::PerObject<runtime::ObjectKey>,
@@ -323,6 +325,7 @@ fn context(
         keep_step_pods: config.keep_step_pods,
         disconnected: std::sync::Mutex::default(),
         cleaned: std::sync::Mutex::default(),
+        runner_writes: runner::StatusWrites::default(),
         backoff: backoff::PerObject::new(Duration::from_millis(500), Duration::from_secs(300)),
         events,
         metrics,

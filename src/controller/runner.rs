@@ -361,10 +361,21 @@ pub async fn reconcile(runner: Arc<Runner>, ctx: Arc<Context>) -> Result<Action,
         ctx.kick.kick_namespace(&ns);
     }
 
-    // Status, only when it changed.
-    if runner.status.as_ref() != Some(&plan.status) {
-        write_status(&ctx, &runner, &plan.status).await?;
-    }
+    // Status, only when it changed; a changed count alone waits its turn.
+    let now = std::time::Instant::now();
+    let count_only = runner.status.as_ref() == Some(&same_but_jobs);
+    let requeue = match ctx.runner_writes.wait(&ns, &name, now) {
+        Some(wait) if count_only && runner.status.as_ref() != Some(&plan.status) => {
+            Some(requeue.map_or(wait, |r| r.min(wait)))
+        }
+        _ => {
+            if runner.status.as_ref() != Some(&plan.status) {
+                write_status(&ctx, &runner, &plan.status).await?;
+                ctx.runner_writes.wrote(&ns, &name, now);
+            }
+            requeue
+        }
+    };
     Ok(requeue.map_or_else(Action::await_change, Action::requeue))
 }
 
@@ -500,7 +511,9 @@ fn active_jobs(ctx: &Context, ns: &str, runner: &str) -> i32 {
     i32::try_from(n).unwrap_or(i32::MAX)
 }
 
+mod count;
 mod pending;
+pub use count::StatusWrites;
 
 #[cfg(test)]
 mod tests;

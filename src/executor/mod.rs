@@ -34,7 +34,7 @@ pub use tokio_util::sync::CancellationToken;
 
 use crate::backend::{Backend, BackendError, LogChunk};
 use crate::crd::duration::ParseDurationError;
-use crate::crd::job::{JobPhase, StepStatus};
+use crate::crd::job::{JobPhase, StepPhase, StepStatus};
 use dag::DagError;
 
 /// Tunables of a run.
@@ -68,6 +68,20 @@ pub trait StatusSink: Send + Sync {
     /// restart, or taking it over); nothing for a first run.
     fn recorded(&self) -> Recorded {
         Recorded::default()
+    }
+    /// Whether every step's start reaches the record ([`Self::recorded`] of a later
+    /// run) before the step is started. Then a run with nothing recorded has
+    /// nothing to discover, and the backend is not asked (one API list less per
+    /// Job on pods).
+    fn records_starts(&self) -> bool {
+        false
+    }
+}
+
+impl Recorded {
+    /// Nothing of the Job ever started: no start time, no step past Pending.
+    pub fn is_nothing(&self) -> bool {
+        self.start_time.is_none() && self.steps.iter().all(|s| s.phase == StepPhase::Pending)
     }
 }
 

@@ -251,11 +251,14 @@ impl<B: Backend> Executor<'_, B> {
             .setup_workflow(workflow)
             .await
             .map_err(ExecutorError::Setup)?;
-        let discovered = self
-            .backend
-            .discover(workflow)
-            .await
-            .map_err(ExecutorError::Discover)?;
+        let discovered = if status.records_starts() && status.recorded().is_nothing() {
+            Vec::new()
+        } else {
+            self.backend
+                .discover(workflow)
+                .await
+                .map_err(ExecutorError::Discover)?
+        };
         if let Some(archive) = content.filter(|_| discovered.is_empty()) {
             let seeded = self.backend.seed_workspace(workflow, archive).await;
             let seeded = seeded.map_err(ExecutorError::Seed)?;

@@ -31,6 +31,7 @@ use crate::crd::job::JobPhase;
 use crate::executor::{CancellationToken, Executor, ExecutorOptions, JobReport};
 use crate::protocol::jobs::{ClaimRequest, ClaimResponse, StatusReport};
 
+mod coalesce;
 mod content;
 mod direct;
 mod sent;
@@ -271,6 +272,7 @@ impl JobRunner {
             fenced: CancellationToken::new(),
             sent: Mutex::default(),
             archive_root: Some(self.job_dir(ns, name)),
+            held: Mutex::default(),
         };
         if self.refused(&claim, &sink).await {
             return;
@@ -327,7 +329,7 @@ impl JobRunner {
             },
         };
         info!(namespace = ns, job = name, phase = ?report.phase, reason = ?report.reason, "job ended");
-        sink.post(&report).await;
+        sink.finish(report).await;
     }
 }
 

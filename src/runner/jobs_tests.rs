@@ -121,6 +121,7 @@ fn sink(server: &str) -> Sink {
         fenced: CancellationToken::new(),
         sent: Mutex::default(),
         archive_root: None,
+        held: Mutex::default(),
     }
 }
 

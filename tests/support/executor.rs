@@ -28,6 +28,8 @@ pub struct Recorder {
     pub statuses: Mutex<BTreeMap<String, StepStatus>>,
     /// What it says was recorded before the run (a resumed run).
     pub recorded: Recorded,
+    /// What its `records_starts` answers (a runner's sink: true).
+    pub records_starts: bool,
 }
 
 impl Recorder {
@@ -43,6 +45,7 @@ impl Recorder {
             running: watch::Sender::new(BTreeSet::new()),
             statuses: Mutex::default(),
             recorded,
+            records_starts: false,
         }
     }
 
@@ -98,6 +101,9 @@ impl StatusSink for Recorder {
     async fn job_changed(&self, _: JobPhase, _: Option<&str>) {}
     fn recorded(&self) -> Recorded {
         self.recorded.clone()
+    }
+    fn records_starts(&self) -> bool {
+        self.records_starts
     }
 }
 

@@ -3,7 +3,7 @@
 //! created it, plus what it learns while watching it.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Mutex, MutexGuard, OnceLock, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
 
 use k8s_openapi::api::core::v1::{EnvVar, Pod};
 use kube::api::Api;
@@ -43,6 +43,9 @@ pub(crate) struct AttemptState {
     pub(super) env: Vec<EnvVar>,
     /// The one watch of its pod, started by the first waiter.
     feed: OnceLock<PodFeed>,
+    /// The pod as this attempt was found or created: the watch starts from it
+    /// (its resourceVersion) instead of listing it again.
+    origin: Mutex<Option<Arc<Pod>>>,
 }
 
 pub(super) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -78,14 +81,21 @@ impl AttemptState {
                 .cloned()
                 .collect(),
             feed: OnceLock::new(),
+            origin: Mutex::new(Some(Arc::new(pod.clone()))),
         })
     }
 
     /// A reader of its pod's latest state, from the attempt's one watch.
     pub(super) fn watch(&self, api: &Api<Pod>) -> watch::Receiver<Seen> {
         self.feed
-            .get_or_init(|| PodFeed::start(api, &self.pod))
+            .get_or_init(|| PodFeed::start(api, &self.pod, lock(&self.origin).take()))
             .subscribe()
+    }
+
+    /// Its pod as the attempt's watch saw it last (`None` before the watch starts
+    /// or once it failed).
+    pub(super) fn last_seen(&self) -> Option<Arc<Pod>> {
+        self.feed.get()?.last_pod()
     }
 
     pub(super) fn is_stopping(&self) -> bool {

@@ -1,6 +1,8 @@
 //! One watch per step attempt, shared: waiting for its log, for its service to
 //! be up and for its end all read the latest state of its pod from one watch
-//! (one list and one watch request per attempt, not one per waiter).
+//! (one watch request per attempt, not one per waiter; it starts at the
+//! resourceVersion of the pod as created or found, so it lists nothing, unless
+//! it has to start again).
 
 use std::sync::Arc;
 
@@ -10,7 +12,7 @@ use kube::api::Api;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use super::watch::{PodEvent, watch_pod};
+use super::watch::{PodEvent, watch_pod, watch_pod_from};
 
 /// Consecutive watch errors (after the watcher's own backoff) before giving up.
 const MAX_WATCH_ERRORS: u32 = 10;
@@ -41,10 +43,16 @@ impl Drop for PodFeed {
 }
 
 impl PodFeed {
-    /// Start watching pod `name`.
-    pub fn start(api: &Api<Pod>, name: &str) -> Self {
-        let (tx, latest) = watch::channel(Seen::Nothing);
-        let mut events = watch_pod(api, name);
+    /// Start watching pod `name`; from `origin` (the pod as last read) when known.
+    pub fn start(api: &Api<Pod>, name: &str, origin: Option<Arc<Pod>>) -> Self {
+        let from = origin
+            .as_ref()
+            .and_then(|p| p.metadata.resource_version.clone());
+        let (initial, mut events) = match (origin, from) {
+            (Some(pod), Some(rv)) => (Seen::Present(pod), watch_pod_from(api, name, rv)),
+            _ => (Seen::Nothing, watch_pod(api, name)),
+        };
+        let (tx, latest) = watch::channel(initial);
         let name = name.to_owned();
         let task = tokio::spawn(async move {
             let mut errors = 0;
@@ -71,6 +79,14 @@ impl PodFeed {
             tx.send_replace(last);
         });
         Self { task, latest }
+    }
+
+    /// The pod as last seen (present, or as it was deleted).
+    pub fn last_pod(&self) -> Option<Arc<Pod>> {
+        match &*self.latest.borrow() {
+            Seen::Present(pod) | Seen::Gone(Some(pod)) => Some(pod.clone()),
+            _ => None,
+        }
     }
 
     /// A reader of the latest state, which it has not seen yet.

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::{AsyncReadExt, StreamExt};
-use k8s_openapi::api::core::v1::{Pod, Secret};
+use k8s_openapi::api::core::v1::{ContainerStateTerminated, Pod, Secret};
 use kube::api::{Api, LogParams};
 use tokio::sync::mpsc;
 use tracing::Instrument;
@@ -234,7 +234,13 @@ async fn termination_outputs(
     pods: &Api<Pod>,
     attempt: &AttemptState,
 ) -> Result<Option<Frame>, BackendError> {
-    let pod = match pods.get_opt(&attempt.pod).await {
+    // The attempt's watch saw the pod end: its termination message is there.
+    let seen = attempt.last_seen().filter(|p| terminated(p).is_some());
+    let pod = match seen {
+        Some(pod) => Ok(Some((*pod).clone())),
+        None => pods.get_opt(&attempt.pod).await,
+    };
+    let pod = match pod {
         Ok(Some(pod)) => pod,
         Ok(None) => return Ok(None),
         Err(e) => {
@@ -244,15 +250,22 @@ async fn termination_outputs(
             )(e));
         }
     };
-    let message = pod
-        .status
-        .iter()
-        .flat_map(|s| s.container_statuses.iter().flatten())
-        .find(|c| c.name == CONTAINER)
-        .and_then(|c| c.state.as_ref()?.terminated.as_ref()?.message.clone());
+    let message = terminated(&pod).and_then(|t| t.message.clone());
     Ok(message
         .filter(|m| !m.is_empty())
         .map(|m| Frame::of_file(m.as_bytes())))
+}
+
+/// The step container's end, if it ended.
+fn terminated(pod: &Pod) -> Option<&ContainerStateTerminated> {
+    pod.status
+        .iter()
+        .flat_map(|s| s.container_statuses.iter().flatten())
+        .find(|c| c.name == CONTAINER)?
+        .state
+        .as_ref()?
+        .terminated
+        .as_ref()
 }
 
 #[cfg(test)]

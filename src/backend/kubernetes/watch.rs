@@ -6,7 +6,7 @@ use std::time::Duration;
 use futures::StreamExt;
 use futures::stream::BoxStream;
 use k8s_openapi::api::core::v1::Pod;
-use kube::api::Api;
+use kube::api::{Api, WatchEvent, WatchParams};
 use kube::runtime::WatchStreamExt;
 use kube::runtime::watcher::{self, Event, watcher};
 use tokio::time::Instant;
@@ -52,6 +52,41 @@ pub fn watch_pod(
             futures::future::ready(out)
         })
         .boxed()
+}
+
+/// [`watch_pod`], but first a plain watch from `resource_version` (the pod as it
+/// was read): no list while it lasts. When it ends (its timeout, a resourceVersion
+/// too old, any error) the listing watch takes over, so no change is missed.
+pub fn watch_pod_from(
+    api: &Api<Pod>,
+    name: &str,
+    resource_version: String,
+) -> BoxStream<'static, Result<PodEvent, watcher::Error>> {
+    let params = WatchParams::default().fields(&format!("metadata.name={name}"));
+    let raw_api = api.clone();
+    let raw = futures::stream::once(async move { raw_api.watch(&params, &resource_version).await })
+        .filter_map(|opened| futures::future::ready(opened.ok()))
+        .flatten()
+        .take_while(|event| {
+            let usable = matches!(
+                event,
+                Ok(WatchEvent::Added(_)
+                    | WatchEvent::Modified(_)
+                    | WatchEvent::Deleted(_)
+                    | WatchEvent::Bookmark(_))
+            );
+            futures::future::ready(usable)
+        })
+        .filter_map(|event| {
+            futures::future::ready(match event {
+                Ok(WatchEvent::Added(pod) | WatchEvent::Modified(pod)) => {
+                    Some(Ok(PodEvent::Present(Box::new(pod))))
+                }
+                Ok(WatchEvent::Deleted(pod)) => Some(Ok(PodEvent::Gone(Some(Box::new(pod))))),
+                _ => None,
+            })
+        });
+    raw.chain(watch_pod(api, name)).boxed()
 }
 
 fn watch_failed(step: &str, message: String) -> BackendError {

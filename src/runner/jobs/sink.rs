@@ -7,6 +7,7 @@ use std::sync::Mutex;
 
 use tracing::{info, warn};
 
+use super::coalesce::{Coalesce, Part};
 use super::sent::{JOB_LOG_KEEP, STEP_LOG_KEEP, SentLog, gap_stored, resend_from};
 use super::{is_permanent, lock, retry_pause};
 use crate::backend::LogChunk;
@@ -28,6 +29,8 @@ pub(super) struct Sink {
     pub(super) sent: Mutex<HashMap<String, SentLog>>,
     /// The Job's directory on the runner (its change archives are under it).
     pub(super) archive_root: Option<PathBuf>,
+    /// Reports held for the next one (see `coalesce`).
+    pub(super) held: Mutex<Coalesce>,
 }
 
 /// How one POST of log bytes went.
@@ -43,7 +46,7 @@ impl Sink {
     /// End the Job Failed before any step ran, saying why.
     pub(super) async fn fail(&self, reason: &str, message: String) {
         warn!(namespace = %self.claim.namespace, job = %self.claim.name, reason, "job not run: {message}");
-        self.post(&StatusReport {
+        self.finish(StatusReport {
             runner: self.runner.clone(),
             epoch: self.claim.epoch,
             phase: Some(JobPhase::Failed),
@@ -52,6 +55,35 @@ impl Sink {
             ..Default::default()
         })
         .await;
+    }
+
+    /// Post the Job's final report, with a held step end riding on it.
+    pub(super) async fn finish(&self, mut report: StatusReport) {
+        let held = lock(&self.held).finish();
+        match (held, &report.step) {
+            (Some(step), None) => report.step = Some(step),
+            (Some(step), Some(_)) => self.post(&self.report(Part::of_step(step))).await,
+            (None, _) => {}
+        }
+        self.post(&report).await;
+    }
+
+    fn report(&self, part: Part) -> StatusReport {
+        let (phase, reason) = part.phase.unzip();
+        StatusReport {
+            runner: self.runner.clone(),
+            epoch: self.claim.epoch,
+            step: part.step,
+            phase,
+            reason: reason.flatten(),
+            ..Default::default()
+        }
+    }
+
+    async fn post_all(&self, parts: Vec<Part>) {
+        for part in parts {
+            self.post(&self.report(part)).await;
+        }
     }
 
     /// Post until the server takes it (a restarting controller is waited for); a
@@ -98,13 +130,9 @@ impl StatusSink for Sink {
             }
         }
         let without_changes = self.upload_changes(status).await;
-        self.post(&StatusReport {
-            runner: self.runner.clone(),
-            epoch: self.claim.epoch,
-            step: Some(without_changes.unwrap_or_else(|| status.clone())),
-            ..Default::default()
-        })
-        .await;
+        let status = without_changes.unwrap_or_else(|| status.clone());
+        let parts = lock(&self.held).step(status);
+        self.post_all(parts).await;
     }
 
     async fn job_changed(&self, phase: JobPhase, reason: Option<&str>) {
@@ -112,14 +140,15 @@ impl StatusSink for Sink {
         if phase.is_finished() {
             return;
         }
-        self.post(&StatusReport {
-            runner: self.runner.clone(),
-            epoch: self.claim.epoch,
-            phase: Some(phase),
-            reason: reason.map(str::to_owned),
-            ..Default::default()
-        })
-        .await;
+        let parts = lock(&self.held).job(phase, reason);
+        self.post_all(parts).await;
+    }
+
+    /// A step's start is posted (and taken) before its pod or process is made; a
+    /// report refused for good is dropped, but then a second start of the same
+    /// attempt finds its pod by name and adopts it.
+    fn records_starts(&self) -> bool {
+        true
     }
 
     /// What the claim says was recorded: a resumed run continues its clocks.
