@@ -501,7 +501,7 @@ fn active_jobs(ctx: &Context, ns: &str, runner: &str) -> i32 {
         .jobs
         .state()
         .iter()
-        .filter(|j| j.namespace().as_deref() == Some(ns))
+        .filter(|j| j.metadata.namespace.as_deref() == Some(ns))
         .filter_map(|j| j.status.as_ref())
         .filter(|s| {
             s.runner.as_deref() == Some(runner)

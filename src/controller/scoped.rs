@@ -74,12 +74,13 @@ pub fn watch<K: Watched>(
     if apis.len() == 1
         && let Some(api) = apis.pop()
     {
-        return watcher(api, config).default_backoff().boxed();
+        return watcher(api, config).default_backoff().modify(slim).boxed();
     }
     let each = apis.into_iter().map(|api| {
         let ns = api.namespace().unwrap_or_default().to_owned();
         watcher(api, config.clone())
             .default_backoff()
+            .modify(slim)
             .map(move |ev| (ns.clone(), ev))
             .boxed()
     });
@@ -93,6 +94,26 @@ pub fn watch<K: Watched>(
             stream::iter(out)
         })
         .boxed()
+}
+
+/// The annotation `kubectl apply` keeps a whole copy of the object in.
+const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
+
+/// Drops what no reconciler reads before the cache keeps it: `managedFields` (a
+/// tree of small allocations per field manager) and `kubectl apply`'s copy of the
+/// object. Every cached object holds them, so they grew the controller by a
+/// share of each retained Job. Safe for the status writes made from the cache:
+/// a write without `managedFields` keeps the stored ones (the API server takes
+/// them from the live object), and a status write changes no metadata.
+pub fn slim<K: Resource>(obj: &mut K) {
+    let meta = obj.meta_mut();
+    meta.managed_fields = None;
+    if let Some(annotations) = meta.annotations.as_mut() {
+        annotations.remove(LAST_APPLIED);
+        if annotations.is_empty() {
+            meta.annotations = None;
+        }
+    }
 }
 
 /// Rewrites per-namespace watch events into events for one Writer (module doc).
@@ -191,6 +212,40 @@ mod tests {
     use kube::runtime::reflector::{self, store::Writer};
 
     use super::*;
+
+    #[test]
+    fn slim_drops_managed_fields_and_the_applied_copy_only() {
+        use k8s_openapi::apimachinery::pkg::apis::meta::v1::ManagedFieldsEntry;
+        let mut c = cm("ns", "a");
+        c.metadata.managed_fields = Some(vec![ManagedFieldsEntry {
+            manager: Some("kubectl".into()),
+            ..Default::default()
+        }]);
+        c.metadata.annotations = Some(
+            [
+                (LAST_APPLIED.to_owned(), "{...}".to_owned()),
+                ("baton.dev/keep".to_owned(), "yes".to_owned()),
+            ]
+            .into(),
+        );
+        c.metadata.labels = Some([("app".to_owned(), "x".to_owned())].into());
+        slim(&mut c);
+        assert_eq!(c.metadata.managed_fields, None);
+        assert_eq!(
+            c.metadata.annotations,
+            Some([("baton.dev/keep".to_owned(), "yes".to_owned())].into())
+        );
+        assert_eq!(
+            c.metadata.labels,
+            Some([("app".to_owned(), "x".to_owned())].into())
+        );
+
+        let mut only_applied = cm("ns", "b");
+        only_applied.metadata.annotations =
+            Some([(LAST_APPLIED.to_owned(), "{}".to_owned())].into());
+        slim(&mut only_applied);
+        assert_eq!(only_applied.metadata.annotations, None);
+    }
 
     fn cm(ns: &str, name: &str) -> ConfigMap {
         let mut c = ConfigMap::default();

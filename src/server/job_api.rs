@@ -276,7 +276,7 @@ fn list(
         .jobs
         .state()
         .iter()
-        .filter(|j| j.namespace().as_deref() == Some(ns.as_str()))
+        .filter(|j| j.metadata.namespace.as_deref() == Some(ns.as_str()))
         .filter_map(|j| {
             let s = j.status.as_ref()?;
             let active = matches!(s.phase, Some(JobPhase::Assigned | JobPhase::Running));

@@ -148,7 +148,7 @@ fn is_usable(runner: &Runner, hub: &Hub, ns: &str) -> bool {
 fn active_per_runner(ctx: &Context, ns: &str, recent: &mut Recent) -> HashMap<String, usize> {
     let jobs = ctx.jobs.state();
     let mut active: HashMap<String, usize> = HashMap::new();
-    for j in jobs.iter().filter(|j| j.namespace().as_deref() == Some(ns)) {
+    for j in jobs.iter().filter(|j| in_namespace(&j.metadata, ns)) {
         let Some(s) = j.status.as_ref() else { continue };
         if matches!(s.phase, Some(JobPhase::Assigned | JobPhase::Running))
             && let Some(r) = &s.runner
@@ -156,12 +156,26 @@ fn active_per_runner(ctx: &Context, ns: &str, recent: &mut Recent) -> HashMap<St
             *active.entry(r.clone()).or_default() += 1;
         }
     }
+    if recent.0.is_empty() {
+        return active;
+    }
+    // Each cached Job's epoch, looked up once per reservation: a burst holds
+    // thousands of both, and a scan per reservation made each reconcile
+    // quadratic in them.
+    let epochs: HashMap<(&str, &str), i64> = jobs
+        .iter()
+        .filter_map(|j| {
+            let key = (
+                j.metadata.namespace.as_deref()?,
+                j.metadata.name.as_deref()?,
+            );
+            Some((key, j.status.as_ref()?.epoch.unwrap_or(0)))
+        })
+        .collect();
     recent.0.retain(|(rns, name), (runner, epoch)| {
-        let seen = jobs
-            .iter()
-            .find(|j| j.namespace().as_deref() == Some(rns) && &j.name_any() == name)
-            .and_then(|j| j.status.as_ref())
-            .is_some_and(|s| s.epoch.unwrap_or(0) >= *epoch);
+        let seen = epochs
+            .get(&(rns.as_str(), name.as_str()))
+            .is_some_and(|e| e >= epoch);
         if !seen && rns == ns {
             *active.entry(runner.clone()).or_default() += 1;
         }
@@ -170,12 +184,18 @@ fn active_per_runner(ctx: &Context, ns: &str, recent: &mut Recent) -> HashMap<St
     active
 }
 
+/// Whether an object is in `ns`, without copying its namespace (a hot path:
+/// once per cached Job per reconcile).
+fn in_namespace(meta: &kube::api::ObjectMeta, ns: &str) -> bool {
+    meta.namespace.as_deref() == Some(ns)
+}
+
 fn runner_views(ctx: &Context, ns: &str, recent: &mut Recent) -> Vec<RunnerView> {
     let active = active_per_runner(ctx, ns, recent);
     ctx.runners
         .state()
         .iter()
-        .filter(|r| r.namespace().as_deref() == Some(ns))
+        .filter(|r| in_namespace(&r.metadata, ns))
         .map(|r| {
             let max = usize::try_from(r.spec.max_concurrent_jobs.unwrap_or(1).max(1)).unwrap_or(1);
             let used = active.get(&r.name_any()).copied().unwrap_or(0);
@@ -210,7 +230,7 @@ pub fn queued_jobs(ctx: &Context, ns: &str) -> Vec<Arc<Job>> {
     ctx.jobs
         .state()
         .into_iter()
-        .filter(|j| j.namespace().as_deref() == Some(ns) && waits_in_queue(j))
+        .filter(|j| in_namespace(&j.metadata, ns) && waits_in_queue(j))
         .collect()
 }
 
