@@ -272,6 +272,24 @@ async fn chart_lifecycle(ns: &TestNs) -> anyhow::Result<()> {
             }],
         }
     }))?;
+    // The installed controller may write a queued Job's position (a merge patch
+    // of jobs/status: the chart's RBAC once granted only update).
+    let nowhere: Job = serde_json::from_value(serde_json::json!({
+        "apiVersion": "baton.dev/v1alpha1",
+        "kind": "Job",
+        "metadata": { "name": "matches-nothing" },
+        "spec": {
+            "runnerSelector": { "matchLabels": { "pool": "nowhere" } },
+            "steps": [{ "name": "never", "image": STEP_IMAGE, "script": "true" }],
+        }
+    }))?;
+    jobs.create(&PostParams::default(), &nowhere).await?;
+    let first = |j: Option<&Job>| j.and_then(|j| j.status.as_ref()?.queue_position) == Some(1);
+    wait_for(&jobs, "matches-nothing", first, 30)
+        .await
+        .context("queue position 1 written by the chart's controller")?;
+    jobs.delete("matches-nothing", &Default::default()).await?;
+
     let recorder = StepPodRecorder::start(&ns.client, n, "through-upgrade");
     jobs.create(&PostParams::default(), &job).await?;
     wait_for(&jobs, "through-upgrade", job_phase(JobPhase::Running), 60).await?;

@@ -80,7 +80,7 @@ namespace otherwise.
   verbs: [get, list, watch, delete]
 - apiGroups: [baton.dev]
   resources: [jobs/status]
-  verbs: [update]
+  verbs: [update, patch]
 - apiGroups: [baton.dev]
   resources: [runners]
   verbs: [list, watch, create, delete]
