@@ -12,6 +12,9 @@
 //! | `POST /api/jobs/NS/NAME/cancel` | `spec.cancel: true` |
 //! | `GET /static/app.{css,js}` | the assets, compiled into the binary |
 //! | `GET /livez`, `GET /readyz` | the process serves; both watch caches listed once |
+//!
+//! With `--proxy-user-header`, every route but the probes and the assets first
+//! takes whom it acts as from the proxy's headers (401 without a user).
 
 use std::convert::Infallible;
 use std::sync::Arc;
