@@ -8,7 +8,9 @@
 //! And with `dashboard.proxyUserHeader` (acting as each proxied user): two users
 //! named in the proxy's header — one bound to read and patch Jobs in the test's
 //! namespace only, one with nothing — see, and may do, exactly what their RBAC
-//! allows; a request without the header is 401.
+//! allows; a request without the header is 401. Their steps' logs come through
+//! the dashboard's relay (its own projected token to the controller's log route)
+//! for alice only.
 
 use anyhow::{Context, ensure};
 use k8s_openapi::api::apps::v1::Deployment;
@@ -22,7 +24,9 @@ use crate::chart::helm_with;
 use crate::helm::{RELEASE, chart_dir, cleanup, deployment_rolled_out};
 use crate::jobs::{apply, job};
 use crate::procs::{http, wait_status};
-use crate::support::{TestNs, in_namespace, wait_for};
+use crate::support::{STEP_IMAGE, TestNs, in_namespace, wait_for};
+use baton::crd::Job;
+use baton::crd::job::JobPhase;
 
 const DASHBOARD: &str = "baton-dashboard";
 const PUBLIC: &str = "baton.example.test";
@@ -256,8 +260,42 @@ async fn proxied_users(ns: &TestNs) -> anyhow::Result<()> {
         "alice's cancel: {status} {}",
         done.text().await?
     );
-    let cancelled = |j: Option<&baton::crd::Job>| j.is_some_and(|j| j.spec.cancel == Some(true));
+    let cancelled = |j: Option<&Job>| j.is_some_and(|j| j.spec.cancel == Some(true));
     wait_for(&crate::jobs::jobs(ns), "waiting", cancelled, 30).await?;
+    logs_for_alice_only(ns, &url).await
+}
+
+/// A Job that runs (on an on-demand runner): its step's log, relayed to alice as
+/// server-sent events to its end; bob, who may not get the Job, gets 403.
+async fn logs_for_alice_only(ns: &TestNs, url: &str) -> anyhow::Result<()> {
+    let n = ns.name.as_str();
+    let job: Job = serde_json::from_value(json!({
+        "apiVersion": "baton.dev/v1alpha1", "kind": "Job",
+        "metadata": { "name": "hello" },
+        "spec": { "steps": [{
+            "name": "say", "image": STEP_IMAGE, "script": "echo hello through the relay",
+        }] }
+    }))?;
+    apply(ns, &job).await?;
+    let done = crate::jobs::phase_is(JobPhase::Succeeded);
+    wait_for(&crate::jobs::jobs(ns), "hello", done, 180).await?;
+    let log = |user: &str| {
+        http()
+            .get(format!("{url}/live/logs/{n}/hello/say"))
+            .header("host", PUBLIC)
+            .header("x-forwarded-user", user)
+            .send()
+    };
+    let alice = log(ALICE).await?;
+    ensure!(alice.status() == 200, "alice's log: {}", alice.status());
+    let events = alice.text().await?;
+    ensure!(
+        events.contains("hello through the relay") && events.contains("event:end"),
+        "alice reads the step's log to its end:\n{events}"
+    );
+    let bob = log(BOB).await?;
+    let status = bob.status();
+    ensure!(status == 403, "bob's log: {status} {}", bob.text().await?);
     Ok(())
 }
 
