@@ -8,12 +8,14 @@ use std::sync::Arc;
 
 use anyhow::{Context, bail};
 use clap::Args;
+use warp::http::HeaderName;
 
 use super::job_logs::{LogClient, ServerArgs};
 use super::plugin::KubeArgs;
 use crate::dashboard::access::Access;
 use crate::dashboard::guard::Guard;
 use crate::dashboard::live::Live;
+use crate::dashboard::proxy_user::{self, ProxyUsers};
 use crate::dashboard::{Dash, serve};
 
 /// `dashboard` flags.
@@ -37,6 +39,14 @@ pub struct DashboardArgs {
     /// With --behind-auth-proxy: a Host the proxy forwards (repeat for more).
     #[arg(long, value_name = "HOST[:PORT]", requires = "behind_auth_proxy")]
     pub public_host: Vec<String>,
+    /// With --behind-auth-proxy: act as the user the proxy names in this header
+    /// (e.g. X-Forwarded-User); a request without it is refused (401).
+    #[arg(long, value_name = "HEADER", requires = "behind_auth_proxy")]
+    pub proxy_user_header: Option<String>,
+    /// With --proxy-user-header: the header of that user's comma-separated groups
+    /// (e.g. X-Forwarded-Groups).
+    #[arg(long, value_name = "HEADER", requires = "proxy_user_header")]
+    pub proxy_groups_header: Option<String>,
     /// Where the steps' logs come from (optional: without it, no logs).
     #[command(flatten)]
     pub server: ServerArgs,
@@ -67,6 +77,26 @@ pub fn check_address(
     Ok(())
 }
 
+/// The proxied users' headers (validated names), and impersonating clients over
+/// `config`; None when the dashboard acts as itself.
+fn proxy_users(args: &DashboardArgs, config: &kube::Config) -> anyhow::Result<Option<ProxyUsers>> {
+    let header = |flag: &str, h: &str| {
+        HeaderName::from_bytes(h.as_bytes())
+            .with_context(|| format!("{flag} {h:?} is not a header name"))
+    };
+    let Some(user) = &args.proxy_user_header else {
+        return Ok(None);
+    };
+    let groups = args.proxy_groups_header.as_deref();
+    Ok(Some(ProxyUsers {
+        user_header: header("--proxy-user-header", user)?,
+        groups_header: groups
+            .map(|g| header("--proxy-groups-header", g))
+            .transpose()?,
+        client_as: proxy_user::impersonating(config.clone()),
+    }))
+}
+
 /// A fresh CSRF token for this process.
 fn token() -> anyhow::Result<String> {
     let mut bytes = [0u8; 32];
@@ -81,7 +111,9 @@ pub async fn run(args: DashboardArgs) -> anyhow::Result<i32> {
         Some(_) => Some(Arc::new(LogClient::new(&args.server)?)),
         None => None,
     };
-    let (client, ns) = args.kube.connect().await?;
+    let (config, ns) = args.kube.config().await?;
+    let proxy = proxy_users(&args, &config)?.map(Arc::new);
+    let client = kube::Client::try_from(config)?;
     let listener = tokio::net::TcpListener::bind(SocketAddr::new(args.address, args.port))
         .await
         .with_context(|| format!("listen on {}:{}", args.address, args.port))?;
@@ -92,6 +124,7 @@ pub async fn run(args: DashboardArgs) -> anyhow::Result<i32> {
         access: Access::new(client.clone()),
         guard: Arc::new(Guard::new(addr, &args.public_host, token()?)),
         logs,
+        proxy,
         scope: namespace.map_or("all namespaces".to_owned(), |n| format!("namespace {n}")),
         client,
     });
@@ -135,6 +168,32 @@ mod tests {
         assert!(check_address(ip("192.168.1.5"), false, &hosts).is_err());
         assert!(check_address(ip("0.0.0.0"), true, &[]).is_err(), "no host");
         assert!(check_address(ip("0.0.0.0"), true, &hosts).is_ok());
+    }
+
+    #[test]
+    fn proxied_users_only_behind_a_proxy_and_groups_only_with_a_user_header() {
+        use clap::Parser;
+        let parse = |args: &[&str]| {
+            let all = ["baton", "dashboard"].iter().chain(args);
+            crate::cli::Cli::try_parse_from(all).map(|_| ())
+        };
+        let alone = parse(&["--proxy-user-header", "X-Forwarded-User"]).unwrap_err();
+        assert!(alone.to_string().contains("--behind-auth-proxy"), "{alone}");
+        let groups = [
+            "--behind-auth-proxy",
+            "--proxy-groups-header",
+            "X-Forwarded-Groups",
+        ];
+        let e = parse(&groups).unwrap_err();
+        assert!(e.to_string().contains("--proxy-user-header"), "{e}");
+        let both = [
+            "--behind-auth-proxy",
+            "--proxy-user-header",
+            "X-Forwarded-User",
+            "--proxy-groups-header",
+            "X-Forwarded-Groups",
+        ];
+        assert!(parse(&both).is_ok());
     }
 
     #[test]

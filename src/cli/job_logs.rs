@@ -28,6 +28,15 @@ pub struct ServerArgs {
     /// `kubectl create token SA --audience baton`.
     #[arg(long, env = "BATON_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
+    /// Read that token from this file at each request instead (a projected
+    /// ServiceAccount token, which the kubelet rotates).
+    #[arg(
+        long,
+        value_name = "FILE",
+        env = "BATON_TOKEN_FILE",
+        conflicts_with = "token"
+    )]
+    pub token_file: Option<PathBuf>,
     /// Also trust the CA certificate(s) in this PEM file for an https:// --server.
     #[arg(long, value_name = "PEM", env = "BATON_CA_FILE")]
     pub ca_file: Option<PathBuf>,
@@ -88,11 +97,32 @@ fn loopback(url: &reqwest::Url) -> bool {
     }
 }
 
+/// The bearer token: given once, or read from a file at each request.
+#[derive(Debug, Clone)]
+enum Token {
+    Fixed(String),
+    File(PathBuf),
+}
+
+impl Token {
+    /// The token now (a file is re-read: the kubelet rotates projected tokens).
+    fn current(&self) -> anyhow::Result<String> {
+        match self {
+            Token::Fixed(t) => Ok(t.clone()),
+            Token::File(path) => {
+                let text = std::fs::read_to_string(path)
+                    .with_context(|| format!("read --token-file {}", path.display()))?;
+                Ok(text.trim().to_owned())
+            }
+        }
+    }
+}
+
 /// The log route's client: a checked server, an HTTP client, the token.
 pub struct LogClient {
     base: String,
     http: reqwest::Client,
-    token: String,
+    token: Token,
     /// Strip control sequences from what is printed.
     sanitize: bool,
 }
@@ -103,9 +133,15 @@ impl LogClient {
             anyhow!("logs, artifacts and uploads go through the controller's server: pass --server URL or set BATON_SERVER")
         })?;
         let base = check_server(server, args.insecure)?;
-        let token = args.token.clone().ok_or_else(|| {
-            anyhow!("the controller's server needs a Kubernetes bearer token: pass --token or set BATON_TOKEN (minted for Baton: `kubectl create token SA --audience baton`)")
-        })?;
+        let token = match (&args.token, &args.token_file) {
+            (Some(t), _) => Token::Fixed(t.clone()),
+            (None, Some(path)) => Token::File(path.clone()),
+            (None, None) => bail!(
+                "the controller's server needs a Kubernetes bearer token: pass --token or set BATON_TOKEN (minted for Baton: `kubectl create token SA --audience baton`), or --token-file"
+            ),
+        };
+        // A file that cannot be read now is refused now, not at the first request.
+        token.current()?;
         Ok(Self {
             base,
             http: http_client(args.ca_file.as_deref())?,
@@ -127,7 +163,7 @@ impl LogClient {
             .http
             .get(format!("{}{path}", self.base))
             .query(query)
-            .bearer_auth(&self.token)
+            .bearer_auth(self.token.current()?)
             .send()
             .await
             .with_context(|| format!("reach the server at {}", self.base))?;
@@ -140,10 +176,16 @@ impl LogClient {
     }
 
     /// A request to `path` on the server, carrying the token.
-    pub fn request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
-        self.http
+    pub fn request(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+    ) -> anyhow::Result<reqwest::RequestBuilder> {
+        let token = self.token.current()?;
+        Ok(self
+            .http
             .request(method, format!("{}{path}", self.base))
-            .bearer_auth(&self.token)
+            .bearer_auth(token))
     }
 
     /// The server's base URL, for messages.
@@ -215,6 +257,28 @@ fn http_client(ca_file: Option<&Path>) -> anyhow::Result<reqwest::Client> {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+
+    #[test]
+    fn a_token_file_is_read_at_each_request_and_must_exist_at_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("token");
+        let args = |file: &Path| ServerArgs {
+            server: Some("https://baton.example.com".into()),
+            token_file: Some(file.to_owned()),
+            ..Default::default()
+        };
+        let missing = LogClient::new(&args(&path)).err().unwrap();
+        assert!(
+            format!("{missing:#}").contains("--token-file"),
+            "{missing:#}"
+        );
+        std::fs::write(&path, "first\n").unwrap();
+        let client = LogClient::new(&args(&path)).unwrap();
+        assert_eq!(client.token.current().unwrap(), "first");
+        // The kubelet rotates the projected token: the next request sends the new one.
+        std::fs::write(&path, "second").unwrap();
+        assert_eq!(client.token.current().unwrap(), "second");
+    }
 
     #[test]
     fn the_token_goes_over_plain_http_only_to_this_machine() {

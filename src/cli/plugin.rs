@@ -42,6 +42,12 @@ pub struct KubeArgs {
 impl KubeArgs {
     /// A client and the namespace to work in.
     pub async fn connect(&self) -> anyhow::Result<(Client, String)> {
+        let (config, ns) = self.config().await?;
+        Ok((Client::try_from(config)?, ns))
+    }
+
+    /// The kube config these flags name, and the namespace to work in.
+    pub async fn config(&self) -> anyhow::Result<(kube::Config, String)> {
         let opts = KubeConfigOptions {
             context: self.context.clone(),
             ..Default::default()
@@ -61,7 +67,7 @@ impl KubeArgs {
             .namespace
             .clone()
             .unwrap_or_else(|| config.default_namespace.clone());
-        Ok((Client::try_from(config)?, ns))
+        Ok((config, ns))
     }
 }
 

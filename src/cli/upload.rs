@@ -43,7 +43,7 @@ fn short(digest: &str) -> &str {
 /// Whether the server holds the upload at `path` (HEAD: 200 or 404).
 async fn held(server: &LogClient, path: &str) -> anyhow::Result<bool> {
     let res = server
-        .request(reqwest::Method::HEAD, path)
+        .request(reqwest::Method::HEAD, path)?
         .send()
         .await
         .with_context(|| format!("reach the server at {}", server.base()))?;
@@ -72,7 +72,7 @@ async fn send(server: &LogClient, path: &str, packing: &Packing) -> anyhow::Resu
         progress.advance(chunk.len() as u64);
     });
     let res = server
-        .request(reqwest::Method::PUT, path)
+        .request(reqwest::Method::PUT, path)?
         .header(reqwest::header::CONTENT_TYPE, "application/zstd")
         .header(reqwest::header::CONTENT_LENGTH, size)
         .body(reqwest::Body::wrap_stream(body))

@@ -1,22 +1,32 @@
-//! What the user may do, asked of the API server with SelfSubjectAccessReviews
-//! (the user's own credentials), cached for a minute per verb, resource and
-//! namespace. It only decides which buttons are drawn: every change is still made
-//! with the user's credentials, so the API server has the last word.
+//! What a user may do, asked of the API server and cached for a minute per
+//! (who, verb, resource, namespace), at most [`CAPACITY`] answers:
+//! - acting as itself ([`Who::Own`]: the user's kubeconfig, or a ServiceAccount),
+//!   with SelfSubjectAccessReviews; the answers only decide which buttons are
+//!   drawn, as every read and change is made with those same credentials;
+//! - for a proxied user ([`Who::User`]), with SubjectAccessReviews about that user
+//!   and groups: the answers decide which rows are shown too, as the watch caches
+//!   are the dashboard's own. Changes are made by impersonation, so the API server
+//!   still has the last word on them.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::authorization::v1::{
-    ResourceAttributes, SelfSubjectAccessReview, SelfSubjectAccessReviewSpec,
+    ResourceAttributes, SelfSubjectAccessReview, SelfSubjectAccessReviewSpec, SubjectAccessReview,
+    SubjectAccessReviewSpec,
 };
 use kube::Client;
 use kube::api::{Api, PostParams};
 use tokio::sync::Mutex;
 
+use super::proxy_user::{AUTHENTICATED, Identity, Who};
+
 /// How long an answer is reused.
 const FRESH: Duration = Duration::from_secs(60);
+/// The most answers kept (users × namespaces × questions).
+pub const CAPACITY: usize = 4096;
 
-/// A question: may I `verb` `resource` (group baton.dev) in `namespace`?
+/// A question: may I `verb` `resource` in `namespace`?
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct Ask {
     pub verb: &'static str,
@@ -32,68 +42,150 @@ impl Ask {
             namespace: namespace.to_owned(),
         }
     }
+
+    /// The API group: Events are core, everything else Baton's.
+    fn group(&self) -> &'static str {
+        if self.resource == "events" {
+            ""
+        } else {
+            "baton.dev"
+        }
+    }
+
+    fn attributes(&self) -> ResourceAttributes {
+        ResourceAttributes {
+            group: Some(self.group().into()),
+            resource: Some(self.resource.into()),
+            verb: Some(self.verb.into()),
+            namespace: Some(self.namespace.clone()),
+            ..Default::default()
+        }
+    }
 }
 
-/// The review that asks it.
+/// The review that asks it about the caller.
 pub fn review(ask: &Ask) -> SelfSubjectAccessReview {
     SelfSubjectAccessReview {
         spec: SelfSubjectAccessReviewSpec {
-            resource_attributes: Some(ResourceAttributes {
-                group: Some("baton.dev".into()),
-                resource: Some(ask.resource.into()),
-                verb: Some(ask.verb.into()),
-                namespace: Some(ask.namespace.clone()),
-                ..Default::default()
-            }),
+            resource_attributes: Some(ask.attributes()),
             ..Default::default()
         },
         ..Default::default()
     }
 }
 
-/// Answers, asked once a minute at most.
+/// The review that asks it about `id`, with the groups the API server gives an
+/// impersonated user: those named, and `system:authenticated`.
+pub fn subject_review(id: &Identity, ask: &Ask) -> SubjectAccessReview {
+    let mut groups = id.groups.clone();
+    groups.push(AUTHENTICATED.to_owned());
+    SubjectAccessReview {
+        spec: SubjectAccessReviewSpec {
+            user: Some(id.user.clone()),
+            groups: Some(groups),
+            resource_attributes: Some(ask.attributes()),
+            ..Default::default()
+        },
+        ..Default::default()
+    }
+}
+
+/// Answers, each fresh for [`FRESH`], at most `capacity` of them.
+#[derive(Debug)]
+pub struct Answers {
+    capacity: usize,
+    map: HashMap<(Who, Ask), (bool, Instant)>,
+}
+
+impl Answers {
+    pub fn new(capacity: usize) -> Answers {
+        Answers {
+            capacity,
+            map: HashMap::new(),
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+
+    /// The answer, while it is fresh at `now`.
+    pub fn get(&self, key: &(Who, Ask), now: Instant) -> Option<bool> {
+        let (yes, at) = self.map.get(key)?;
+        (now.saturating_duration_since(*at) < FRESH).then_some(*yes)
+    }
+
+    /// Keep an answer got at `now`: when full, stale answers go first, then the oldest.
+    pub fn put(&mut self, key: (Who, Ask), yes: bool, now: Instant) {
+        if self.map.len() >= self.capacity && !self.map.contains_key(&key) {
+            self.map
+                .retain(|_, (_, at)| now.saturating_duration_since(*at) < FRESH);
+            while self.map.len() >= self.capacity {
+                let oldest = self.map.iter().min_by_key(|(_, (_, at))| *at);
+                let Some(k) = oldest.map(|(k, _)| k.clone()) else {
+                    break;
+                };
+                self.map.remove(&k);
+            }
+        }
+        self.map.insert(key, (yes, now));
+    }
+}
+
+/// The reviews, asked with the dashboard's own client.
 pub struct Access {
     client: Client,
-    cache: Mutex<HashMap<Ask, (bool, Instant)>>,
+    cache: Mutex<Answers>,
 }
 
 impl Access {
     pub fn new(client: Client) -> Access {
         Access {
             client,
-            cache: Mutex::new(HashMap::new()),
+            cache: Mutex::new(Answers::new(CAPACITY)),
         }
     }
 
-    /// Whether the user may; a review that fails counts as no (no button).
-    pub async fn may(&self, ask: Ask) -> bool {
-        if let Some((yes, at)) = self.cache.lock().await.get(&ask)
-            && at.elapsed() < FRESH
-        {
-            return *yes;
+    /// Whether `who` may; a review that fails counts as no.
+    pub async fn may(&self, who: &Who, ask: Ask) -> bool {
+        let key = (who.clone(), ask);
+        if let Some(yes) = self.cache.lock().await.get(&key, Instant::now()) {
+            return yes;
         }
-        let api: Api<SelfSubjectAccessReview> = Api::all(self.client.clone());
-        let yes = match api.create(&PostParams::default(), &review(&ask)).await {
-            Ok(r) => r.status.is_some_and(|s| s.allowed),
-            Err(e) => {
-                tracing::warn!(error = %e, verb = ask.verb, resource = ask.resource, "access review failed");
-                false
-            }
+        let (who, ask) = &key;
+        let asked = match who {
+            Who::Own => Api::all(self.client.clone())
+                .create(&PostParams::default(), &review(ask))
+                .await
+                .map(|r| r.status.is_some_and(|s| s.allowed)),
+            Who::User(id) => Api::all(self.client.clone())
+                .create(&PostParams::default(), &subject_review(id, ask))
+                .await
+                .map(|r| r.status.is_some_and(|s| s.allowed)),
         };
-        self.cache.lock().await.insert(ask, (yes, Instant::now()));
+        let yes = asked.unwrap_or_else(|e| {
+            tracing::warn!(error = %e, verb = ask.verb, resource = ask.resource, "access review failed");
+            false
+        });
+        self.cache.lock().await.put(key, yes, Instant::now());
         yes
     }
 
-    /// The namespaces (of those given) where the user may `verb` `resource`.
+    /// The namespaces (of those given) where `who` may `verb` `resource`.
     pub async fn namespaces_where(
         &self,
+        who: &Who,
         verb: &'static str,
         resource: &'static str,
         namespaces: impl IntoIterator<Item = String>,
     ) -> std::collections::BTreeSet<String> {
         let mut yes = std::collections::BTreeSet::new();
         for ns in namespaces {
-            if self.may(Ask::new(verb, resource, &ns)).await {
+            if self.may(who, Ask::new(verb, resource, &ns)).await {
                 yes.insert(ns);
             }
         }
@@ -102,17 +194,5 @@ impl Access {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_review_asks_about_baton_resources_in_one_namespace() {
-        let r = review(&Ask::new("patch", "runners", "ci"));
-        let a = r.spec.resource_attributes.unwrap_or_default();
-        assert_eq!(a.group.as_deref(), Some("baton.dev"));
-        assert_eq!(a.resource.as_deref(), Some("runners"));
-        assert_eq!(a.verb.as_deref(), Some("patch"));
-        assert_eq!(a.namespace.as_deref(), Some("ci"));
-        assert!(r.spec.non_resource_attributes.is_none());
-    }
-}
+#[path = "access_tests.rs"]
+mod tests;

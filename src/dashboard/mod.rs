@@ -7,7 +7,10 @@
 //! - [`live`]: watch caches of Runners and Jobs (and a Job page's Events) opened
 //!   with the user's client; pages follow them over server-sent events.
 //! - [`logs`]: a step's log relayed from the controller's user log route.
-//! - [`access`]: SelfSubjectAccessReviews decide which buttons are drawn.
+//! - [`access`]: SelfSubjectAccessReviews decide which buttons are drawn
+//!   (SubjectAccessReviews, for a proxied user, which rows too).
+//! - [`proxy_user`]: behind a proxy that names each user, acting as that user:
+//!   its headers checked, changes made by impersonation.
 //! - [`actions`]: the buttons' changes, through the plugin's own functions.
 //! - [`guard`]: the Host check (DNS rebinding) and the CSRF check.
 //! - [`routes`]: the warp routes; the assets are compiled in (`include_str!`).
@@ -20,6 +23,7 @@ pub mod html;
 pub mod job_page;
 pub mod live;
 pub mod logs;
+pub mod proxy_user;
 pub mod routes;
 pub mod rows;
 pub mod state;

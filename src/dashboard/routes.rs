@@ -12,6 +12,9 @@
 //! | `POST /api/jobs/NS/NAME/cancel` | `spec.cancel: true` |
 //! | `GET /static/app.{css,js}` | the assets, compiled into the binary |
 //! | `GET /livez`, `GET /readyz` | the process serves; both watch caches listed once |
+//!
+//! With `--proxy-user-header`, every route but the probes and the assets first
+//! takes whom it acts as from the proxy's headers (401 without a user).
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -24,6 +27,7 @@ use warp::{Filter, Reply};
 
 use super::guard::{self, refusal};
 use super::html::{self, Shell};
+use super::proxy_user::{self, Who};
 use super::rows::{JobFilter, RunnerAction};
 use super::state::{self, Dash};
 use super::{actions, live, logs};
@@ -40,36 +44,45 @@ const SETTLE: Duration = Duration::from_millis(150);
 /// All routes.
 pub fn routes(d: Arc<Dash>) -> impl Filter<Extract = (Response,), Error = Infallible> + Clone {
     let with = || with_dash(d.clone());
+    // Whom the request acts as: refused (401) behind a proxy that names no user.
+    let who = || proxy_user::who(d.proxy.clone());
     let index = warp::path::end()
         .and(warp::get())
         .and(warp::query::<JobFilter>())
+        .and(who())
         .and(with())
         .then(index);
     let lists_live = warp::path!("live")
         .and(warp::get())
         .and(warp::query::<JobFilter>())
+        .and(who())
         .and(with())
         .map(lists_live);
     let job_page = warp::path!("jobs" / String / String)
         .and(warp::get())
+        .and(who())
         .and(with())
         .then(job_page);
     let job_live = warp::path!("live" / "jobs" / String / String)
         .and(warp::get())
+        .and(who())
         .and(with())
-        .map(job_live);
+        .then(job_live);
     let logs = warp::path!("live" / "logs" / String / String / String)
         .and(warp::get())
         .and(warp::header::optional::<u64>("last-event-id"))
+        .and(who())
         .and(with())
-        .map(logs_live);
+        .then(logs_live);
     let runner_action = warp::path!("api" / "runners" / String / String / String)
         .and(warp::post())
+        .and(who())
         .and(guard::change(d.guard.clone()))
         .and(with())
         .then(runner_action);
     let cancel = warp::path!("api" / "jobs" / String / String / "cancel")
         .and(warp::post())
+        .and(who())
         .and(guard::change(d.guard.clone()))
         .and(with())
         .then(cancel);
@@ -160,9 +173,9 @@ fn query(f: &JobFilter) -> String {
     q.finish()
 }
 
-async fn index(filter: JobFilter, d: Arc<Dash>) -> Response {
+async fn index(filter: JobFilter, who: Who, d: Arc<Dash>) -> Response {
     d.live.ready(Duration::from_secs(5)).await;
-    let (runners, jobs) = state::lists(&d, &filter).await;
+    let (runners, jobs) = state::lists(&d, &who, &filter).await;
     let live = format!("/live?{}", query(&filter));
     page(
         &d,
@@ -172,10 +185,10 @@ async fn index(filter: JobFilter, d: Arc<Dash>) -> Response {
     )
 }
 
-async fn job_page(ns: String, name: String, d: Arc<Dash>) -> Response {
+async fn job_page(ns: String, name: String, who: Who, d: Arc<Dash>) -> Response {
     d.live.ready(Duration::from_secs(5)).await;
     let live = format!("/live/jobs/{}/{}", html::segment(&ns), html::segment(&name));
-    let body = match state::job(&d, &ns, &name, &[]).await {
+    let body = match state::job(&d, &who, &ns, &name, &[]).await {
         Some(b) => format!(
             r#"<div id="job" class="live">{b}</div>{}"#,
             state::job_logs(&d, &ns, &name)
@@ -203,12 +216,12 @@ fn readyz(d: Arc<Dash>) -> Response {
     refusal(StatusCode::SERVICE_UNAVAILABLE, "NotReady", &why)
 }
 
-fn lists_live(filter: JobFilter, d: Arc<Dash>) -> Response {
+fn lists_live(filter: JobFilter, who: Who, d: Arc<Dash>) -> Response {
     let ticks = d.live.changes().boxed();
     let render = move |d: Arc<Dash>| {
-        let filter = filter.clone();
+        let (filter, who) = (filter.clone(), who.clone());
         async move {
-            let (r, j) = state::lists(&d, &filter).await;
+            let (r, j) = state::lists(&d, &who, &filter).await;
             vec![("runners", r), ("jobs", j)]
         }
         .boxed()
@@ -216,14 +229,24 @@ fn lists_live(filter: JobFilter, d: Arc<Dash>) -> Response {
     sse(updates(d, ticks, render))
 }
 
-fn job_live(ns: String, name: String, d: Arc<Dash>) -> Response {
-    let (events, event_ticks) = live::job_events(&d.client, &ns, &name);
+async fn job_live(ns: String, name: String, who: Who, d: Arc<Dash>) -> Response {
+    // A proxied user sees the Events only where they may list them.
+    let (events, event_ticks) = if d.sees(&who, "list", "events", &ns).await {
+        let (store, ticks) = live::job_events(&d.client, &ns, &name);
+        (Some(store), ticks.boxed())
+    } else {
+        (None, futures::stream::pending().boxed())
+    };
     let ticks = futures::stream::select(d.live.changes(), event_ticks).boxed();
     let render = move |d: Arc<Dash>| {
-        let (ns, name, events) = (ns.clone(), name.clone(), events.clone());
+        let (ns, name, events, who) = (ns.clone(), name.clone(), events.clone(), who.clone());
         async move {
-            let evs: Vec<_> = events.state().iter().map(|e| (**e).clone()).collect();
-            let body = state::job(&d, &ns, &name, &evs).await;
+            let evs: Vec<_> = events
+                .iter()
+                .flat_map(|s| s.state())
+                .map(|e| (*e).clone())
+                .collect();
+            let body = state::job(&d, &who, &ns, &name, &evs).await;
             vec![(
                 "job",
                 body.unwrap_or_else(|| state::job_missing(&ns, &name)),
@@ -234,11 +257,24 @@ fn job_live(ns: String, name: String, d: Arc<Dash>) -> Response {
     sse(updates(d, ticks, render))
 }
 
-fn logs_live(ns: String, name: String, step: String, from: Option<u64>, d: Arc<Dash>) -> Response {
+async fn logs_live(
+    ns: String,
+    name: String,
+    step: String,
+    from: Option<u64>,
+    who: Who,
+    d: Arc<Dash>,
+) -> Response {
     let Some(client) = d.logs.clone() else {
         let m = "this dashboard reads no logs: start it with --server and --token";
         return refusal(StatusCode::NOT_FOUND, "LogsUnavailable", m);
     };
+    // The relay reads with the dashboard's token: a proxied user must be allowed
+    // to get the Job first.
+    if !d.sees(&who, "get", "jobs", &ns).await {
+        let m = format!("you may not get Jobs in namespace {ns}");
+        return refusal(StatusCode::FORBIDDEN, "Forbidden", &m);
+    }
     sse(logs::follow(client, ns, name, step, from.unwrap_or(0)))
 }
 
@@ -313,16 +349,30 @@ impl<T> Stream for SyncStream<T> {
     }
 }
 
-async fn runner_action(ns: String, name: String, action: String, d: Arc<Dash>) -> Response {
+async fn runner_action(
+    ns: String,
+    name: String,
+    action: String,
+    who: Who,
+    d: Arc<Dash>,
+) -> Response {
     let Some(action) = RunnerAction::parse(&action) else {
         let m = format!("no runner action {action}");
         return refusal(StatusCode::NOT_FOUND, "UnknownAction", &m);
     };
-    answer(actions::runner(d.client.clone(), &ns, &name, action).await)
+    let client = match d.client_for(&who) {
+        Ok(c) => c,
+        Err(e) => return answer(Err(e)),
+    };
+    answer(actions::runner(client, &ns, &name, action).await)
 }
 
-async fn cancel(ns: String, name: String, d: Arc<Dash>) -> Response {
-    answer(actions::cancel(d.client.clone(), &ns, &name).await)
+async fn cancel(ns: String, name: String, who: Who, d: Arc<Dash>) -> Response {
+    let client = match d.client_for(&who) {
+        Ok(c) => c,
+        Err(e) => return answer(Err(e)),
+    };
+    answer(actions::cancel(client, &ns, &name).await)
 }
 
 /// 200 `{message}`, or the API server's refusal passed on (403, 404, 409, …).
@@ -355,3 +405,7 @@ pub async fn serve(d: Arc<Dash>, listener: tokio::net::TcpListener) {
 #[cfg(test)]
 #[path = "routes_tests.rs"]
 mod tests;
+
+#[cfg(test)]
+#[path = "routes_proxy_tests.rs"]
+mod proxy_tests;

@@ -48,6 +48,7 @@ fn dash_lists(lists_ok: bool) -> (Arc<Dash>, mpsc::UnboundedReceiver<Seen>) {
         guard: Arc::new(Guard::new(addr, &[], TOKEN.into())),
         scope: "namespace ci".into(),
         logs: None,
+        proxy: None,
         client,
     };
     (Arc::new(d), seen)

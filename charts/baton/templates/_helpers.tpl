@@ -288,3 +288,10 @@ app.kubernetes.io/part-of: baton
 {{- default "default" .Values.dashboard.serviceAccount.name }}
 {{- end }}
 {{- end }}
+
+{{/* "true" when the dashboard relays logs: dashboard.logs.enabled, or (null, the
+default) exactly when it acts as proxied users, who are then checked per Job. */}}
+{{- define "baton.dashboardLogs" -}}
+{{- $d := .Values.dashboard }}
+{{- and $d.enabled (ternary (not (empty $d.proxyUserHeader)) $d.logs.enabled (kindIs "invalid" $d.logs.enabled)) }}
+{{- end }}
