@@ -68,8 +68,8 @@ impl Coalesce {
         out
     }
 
-    /// The run ended: a held step end rides on the final report (`None` if the
-    /// final report carries a step of its own, which then goes first). A held
+    /// The run ended: the held step end, to ride on the final report (the sink
+    /// posts it first instead if that report carries a step of its own). A held
     /// `Running` is dropped: the end supersedes it.
     pub fn finish(&mut self) -> Option<StepStatus> {
         self.phase = None;
