@@ -70,16 +70,11 @@ pub fn helper_pod(target: &JobTarget, purpose: &str, nonce: &str, node: Option<&
         ..Default::default()
     };
     let mut spec = PodSpec {
-        restart_policy: Some("Never".into()),
-        automount_service_account_token: Some(false),
-        enable_service_links: Some(false),
         active_deadline_seconds: Some(HOLD_SECONDS + 60),
         termination_grace_period_seconds: Some(5),
-        security_context: Some(pod::pod_security(target)),
-        image_pull_secrets: target.image_pull_secrets.clone(),
         containers: vec![container],
         volumes: volumes.map(|v| vec![v]),
-        ..Default::default()
+        ..pod::base_spec(target)
     };
     shape::place(&mut spec, &template, node);
     Pod {

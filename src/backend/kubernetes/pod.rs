@@ -213,6 +213,19 @@ pub fn workspace_volume(target: &JobTarget) -> Option<(Volume, VolumeMount)> {
 
 /// Every pod of the Job runs as the same non-root user, so each can write what
 /// the others left in the workspace.
+/// What every pod of a Job shares (step pods and workspace helpers): run once,
+/// no API token, no service links, the Job's uid and pull secrets.
+pub fn base_spec(target: &JobTarget) -> PodSpec {
+    PodSpec {
+        restart_policy: Some("Never".into()),
+        automount_service_account_token: Some(false),
+        enable_service_links: Some(false),
+        security_context: Some(pod_security(target)),
+        image_pull_secrets: target.image_pull_secrets.clone(),
+        ..Default::default()
+    }
+}
+
 pub fn pod_security(target: &JobTarget) -> PodSecurityContext {
     PodSecurityContext {
         run_as_non_root: Some(true),
@@ -291,15 +304,10 @@ pub fn step_pod(
     };
 
     let mut spec = PodSpec {
-        restart_policy: Some("Never".into()),
-        automount_service_account_token: Some(false),
-        enable_service_links: Some(false),
-        security_context: Some(pod_security(target)),
         init_containers: Some(vec![init]),
-        image_pull_secrets: target.image_pull_secrets.clone(),
         containers: vec![container],
         volumes: Some(volumes),
-        ..Default::default()
+        ..base_spec(target)
     };
     shape::place(&mut spec, &template, node);
     shape::add_hosts(&mut spec, attempt.hosts);
