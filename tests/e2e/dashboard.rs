@@ -115,21 +115,35 @@ impl Session {
             .with_context(|| format!("the page never showed {css}"))
     }
 
-    /// Click the element `css` once the page shows it. A live update may swap
-    /// the element between finding and clicking it (a stale reference): then it
-    /// is found again, as a user would click the new button.
+    /// Click the element `css` once the page shows it.
     async fn click(&self, css: &str) -> anyhow::Result<()> {
+        self.on_fresh(css, |e| async move { e.click().await }).await
+    }
+
+    /// The text of the element `css` once the page shows it.
+    async fn text(&self, css: &str) -> anyhow::Result<String> {
+        self.on_fresh(css, |e| async move { e.text().await }).await
+    }
+
+    /// Act on the element `css` once the page shows it. A live update may swap
+    /// the element between finding and acting on it (a stale reference): then it
+    /// is found again, as a user would click or read the new one.
+    async fn on_fresh<T, F, Fut>(&self, css: &str, act: F) -> anyhow::Result<T>
+    where
+        F: Fn(fantoccini::elements::Element) -> Fut,
+        Fut: std::future::Future<Output = Result<T, fantoccini::error::CmdError>>,
+    {
         let deadline = tokio::time::Instant::now() + LIVE;
         loop {
-            match self.shows(css).await?.click().await {
-                Ok(()) => return Ok(()),
+            match act(self.shows(css).await?).await {
+                Ok(done) => return Ok(done),
                 Err(e)
                     if e.to_string().contains("stale element")
                         && tokio::time::Instant::now() < deadline =>
                 {
                     tokio::time::sleep(Duration::from_millis(100)).await;
                 }
-                Err(e) => return Err(anyhow::Error::from(e).context(format!("click {css}"))),
+                Err(e) => return Err(anyhow::Error::from(e).context(format!("on {css}"))),
             }
         }
     }
@@ -269,12 +283,7 @@ async fn a_jobs_graph_shows_each_steps_phase_and_its_cancel_button_cancels_it() 
             ))
             .await?;
         }
-        let exit = s
-            .browser
-            .find(Locator::Css(r#"tr[data-step="a"] td:nth-of-type(2)"#))
-            .await?
-            .text()
-            .await?;
+        let exit = s.text(r#"tr[data-step="a"] td:nth-of-type(2)"#).await?;
         ensure!(exit == "0", "step a's exit code: {exit:?}");
         s.screenshot("dashboard-job.png").await?;
 
@@ -284,12 +293,7 @@ async fn a_jobs_graph_shows_each_steps_phase_and_its_cancel_button_cancels_it() 
         let first = s.log_lines(log, 1).await?;
         let later = s.log_lines(log, first + 5).await?;
         ensure!(later > first, "the log grew: {first} -> {later}");
-        let text = s
-            .browser
-            .find(Locator::Css(&format!("{log} .line:last-child")))
-            .await?
-            .text()
-            .await?;
+        let text = s.text(&format!("{log} .line:last-child")).await?;
         ensure!(text.contains("tick"), "the last line: {text:?}");
         s.shows(&format!(r##"{log} #L-slow-1 a.ln[href="#L-slow-1"]"##))
             .await?;
