@@ -315,6 +315,10 @@ pub struct Upkeep {
 
 /// The pure upkeep of one namespace's queue: `queue` in queue order, `decided`
 /// its [`decisions`], `shown` what each Job shows (same order).
+///
+/// A Job the plan assigns is leaving the queue: it gets no position (its
+/// reconcile assigns it; a position written first would be one more request per
+/// Job, and a stale one), and the Jobs behind it move up at once.
 pub fn upkeep(
     queue: &[Queued],
     decided: &[Decision],
@@ -322,16 +326,31 @@ pub fn upkeep(
     runners: &[RunnerView],
 ) -> Upkeep {
     let mut out = Upkeep::default();
-    for (i, ((job, decision), shown)) in queue.iter().zip(decided).zip(shown).enumerate() {
-        let position = i32::try_from(i + 1).unwrap_or(i32::MAX);
-        if shown.position != Some(position) {
-            out.positions.push((job.name.clone(), position));
-        }
+    let mut ahead: usize = 0;
+    for ((job, decision), shown) in queue.iter().zip(decided).zip(shown) {
         if needs_reconcile(job, decision, shown, runners) {
             out.kick.push(job.name.clone());
         }
+        if leaves_queue(job, decision) {
+            continue;
+        }
+        ahead += 1;
+        let position = i32::try_from(ahead).unwrap_or(i32::MAX);
+        if shown.position != Some(position) {
+            out.positions.push((job.name.clone(), position));
+        }
     }
     out
+}
+
+/// An on-demand Job, planned without its pod: only its own runner says it can go.
+fn on_demand(job: &Queued) -> bool {
+    job.selector.is_none() && job.runner_name.is_none() && job.invalid.is_none()
+}
+
+/// The plan hands this Job to a runner it can use now.
+fn leaves_queue(job: &Queued, decision: &Decision) -> bool {
+    matches!(decision, Decision::Assign { .. }) && !on_demand(job)
 }
 
 fn needs_reconcile(
@@ -340,10 +359,8 @@ fn needs_reconcile(
     shown: &Shown,
     runners: &[RunnerView],
 ) -> bool {
-    let on_demand = job.selector.is_none() && job.runner_name.is_none() && job.invalid.is_none();
     match decision {
-        // Planned without its pod, so only its own runner says it can go.
-        _ if on_demand => runners
+        _ if on_demand(job) => runners
             .iter()
             .any(|r| r.usable && r.free > 0 && r.on_demand_for.as_deref() == Some(&job.uid)),
         Decision::Assign { .. } => true,

@@ -210,6 +210,44 @@ fn positions_are_written_only_where_they_differ() {
 }
 
 #[test]
+fn a_job_the_plan_assigns_gets_no_position_and_those_behind_move_up() {
+    let queue = vec![
+        job("j1", 0, 0, pool("a")),
+        job("j2", 0, 1, pool("a")),
+        job("j3", 0, 2, pool("a")),
+    ];
+    let runners = [runner("r1", "a", 1)];
+    let decided = decisions(&queue, &runners);
+    assert!(matches!(decided[0], Decision::Assign { .. }), "{decided:?}");
+    let Decision::Wait { reason, message } = &decided[1] else {
+        panic!("{decided:?}")
+    };
+    let was = |position| Shown {
+        position: Some(position),
+        waiting: Some(((*reason).to_owned(), message.clone())),
+    };
+    let todo = upkeep(&queue, &decided, &[was(1), was(2), was(3)], &runners);
+    assert_eq!(todo.kick, ["j1"], "j1 goes to r1");
+    assert_eq!(
+        todo.positions,
+        [("j2".into(), 1), ("j3".into(), 2)],
+        "j1 keeps what it shows (its assignment clears it); j2 and j3 move up"
+    );
+    let fresh = Shown::default();
+    let todo = upkeep(
+        &queue,
+        &decided,
+        &[fresh.clone(), fresh.clone(), fresh],
+        &runners,
+    );
+    assert!(
+        !todo.positions.iter().any(|(name, _)| name == "j1"),
+        "a Job assigned on sight is never given a position: {:?}",
+        todo.positions
+    );
+}
+
+#[test]
 fn upkeep_reconciles_jobs_whose_decision_changed() {
     let mut queue = vec![
         job("goes", 5, 0, pool("a")),
