@@ -150,6 +150,71 @@ async fn assignments_are_listed_for_their_runner_only() {
     }
 }
 
+/// The fixture's API server is down: a claim answered 200 was answered from the
+/// cache; one that needs the stored Job gets 503.
+#[tokio::test]
+async fn a_first_claim_is_answered_from_the_cache_and_a_resume_reads_the_stored_job() {
+    let mut f = fixture("claim-cache");
+    f.job("fresh", "r1", 1, JobPhase::Assigned);
+    f.job("resumed", "r1", 1, JobPhase::Running);
+    f.job("moved", "r1", 2, JobPhase::Assigned);
+    f.job("other", "r2", 1, JobPhase::Assigned);
+    let cached = f
+        .state
+        .jobs
+        .get(&reflector::ObjectRef::new("resumed").within("ns"));
+    let mut resumed = Job::clone(&cached.unwrap());
+    resumed.status.as_mut().unwrap().steps = vec![crate::crd::job::StepStatus {
+        name: "s".into(),
+        phase: crate::crd::job::StepPhase::Running,
+        ..Default::default()
+    }];
+    f.jobs.apply_watcher_event(&Event::Apply(resumed));
+    let routes = routes(f.state.clone());
+    let claim = |job: &str, epoch: i64| {
+        warp::test::request()
+            .method("POST")
+            .path(&format!("/v1/jobs/ns/{job}/claim"))
+            .header("authorization", "Bearer tok-r1")
+            .header("content-type", "application/json")
+            .body(format!(r#"{{"runner":"r1","epoch":{epoch}}}"#))
+            .reply(&routes)
+    };
+    let res = claim("fresh", 1).await;
+    assert_eq!(res.status(), 200, "{:?}", res.body());
+    let got: crate::protocol::jobs::ClaimResponse = serde_json::from_slice(res.body()).unwrap();
+    assert_eq!(
+        (got.name.as_str(), got.uid.as_str(), got.epoch),
+        ("fresh", "uid-fresh", 1)
+    );
+    assert_eq!(got.spec.steps[0].name, "s");
+    assert!(got.steps.is_empty() && got.start_time.is_none());
+    for (job, epoch, why) in [
+        (
+            "resumed",
+            1,
+            "a step was recorded Running: the run resumes from the stored Job",
+        ),
+        (
+            "moved",
+            1,
+            "the cache shows a later epoch: the stored Job decides",
+        ),
+        (
+            "other",
+            1,
+            "the cache shows another runner: the stored Job decides",
+        ),
+    ] {
+        let res = claim(job, epoch).await;
+        assert_eq!(
+            (res.status().as_u16(), reason(res.body()).as_str()),
+            (503, "Unavailable"),
+            "{job}: {why}"
+        );
+    }
+}
+
 #[tokio::test]
 async fn log_appends_are_fenced_idempotent_and_gap_free() {
     let mut f = fixture("append");
