@@ -1,29 +1,52 @@
-//! Kubernetes Events, one per transition: on Jobs (queued with a new reason,
-//! assigned, started, ended), Runners (adoption, decommission) and RunnerTokens
-//! (minted, expired). One [`Events`] per process, shared by every reconciler and
-//! the runner API, so kube-runtime's Recorder can fold repeats into a series.
-//! Publishing is best effort: a failure is logged, never fails the request or
-//! the reconcile that caused it.
+//! Kubernetes Events (`events.k8s.io/v1`), one per transition: on Jobs (queued
+//! with a new reason, assigned, started, ended), Runners (adoption,
+//! decommission) and RunnerTokens (minted, expired). One [`Events`] per process,
+//! shared by every reconciler and the runner API, so a repeat of the same Event
+//! on the same object folds into the first one's series (one patch, as
+//! client-go's recorder does). Publishing is best effort: a failure is logged,
+//! never fails the request or the reconcile that caused it.
+//!
+//! Why not kube-runtime's `Recorder`: it keys an Event by the whole object
+//! reference, resourceVersion included, so the Events of a Job (each after a
+//! status write) never fold; and it holds every Event of the last six minutes
+//! and scans them all on each publish: at a thousand Jobs a minute, tens of
+//! thousands held and scanned per Event. [`Recent`] is bounded and O(1).
 
-use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::events::v1::{Event, EventSeries};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::{Client, Resource};
 use tracing::warn;
 
-/// The process's Event recorder (cheap to clone: clones share its series cache).
+/// Who reports the Events.
+const CONTROLLER: &str = "baton-controller";
+/// A repeat this soon after the last one joins its series.
+pub const SERIES_WINDOW: Duration = Duration::from_secs(6 * 60);
+/// Events remembered for folding, at most (client-go's recorder keeps 4,096).
+pub const REMEMBERED: usize = 4096;
+/// `note` may hold at most this many bytes (the API server's limit).
+const NOTE_MAX: usize = 1024;
+
+/// The process's Event publisher (cheap to clone: clones share [`Recent`]).
 #[derive(Clone)]
 pub struct Events {
-    recorder: Recorder,
+    client: Client,
+    instance: String,
+    recent: Arc<Mutex<Recent>>,
 }
 
 impl Events {
     /// Events reported by `baton-controller` (instance: `$POD_NAME`, when set).
     pub fn new(client: Client) -> Self {
-        let reporter = Reporter {
-            controller: "baton-controller".into(),
-            instance: std::env::var("POD_NAME").ok(),
-        };
         Self {
-            recorder: Recorder::new(client, reporter),
+            client,
+            instance: std::env::var("POD_NAME").unwrap_or_else(|_| CONTROLLER.to_owned()),
+            recent: Arc::default(),
         }
     }
 
@@ -32,19 +55,225 @@ impl Events {
     where
         K: Resource<DynamicType = ()>,
     {
-        let ev = Event {
-            type_: if warning {
-                EventType::Warning
-            } else {
-                EventType::Normal
-            },
+        let regarding = obj.object_ref(&());
+        let ns = regarding
+            .namespace
+            .clone()
+            .unwrap_or_else(|| "default".into());
+        let key = Key {
+            uid: regarding.uid.clone().unwrap_or_default(),
+            warning,
             reason: reason.to_owned(),
-            note: Some(note),
-            action: reason.to_owned(),
-            secondary: None,
+            note: clip(note),
         };
-        if let Err(e) = self.recorder.publish(&ev, &obj.object_ref(&())).await {
+        let api: Api<Event> = Api::namespaced(self.client.clone(), &ns);
+        let repeat = self.recent().repeat(&key, Instant::now());
+        let done = match repeat {
+            Some((name, count)) => api
+                .patch(&name, &PatchParams::default(), &Patch::Merge(series(count)))
+                .await
+                .map(drop),
+            None => {
+                let event = self.event(&key, regarding, &ns);
+                let created = api.create(&PostParams::default(), &event).await;
+                created.map(|e| {
+                    let name = e.metadata.name.unwrap_or_default();
+                    self.recent().created(key.clone(), name, Instant::now());
+                })
+            }
+        };
+        if let Err(e) = done {
+            self.recent().forget(&key);
             warn!(kind = %K::kind(&()), name = ?obj.meta().name, reason, "publish an event: {e}");
         }
+    }
+
+    fn recent(&self) -> std::sync::MutexGuard<'_, Recent> {
+        self.recent.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn event(
+        &self,
+        key: &Key,
+        regarding: k8s_openapi::api::core::v1::ObjectReference,
+        ns: &str,
+    ) -> Event {
+        let now = Timestamp::now();
+        let object = regarding.name.clone().unwrap_or_else(|| CONTROLLER.into());
+        Event {
+            metadata: ObjectMeta {
+                name: Some(format!("{object}.{:x}", now.as_nanosecond())),
+                namespace: Some(ns.to_owned()),
+                ..Default::default()
+            },
+            action: Some(key.reason.clone()),
+            reason: Some(key.reason.clone()),
+            note: Some(key.note.clone()),
+            event_time: Some(MicroTime(now)),
+            regarding: Some(regarding),
+            reporting_controller: Some(CONTROLLER.into()),
+            reporting_instance: Some(self.instance.clone()),
+            type_: Some(if key.warning { "Warning" } else { "Normal" }.into()),
+            ..Default::default()
+        }
+    }
+}
+
+/// The patch that counts one more occurrence of an Event.
+fn series(count: i32) -> serde_json::Value {
+    let series = EventSeries {
+        count,
+        last_observed_time: MicroTime(Timestamp::now()),
+    };
+    serde_json::json!({ "series": series })
+}
+
+/// `note` cut to the API server's limit, at a character boundary.
+fn clip(mut note: String) -> String {
+    if note.len() > NOTE_MAX {
+        let mut end = NOTE_MAX - '…'.len_utf8();
+        while !note.is_char_boundary(end) {
+            end -= 1;
+        }
+        note.truncate(end);
+        note.push('…');
+    }
+    note
+}
+
+/// What makes two Events the same: the object (by uid), type, reason and note.
+#[derive(Clone, Debug, Hash, PartialEq, Eq)]
+pub struct Key {
+    pub uid: String,
+    pub warning: bool,
+    pub reason: String,
+    pub note: String,
+}
+
+/// An Event published lately: its name, how often, when last.
+#[derive(Debug)]
+struct Seen {
+    name: String,
+    count: i32,
+    last: Instant,
+}
+
+/// The Events published within [`SERIES_WINDOW`], at most [`REMEMBERED`].
+#[derive(Debug, Default)]
+pub struct Recent {
+    seen: HashMap<Key, Seen>,
+}
+
+impl Recent {
+    /// A repeat of a remembered Event: its name and new count (counted now).
+    /// `None`: a new Event is to be created.
+    pub fn repeat(&mut self, key: &Key, now: Instant) -> Option<(String, i32)> {
+        let seen = self.seen.get_mut(key)?;
+        if now.duration_since(seen.last) > SERIES_WINDOW {
+            self.seen.remove(key);
+            return None;
+        }
+        seen.count = seen.count.saturating_add(1);
+        seen.last = now;
+        Some((seen.name.clone(), seen.count))
+    }
+
+    /// A new Event was created under `name`. When full, the Events past the
+    /// window go; still full, all go (a repeat then starts a new Event).
+    pub fn created(&mut self, key: Key, name: String, now: Instant) {
+        if self.seen.len() >= REMEMBERED {
+            self.seen
+                .retain(|_, s| now.duration_since(s.last) <= SERIES_WINDOW);
+            if self.seen.len() >= REMEMBERED {
+                self.seen.clear();
+            }
+        }
+        let seen = Seen {
+            name,
+            count: 1,
+            last: now,
+        };
+        self.seen.insert(key, seen);
+    }
+
+    /// Publishing failed: the next one starts afresh.
+    pub fn forget(&mut self, key: &Key) {
+        self.seen.remove(key);
+    }
+
+    pub fn len(&self) -> usize {
+        self.seen.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.seen.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(uid: &str, note: &str) -> Key {
+        Key {
+            uid: uid.into(),
+            warning: false,
+            reason: "Waiting".into(),
+            note: note.into(),
+        }
+    }
+
+    #[test]
+    fn a_repeat_within_the_window_joins_the_series_and_a_late_one_starts_anew() {
+        let mut r = Recent::default();
+        let t0 = Instant::now();
+        let k = key("u1", "no runner");
+        assert_eq!(r.repeat(&k, t0), None);
+        r.created(k.clone(), "j.1".into(), t0);
+        assert_eq!(
+            r.repeat(&k, t0 + Duration::from_secs(1)),
+            Some(("j.1".into(), 2))
+        );
+        assert_eq!(
+            r.repeat(&k, t0 + Duration::from_secs(2)),
+            Some(("j.1".into(), 3))
+        );
+        assert_eq!(r.repeat(&key("u1", "other note"), t0), None, "another note");
+        assert_eq!(
+            r.repeat(&key("u2", "no runner"), t0),
+            None,
+            "another object"
+        );
+        let late = t0 + Duration::from_secs(2) + SERIES_WINDOW + Duration::from_secs(1);
+        assert_eq!(r.repeat(&k, late), None, "past the window: a new Event");
+        assert!(r.is_empty(), "and the old one is forgotten");
+    }
+
+    #[test]
+    fn it_holds_at_most_remembered_events() {
+        let mut r = Recent::default();
+        let t0 = Instant::now();
+        for i in 0..REMEMBERED {
+            r.created(key(&format!("u{i}"), "n"), format!("e{i}"), t0);
+        }
+        assert_eq!(r.len(), REMEMBERED);
+        let later = t0 + SERIES_WINDOW + Duration::from_secs(1);
+        r.created(key("new", "n"), "new".into(), later);
+        assert_eq!(r.len(), 1, "the full map dropped what was past the window");
+        for i in 0..REMEMBERED {
+            r.created(key(&format!("v{i}"), "n"), format!("f{i}"), later);
+        }
+        assert!(r.len() <= REMEMBERED, "{}", r.len());
+        r.forget(&key("v4095", "n"));
+        assert_eq!(r.repeat(&key("v4095", "n"), later), None);
+    }
+
+    #[test]
+    fn a_long_note_is_clipped_at_a_character_boundary() {
+        assert_eq!(clip("short".into()), "short");
+        let long = "é".repeat(NOTE_MAX);
+        let clipped = clip(long);
+        assert!(clipped.len() <= NOTE_MAX, "{}", clipped.len());
+        assert!(clipped.ends_with('…'));
     }
 }
