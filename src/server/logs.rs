@@ -243,6 +243,27 @@ impl LogStore {
             .clone()
     }
 
+    /// An append to `key` is done: its lock goes unless another append holds or
+    /// waits for it, so the map holds only the logs being appended to (it grew
+    /// by one entry per step ever logged).
+    fn unlock(&self, key: &LogKey) {
+        let mut locks = self
+            .locks
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if locks.get(key).is_some_and(|l| Arc::strong_count(l) == 1) {
+            locks.remove(key);
+        }
+    }
+
+    /// Logs with an append in progress (a figure for tests).
+    pub fn appending(&self) -> usize {
+        self.locks
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .len()
+    }
+
     /// The logical length of a step's log: bytes the runner sent, stored or dropped.
     pub async fn length(&self, key: &LogKey) -> Result<u64, LogError> {
         let lp = self.length_path(key)?;
@@ -266,8 +287,23 @@ impl LogStore {
         offset: u64,
         bytes: &[u8],
     ) -> Result<Appended, LogError> {
-        let lock = self.lock(key);
-        let _held = lock.lock().await;
+        let held = self.lock(key).lock_owned().await;
+        let appended = self.append_held(key, offset, bytes).await;
+        drop(held);
+        self.unlock(key);
+        if appended.as_ref().is_ok_and(|a| a.accepted > 0) {
+            self.changes.send_modify(|n| *n = n.wrapping_add(1));
+        }
+        appended
+    }
+
+    /// [`Self::append`], its step's lock held.
+    async fn append_held(
+        &self,
+        key: &LogKey,
+        offset: u64,
+        bytes: &[u8],
+    ) -> Result<Appended, LogError> {
         let stored = self.length(key).await?;
         if offset > stored {
             return Err(LogError::Gap { offset, stored });
@@ -313,8 +349,6 @@ impl LogStore {
                 .map_err(io("write log length", &lp))?;
         }
         file.flush().await.map_err(io("flush log", &dp))?;
-        drop(_held);
-        self.changes.send_modify(|n| *n = n.wrapping_add(1));
         Ok(Appended {
             length: end,
             accepted: new.len() as u64,

@@ -237,3 +237,36 @@ async fn a_finished_log_is_read_from_the_archive_by_a_replica_that_never_held_it
     let alone = LogStore::new(tmp("archive-alone"), 1024);
     assert!(read_all(&alone, &k, 0).await.is_empty());
 }
+
+#[tokio::test]
+async fn concurrent_appends_keep_order_and_leave_no_lock_behind() {
+    let root = tmp("locks");
+    let store = Arc::new(LogStore::new(&root, 1 << 20));
+    let appends = (0..50u64).map(|i| {
+        let store = store.clone();
+        tokio::spawn(async move {
+            let k = key(&format!("s{}", i % 5));
+            // Each step's ten appends race: one that lost (its offset taken,
+            // so nothing accepted) tries again at the new end.
+            let line = b"0123456789";
+            loop {
+                let at = store.length(&k).await.unwrap();
+                if store.append(&k, at, line).await.unwrap().accepted > 0 {
+                    break;
+                }
+            }
+        })
+    });
+    for a in futures::future::join_all(appends).await {
+        a.unwrap();
+    }
+    for s in 0..5 {
+        assert_eq!(store.length(&key(&format!("s{s}"))).await.unwrap(), 100);
+    }
+    assert_eq!(
+        store.appending(),
+        0,
+        "every step's lock went with its last append"
+    );
+    let _ = std::fs::remove_dir_all(root);
+}
