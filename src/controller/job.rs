@@ -34,6 +34,7 @@ pub mod board;
 mod decide;
 mod observe;
 mod queue;
+pub mod step_pods;
 pub use apply::apply;
 pub use decide::*;
 pub use observe::observe;
@@ -148,6 +149,16 @@ pub async fn reconcile(job: Arc<Job>, ctx: Arc<Context>) -> Result<Action, Error
         .and_then(|held| Reservation::take(&ctx.recent, held, &job, &plan));
     drop(recent);
     apply(&ctx, &job, plan, reserved).await
+}
+
+/// The leader's background work on Jobs: the queue's upkeep and the removal of
+/// finished Jobs' step pods, until `shutdown`.
+pub async fn upkeep(ctx: Arc<Context>, shutdown: impl Future<Output = ()> + Clone) {
+    futures::future::join(
+        board::run(ctx.clone(), shutdown.clone()),
+        step_pods::run(ctx, shutdown),
+    )
+    .await;
 }
 
 /// Triggers reconciles of other Jobs, and the queue's upkeep ([`board`]).

@@ -111,6 +111,8 @@ pub struct Context {
     pub keep_step_pods: bool,
     /// When each Runner's status was last written (`status.activeJobs` waits).
     pub runner_writes: runner::StatusWrites,
+    /// Finished Jobs' step pods, removed in batches.
+    pub step_pods: job::step_pods::StepPodCleanup,
     /// uids of finished Jobs whose step pods this process removed.
     pub cleaned: std::sync::Mutex<std::collections::HashSet<String>>,
     pub backoff: backoff::PerObject<runtime::ObjectKey>,
@@ -325,6 +327,7 @@ fn context(
         keep_step_pods: config.keep_step_pods,
         disconnected: std::sync::Mutex::default(),
         cleaned: std::sync::Mutex::default(),
+        step_pods: job::step_pods::StepPodCleanup::default(),
         runner_writes: runner::StatusWrites::default(),
         backoff: backoff::PerObject::new(Duration::from_millis(500), Duration::from_secs(300)),
         events,
@@ -443,7 +446,7 @@ pub async fn run(
             ctx.clone(),
             shutdown.clone(),
         ),
-        job::board::run(ctx.clone(), shutdown.clone()),
+        job::upkeep(ctx.clone(), shutdown.clone()),
     );
     sweep_logs(&ctx, scope.clone());
     sweep::spawn_upload_sweeps(ctx.jobs.clone(), ctx.store.clone(), config.upload_retention);

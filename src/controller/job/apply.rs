@@ -1,15 +1,15 @@
 //! Carry out a [`JobPlan`]: the status write first (at the resourceVersion read),
 //! and only once it lands what follows from it. No decisions here.
 
-use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod};
+use k8s_openapi::api::core::v1::PersistentVolumeClaim;
 use kube::ResourceExt;
-use kube::api::{Api, DeleteParams, ListParams};
+use kube::api::{Api, DeleteParams};
 use kube::runtime::controller::Action;
 use tracing::{info, warn};
 
 use super::Reservation;
 use super::decide::{AFTER_CONFLICT, CleanUp, JobPlan, Requeue, Tell};
-use crate::backend::kubernetes::{JobTarget, job_selector, workspace_claim_name};
+use crate::backend::kubernetes::{JobTarget, workspace_claim_name};
 use crate::controller::{Context, Error, on_demand};
 use crate::crd::Job;
 use crate::domain::job_write::{self, Written};
@@ -132,8 +132,9 @@ async fn archive_logs(ctx: &Context, job: &Job) {
     }
 }
 
-/// Delete a finished Job's step pods and workspace claim, once per process (its
-/// logs and status stay). A controller not allowed to is told once, in its log.
+/// A finished Job's step pods go with the next batch ([`super::step_pods`]),
+/// its workspace claim now; once per process (its logs and status stay). A
+/// controller not allowed to is told once, in its log.
 async fn remove_step_pods(ctx: &Context, job: &Job) -> Result<(), Error> {
     let (Some(ns), Some(uid)) = (job.namespace(), job.uid()) else {
         return Ok(());
@@ -141,33 +142,30 @@ async fn remove_step_pods(ctx: &Context, job: &Job) -> Result<(), Error> {
     if !ctx.clean_up_once(&uid) {
         return Ok(());
     }
-    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
-    let lp = ListParams::default().labels(&job_selector(&uid));
-    let claim = workspace_claim_name(&job.name_any(), &uid);
-    let claims: Api<PersistentVolumeClaim> = Api::namespaced(ctx.client.clone(), &ns);
+    ctx.step_pods.remove(&ns, &uid);
     // A claim exists only for a Job with a workspace (its own, or the default
     // one content and collecting steps bring): no call for the others.
     let has_claim = JobTarget::for_job(job).is_some_and(|t| t.workspace.is_some());
-    let gone = async {
-        pods.delete_collection(&DeleteParams::background(), &lp)
-            .await?;
-        if has_claim {
-            claims.delete(&claim, &DeleteParams::background()).await?;
-        }
-        Ok::<(), kube::Error>(())
-    };
-    match gone.await {
-        Ok(()) => info!("step pods and workspace of the finished Job removed"),
+    if !has_claim {
+        return Ok(());
+    }
+    let claims: Api<PersistentVolumeClaim> = Api::namespaced(ctx.client.clone(), &ns);
+    let claim = workspace_claim_name(&job.name_any(), &uid);
+    match claims.delete(&claim, &DeleteParams::background()).await {
+        Ok(_) => info!("the finished Job's workspace claim removed"),
         Err(kube::Error::Api(s)) if s.code == 404 => {}
         Err(kube::Error::Api(s)) if s.code == 403 => {
             warn!(
-                "not allowed to remove finished Jobs' step pods: {}",
+                "not allowed to remove finished Jobs' workspace claims: {}",
                 s.message
             );
         }
         Err(e) => {
             ctx.clean_up_again(&uid);
-            return Err(kube_err("remove the step pods of Job", job.name_any())(e));
+            return Err(kube_err(
+                "remove the workspace claim of Job",
+                job.name_any(),
+            )(e));
         }
     }
     Ok(())
