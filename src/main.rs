@@ -1,9 +1,10 @@
 //! The `baton` binary: parse arguments, start tracing, hand over to the library.
 
 /// jemalloc, not glibc's malloc: under the controller's load (many threads,
-/// Jobs decoded and dropped all the time) glibc's arenas held about twice the
-/// live heap (heaptrack, 3,000 finished + 300 running Jobs: 36.5 MiB peak heap).
-/// `make bench` at that scale: peak RSS 79.8 → 70.6 MiB, CPU 46 → 37 s.
+/// Jobs decoded and dropped all the time) glibc's arenas kept much of what was
+/// freed. `make bench`, 3,000 finished + 300 running Jobs (36.5 MiB peak heap
+/// by heaptrack): peak RSS 79.8 → 70.6 MiB, CPU 46 → 37 s
+/// (bench/results/2026-12-03-memory.md).
 #[global_allocator]
 static ALLOC: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
