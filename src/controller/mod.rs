@@ -29,7 +29,7 @@ use tracing::{info, warn};
 use crate::crd::{Job, Runner, RunnerToken};
 use crate::domain::challenge::Challenges;
 use crate::domain::scope::Scope;
-use crate::domain::{adoption, backoff};
+use crate::domain::{adoption, backoff, job_write};
 use crate::server::health::Readiness;
 use crate::server::hub::{Hub, RunnerKey};
 use crate::server::metrics::Metrics;
@@ -91,6 +91,8 @@ pub struct Context {
     pub tokens: Store<RunnerToken>,
     pub runners: Store<Runner>,
     pub jobs: Store<Job>,
+    /// Status writes landed that `jobs` does not show yet.
+    pub landed: Arc<job_write::Landed>,
     /// On-demand runner pods (labelled [`on_demand::JOB_LABEL`]).
     pub runner_pods: Store<Pod>,
     pub on_demand: on_demand::OnDemandConfig,
@@ -294,11 +296,13 @@ fn context(
 ) -> (Arc<Context>, ApiState, KickReceiver) {
     let metrics = Arc::new(Metrics::new());
     let events = crate::domain::events::Events::new(client.clone());
+    let landed = Arc::new(job_write::Landed::default());
     let state = ApiState {
         client: client.clone(),
         runners: caches.runners.0.clone(),
         tokens: caches.tokens.0.clone(),
         jobs: caches.jobs.0.clone(),
+        landed: landed.clone(),
         logs: logs.clone(),
         store: store.clone(),
         hub: hub.clone(),
@@ -316,6 +320,7 @@ fn context(
         tokens: caches.tokens.0.clone(),
         runners: caches.runners.0.clone(),
         jobs: caches.jobs.0.clone(),
+        landed,
         runner_pods: caches.runner_pods.0.clone(),
         on_demand: config.on_demand.clone(),
         logs,

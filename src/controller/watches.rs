@@ -135,9 +135,11 @@ pub fn jobs(
 /// (bench/results/2026-12-02-concurrency8.md).
 const JOB_RECONCILES: u16 = 8;
 
-/// A Job changed: its runner recounts its active Jobs (`status.activeJobs`); a
+/// A Job changed: a landed write it shows is no longer newer than the cache;
+/// its runner recounts its active Jobs (`status.activeJobs`); a
 /// deleted Job frees its runner's room and its stored logs go with it.
 fn job_event(ctx: &Context, ev: &watcher::Event<Job>) {
+    ctx.landed.seen(ev);
     if let watcher::Event::Apply(j) | watcher::Event::Delete(j) = ev
         && let (Some(ns), Some(runner)) = (
             j.namespace(),

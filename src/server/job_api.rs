@@ -257,8 +257,11 @@ async fn fresh(state: &ApiState, ns: &str, name: &str) -> Result<Job, ApiError> 
         })
 }
 
+/// The Job as this process knows it: the watch cache, or a write of its own
+/// the cache does not show yet.
 fn cached(state: &ApiState, ns: &str, name: &str) -> Option<std::sync::Arc<Job>> {
-    state.jobs.get(&ObjectRef::new(name).within(ns))
+    let cache = state.jobs.get(&ObjectRef::new(name).within(ns));
+    state.landed.newest(ns, name, cache)
 }
 
 fn list(
@@ -443,7 +446,7 @@ async fn report(
                 &serde_json::json!({ "changed": false }),
             ));
         }
-        match job_write::replace_status(&state.client, &job, next.clone()).await {
+        match job_write::replace_status(&state.client, &state.landed, &job, next.clone()).await {
             Ok(Written::Landed) => {
                 let created = job.metadata.creation_timestamp.as_ref();
                 state.metrics.job_status_written(created, &current, &next);

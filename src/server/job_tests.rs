@@ -67,6 +67,7 @@ fn fixture(name: &str) -> Fixture {
             runners,
             tokens,
             jobs: jobs_r,
+            landed: Arc::default(),
             logs: Arc::new(LogStore::new(dir, 1024)),
             store: crate::store::BlobStore::in_memory(),
             hub: Arc::new(Hub::default()),
@@ -171,15 +172,7 @@ async fn a_first_claim_is_answered_from_the_cache_and_a_resume_reads_the_stored_
     }];
     f.jobs.apply_watcher_event(&Event::Apply(resumed));
     let routes = routes(f.state.clone());
-    let claim = |job: &str, epoch: i64| {
-        warp::test::request()
-            .method("POST")
-            .path(&format!("/v1/jobs/ns/{job}/claim"))
-            .header("authorization", "Bearer tok-r1")
-            .header("content-type", "application/json")
-            .body(format!(r#"{{"runner":"r1","epoch":{epoch}}}"#))
-            .reply(&routes)
-    };
+    let claim = |job: &str, epoch: i64| claim_by_r1(job, epoch).reply(&routes);
     let res = claim("fresh", 1).await;
     assert_eq!(res.status(), 200, "{:?}", res.body());
     let got: crate::protocol::jobs::ClaimResponse = serde_json::from_slice(res.body()).unwrap();
@@ -213,6 +206,52 @@ async fn a_first_claim_is_answered_from_the_cache_and_a_resume_reads_the_stored_
             "{job}: {why}"
         );
     }
+}
+
+fn claim_by_r1(job: &str, epoch: i64) -> warp::test::RequestBuilder {
+    warp::test::request()
+        .method("POST")
+        .path(&format!("/v1/jobs/ns/{job}/claim"))
+        .header("authorization", "Bearer tok-r1")
+        .header("content-type", "application/json")
+        .body(format!(r#"{{"runner":"r1","epoch":{epoch}}}"#))
+}
+
+/// The claim that follows an assignment at once, before the watch delivers it:
+/// the assignment this process wrote answers it (the API server is down here,
+/// so a 200 read nothing), until a relist makes the cache the only truth.
+#[tokio::test]
+async fn a_claim_the_cache_is_behind_on_is_answered_from_the_landed_assignment() {
+    let mut f = fixture("claim-landed");
+    f.job("j", "", 0, JobPhase::Queued);
+    let queued = Job::clone(
+        &f.state
+            .jobs
+            .get(&reflector::ObjectRef::new("j").within("ns"))
+            .unwrap(),
+    );
+    let mut assigned = queued.clone();
+    assigned.metadata.resource_version = Some("2".into());
+    let status = assigned.status.as_mut().unwrap();
+    (status.phase, status.runner, status.epoch) =
+        (Some(JobPhase::Assigned), Some("r1".into()), Some(1));
+    f.state.landed.record(assigned);
+    let routes = routes(f.state.clone());
+    for why in [
+        "the landed assignment",
+        "a late older version changes nothing",
+    ] {
+        let res = claim_by_r1("j", 1).reply(&routes).await;
+        assert_eq!(res.status(), 200, "{why}: {:?}", res.body());
+        f.state.landed.seen(&Event::Apply(queued.clone()));
+    }
+    f.state.landed.seen(&Event::Init);
+    let res = claim_by_r1("j", 1).reply(&routes).await;
+    assert_eq!(
+        (res.status().as_u16(), reason(res.body()).as_str()),
+        (503, "Unavailable"),
+        "the cache shows the Job queued: the stored Job decides"
+    );
 }
 
 #[tokio::test]

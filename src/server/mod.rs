@@ -97,6 +97,8 @@ pub struct ApiState {
     pub runners: Store<Runner>,
     pub tokens: Store<RunnerToken>,
     pub jobs: Store<Job>,
+    /// Status writes landed that `jobs` does not show yet.
+    pub landed: Arc<crate::domain::job_write::Landed>,
     pub logs: Arc<logs::LogStore>,
     /// Change archives (and, on object storage, finished logs).
     pub store: crate::store::BlobStore,

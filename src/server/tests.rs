@@ -40,6 +40,7 @@ fn fixture() -> Fixture {
             runners: runners_r,
             tokens: tokens_r,
             jobs: jobs_r,
+            landed: Arc::default(),
             logs: Arc::new(logs::LogStore::new(
                 std::env::temp_dir().join(format!("baton-server-tests-{}", std::process::id())),
                 logs::DEFAULT_CAP,

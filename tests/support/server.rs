@@ -28,6 +28,7 @@ pub fn state(
         runners: reflector::store().0,
         tokens: reflector::store().0,
         jobs,
+        landed: Arc::default(),
         logs,
         store: baton::store::BlobStore::in_memory(),
         hub: Arc::new(Hub::default()),

@@ -33,7 +33,7 @@ pub async fn apply(
     let ns = job.namespace().ok_or(Error::NoNamespace)?;
     let name = job.name_any();
     if let Some(status) = plan.status {
-        let written = job_write::replace_status(&ctx.client, job, status).await;
+        let written = job_write::replace_status(&ctx.client, &ctx.landed, job, status).await;
         let stop = match written {
             Ok(Written::Landed) => None,
             // A decision on stale data: look again once the newer Job arrives.
