@@ -37,7 +37,9 @@ mod attempt;
 mod feed;
 mod helper;
 mod outputs;
+mod pinning;
 mod pod;
+mod pod_hub;
 mod secrets;
 mod shape;
 mod state;
@@ -58,9 +60,10 @@ use kube::{Client, ResourceExt};
 use tracing::Instrument;
 
 pub use pod::{
-    LABEL_JOB_NAME, LABEL_JOB_UID, LABEL_RETRY, LABEL_STEP, job_selector, pod_name,
+    LABEL_JOB_NAME, LABEL_JOB_UID, LABEL_RETRY, LABEL_RUNNER, LABEL_STEP, job_selector, pod_name,
     workspace_claim_name,
 };
+pub use pod_hub::PodHub;
 pub use target::{DEFAULT_TOOLS_IMAGE, JobTarget};
 
 use super::{
@@ -109,6 +112,8 @@ pub struct KubernetesBackend {
     before: Mutex<HashMap<String, Vec<u8>>>,
     /// The Job's directory on the runner, where change archives are kept.
     archive_root: Option<PathBuf>,
+    /// The runner's shared watches of its step pods ([`pod_hub`]).
+    hub: Option<Arc<PodHub>>,
 }
 
 fn kube_err(step: &str, doing: &'static str) -> impl FnOnce(kube::Error) -> BackendError {
@@ -140,7 +145,16 @@ impl KubernetesBackend {
             node: tokio::sync::Mutex::new(None),
             before: Mutex::new(HashMap::new()),
             archive_root: None,
+            hub: None,
         }
+    }
+
+    /// Label step pods with `hub`'s runner and wait on them through its watches.
+    #[must_use]
+    pub fn with_pod_hub(mut self, hub: Arc<PodHub>) -> Self {
+        self.target.runner_label = Some(hub.label().to_owned());
+        self.hub = Some(hub);
+        self
     }
 
     /// Keep the archives of collecting steps under `root` (the Job's directory):
@@ -181,7 +195,7 @@ impl KubernetesBackend {
             tracing::warn!(pod = %pod.name_any(), "a pod with this Job's labels that the Job does not own; ignored");
             return None;
         }
-        let found = AttemptState::from_pod(pod)?;
+        let found = AttemptState::from_pod(pod)?.with_hub(self.hub.clone());
         let mut attempts = lock(&self.attempts);
         match attempts.get(&found.step) {
             Some(known) if known.retry > found.retry || known.pod == found.pod => {
@@ -250,51 +264,6 @@ impl KubernetesBackend {
             }
             Err(e) => Err(kube_err(step, "create the step pod")(e)),
         }
-    }
-
-    /// With a workspace: pin to the node of the Job's pods; the first pod is
-    /// waited for until it is scheduled, so every later one follows it.
-    async fn create_pinned(&self, attempt: &pod::Attempt<'_>) -> Result<Pod, BackendError> {
-        let step = attempt.step.name.as_str();
-        self.pinned(step, |node| async move {
-            self.create(attempt, node.as_deref()).await
-        })
-        .await
-    }
-
-    /// Create a pod of the Job with `create(node)`, pinned as
-    /// [`Self::create_pinned`] says.
-    async fn pinned<F, Fut>(&self, step: &str, create: F) -> Result<Pod, BackendError>
-    where
-        F: FnOnce(Option<String>) -> Fut,
-        Fut: Future<Output = Result<Pod, BackendError>>,
-    {
-        let mut node = self.node.lock().await;
-        if node.is_none() {
-            *node = self.scheduled_node(step).await?;
-        }
-        let created = create(node.clone()).await?;
-        if node.is_none() {
-            let name = created.metadata.name.clone().unwrap_or_default();
-            *node = match state::node_of(&created) {
-                Some(n) => Some(n.to_owned()),
-                None => watch::scheduled_node(&self.pods, &name, self.options.schedule_wait).await,
-            };
-            tracing::info!(node = ?*node, "the Job's step pods run on this node");
-        }
-        Ok(created)
-    }
-
-    async fn scheduled_node(&self, step: &str) -> Result<Option<String>, BackendError> {
-        let list = self
-            .pods
-            .list(&ListParams::default().labels(&pod::job_selector(&self.target.job_uid)))
-            .await
-            .map_err(kube_err(step, "list the Job's pods"))?;
-        Ok(list
-            .items
-            .iter()
-            .find_map(|p| state::node_of(p).map(str::to_owned)))
     }
 
     fn span(&self, step: &str) -> tracing::Span {

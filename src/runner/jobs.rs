@@ -26,6 +26,7 @@ use tracing::{info, warn};
 
 use super::BackendKind;
 use super::client::{Client, ClientError};
+use crate::backend::kubernetes::PodHub;
 use crate::backend::{JobTarget, KubernetesBackend, LocalBackend, Workflow};
 use crate::crd::job::JobPhase;
 use crate::executor::{CancellationToken, Executor, ExecutorOptions, JobReport};
@@ -52,6 +53,8 @@ pub struct JobRunner {
     pub work_dir: PathBuf,
     /// Kubernetes backend: the client step pods are created with.
     pub kube: Option<kube::Client>,
+    /// Kubernetes backend: one watch per namespace over this runner's step pods.
+    pod_hub: Option<Arc<PodHub>>,
     /// Kubernetes backend: the image step pods copy `baton-entrypoint` from.
     pub tools_image: String,
     /// `--direct-only`, and the local backend's fixed workspace: see [`direct`].
@@ -88,12 +91,14 @@ impl JobRunner {
             );
             LocalBackend::reap_orphans(&work_dir);
         }
+        let pod_hub = (kube.as_ref()).map(|k| Arc::new(PodHub::new(k.clone(), &runner)));
         Self {
             client,
             runner,
             backend,
             work_dir,
             kube,
+            pod_hub,
             tools_image: crate::backend::DEFAULT_TOOLS_IMAGE.into(),
             direct_only: false,
             workspace: None,
@@ -206,8 +211,8 @@ impl JobRunner {
                     .await
                     .map_err(RunError::from)
             }
-            BackendKind::Kubernetes => match &self.kube {
-                Some(client) => {
+            BackendKind::Kubernetes => match (&self.kube, &self.pod_hub) {
+                (Some(client), Some(hub)) => {
                     // Step pods are found again by their deterministic names and
                     // labels: a restarted runner resumes them (discover), never
                     // starts a running step twice.
@@ -215,13 +220,14 @@ impl JobRunner {
                         JobTarget::new(ns, name, claim.uid.clone()).with_spec(&claim.spec);
                     target.tools_image = self.tools_image.clone();
                     let backend = KubernetesBackend::new(client.clone(), target)
-                        .with_archive_root(self.job_dir(ns, name));
+                        .with_archive_root(self.job_dir(ns, name))
+                        .with_pod_hub(hub.clone());
                     Executor::new(&backend, ExecutorOptions::default())
                         .run_seeded(workflow, &claim.spec, content, sink, sink, cancel)
                         .await
                         .map_err(RunError::from)
                 }
-                None => Err(RunError::failed(
+                _ => Err(RunError::failed(
                     "no Kubernetes client for the kubernetes backend",
                 )),
             },

@@ -14,6 +14,7 @@ use tokio_util::sync::CancellationToken;
 use super::feed::{PodFeed, Seen};
 use super::outputs::Frame;
 use super::pod;
+use super::pod_hub::PodHub;
 use crate::backend::BackendError;
 use crate::backend::mask::Patterns;
 
@@ -43,6 +44,8 @@ pub(crate) struct AttemptState {
     pub(super) env: Vec<EnvVar>,
     /// The one watch of its pod, started by the first waiter.
     feed: OnceLock<PodFeed>,
+    /// The runner's shared watch, which sees its pod if the runner created it.
+    hub: Option<Arc<PodHub>>,
     /// The pod as this attempt was found or created: the watch starts from it
     /// (its resourceVersion) instead of listing it again.
     origin: Mutex<Option<Arc<Pod>>>,
@@ -81,14 +84,30 @@ impl AttemptState {
                 .cloned()
                 .collect(),
             feed: OnceLock::new(),
+            hub: None,
             origin: Mutex::new(Some(Arc::new(pod.clone()))),
         })
     }
 
-    /// A reader of its pod's latest state, from the attempt's one watch.
+    pub(super) fn with_hub(mut self, hub: Option<Arc<PodHub>>) -> Self {
+        self.hub = hub;
+        self
+    }
+
+    /// A reader of its pod's latest state, from the runner's shared watch if
+    /// it sees the pod, else from the attempt's own watch.
     pub(super) fn watch(&self, api: &Api<Pod>) -> watch::Receiver<Seen> {
         self.feed
-            .get_or_init(|| PodFeed::start(api, &self.pod, lock(&self.origin).take()))
+            .get_or_init(|| {
+                let origin = lock(&self.origin).take();
+                let shared = (self.hub.as_ref())
+                    .zip(origin.as_ref())
+                    .and_then(|(hub, pod)| hub.subscribe(pod));
+                match shared {
+                    Some(reader) => PodFeed::shared(reader),
+                    None => PodFeed::start(api, &self.pod, origin),
+                }
+            })
             .subscribe()
     }
 

@@ -1,4 +1,5 @@
-//! One watch per step attempt, shared: waiting for its log, for its service to
+//! One watch per step attempt (unless the runner's shared watch sees its pod,
+//! [`super::pod_hub`]), shared: waiting for its log, for its service to
 //! be up and for its end all read the latest state of its pod from one watch
 //! (one watch request per attempt, not one per waiter; it starts at the
 //! resourceVersion of the pod as created or found, so it lists nothing, unless
@@ -29,16 +30,19 @@ pub enum Seen {
     Failed(String),
 }
 
-/// The watch's task (stopped with the attempt) and its latest state.
+/// The watch's task (stopped with the attempt; none for a reader of the
+/// runner's shared watch) and its latest state.
 #[derive(Debug)]
 pub struct PodFeed {
-    task: JoinHandle<()>,
+    task: Option<JoinHandle<()>>,
     latest: watch::Receiver<Seen>,
 }
 
 impl Drop for PodFeed {
     fn drop(&mut self) {
-        self.task.abort();
+        if let Some(task) = &self.task {
+            task.abort();
+        }
     }
 }
 
@@ -78,7 +82,15 @@ impl PodFeed {
             };
             tx.send_replace(last);
         });
-        Self { task, latest }
+        Self {
+            task: Some(task),
+            latest,
+        }
+    }
+
+    /// A feed from a reader of the runner's shared watch ([`super::pod_hub`]).
+    pub fn shared(latest: watch::Receiver<Seen>) -> Self {
+        Self { task: None, latest }
     }
 
     /// The pod as last seen (present, or as it was deleted).

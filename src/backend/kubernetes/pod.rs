@@ -26,6 +26,8 @@ pub const LABEL_JOB_UID: &str = "baton.dev/job-uid";
 pub const LABEL_JOB_NAME: &str = "baton.dev/job-name";
 pub const LABEL_STEP: &str = "baton.dev/step";
 pub const LABEL_RETRY: &str = "baton.dev/retry";
+/// The runner that created the step pod ([`super::pod_hub`]).
+pub const LABEL_RUNNER: &str = "baton.dev/runner";
 /// The per-attempt nonce of the outputs frame (see [`outputs`]).
 pub const ANNOTATION_NONCE: &str = "baton.dev/outputs-nonce";
 /// Where this attempt's log starts within the step's log (earlier attempts before it).
@@ -258,6 +260,9 @@ pub fn step_pod(
     let mut labels = job_labels(target);
     labels.insert(LABEL_STEP.into(), step.name.clone());
     labels.insert(LABEL_RETRY.into(), attempt.retry.to_string());
+    if let Some(runner) = &target.runner_label {
+        labels.insert(LABEL_RUNNER.into(), runner.clone());
+    }
     let labels = shape::metadata(template.labels.as_ref(), labels);
     let annotations = BTreeMap::from([
         (ANNOTATION_NONCE.into(), attempt.nonce.to_owned()),

@@ -122,6 +122,17 @@ fn labels_annotations_and_owner() {
     assert_eq!(labels[LABEL_JOB_NAME], "build");
     assert_eq!(labels[LABEL_STEP], "compile");
     assert_eq!(labels[LABEL_RETRY], "2");
+    assert!(
+        !labels.contains_key(LABEL_RUNNER),
+        "no runner's watch to be seen by"
+    );
+    let mut of_runner = target(None);
+    of_runner.runner_label = Some("r1".into());
+    let watched = build(&of_runner, &script_step("true"), 2, None);
+    assert_eq!(
+        watched.metadata.labels.as_ref().unwrap()[LABEL_RUNNER],
+        "r1"
+    );
     let annotations = meta.annotations.as_ref().unwrap();
     assert_eq!(annotations[ANNOTATION_NONCE], "n0nce");
     assert_eq!(annotations[ANNOTATION_LOG_OFFSET], "42");

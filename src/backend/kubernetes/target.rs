@@ -27,6 +27,9 @@ pub struct JobTarget {
     /// The image the step pods' init container copies `baton-entrypoint` from
     /// (a Baton image: the runner's own, by default).
     pub tools_image: String,
+    /// The runner's name as a label value: step pods carry it
+    /// ([`super::LABEL_RUNNER`]), so the runner's one watch sees them.
+    pub runner_label: Option<String>,
 }
 
 /// The tools image unless the runner says otherwise (`--tools-image`).
@@ -48,6 +51,7 @@ impl JobTarget {
             run_as_group: 1000,
             tools_image: DEFAULT_TOOLS_IMAGE.into(),
             pod_template: None,
+            runner_label: None,
         }
     }
 
