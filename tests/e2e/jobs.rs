@@ -157,6 +157,29 @@ pub(crate) async fn sa_token_may(
 }
 
 /// GET a step's log through the server: (status, body).
+/// Job `name`'s Events (reason, note) once those of every reason in `want`
+/// arrived (at most 10 s).
+pub(crate) async fn job_events(
+    ns: &TestNs,
+    name: &str,
+    want: &[&str],
+) -> anyhow::Result<Vec<(String, String)>> {
+    let events: Api<k8s_openapi::api::events::v1::Event> =
+        Api::namespaced(ns.client.clone(), &ns.name);
+    let mut seen = Vec::new();
+    for _ in 0..50 {
+        seen = (events.list(&Default::default()).await?.items.into_iter())
+            .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(name))
+            .map(|e| (e.reason.unwrap_or_default(), e.note.unwrap_or_default()))
+            .collect();
+        if want.iter().all(|w| seen.iter().any(|(r, _)| r == w)) {
+            return Ok(seen);
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    anyhow::bail!("Job {name}: wanted Events {want:?}, got {seen:?}")
+}
+
 pub(crate) async fn read_log(
     url: &str,
     ns: &str,
@@ -267,27 +290,16 @@ async fn one_step_job_on_a_static_runner_succeeds_with_rbac_checked_logs() {
             res.status()
         );
 
-        // An Event per transition.
-        let want = ["Assigned", "Started", "Succeeded"];
-        let events: Api<k8s_openapi::api::events::v1::Event> =
-            Api::namespaced(ns.client.clone(), &ns.name);
-        let mut seen = Vec::new();
-        for _ in 0..50 {
-            seen = events
-                .list(&Default::default())
-                .await?
-                .items
-                .into_iter()
-                .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some("one"))
-                .filter_map(|e| e.reason)
-                .collect();
-            if want.iter().all(|w| seen.iter().any(|s| s == w)) {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
+        // An Event per transition; a first assignment's is the runner's Started,
+        // which names it (a hand-over's Assigned: on_demand.rs).
+        let seen = job_events(&ns, "one", &["Started", "Succeeded"]).await?;
         ensure!(
-            want.iter().all(|w| seen.iter().any(|s| s == w)),
+            seen.iter()
+                .any(|(r, n)| r == "Started" && n == "runner r1 at epoch 1"),
+            "events {seen:?}"
+        );
+        ensure!(
+            !seen.iter().any(|(r, _)| r == "Assigned"),
             "events {seen:?}"
         );
 

@@ -13,7 +13,7 @@ use k8s_openapi::api::core::v1::{LocalObjectReference, Pod};
 use kube::api::{Api, DeleteParams, ListParams, PostParams};
 use kube::runtime::wait::Condition;
 
-use crate::jobs::{read_log, sa_token};
+use crate::jobs::{job_events, read_log, sa_token};
 use crate::procs::Controller;
 use crate::registry::{pull_secret, registry};
 use crate::support::{
@@ -215,6 +215,9 @@ async fn deleting_the_runner_pod_mid_step_hands_the_job_to_a_new_pod() {
         let st = j.status.context("status")?;
         ensure!(st.epoch == Some(2), "handed over once: {st:?}");
         ensure!(st.runner.as_deref() == Some("count-runner-2"), "{st:?}");
+        let seen = job_events(&ns, "count", &["RunnerLost", "Assigned", "Succeeded"]).await?;
+        let handed = "assigned to runner count-runner-2 at epoch 2";
+        ensure!(seen.iter().any(|(r, n)| r == "Assigned" && n == handed), "events {seen:?}");
         let (code, body) = read_log(&ctl.url, &ns.name, "count", "count", Some(&reader)).await?;
         let want: String = (1..=60).map(|i| format!("line {i}\n")).collect();
         ensure!(code == 200 && body == want, "log after the hand-over: {body:?}");

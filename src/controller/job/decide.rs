@@ -202,7 +202,10 @@ fn queued(job: &Job, seen: &Observed, now: Timestamp) -> JobPlan {
                 runner: runner.clone(),
                 epoch,
             });
-            plan.note = Some(Note {
+            // A first assignment's Event would come a claim's round trip
+            // before the runner's `Started`, which names the runner and epoch
+            // too: one Event request per Job saved. A hand-over keeps its own.
+            plan.note = (epoch > 1).then(|| Note {
                 warning: false,
                 reason: reason::ASSIGNED,
                 message: format!("assigned to runner {runner} at epoch {epoch}"),

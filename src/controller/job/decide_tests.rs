@@ -113,6 +113,14 @@ fn assign() -> Option<Decision> {
     })
 }
 
+/// Queued again after its runner r1 at epoch 1 was lost.
+fn handed_over() -> Job {
+    let mut j = job(JobPhase::Queued, false, true);
+    let status = j.status.as_mut().unwrap();
+    (status.runner, status.epoch) = (Some("r1".into()), Some(1));
+    j
+}
+
 fn busy() -> Option<Decision> {
     Some(Decision::Wait {
         reason: crate::crd::reasons::reason::RUNNERS_BUSY,
@@ -144,7 +152,14 @@ fn queued_jobs() {
             job(Queued, false, true),
             assign(),
             None,
-            "status=Assigned@1 tell=assign(r2@1) note=Assigned clean=- next=10000ms kick-others recent",
+            "status=Assigned@1 tell=assign(r2@1) note=- clean=- next=10000ms kick-others recent",
+        ),
+        (
+            "handed over: assigned again, at the next epoch, with an Event",
+            handed_over(),
+            assign(),
+            None,
+            "status=Assigned@2 tell=assign(r2@2) note=Assigned clean=- next=10000ms kick-others recent",
         ),
         (
             "waits: runners busy",
