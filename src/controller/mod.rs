@@ -296,7 +296,7 @@ fn context(
 ) -> (Arc<Context>, ApiState, KickReceiver) {
     let metrics = Arc::new(Metrics::new());
     let events = crate::domain::events::Events::new(client.clone());
-    let landed = Arc::new(job_write::Landed::default());
+    let landed = Arc::new(job_write::Landed::new(caches.jobs.0.clone()));
     let state = ApiState {
         client: client.clone(),
         runners: caches.runners.0.clone(),

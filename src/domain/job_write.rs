@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use kube::ResourceExt;
 use kube::api::{Api, PostParams};
+use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::watcher;
 
 use crate::crd::{Job, JobStatus};
@@ -56,19 +57,21 @@ pub async fn replace_status(
     }
 }
 
-/// A landed write is trusted over the cache this long at most, should the
-/// watch never show its version (a relist clears them all anyway).
+/// A landed write is trusted over the cache this long at most; older ones
+/// go once more than [`HELD`] are held.
 const TRUSTED_FOR: Duration = Duration::from_secs(30);
+const HELD: usize = 1024;
 
-/// Status writes this process landed that the watch cache has not shown yet,
+/// Status writes this process landed that the watch cache does not show yet,
 /// by namespace and name.
 ///
-/// Newer than the cache without comparing resourceVersions (which are opaque):
-/// a watch delivers every version in order, so until it delivers the written
-/// one, the cache is older than it. An entry goes when the watch shows that
-/// version or deletes the Job; a relist (which skips versions) drops them all.
-#[derive(Debug, Default)]
+/// Which is newer is decided by resourceVersion, compared as Kubernetes
+/// defines it (KEP-5504, GA in 1.35: a positive integer, ordered within one
+/// resource); a version that is not one never counts as newer. An entry goes
+/// once the watch shows that version or a later one, or the Job is deleted.
+#[derive(Debug)]
 pub struct Landed {
+    cache: Store<Job>,
     writes: Mutex<HashMap<JobKey, (Arc<Job>, Instant)>>,
 }
 
@@ -76,51 +79,92 @@ pub struct Landed {
 type JobKey = (String, String);
 
 impl Landed {
-    /// The Job as `write` returned it.
+    /// Over the Jobs' watch cache.
+    pub fn new(cache: Store<Job>) -> Self {
+        Self {
+            cache,
+            writes: Mutex::default(),
+        }
+    }
+
+    /// The Job as a write returned it: kept if the cache is behind it.
     pub fn record(&self, written: Job) {
         let key = (written.namespace().unwrap_or_default(), written.name_any());
-        let mut writes = self.writes.lock().unwrap_or_else(PoisonError::into_inner);
+        let cached = self.cached(&key);
+        if !is_newer(&written, cached.as_deref()) {
+            return;
+        }
+        let mut writes = lock(&self.writes);
+        if (writes.get(&key)).is_some_and(|(held, _)| !is_newer(&written, Some(held))) {
+            return;
+        }
         let now = Instant::now();
-        writes.retain(|_, (_, at)| now.duration_since(*at) < TRUSTED_FOR);
+        if writes.len() >= HELD {
+            writes.retain(|_, (_, at)| now.duration_since(*at) < TRUSTED_FOR);
+        }
         writes.insert(key, (Arc::new(written), now));
     }
 
     /// What the Jobs' watch delivered (after the cache took it).
     pub fn seen(&self, event: &watcher::Event<Job>) {
-        let mut writes = self.writes.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut writes = lock(&self.writes);
         match event {
-            watcher::Event::Apply(job) => {
+            watcher::Event::Apply(job) | watcher::Event::InitApply(job) => {
                 let key = (job.namespace().unwrap_or_default(), job.name_any());
-                if writes.get(&key).is_some_and(|(w, _)| {
-                    w.resource_version().is_some() && w.resource_version() == job.resource_version()
-                }) {
+                if (writes.get(&key)).is_some_and(|(held, _)| !is_newer(held, Some(job))) {
                     writes.remove(&key);
                 }
             }
             watcher::Event::Delete(job) => {
                 writes.remove(&(job.namespace().unwrap_or_default(), job.name_any()));
             }
-            watcher::Event::Init => writes.clear(),
-            watcher::Event::InitApply(_) | watcher::Event::InitDone => {}
+            watcher::Event::Init | watcher::Event::InitDone => {}
         }
     }
 
-    /// Job `ns/name` as this process last wrote it, if the cache (`cached`)
-    /// does not show that write yet; else `cached`.
-    pub fn newest(&self, ns: &str, name: &str, cached: Option<Arc<Job>>) -> Option<Arc<Job>> {
-        let writes = self.writes.lock().unwrap_or_else(PoisonError::into_inner);
-        match writes.get(&(ns.to_owned(), name.to_owned())) {
-            Some((written, at)) if at.elapsed() < TRUSTED_FOR => Some(written.clone()),
+    /// Job `ns/name`: the cache's, or this process's last write of it if the
+    /// cache does not show that yet.
+    pub fn newest(&self, ns: &str, name: &str) -> Option<Arc<Job>> {
+        let key = (ns.to_owned(), name.to_owned());
+        let cached = self.cached(&key);
+        let writes = lock(&self.writes);
+        match writes.get(&key) {
+            Some((written, at))
+                if at.elapsed() < TRUSTED_FOR && is_newer(written, cached.as_deref()) =>
+            {
+                Some(written.clone())
+            }
             _ => cached,
         }
     }
 
+    fn cached(&self, (ns, name): &JobKey) -> Option<Arc<Job>> {
+        self.cache.get(&ObjectRef::new(name).within(ns))
+    }
+
     #[cfg(test)]
     fn held(&self) -> usize {
-        self.writes
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .len()
+        lock(&self.writes).len()
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Whether `a` is a later version than `b` (or `b` is unknown). Versions are
+/// positive integers without leading zeros: longer is later, then by digits.
+fn is_newer(a: &Job, b: Option<&Job>) -> bool {
+    let number = |v: Option<String>| {
+        v.filter(|v| v.bytes().all(|c| c.is_ascii_digit()) && !v.is_empty() && !v.starts_with('0'))
+    };
+    let Some(a) = number(a.resource_version()) else {
+        return false;
+    };
+    match b.map(|b| number(b.resource_version())) {
+        None => true,
+        Some(None) => false,
+        Some(Some(b)) => (a.len(), a.as_bytes()) > (b.len(), b.as_bytes()),
     }
 }
 
@@ -128,6 +172,7 @@ impl Landed {
 mod tests {
     use super::*;
     use crate::crd::JobSpec;
+    use kube::runtime::reflector::{self, store::Writer};
 
     fn job(name: &str, rv: &str) -> Job {
         let mut j = Job::new(name, JobSpec::default());
@@ -136,8 +181,17 @@ mod tests {
         j
     }
 
-    fn cached(name: &str, rv: &str) -> Option<Arc<Job>> {
-        Some(Arc::new(job(name, rv)))
+    fn landed() -> (Landed, Writer<Job>) {
+        let (store, mut writer) = reflector::store();
+        writer.apply_watcher_event(&watcher::Event::InitDone);
+        (Landed::new(store), writer)
+    }
+
+    /// The watch delivers `j`: to the cache first, then to `landed`.
+    fn deliver(landed: &Landed, writer: &mut Writer<Job>, j: Job) {
+        let event = watcher::Event::Apply(j);
+        writer.apply_watcher_event(&event);
+        landed.seen(&event);
     }
 
     fn version(j: Option<Arc<Job>>) -> Option<String> {
@@ -145,46 +199,62 @@ mod tests {
     }
 
     #[test]
-    fn a_landed_write_is_newer_than_the_cache_until_the_watch_shows_its_version() {
-        let landed = Landed::default();
+    fn a_landed_write_is_newer_than_the_cache_until_the_watch_shows_it() {
+        let (landed, mut cache) = landed();
+        deliver(&landed, &mut cache, job("a", "5"));
         landed.record(job("a", "7"));
+        assert_eq!(version(landed.newest("ns", "a")), Some("7".into()));
+        deliver(&landed, &mut cache, job("a", "6"));
         assert_eq!(
-            version(landed.newest("ns", "a", cached("a", "5"))),
-            Some("7".into())
+            version(landed.newest("ns", "a")),
+            Some("7".into()),
+            "an older version changes nothing"
         );
-        // An older version arriving does not retire the write.
-        landed.seen(&watcher::Event::Apply(job("a", "6")));
+        deliver(&landed, &mut cache, job("a", "10"));
         assert_eq!(
-            version(landed.newest("ns", "a", cached("a", "6"))),
-            Some("7".into())
-        );
-        // Its own version does: the cache holds it (or later) from now on.
-        landed.seen(&watcher::Event::Apply(job("a", "7")));
-        assert_eq!(
-            version(landed.newest("ns", "a", cached("a", "9"))),
-            Some("9".into())
+            version(landed.newest("ns", "a")),
+            Some("10".into()),
+            "10 > 7: compared as numbers"
         );
         assert_eq!(landed.held(), 0);
     }
 
     #[test]
-    fn other_jobs_a_deletion_and_a_relist_fall_back_to_the_cache() {
-        let landed = Landed::default();
+    fn a_write_the_watch_delivered_first_or_an_older_one_is_not_kept() {
+        let (landed, mut cache) = landed();
+        deliver(&landed, &mut cache, job("a", "8"));
+        landed.record(job("a", "8"));
         landed.record(job("a", "7"));
-        landed.record(job("b", "8"));
+        assert_eq!(landed.held(), 0);
+        landed.record(job("a", "12"));
+        landed.record(job("a", "9"));
         assert_eq!(
-            version(landed.newest("ns", "c", cached("c", "3"))),
-            Some("3".into())
+            version(landed.newest("ns", "a")),
+            Some("12".into()),
+            "a late response of an older write"
         );
-        assert_eq!(version(landed.newest("other", "a", None)), None);
-        landed.seen(&watcher::Event::Delete(job("a", "9")));
-        assert_eq!(version(landed.newest("ns", "a", None)), None);
-        assert_eq!(version(landed.newest("ns", "b", None)), Some("8".into()));
-        // A relist may skip the written version: nothing stays trusted.
-        landed.seen(&watcher::Event::Init);
+    }
+
+    #[test]
+    fn versions_that_are_not_numbers_never_win_and_a_deletion_clears() {
+        let (landed, mut cache) = landed();
+        deliver(&landed, &mut cache, job("a", "5"));
+        for odd in ["", "07", "x9", "-9"] {
+            landed.record(job("a", odd));
+            assert_eq!(
+                version(landed.newest("ns", "a")),
+                Some("5".into()),
+                "{odd:?}"
+            );
+        }
+        landed.record(job("b", "3"));
         assert_eq!(
-            version(landed.newest("ns", "b", cached("b", "5"))),
-            Some("5".into())
+            version(landed.newest("ns", "b")),
+            Some("3".into()),
+            "not cached yet"
         );
+        landed.seen(&watcher::Event::Delete(job("b", "4")));
+        assert_eq!(version(landed.newest("ns", "b")), None);
+        assert_eq!(version(landed.newest("other", "a")), None);
     }
 }

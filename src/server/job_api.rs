@@ -15,7 +15,6 @@ use k8s_openapi::api::authorization::v1::{
 use k8s_openapi::jiff::Timestamp;
 use kube::ResourceExt;
 use kube::api::Api;
-use kube::runtime::reflector::ObjectRef;
 use tracing::{debug, info, warn};
 use warp::Filter;
 use warp::http::StatusCode;
@@ -260,8 +259,7 @@ async fn fresh(state: &ApiState, ns: &str, name: &str) -> Result<Job, ApiError> 
 /// The Job as this process knows it: the watch cache, or a write of its own
 /// the cache does not show yet.
 fn cached(state: &ApiState, ns: &str, name: &str) -> Option<std::sync::Arc<Job>> {
-    let cache = state.jobs.get(&ObjectRef::new(name).within(ns));
-    state.landed.newest(ns, name, cache)
+    state.landed.newest(ns, name)
 }
 
 fn list(

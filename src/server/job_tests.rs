@@ -66,8 +66,8 @@ fn fixture(name: &str) -> Fixture {
             client,
             runners,
             tokens,
-            jobs: jobs_r,
-            landed: Arc::default(),
+            jobs: jobs_r.clone(),
+            landed: Arc::new(crate::domain::job_write::Landed::new(jobs_r.clone())),
             logs: Arc::new(LogStore::new(dir, 1024)),
             store: crate::store::BlobStore::in_memory(),
             hub: Arc::new(Hub::default()),
@@ -219,19 +219,28 @@ fn claim_by_r1(job: &str, epoch: i64) -> warp::test::RequestBuilder {
 
 /// The claim that follows an assignment at once, before the watch delivers it:
 /// the assignment this process wrote answers it (the API server is down here,
-/// so a 200 read nothing), until a relist makes the cache the only truth.
+/// so a 200 read nothing), until the watch shows that version or a later one.
 #[tokio::test]
 async fn a_claim_the_cache_is_behind_on_is_answered_from_the_landed_assignment() {
     let mut f = fixture("claim-landed");
     f.job("j", "", 0, JobPhase::Queued);
-    let queued = Job::clone(
-        &f.state
-            .jobs
-            .get(&reflector::ObjectRef::new("j").within("ns"))
-            .unwrap(),
-    );
-    let mut assigned = queued.clone();
-    assigned.metadata.resource_version = Some("2".into());
+    let at = |job: &Job, version: &str| {
+        let mut j = job.clone();
+        j.metadata.resource_version = Some(version.into());
+        j
+    };
+    let cached = f
+        .state
+        .jobs
+        .get(&reflector::ObjectRef::new("j").within("ns"));
+    let queued = at(&cached.unwrap(), "1");
+    let mut deliver = |j: Job| {
+        let event = Event::Apply(j);
+        f.jobs.apply_watcher_event(&event);
+        f.state.landed.seen(&event);
+    };
+    deliver(queued.clone());
+    let mut assigned = at(&queued, "2");
     let status = assigned.status.as_mut().unwrap();
     (status.phase, status.runner, status.epoch) =
         (Some(JobPhase::Assigned), Some("r1".into()), Some(1));
@@ -243,14 +252,15 @@ async fn a_claim_the_cache_is_behind_on_is_answered_from_the_landed_assignment()
     ] {
         let res = claim_by_r1("j", 1).reply(&routes).await;
         assert_eq!(res.status(), 200, "{why}: {:?}", res.body());
-        f.state.landed.seen(&Event::Apply(queued.clone()));
+        deliver(queued.clone());
     }
-    f.state.landed.seen(&Event::Init);
+    // A later version the watch shows (queued again, say) is the truth.
+    deliver(at(&queued, "3"));
     let res = claim_by_r1("j", 1).reply(&routes).await;
     assert_eq!(
         (res.status().as_u16(), reason(res.body()).as_str()),
         (503, "Unavailable"),
-        "the cache shows the Job queued: the stored Job decides"
+        "the cache shows a later version, the Job queued: the stored Job decides"
     );
 }
 

@@ -39,8 +39,8 @@ fn fixture() -> Fixture {
             client,
             runners: runners_r,
             tokens: tokens_r,
-            jobs: jobs_r,
-            landed: Arc::default(),
+            jobs: jobs_r.clone(),
+            landed: Arc::new(crate::domain::job_write::Landed::new(jobs_r.clone())),
             logs: Arc::new(logs::LogStore::new(
                 std::env::temp_dir().join(format!("baton-server-tests-{}", std::process::id())),
                 logs::DEFAULT_CAP,
