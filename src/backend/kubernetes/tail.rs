@@ -160,7 +160,7 @@ async fn run(
             Err(e) if is_status(&e, kube::core::Status::is_not_found) => return,
             Err(e) => tracing::warn!(error = %e, pod = %attempt.pod, "open the step log"),
         }
-        if watch::wait_finished(&pods, &attempt.pod, STATUS_LAG).await {
+        if watch::wait_finished(&pods, &attempt, STATUS_LAG).await {
             // The container ended: this read was the whole log.
             let (rest, frame) = unframer.finish();
             let mut rest = masker.push(&rest);

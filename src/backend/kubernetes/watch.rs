@@ -228,18 +228,20 @@ pub async fn ready_ip(api: &Api<Pod>, attempt: &AttemptState) -> Result<String, 
     }
 }
 
-/// Until the container ended or the pod is gone (`true`), at most `bound` (`false`).
-pub async fn wait_finished(api: &Api<Pod>, name: &str, bound: Duration) -> bool {
-    let mut events = watch_pod(api, name);
+/// Until the attempt's container ended or its pod is gone (`true`), at most
+/// `bound` (`false`). From the attempt's one watch: a log that ends costs no
+/// request of its own.
+pub async fn wait_finished(api: &Api<Pod>, attempt: &AttemptState, bound: Duration) -> bool {
+    let mut seen = attempt.watch(api);
     let check = async {
-        while let Some(event) = events.next().await {
-            match event {
-                Ok(PodEvent::Gone(_)) => return true,
-                Ok(PodEvent::Present(pod)) if state::container_ended(&pod) => return true,
-                _ => {}
+        loop {
+            match feed::next(&mut seen).await {
+                Seen::Gone(_) => return true,
+                Seen::Present(pod) if state::container_ended(&pod) => return true,
+                Seen::Failed(_) => return false,
+                Seen::Nothing | Seen::Present(_) => {}
             }
         }
-        false
     };
     tokio::time::timeout(bound, check).await.unwrap_or(false)
 }
