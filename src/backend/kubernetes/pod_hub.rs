@@ -8,7 +8,8 @@
 //! follows; what it missed while down comes from the watcher's relist, in
 //! which a pod not listed any more is reported gone ([`board`]). A waiter on a
 //! pod the watch never shows is answered with a read after a few seconds.
-//! A namespace's watch stops once nobody waited on its pods for [`LINGER`].
+//! A namespace's watch nobody waited on for [`LINGER`] is stopped the next
+//! time the hub is used; so is one whose task ended, and it starts again.
 
 mod board;
 
@@ -71,14 +72,14 @@ impl PodHub {
         Some(board.subscribe(name, Some(origin.clone()), Instant::now()))
     }
 
-    /// Namespace `ns`'s watch, started if need be; watches idle for
-    /// [`LINGER`] are stopped meanwhile.
+    /// Namespace `ns`'s watch, started if need be (again, if its task ended);
+    /// watches idle for [`LINGER`] are stopped meanwhile.
     fn namespace(&self, ns: &str) -> Arc<Namespace> {
         let mut all = lock(&self.namespaces);
         let now = Instant::now();
         let stale =
             |w: &Namespace| (w.idle_since(now)).is_some_and(|s| now.duration_since(s) >= LINGER);
-        all.retain(|n, w| n == ns || !stale(w));
+        all.retain(|n, w| !w.task.is_finished() && (n == ns || !stale(w)));
         all.entry(ns.to_owned())
             .or_insert_with(|| {
                 Arc::new(Namespace::start(
@@ -156,7 +157,10 @@ async fn follow(api: Api<Pod>, selector: String, board: Arc<Mutex<Board>>) {
                     tracing::warn!(error = %e, selector, "watch the runner's step pods");
                     lock(&board).failed(&e.to_string());
                 }
-                None => return,
+                None => {
+                    lock(&board).end("the watch of the runner's step pods ended");
+                    return;
+                }
             },
             _ = tick.tick() => {
                 let due = lock(&board).to_confirm(Instant::now());

@@ -97,9 +97,13 @@ impl Board {
     /// The watch failed again; the waiters are told once it failed too often.
     pub fn failed(&mut self, message: &str) {
         self.errors += 1;
-        if self.errors < MAX_ERRORS {
-            return;
+        if self.errors >= MAX_ERRORS {
+            self.end(message);
         }
+    }
+
+    /// The watch is over: every waiter is told why.
+    pub fn end(&mut self, message: &str) {
         for (_, reader) in self.readers.drain() {
             reader.tx.send_replace(Seen::Failed(message.to_owned()));
         }

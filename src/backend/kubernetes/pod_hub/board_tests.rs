@@ -154,3 +154,14 @@ fn a_board_whose_readers_are_all_dropped_is_idle() {
         "no one to read it for"
     );
 }
+
+#[test]
+fn a_watch_that_ends_tells_every_waiter_at_once() {
+    let (mut board, t0) = (Board::default(), Instant::now());
+    let mut a = board.subscribe("a", Some(Arc::new(pod("a", "1"))), t0);
+    let mut b = board.subscribe("b", None, t0);
+    board.end("ended");
+    assert_eq!(now_shows(&mut a), "failed: ended");
+    assert_eq!(now_shows(&mut b), "failed: ended");
+    assert!(board.idle());
+}
