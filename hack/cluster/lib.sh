@@ -111,8 +111,18 @@ start_daemon() {
       if ((fd > 2)); then eval "exec $fd>&-" 2>/dev/null || true; fi
     done
     exec setsid "$bin" "$@" >>"$STATE/logs/$name.log" 2>&1 </dev/null ) &
-  echo $! >"$(pidfile "$name")"
-  sleep 0.2
+  pid=$!
+  echo "$pid" >"$(pidfile "$name")"
+  # The subshell closes descriptors before it execs: until then its exe is bash,
+  # which a loaded machine can stretch past any fixed sleep. Wait for the exec,
+  # then give the daemon a moment to fail on its flags or its port.
+  local i
+  for ((i = 0; i < 100; i++)); do
+    is_running "$name" && break
+    kill -0 "$pid" 2>/dev/null || break
+    sleep 0.1
+  done
+  is_running "$name" && sleep 0.2
   is_running "$name" || { tail -n 30 "$STATE/logs/$name.log" >&2; die "$name exited at once (log: $STATE/logs/$name.log)"; }
 }
 
