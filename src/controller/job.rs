@@ -34,6 +34,7 @@ pub mod board;
 mod decide;
 mod observe;
 mod queue;
+pub mod retained;
 pub mod step_pods;
 pub use apply::apply;
 pub use decide::*;

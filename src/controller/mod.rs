@@ -8,7 +8,7 @@ pub mod leader;
 pub mod on_demand;
 pub mod runner;
 mod runtime;
-mod scoped;
+pub mod scoped;
 mod sweep;
 pub mod token;
 mod watches;

@@ -103,6 +103,7 @@ pub fn jobs(
     let seen = ctx.clone();
     let config = watcher::Config::default();
     let events = scoped::watch(&ctx.client, scope, config, ctx.jobs.clone())
+        .modify(job::retained::retain)
         .reflect(job_writer)
         .inspect(move |ev| {
             if let Ok(ev) = ev {

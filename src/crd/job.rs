@@ -96,7 +96,7 @@ pub struct JobSpec {
 
     /// Settings for the on-demand runner pod spawned when `runnerSelector` is absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub on_demand: Option<OnDemand>,
+    pub on_demand: Option<Box<OnDemand>>,
 
     /// Secrets (type `kubernetes.io/dockerconfigjson`, in the Job's namespace) the
     /// node logs in to private registries with, to pull the steps' images and the
@@ -154,7 +154,7 @@ pub struct JobSpec {
     /// Pod settings of every step pod (placement, labels, annotations, hosts,
     /// DNS); a step's own `podTemplate` wins field by field. Ignored locally.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub pod_template: Option<PodTemplate>,
+    pub pod_template: Option<Box<PodTemplate>>,
 
     /// Queue order within the namespace: a higher priority is handed to a runner
     /// first; Jobs of one priority go first come, first served (creationTimestamp,
@@ -268,7 +268,7 @@ pub struct Step {
 
     /// Compute resources of the step's container.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub resources: Option<ResourceRequirements>,
+    pub resources: Option<Box<ResourceRequirements>>,
 
     /// Let the step fail without failing the Job. Its failure is still recorded
     /// (phase `Failed`, exit code, reason, and `failureAllowed: true`), but the
@@ -291,7 +291,7 @@ pub struct Step {
 
     /// This step's pod settings, over the Job's `podTemplate`. Ignored locally.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub pod_template: Option<PodTemplate>,
+    pub pod_template: Option<Box<PodTemplate>>,
 
     /// Volumes mounted into this step's container: `emptyDir` (with
     /// `medium: Memory`, a tmpfs), read-only `configMap` and `secret`. Ignored locally.

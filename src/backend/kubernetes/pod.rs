@@ -256,7 +256,7 @@ pub fn step_pod(
     node: Option<&str>,
 ) -> Result<Pod, BackendError> {
     let step = attempt.step;
-    let template = shape::template(target.pod_template.as_ref(), step.pod_template.as_ref());
+    let template = shape::template(target.pod_template.as_ref(), step.pod_template.as_deref());
     let mut labels = job_labels(target);
     labels.insert(LABEL_STEP.into(), step.name.clone());
     labels.insert(LABEL_RETRY.into(), attempt.retry.to_string());
@@ -302,7 +302,7 @@ pub fn step_pod(
         command: wrapped,
         env: Some(env(target, attempt)),
         working_dir: working_dir(target, step),
-        resources: step.resources.clone(),
+        resources: step.resources.as_deref().cloned(),
         volume_mounts: Some(mounts),
         security_context: Some(restricted::container()),
         ..Default::default()

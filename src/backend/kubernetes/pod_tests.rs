@@ -383,13 +383,13 @@ fn env_order_secrets_and_reserved_names() {
 #[test]
 fn outputs_volume_resources_and_working_dir() {
     let mut step = script_step("true");
-    step.resources = Some(ResourceRequirements {
+    step.resources = Some(Box::new(ResourceRequirements {
         limits: Some(BTreeMap::from([("memory".into(), Quantity("64Mi".into()))])),
         ..Default::default()
-    });
+    }));
     let pod = build(&target(None), &step, 0, None);
     let c = container(&pod);
-    assert_eq!(c.resources, step.resources);
+    assert_eq!(c.resources, step.resources.map(|r| *r));
     assert_eq!(c.working_dir, None, "the image's own directory");
     let mounts = c.volume_mounts.clone().unwrap();
     assert_eq!(mounts.len(), 1);

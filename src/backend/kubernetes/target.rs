@@ -71,7 +71,7 @@ impl JobTarget {
             let needs = spec.content.is_some() || spec.steps.iter().any(|s| s.collects());
             needs.then(Workspace::default)
         });
-        self.pod_template = spec.pod_template.clone();
+        self.pod_template = spec.pod_template.as_deref().cloned();
         self.image_pull_secrets = spec.image_pull_secrets.clone();
         self
     }
