@@ -82,8 +82,9 @@ test: lint unit e2e ## Everything CI runs: lint, unit tests, e2e on a real clust
 bench: ## Baton vs batch/v1 Jobs vs Tekton on a KWOK control plane (not in CI): bench/results/, hack/bench/README.md
 	hack/bench/run.sh
 
-bench-local: ## Executor (200 trivial steps in a wide DAG) and change-archive benchmarks (pack, extract, upload to a directory and to SeaweedFS's S3)
+bench-local: ## Executor (200 trivial steps in a wide DAG), Job cache footprint, and change-archive benchmarks (pack, extract, upload to a directory and to SeaweedFS's S3)
 	$(CARGO) bench --bench executor
+	$(CARGO) bench --bench cache_footprint
 	@dir=$$(mktemp -d /tmp/baton-bench-s3.XXXXXX); \
 	  env_=$$(hack/s3/weed.sh start $$dir) && eval "$$env_" && $(CARGO) bench --bench archive; \
 	  rc=$$?; hack/s3/weed.sh stop $$dir; rm -rf $$dir; exit $$rc
