@@ -83,12 +83,17 @@ mod tests {
         j
     }
 
+    fn retained(whole: &Job) -> Job {
+        let mut kept = whole.clone();
+        retain(&mut kept);
+        kept
+    }
+
     #[test]
     fn a_finished_job_keeps_what_is_read_after_the_end_and_nothing_else() {
         for phase in [JobPhase::Succeeded, JobPhase::Failed, JobPhase::Cancelled] {
             let whole = job(phase);
-            let mut kept = whole.clone();
-            retain(&mut kept);
+            let kept = retained(&whole);
             let s = &kept.spec;
             assert_eq!(s.runner_selector, Some(LabelSelector::default()));
             assert_eq!(s.spawns_runner(), whole.spec.spawns_runner());
@@ -124,15 +129,15 @@ mod tests {
     fn a_job_not_yet_finished_is_kept_whole() {
         for phase in [JobPhase::Queued, JobPhase::Assigned, JobPhase::Running] {
             let whole = job(phase);
-            let mut kept = whole.clone();
-            retain(&mut kept);
-            assert_eq!(kept, whole);
+            assert_eq!(retained(&whole), whole);
         }
         let mut new = job(JobPhase::Queued);
         new.status = None;
-        let whole = new.clone();
-        retain(&mut new);
-        assert_eq!(new, whole, "a Job with no status yet is new, not finished");
+        assert_eq!(
+            retained(&new),
+            new,
+            "a Job with no status yet is new, not finished"
+        );
     }
 
     #[test]
