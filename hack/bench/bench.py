@@ -10,6 +10,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 
 from kube import STATE, Kube, Watch, pid_of, proc
@@ -257,9 +258,24 @@ def memory(kube, system):
     obs.stop()
     r = {"system": system, "finished": len(obs.done), "running": MEM_RUNNING, "rss_mib": rss,
          "peak_rss_mib": hwm, "start_rss_mib": hwm0, "cpu_s": cpu - cpu0, "idle_cpu_pct": idle}
+    if system == "baton":
+        r["heap_mib"] = baton_heap()
     print(f"  {r}", flush=True)
     cleanup(kube, system)
     return r
+
+
+def baton_heap():
+    """The controller's heap by jemalloc's counts (its /metrics), MiB by state."""
+    port = os.environ.get("BATON_PORT", "18480")
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as res:
+        body = res.read().decode()
+    heap = {}
+    for line in body.splitlines():
+        if line.startswith('baton_allocator_bytes{state="'):
+            state = line.split('"')[1]
+            heap[state] = round(int(line.rsplit(" ", 1)[1]) / 2**20, 1)
+    return heap
 
 
 def idle_queue(kube):

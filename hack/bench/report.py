@@ -134,6 +134,11 @@ def write(out):
                         [[x["system"], x["finished"], x["running"], f"{x['peak_rss_mib']:.1f}",
                           f"{x['rss_mib']:.1f}", f"{x['cpu_s']:.1f}", f"{x['idle_cpu_pct']:.1f}"]
                          for x in out["memory"]]), ""]
+        for x in out["memory"]:
+            if x.get("heap_mib"):
+                h = x["heap_mib"]
+                md += [f"{x['system']} heap after the phase, jemalloc's counts (MiB): "
+                       + ", ".join(f"{k} {v}" for k, v in h.items()) + ".", ""]
     if "idle" in out:
         i = out["idle"]
         md += [f"Baton controller idle CPU: {i['cpu_pct_empty']:.1f} % with no Jobs, "

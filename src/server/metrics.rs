@@ -101,6 +101,7 @@ pub struct Metrics {
     job_duration: Histogram,
     log_bytes: Counter,
     leader: Gauge,
+    heap: Family<Labels, Gauge>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -171,6 +172,13 @@ impl Metrics {
             "1 while this replica leads (reconciles, serves runners, fills the gauges above); 0 while it stands by. Always 1 without leader election",
             leader.clone(),
         );
+        let heap = Family::<Labels, Gauge>::default();
+        registry.register_with_unit(
+            "allocator",
+            "The process's heap as its allocator (jemalloc) counts it: allocated (live objects), active (their pages), resident (pages in memory, the allocator's own included), retained (address space kept, not in memory), metadata (the allocator's own). Read at scrape time",
+            prometheus_client::registry::Unit::Bytes,
+            heap.clone(),
+        );
         // Every series from the start, at zero: a family with none is not listed.
         for kind in [Kind::Job, Kind::Runner, Kind::RunnerToken] {
             for outcome in ["ok", "error"] {
@@ -191,6 +199,7 @@ impl Metrics {
             job_duration,
             log_bytes,
             leader,
+            heap,
         }
     }
 
@@ -280,12 +289,40 @@ impl Metrics {
         }
 
         self.leader.set(i64::from(hub.is_active()));
+        self.heap_stats();
 
         let mut out = String::new();
         if let Err(e) = encode(&mut out, &self.registry) {
             tracing::warn!("encode metrics: {e}");
         }
         out
+    }
+}
+
+impl Metrics {
+    /// jemalloc's counters, refreshed (`epoch`) first: they are cached per epoch.
+    /// A read that fails leaves the last figures (logged: never a failed scrape).
+    fn heap_stats(&self) {
+        use tikv_jemalloc_ctl::{epoch, stats};
+        let read = || -> Result<[(&str, usize); 5], tikv_jemalloc_ctl::Error> {
+            epoch::advance()?;
+            Ok([
+                ("allocated", stats::allocated::read()?),
+                ("active", stats::active::read()?),
+                ("resident", stats::resident::read()?),
+                ("retained", stats::retained::read()?),
+                ("metadata", stats::metadata::read()?),
+            ])
+        };
+        match read() {
+            Ok(figures) => {
+                for (state, bytes) in figures {
+                    let bytes = i64::try_from(bytes).unwrap_or(i64::MAX);
+                    self.heap.get_or_create(&vec![("state", state)]).set(bytes);
+                }
+            }
+            Err(e) => tracing::warn!("read the allocator's statistics: {e}"),
+        }
     }
 }
 
@@ -379,6 +416,27 @@ mod tests {
                 "baton_runners{adoption=\"Pending\",connected=\"false\"}"
             ),
             Some("0")
+        );
+        assert!(
+            body.contains("# TYPE baton_allocator_bytes gauge"),
+            "{body}"
+        );
+        for state in ["allocated", "active", "resident", "retained", "metadata"] {
+            let figure = line(
+                &body,
+                &format!("baton_allocator_bytes{{state=\"{state}\"}}"),
+            );
+            assert!(
+                figure.is_some_and(|n| n.parse::<u64>().is_ok()),
+                "{state}:\n{body}"
+            );
+        }
+        // jemalloc's own bookkeeping exists once it is asked (allocated stays 0
+        // here: the test binary allocates with the system's malloc).
+        let metadata = line(&body, "baton_allocator_bytes{state=\"metadata\"}");
+        assert!(
+            metadata.is_some_and(|n| n.parse::<u64>().unwrap() > 0),
+            "{body}"
         );
         assert!(body.ends_with("# EOF\n"), "{body}");
 
