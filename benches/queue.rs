@@ -108,7 +108,7 @@ fn queue(distinct: bool) -> Vec<Queued> {
                 uid: format!("uid-{i:05}"),
                 priority: (i % 21) as i32 - 10,
                 created: Timestamp::from_second(1_800_000_000 + i as i64).ok(),
-                selector: Some(selector),
+                selector: Some(std::sync::Arc::new(selector)),
                 ..Default::default()
             }
         })
@@ -133,7 +133,8 @@ fn former(unordered: &[Queued], runners: &[RunnerView]) -> usize {
         let matching: Vec<usize> = (0..runners.len())
             .filter(|&i| {
                 runners[i].usable
-                    && Selector::try_from(sel.clone()).is_ok_and(|s| s.matches(&runners[i].labels))
+                    && Selector::try_from((*sel).clone())
+                        .is_ok_and(|s| s.matches(&runners[i].labels))
             })
             .collect();
         if let Some(&i) = matching

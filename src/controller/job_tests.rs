@@ -27,7 +27,7 @@ fn q(name: &str, selector: Option<LabelSelector>) -> Queued {
     Queued {
         name: name.into(),
         uid: format!("uid-{name}"),
-        selector,
+        selector: selector.map(std::sync::Arc::new),
         ..Default::default()
     }
 }

@@ -11,7 +11,7 @@ use kube::ResourceExt;
 use super::board::NsPlan;
 use super::decide::{Observed, RunnerSeen};
 use super::queue::{
-    Decision, Queued, RunnerView, decisions, on_demand_decision, plan_queue, sort_queue,
+    Decision, Queued, RunnerView, Selectors, decisions, on_demand_decision, plan_queue, sort_queue,
     waits_in_queue,
 };
 use super::{Recent, invalid_spec, runner_secrets};
@@ -80,7 +80,8 @@ fn queue_verdict(
         (None, None) => {
             // Not in the cache yet (just created): planned in its place, once.
             let mut q = plan.queue.clone();
-            q.push(queued(job, &runner_secrets(&ctx.tokens, ns)));
+            let secrets = runner_secrets(&ctx.tokens, ns);
+            q.push(queued(job, &secrets, &mut Selectors::default()));
             sort_queue(&mut q);
             match plan_queue(&q, &plan.runners).remove(&name) {
                 Some(decision) => decision,
@@ -103,7 +104,11 @@ pub fn plan_namespace(ctx: &Context, ns: &str, recent: &mut Recent) -> Arc<NsPla
     if let Some(plan) = board.remembered(ns, key) {
         return plan;
     }
-    let mut queue: Vec<Queued> = jobs.iter().map(|j| queued(j, &secrets)).collect();
+    let mut selectors = Selectors::default();
+    let mut queue: Vec<Queued> = jobs
+        .iter()
+        .map(|j| queued(j, &secrets, &mut selectors))
+        .collect();
     sort_queue(&mut queue);
     let decisions = decisions(&queue, &runners);
     let plan = Arc::new(NsPlan::new(key, queue, decisions, runners));
@@ -212,13 +217,13 @@ fn runner_views(ctx: &Context, ns: &str, recent: &mut Recent) -> Vec<RunnerView>
         .collect()
 }
 
-fn queued(j: &Job, runner_secrets: &BTreeSet<String>) -> Queued {
+fn queued(j: &Job, runner_secrets: &BTreeSet<String>, selectors: &mut Selectors) -> Queued {
     Queued {
         name: j.name_any(),
         uid: j.uid().unwrap_or_default(),
         priority: j.spec.priority.unwrap_or(0),
         created: j.metadata.creation_timestamp.as_ref().map(|t| t.0),
-        selector: j.spec.runner_selector.clone(),
+        selector: j.spec.runner_selector.as_ref().map(|s| selectors.share(s)),
         runner_name: j.spec.runner_name.clone(),
         invalid: invalid_spec(j, runner_secrets),
         on_demand: None,

@@ -20,7 +20,7 @@ fn job(name: &str, priority: i32, created: i64, selector: Option<LabelSelector>)
         uid: format!("uid-{name}"),
         priority,
         created: at(created),
-        selector,
+        selector: selector.map(Arc::new),
         ..Default::default()
     }
 }
@@ -368,4 +368,29 @@ fn a_named_runner_that_cannot_take_jobs_is_waited_for() {
         })
         .collect();
     assert!(upkeep(&queue, &decided, &shown, &[]).kick.is_empty());
+}
+
+#[test]
+fn jobs_of_one_selector_share_one_copy_of_it() {
+    let mut selectors = Selectors::default();
+    let a1 = selectors.share(&pool("a").unwrap());
+    let a2 = selectors.share(&pool("a").unwrap());
+    let b = selectors.share(&pool("b").unwrap());
+    assert!(Arc::ptr_eq(&a1, &a2), "equal selectors share a copy");
+    assert!(!Arc::ptr_eq(&a1, &b));
+    assert_eq!(
+        *b,
+        pool("b").unwrap(),
+        "a shared copy is the selector itself"
+    );
+    // Same labels, one more expression: a different selector.
+    let mut stricter = pool("a").unwrap();
+    stricter.match_expressions = Some(vec![LabelSelectorRequirement {
+        key: "gpu".into(),
+        operator: "Exists".into(),
+        values: None,
+    }]);
+    let s = selectors.share(&stricter);
+    assert!(!Arc::ptr_eq(&a1, &s));
+    assert_eq!(*s, stricter);
 }
