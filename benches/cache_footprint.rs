@@ -104,6 +104,51 @@ fn allocated() -> usize {
     stats::allocated::read().expect("jemalloc stats")
 }
 
+/// Bytes in pages the allocator holds for live objects (`allocated` plus the
+/// free room inside those pages: what fragmentation costs).
+fn active() -> usize {
+    epoch::advance().expect("jemalloc epoch");
+    stats::active::read().expect("jemalloc stats")
+}
+
+/// What the watch delivers, as it arrives: decoded, slimmed, cut, cached.
+fn apply(writer: &mut Writer<Job>, bytes: &[u8]) {
+    let mut job: Job = serde_json::from_slice(bytes).expect("decode");
+    scoped::slim(&mut job);
+    retained::retain(&mut job);
+    writer.apply_watcher_event(&Event::Apply(job));
+}
+
+/// The memory phase of `make bench` in small: every Job arrives queued (a
+/// burst), then each is replaced by its finished version. Live bytes and the
+/// pages holding them afterwards, per Job.
+fn burst_then_finished() {
+    let encode = |make: fn(usize) -> Job| -> Vec<Vec<u8>> {
+        (0..JOBS)
+            .map(|i| serde_json::to_vec(&make(i)).expect("encode"))
+            .collect()
+    };
+    let (queued_wire, finished_wire) = (encode(queued), encode(finished));
+    let (store, mut writer): (_, Writer<Job>) = reflector::store();
+    let (live0, pages0) = (allocated(), active());
+    for bytes in &queued_wire {
+        apply(&mut writer, bytes);
+    }
+    for bytes in &finished_wire {
+        apply(&mut writer, bytes);
+    }
+    let live = allocated().saturating_sub(live0);
+    let pages = active().saturating_sub(pages0);
+    assert_eq!(store.state().len(), JOBS);
+    println!(
+        "burst     {:>7} B per Job live after {JOBS} queued then finished, {:>5} B per Job in pages ({:.1} of {:.1} MiB used)",
+        live / JOBS,
+        pages / JOBS,
+        live as f64 / 1_048_576.0,
+        pages as f64 / 1_048_576.0,
+    );
+}
+
 /// Heap bytes per Job the cache holds once `JOBS` of `make(i)` went through it.
 fn per_job(label: &str, make: fn(usize) -> Job) {
     // Encoded first, as the watch receives them: only the cache is counted.
@@ -114,10 +159,7 @@ fn per_job(label: &str, make: fn(usize) -> Job) {
     let (store, mut writer): (_, Writer<Job>) = reflector::store();
     let before = allocated();
     for bytes in &wire {
-        let mut job: Job = serde_json::from_slice(bytes).expect("decode");
-        scoped::slim(&mut job);
-        retained::retain(&mut job);
-        writer.apply_watcher_event(&Event::Apply(job));
+        apply(&mut writer, bytes);
     }
     let held = allocated().saturating_sub(before);
     assert_eq!(store.state().len(), JOBS);
@@ -141,4 +183,5 @@ fn main() {
     );
     per_job("queued", queued);
     per_job("finished", finished);
+    burst_then_finished();
 }
