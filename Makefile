@@ -16,7 +16,7 @@ KSTATUS_VERSION := $(shell sed -n 's,^require sigs.k8s.io/cli-utils \(v[^ ]*\)$$
 KSTATUS_HASH := $(shell cat hack/kstatus/main.go hack/kstatus/go.mod hack/kstatus/go.sum | sha256sum | cut -c1-12)
 export BATON_KSTATUS ?= $(BATON_CACHE)/kstatus-$(KSTATUS_VERSION)-$(KSTATUS_HASH)/kstatus
 
-.PHONY: help build release lint helm-lint fmt unit crd images cluster-up cluster-down kstatus browser e2e test bench bench-local bench-content bench-dashboard clean-cache
+.PHONY: help build release lint helm-lint fmt unit crd images cluster-up cluster-down kstatus browser e2e test bench bench-local bench-content bench-dashboard bench-on-demand clean-cache
 
 help: ## List the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z0-9_-]+:.*## / {printf "  %-14s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -88,6 +88,9 @@ bench-local: ## Executor (200 trivial steps in a wide DAG), Job cache footprint,
 	@dir=$$(mktemp -d /tmp/baton-bench-s3.XXXXXX); \
 	  env_=$$(hack/s3/weed.sh start $$dir) && eval "$$env_" && $(CARGO) bench --bench archive; \
 	  rc=$$?; hack/s3/weed.sh stop $$dir; rm -rf $$dir; exit $$rc
+
+bench-on-demand: cluster-up images kstatus ## 30 one-step Jobs at once on the real node: Baton on-demand runner pods vs batch/v1 Jobs, 3 rounds each (not in CI)
+	KUBECONFIG=$(KUBECONFIG_E2E) $(CARGO) test --release --test e2e -- --ignored --exact on_demand_bench::bench_on_demand_against_batch_jobs --nocapture
 
 bench-dashboard: cluster-up release kstatus browser ## A 200-step Job's page and a 20,000-line log in headless Chromium (release build): bench/results/DATE-dashboard-render.md
 	KUBECONFIG=$(KUBECONFIG_E2E) BATON_DASHBOARD_BIN=$${CARGO_TARGET_DIR:-$(CURDIR)/target}/release/baton \

@@ -26,6 +26,7 @@ mod jobs;
 mod kstatus;
 mod namespaces;
 mod on_demand;
+mod on_demand_bench;
 mod pods;
 mod procs;
 mod registry;

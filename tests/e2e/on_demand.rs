@@ -54,7 +54,7 @@ fn scheduled_message(j: &Job) -> String {
 
 /// A controller on the node's address (a port the OS picks), telling runner pods
 /// to reach it there.
-async fn controller(ns: &TestNs) -> anyhow::Result<Controller> {
+pub async fn controller(ns: &TestNs) -> anyhow::Result<Controller> {
     let port = std::net::TcpListener::bind((NODE_ADDR, 0))?
         .local_addr()?
         .port();
