@@ -267,7 +267,7 @@ def memory(kube, system):
 
 def baton_heap():
     """The controller's heap by jemalloc's counts (its /metrics), MiB by state."""
-    port = os.environ.get("BATON_PORT", "18480")
+    port = ENV("BATON_PORT", "18480")  # run.sh passes lib.sh's
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as res:
         body = res.read().decode()
     heap = {}

@@ -12,4 +12,4 @@ cargo build --release --bin baton
 "$BENCH_HERE/up.sh"
 finish() { [[ ${BENCH_KEEP:-0} == 1 ]] || "$BENCH_HERE/down.sh"; }
 trap finish EXIT
-BATON_BENCH_DIR=$STATE "$BENCH_PY" "$BENCH_HERE/bench.py"
+BATON_BENCH_DIR=$STATE BATON_PORT=$BATON_PORT "$BENCH_PY" "$BENCH_HERE/bench.py"
