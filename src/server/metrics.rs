@@ -297,9 +297,7 @@ impl Metrics {
         }
         out
     }
-}
 
-impl Metrics {
     /// jemalloc's counters, refreshed (`epoch`) first: they are cached per epoch.
     /// A read that fails leaves the last figures (logged: never a failed scrape).
     fn heap_stats(&self) {

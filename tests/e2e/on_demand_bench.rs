@@ -22,8 +22,15 @@ use crate::support::{STEP_IMAGE, TestNs, in_namespace};
 
 /// Jobs created at once per round.
 const JOBS: usize = 30;
-/// Rounds per system, interleaved.
-const ROUNDS: usize = 3;
+/// The rounds in turn, 3 per system: neither system always goes first.
+const ORDER: [System; 6] = [
+    System::Batch,
+    System::Baton,
+    System::Baton,
+    System::Batch,
+    System::Batch,
+    System::Baton,
+];
 /// A round that takes longer than this failed.
 const ROUND_LIMIT: Duration = Duration::from_secs(600);
 
@@ -166,13 +173,7 @@ async fn bench_on_demand_against_batch_jobs() {
     in_namespace("od-bench", |ns| async move {
         let _ctl = controller(&ns).await?;
         let (mut baton, mut batch) = (Vec::new(), Vec::new());
-        for r in 0..ROUNDS * 2 {
-            // Batch, Baton, Baton, Batch, …: neither system always goes first.
-            let system = if (r % 2 == 0) == (r / 2 % 2 == 0) {
-                System::Batch
-            } else {
-                System::Baton
-            };
+        for (r, system) in ORDER.into_iter().enumerate() {
             let secs = round(&ns, system, r).await.context("a round")?;
             println!(
                 "BENCH on-demand round {r}: {system:?} {JOBS} one-step Jobs at once, all succeeded in {secs:.1} s ({:.0} Jobs/min)",
@@ -186,7 +187,8 @@ async fn bench_on_demand_against_batch_jobs() {
         }
         let (baton, batch) = (median(baton), median(batch));
         println!(
-            "BENCH on-demand median of {ROUNDS}: Baton on-demand {baton:.1} s, batch/v1 {batch:.1} s; Baton's throughput is {:.2}x batch/v1's",
+            "BENCH on-demand median of {} rounds each: Baton on-demand {baton:.1} s, batch/v1 {batch:.1} s; Baton's throughput is {:.2}x batch/v1's",
+            ORDER.len() / 2,
             batch / baton
         );
         Ok(())

@@ -297,7 +297,7 @@ impl Selectors {
     /// The shared copy equal to `sel`.
     pub fn share(&mut self, sel: &LabelSelector) -> Arc<LabelSelector> {
         let same = self.0.entry(selector_hash(sel)).or_default();
-        if let Some(known) = same.iter().find(|k| ***k == *sel) {
+        if let Some(known) = same.iter().find(|k| k.as_ref() == sel) {
             return known.clone();
         }
         let new = Arc::new(sel.clone());
