@@ -89,7 +89,8 @@ async fn install(ns: &TestNs, extra: &[String]) -> anyhow::Result<(String, Strin
     let url = format!("http://{ip}:8765");
     // The pod is Ready a moment before the Service routes to it; any answer (421:
     // the IP is no public Host) says it does. Under the full suite's load a
-    // ClusterIP once answered 404 for 30 s (kube-proxy behind): a minute and a half.
+    // ClusterIP once answered 404 for 30 s (kube-proxy behind): a minute and a half,
+    // each try on a new connection (wait_status).
     wait_status(&format!("{url}/livez"), 421, 90).await?;
     Ok((ip, url))
 }

@@ -178,9 +178,15 @@ pub fn http() -> reqwest::Client {
         .unwrap()
 }
 
-/// Wait (bounded) until GET `url` answers `status`.
+/// Wait (bounded) until GET `url` answers `status`. A new connection per try:
+/// through a ClusterIP, a kept-alive connection stays with whichever pod
+/// answered first, even a stale rule's, so it could repeat the wrong answer
+/// long after kube-proxy had caught up.
 pub async fn wait_status(url: &str, status: u16, secs: u64) -> anyhow::Result<()> {
-    let client = http();
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .pool_max_idle_per_host(0)
+        .build()?;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
     let mut last = String::new();
     while tokio::time::Instant::now() < deadline {
