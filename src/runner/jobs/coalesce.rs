@@ -84,6 +84,22 @@ impl Part {
             phase: None,
         }
     }
+
+    /// Whether this part only restates what the claim read as recorded
+    /// (`steps`; `started`: the Job has a start time, so it is Running): a
+    /// resumed run re-reports each step it adopts, and posting what is already
+    /// written would cost the server a read to find nothing to write.
+    pub fn restates(&self, steps: &[StepStatus], started: bool) -> bool {
+        let phase_recorded = match &self.phase {
+            None => true,
+            Some((phase, reason)) => *phase == JobPhase::Running && reason.is_none() && started,
+        };
+        let step_recorded = match &self.step {
+            None => true,
+            Some(step) => steps.contains(step),
+        };
+        phase_recorded && step_recorded && (self.step.is_some() || self.phase.is_some())
+    }
 }
 
 #[cfg(test)]
@@ -100,6 +116,42 @@ mod tests {
 
     fn running() -> Option<(JobPhase, Option<String>)> {
         Some((JobPhase::Running, None))
+    }
+
+    #[test]
+    fn only_what_the_claim_recorded_is_a_restatement() {
+        let mut started = step("a", StepPhase::Running);
+        started.pod_name = Some("j-a-1".into());
+        let recorded = [started.clone(), step("b", StepPhase::Pending)];
+        let resumed = Part {
+            step: Some(started.clone()),
+            phase: running(),
+        };
+        assert!(resumed.restates(&recorded, true));
+        assert!(Part::of_step(started.clone()).restates(&recorded, false));
+        // The Job has no start recorded: its Running is news.
+        assert!(!resumed.restates(&recorded, false));
+        // Any field that differs is news: a new attempt's pod, an end.
+        let mut other_pod = started.clone();
+        other_pod.pod_name = Some("j-a-2".into());
+        assert!(!Part::of_step(other_pod).restates(&recorded, true));
+        assert!(!Part::of_step(step("a", StepPhase::Succeeded)).restates(&recorded, true));
+        assert!(!Part::of_step(step("c", StepPhase::Running)).restates(&recorded, true));
+        // A phase other than Running, or with a reason, is never assumed written.
+        let failing = Part {
+            step: None,
+            phase: Some((JobPhase::Failed, None)),
+        };
+        assert!(!failing.restates(&recorded, true));
+        let with_reason = Part {
+            step: None,
+            phase: Some((JobPhase::Running, Some("Why".into()))),
+        };
+        assert!(!with_reason.restates(&recorded, true));
+        assert!(
+            !Part::default().restates(&recorded, true),
+            "an empty part is no report to skip"
+        );
     }
 
     #[test]

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Mutex;
 
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use super::coalesce::{Coalesce, Part};
 use super::sent::{JOB_LOG_KEEP, STEP_LOG_KEEP, SentLog, gap_stored, resend_from};
@@ -80,8 +80,14 @@ impl Sink {
         }
     }
 
+    /// Post each part, but none that only restates what the claim read.
     async fn post_all(&self, parts: Vec<Part>) {
+        let started = self.claim.start_time.is_some();
         for part in parts {
+            if part.restates(&self.claim.steps, started) {
+                debug!(job = %self.claim.name, step = ?part.step.as_ref().map(|s| &s.name), "not reported: the claim shows it recorded");
+                continue;
+            }
             self.post(&self.report(part)).await;
         }
     }
