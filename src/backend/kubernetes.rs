@@ -36,6 +36,7 @@
 mod attempt;
 mod feed;
 mod helper;
+mod listed;
 mod outputs;
 mod pinning;
 mod pod;
@@ -59,6 +60,7 @@ use kube::api::{Api, DeleteParams, ListParams, PostParams};
 use kube::{Client, ResourceExt};
 use tracing::Instrument;
 
+pub use listed::{ListedPods, ListedSoon};
 pub use pod::{
     LABEL_JOB_NAME, LABEL_JOB_UID, LABEL_RETRY, LABEL_RUNNER, LABEL_STEP, job_selector, pod_name,
     workspace_claim_name,
@@ -114,6 +116,9 @@ pub struct KubernetesBackend {
     archive_root: Option<PathBuf>,
     /// The runner's shared watches of its step pods ([`pod_hub`]).
     hub: Option<Arc<PodHub>>,
+    /// A list of many Jobs' pods, this Job's among them ([`listed`]): the
+    /// first discover waits for it instead of listing.
+    listed: Mutex<Option<ListedSoon>>,
 }
 
 fn kube_err(step: &str, doing: &'static str) -> impl FnOnce(kube::Error) -> BackendError {
@@ -146,7 +151,16 @@ impl KubernetesBackend {
             before: Mutex::new(HashMap::new()),
             archive_root: None,
             hub: None,
+            listed: Mutex::new(None),
         }
+    }
+
+    /// Discover the Job's pods in a list of many Jobs' pods ([`ListedPods`]):
+    /// valid only if none of its pods can be made but by this backend.
+    #[must_use]
+    pub fn with_listed(self, pods: ListedSoon) -> Self {
+        *lock(&self.listed) = Some(pods);
+        self
     }
 
     /// Label step pods with `hub`'s runner and wait on them through its watches.
@@ -299,13 +313,19 @@ impl Backend for KubernetesBackend {
 
     async fn discover(&self, workflow: &Workflow) -> Result<Vec<DiscoveredStep>, BackendError> {
         self.check(workflow, "")?;
-        let list = self
-            .pods
-            .list(&ListParams::default().labels(&pod::job_selector(&self.target.job_uid)))
-            .await
-            .map_err(kube_err("", "list the Job's step pods"))?;
+        let listed = lock(&self.listed).take();
+        let listed = futures::future::OptionFuture::from(listed).await.flatten();
+        let items = match listed {
+            Some(pods) => pods.take(&self.target.job_uid),
+            None => {
+                let params = ListParams::default().labels(&pod::job_selector(&self.target.job_uid));
+                (self.pods.list(&params).await)
+                    .map_err(kube_err("", "list the Job's step pods"))?
+                    .items
+            }
+        };
         let mut latest: BTreeMap<String, (u32, &Pod)> = BTreeMap::new();
-        let steps = list.items.iter().filter(|p| !helper::is_helper(p));
+        let steps = items.iter().filter(|p| !helper::is_helper(p));
         for p in steps.filter(|p| pod::is_ours(p, &self.target)) {
             let Some(found) = AttemptState::from_pod(p) else {
                 tracing::warn!(pod = %p.name_any(), "a pod with the Job's label but not a step pod's labels; ignored");
@@ -321,8 +341,7 @@ impl Backend for KubernetesBackend {
         if self.target.workspace.is_some() {
             let mut node = self.node.lock().await;
             if node.is_none() {
-                *node = list
-                    .items
+                *node = items
                     .iter()
                     .find_map(|p| state::node_of(p).map(str::to_owned));
             }

@@ -26,11 +26,11 @@ use tracing::{info, warn};
 
 use super::BackendKind;
 use super::client::{Client, ClientError};
-use crate::backend::kubernetes::PodHub;
+use crate::backend::kubernetes::{ListedPods, ListedSoon, PodHub};
 use crate::backend::{JobTarget, KubernetesBackend, LocalBackend, Workflow};
 use crate::crd::job::JobPhase;
 use crate::executor::{CancellationToken, Executor, ExecutorOptions, JobReport};
-use crate::protocol::jobs::{ClaimRequest, ClaimResponse, StatusReport};
+use crate::protocol::jobs::{Assignment, ClaimRequest, ClaimResponse, StatusReport};
 
 mod coalesce;
 mod content;
@@ -42,6 +42,10 @@ use sink::Sink;
 
 /// Jobs in progress: (namespace, name) -> (epoch, its cancel token).
 type Running = HashMap<(String, String), (i64, CancellationToken)>;
+
+/// Resumed Jobs whose step pods are listed with their namespace's, until
+/// their run takes that list: (namespace, name) -> it.
+type Listed = HashMap<(String, String), ListedSoon>;
 
 /// What a runner needs to run Jobs.
 #[derive(Clone)]
@@ -61,6 +65,7 @@ pub struct JobRunner {
     direct_only: bool,
     workspace: Option<PathBuf>,
     running: Arc<Mutex<Running>>,
+    listed: Arc<Mutex<Listed>>,
     /// Whether a Job was ever started, and a wake-up when one ends.
     started: Arc<std::sync::atomic::AtomicBool>,
     ended: Arc<tokio::sync::Notify>,
@@ -103,6 +108,7 @@ impl JobRunner {
             direct_only: false,
             workspace: None,
             running: Arc::default(),
+            listed: Arc::default(),
             started: Arc::default(),
             ended: Arc::default(),
             connections: Arc::new(tokio::sync::watch::Sender::new(0)),
@@ -139,6 +145,32 @@ impl JobRunner {
     /// How many Jobs this runner is running.
     pub fn active(&self) -> usize {
         lock(&self.running).len()
+    }
+
+    /// Start the Jobs the server lists as assigned to this runner in `namespace`
+    /// (after a restart, on each reconnect). With the kubernetes backend, those
+    /// with no run here yet find their step pods in one list of the namespace's
+    /// ([`ListedPods`]), not in a list each: a thousand resumed Jobs, one list.
+    /// It is taken while they claim; a run that discovers waits for it.
+    pub fn resume(&self, namespace: &str, assigned: Vec<Assignment>, token: &str) {
+        if let (Some(kube), BackendKind::Kubernetes) = (&self.kube, self.backend) {
+            let running = lock(&self.running);
+            // No run here: their pods are made by their own runs, after the list.
+            let idle: Vec<_> = (assigned.iter())
+                .map(|a| (a.namespace.clone(), a.name.clone()))
+                .filter(|k| k.0 == namespace && !running.contains_key(k))
+                .collect();
+            if !idle.is_empty() {
+                let pods = ListedPods::soon(kube.clone(), namespace.to_owned());
+                let mut listed = lock(&self.listed);
+                listed.retain(|(ns, _), _| ns != namespace);
+                listed.extend(idle.into_iter().map(|k| (k, pods.clone())));
+            }
+        }
+        for a in assigned {
+            info!(namespace = %a.namespace, job = %a.name, epoch = a.epoch, "resuming an assigned job");
+            self.start(&a.namespace, &a.name, a.epoch, a.cancel, token);
+        }
     }
 
     /// Start a Job at `epoch` unless it already runs at that epoch (a repeated
@@ -219,9 +251,13 @@ impl JobRunner {
                     let mut target =
                         JobTarget::new(ns, name, claim.uid.clone()).with_spec(&claim.spec);
                     target.tools_image = self.tools_image.clone();
-                    let backend = KubernetesBackend::new(client.clone(), target)
+                    let mut backend = KubernetesBackend::new(client.clone(), target)
                         .with_archive_root(self.job_dir(ns, name))
                         .with_pod_hub(hub.clone());
+                    let listed = lock(&self.listed).remove(&(ns.to_owned(), name.to_owned()));
+                    if let Some(pods) = listed {
+                        backend = backend.with_listed(pods);
+                    }
                     Executor::new(&backend, ExecutorOptions::default())
                         .run_seeded(workflow, &claim.spec, content, sink, sink, cancel)
                         .await

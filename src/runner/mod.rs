@@ -358,12 +358,7 @@ impl Agent {
         );
         tokio::spawn(async move {
             match client.assignments(&name, &ns, &token).await {
-                Ok(list) => {
-                    for a in list {
-                        info!(namespace = %a.namespace, job = %a.name, epoch = a.epoch, "resuming an assigned job");
-                        jobs.start(&a.namespace, &a.name, a.epoch, a.cancel, &token);
-                    }
-                }
+                Ok(list) => jobs.resume(&ns, list, &token),
                 Err(e) => warn!("list assigned jobs: {e}"),
             }
         });
