@@ -408,8 +408,7 @@ async fn apply_issued(
                 false,
                 "TokenIssued",
                 format!("adopted: issued RunnerToken {issued_name}; the runner collects it on its next poll"),
-            )
-            .await;
+            );
         }
         IssuedToken::Replace => {
             tokens
@@ -461,8 +460,7 @@ async fn write_status(ctx: &Context, runner: &Runner, status: &RunnerStatus) -> 
             .unwrap_or_default();
         let warning = now == AdoptionState::Rejected;
         ctx.events
-            .publish(runner, warning, &format!("{now:?}"), why)
-            .await;
+            .publish(runner, warning, &format!("{now:?}"), why);
     }
     Ok(())
 }
@@ -475,14 +473,12 @@ async fn decommission(ctx: &Context, runner: &Runner, key: &RunnerKey) -> Result
         told,
         "decommissioned: told the runner to wipe its state and exit"
     );
-    ctx.events
-        .publish(
-            runner,
-            false,
-            "Decommissioned",
-            "told the runner to wipe its state directory and exit".into(),
-        )
-        .await;
+    ctx.events.publish(
+        runner,
+        false,
+        "Decommissioned",
+        "told the runner to wipe its state directory and exit".into(),
+    );
     let api: Api<Runner> = Api::namespaced(ctx.client.clone(), &key.namespace);
     match api.delete(&key.name, &DeleteParams::background()).await {
         Ok(_) => Ok(Action::await_change()),

@@ -172,14 +172,12 @@ async fn mint(
             source,
         })?;
     info!(secret = %sname, "minted a runner token");
-    ctx.events
-        .publish(
-            rt,
-            false,
-            "Minted",
-            format!("minted a token into Secret {sname} (key {SECRET_KEY})"),
-        )
-        .await;
+    ctx.events.publish(
+        rt,
+        false,
+        "Minted",
+        format!("minted a token into Secret {sname} (key {SECRET_KEY})"),
+    );
     Ok(token::hash(&plain))
 }
 
@@ -242,7 +240,7 @@ pub async fn reconcile(rt: Arc<RunnerToken>, ctx: Arc<Context>) -> Result<Action
             && was.as_deref() != Some(reason.as_str())
         {
             info!(reason, "runner token unusable: {message}");
-            ctx.events.publish(&*rt, true, &reason, message).await;
+            ctx.events.publish(&*rt, true, &reason, message);
         }
     }
     Ok(requeue.map_or_else(Action::await_change, Action::requeue))

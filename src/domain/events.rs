@@ -6,6 +6,13 @@
 //! client-go's recorder does). Publishing is best effort: a failure is logged,
 //! never fails the request or the reconcile that caused it.
 //!
+//! Nor does it wait for them. `publish` queues the Event and returns; one task
+//! sends the queue, [`IN_FLIGHT`] at a time (client-go's broadcaster sends
+//! from a queue too). Under load, the status writes a runner's report or a
+//! reconcile waits on no longer queue at the API server behind their Events:
+//! when 1,000 resumed Jobs end at once, their Events follow their ends rather
+//! than delay them. A full queue drops the Event, saying so.
+//!
 //! Why not kube-runtime's `Recorder`: it keys an Event by the whole object
 //! reference, resourceVersion included, so the Events of a Job (each after a
 //! status write) never fold; and it holds every Event of the last six minutes
@@ -16,6 +23,8 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::ObjectReference;
 use k8s_openapi::api::events::v1::{Event, EventSeries};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
 use k8s_openapi::jiff::Timestamp;
@@ -31,50 +40,109 @@ pub const SERIES_WINDOW: Duration = Duration::from_secs(6 * 60);
 pub const REMEMBERED: usize = 4096;
 /// `note` may hold at most this many bytes (the API server's limit).
 const NOTE_MAX: usize = 1024;
+/// Events waiting to be sent, at most; one more is dropped.
+pub const QUEUED: usize = 4096;
+/// Events being sent at once.
+const IN_FLIGHT: usize = 4;
 
-/// The process's Event publisher (cheap to clone: clones share [`Recent`]).
+/// The process's Event publisher (cheap to clone: clones share the queue).
 #[derive(Clone)]
 pub struct Events {
+    queue: tokio::sync::mpsc::Sender<Queued>,
+}
+
+/// An Event waiting in the queue.
+struct Queued {
+    key: Key,
+    regarding: ObjectReference,
+    kind: String,
+    /// When it was published: the Event's time, however long it queued.
+    at: Timestamp,
+}
+
+/// What the sending task holds.
+struct Sender {
     client: Client,
     instance: String,
-    recent: Arc<Mutex<Recent>>,
+    recent: Mutex<Recent>,
 }
 
 impl Events {
-    /// Events reported by `baton-controller` (instance: `$POD_NAME`, when set).
+    /// Events reported by `baton-controller` (instance: `$POD_NAME`, when set),
+    /// sent by a task of the current runtime until every clone is dropped.
     pub fn new(client: Client) -> Self {
-        Self {
-            client,
-            instance: std::env::var("POD_NAME").unwrap_or_else(|_| CONTROLLER.to_owned()),
-            recent: Arc::default(),
-        }
+        Self::bounded(client, QUEUED)
     }
 
-    /// Publish an Event on `obj` (a Job, Runner or RunnerToken).
-    pub async fn publish<K>(&self, obj: &K, warning: bool, reason: &str, note: String)
+    /// As [`Self::new`], holding at most `queued` Events waiting.
+    fn bounded(client: Client, queued: usize) -> Self {
+        let sender = Arc::new(Sender {
+            client,
+            instance: std::env::var("POD_NAME").unwrap_or_else(|_| CONTROLLER.to_owned()),
+            recent: Mutex::default(),
+        });
+        let (queue, mut waiting) = tokio::sync::mpsc::channel(queued);
+        let stream = futures::stream::poll_fn(move |cx| waiting.poll_recv(cx));
+        tokio::spawn(stream.for_each_concurrent(IN_FLIGHT, move |q| {
+            let sender = sender.clone();
+            async move { sender.send(q).await }
+        }));
+        Self { queue }
+    }
+
+    /// Queue an Event on `obj` (a Job, Runner or RunnerToken).
+    pub fn publish<K>(&self, obj: &K, warning: bool, reason: &str, note: String)
     where
         K: Resource<DynamicType = ()>,
     {
         let regarding = obj.object_ref(&());
-        let ns = regarding
-            .namespace
-            .clone()
-            .unwrap_or_else(|| "default".into());
         let key = Key {
             uid: regarding.uid.clone().unwrap_or_default(),
             warning,
             reason: reason.to_owned(),
             note: clip(note),
         };
+        let kind = K::kind(&()).into_owned();
+        let at = Timestamp::now();
+        if let Err(e) = self.queue.try_send(Queued {
+            key,
+            regarding,
+            kind,
+            at,
+        }) {
+            let q = e.into_inner();
+            warn!(kind = %q.kind, name = ?q.regarding.name, reason = %q.key.reason, "an event is dropped: the queue is full");
+        }
+    }
+}
+
+impl Sender {
+    /// Create the Event, or count one more of a recent same one.
+    async fn send(&self, q: Queued) {
+        let Queued {
+            key,
+            regarding,
+            kind,
+            at,
+        } = q;
+        let ns = regarding
+            .namespace
+            .clone()
+            .unwrap_or_else(|| "default".into());
         let api: Api<Event> = Api::namespaced(self.client.clone(), &ns);
+        let object = regarding.name.clone();
         let repeat = self.recent().repeat(&key, Instant::now());
         let done = match repeat {
             Some((name, count)) => api
-                .patch(&name, &PatchParams::default(), &Patch::Merge(series(count)))
+                .patch(
+                    &name,
+                    &PatchParams::default(),
+                    &Patch::Merge(series(count, at)),
+                )
                 .await
                 .map(drop),
             None => {
-                let event = self.event(&key, regarding, &ns);
+                let event = self.event(&key, regarding, &ns, at);
                 let created = api.create(&PostParams::default(), &event).await;
                 created.map(|e| {
                     let name = e.metadata.name.unwrap_or_default();
@@ -84,7 +152,7 @@ impl Events {
         };
         if let Err(e) = done {
             self.recent().forget(&key);
-            warn!(kind = %K::kind(&()), name = ?obj.meta().name, reason, "publish an event: {e}");
+            warn!(kind = %kind, name = ?object, reason = %key.reason, "publish an event: {e}");
         }
     }
 
@@ -92,13 +160,7 @@ impl Events {
         self.recent.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    fn event(
-        &self,
-        key: &Key,
-        regarding: k8s_openapi::api::core::v1::ObjectReference,
-        ns: &str,
-    ) -> Event {
-        let now = Timestamp::now();
+    fn event(&self, key: &Key, regarding: ObjectReference, ns: &str, now: Timestamp) -> Event {
         let object = regarding.name.clone().unwrap_or_else(|| CONTROLLER.into());
         Event {
             metadata: ObjectMeta {
@@ -120,10 +182,10 @@ impl Events {
 }
 
 /// The patch that counts one more occurrence of an Event.
-fn series(count: i32) -> serde_json::Value {
+fn series(count: i32, at: Timestamp) -> serde_json::Value {
     let series = EventSeries {
         count,
-        last_observed_time: MicroTime(Timestamp::now()),
+        last_observed_time: MicroTime(at),
     };
     serde_json::json!({ "series": series })
 }
@@ -266,6 +328,57 @@ mod tests {
         assert!(r.len() <= REMEMBERED, "{}", r.len());
         r.forget(&key("v4095", "n"));
         assert_eq!(r.repeat(&key("v4095", "n"), later), None);
+    }
+
+    fn job(name: &str) -> crate::crd::Job {
+        let mut job = crate::crd::Job::new(name, Default::default());
+        job.metadata.namespace = Some("ns".into());
+        job.metadata.uid = Some(format!("uid-{name}"));
+        job
+    }
+
+    #[tokio::test]
+    async fn publishing_waits_for_no_answer_and_the_event_keeps_its_time() {
+        let (svc, mut api) = tower_test::mock::pair::<
+            http::Request<kube::client::Body>,
+            http::Response<kube::client::Body>,
+        >();
+        let events = Events::new(Client::new(svc, "default"));
+        let before = Timestamp::now();
+        events.publish(&job("a"), false, "Started", "runner r1 at epoch 1".into());
+        // Published and returned: the API server has not even been asked yet.
+        let (req, _unanswered) = api.next_request().await.expect("the Event is sent");
+        assert_eq!(req.method(), "POST");
+        assert_eq!(
+            req.uri().path(),
+            "/apis/events.k8s.io/v1/namespaces/ns/events"
+        );
+        let body = req.into_body().collect_bytes().await.expect("the body");
+        let event: Event = serde_json::from_slice(&body).expect("an Event");
+        assert_eq!(event.reason.as_deref(), Some("Started"));
+        let at = event.event_time.expect("its time").0;
+        assert!(
+            at >= before && at <= Timestamp::now(),
+            "{at} is the publish time"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_full_queue_drops_what_does_not_fit_without_waiting() {
+        let (svc, mut api) = tower_test::mock::pair::<
+            http::Request<kube::client::Body>,
+            http::Response<kube::client::Body>,
+        >();
+        let events = Events::bounded(Client::new(svc, "default"), 1);
+        // No await in between: the sending task takes nothing meanwhile, so
+        // one waits in the queue and nine are dropped, and none of it blocks.
+        for i in 0..10 {
+            events.publish(&job(&format!("j{i}")), false, "Started", "n".into());
+        }
+        let (first, _unanswered) = api.next_request().await.expect("the queued one");
+        assert!(first.uri().path().ends_with("/events"));
+        let more = tokio::time::timeout(Duration::from_millis(300), api.next_request()).await;
+        assert!(more.is_err(), "the other nine were dropped, not sent");
     }
 
     #[test]

@@ -448,7 +448,7 @@ async fn report(
             Ok(Written::Landed) => {
                 let created = job.metadata.creation_timestamp.as_ref();
                 state.metrics.job_status_written(created, &current, &next);
-                report_event(state, &job, &req, &current, &next).await;
+                report_event(state, &job, &req, &current, &next);
                 debug!(namespace = ns, job = name, step = ?req.step.as_ref().map(|s| &s.name), phase = ?req.phase, "job status written");
                 return Ok(reply_json(
                     StatusCode::OK,
@@ -474,7 +474,7 @@ async fn report(
 }
 
 /// An Event when a report moved the Job's phase.
-async fn report_event(
+fn report_event(
     state: &ApiState,
     job: &Job,
     req: &StatusReport,
@@ -499,7 +499,7 @@ async fn report_event(
         (Some(r), None) => r.clone(),
         _ => format!("runner {} at epoch {}", req.runner, req.epoch),
     };
-    state.events.publish(job, warning, why, note).await;
+    state.events.publish(job, warning, why, note);
 }
 
 /// The Job, if `runner` at `epoch` still runs it. The watch cache first: epochs

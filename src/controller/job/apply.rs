@@ -63,8 +63,7 @@ pub async fn apply(
     if let Some(note) = plan.note {
         info!(reason = note.reason, "{}", note.message);
         ctx.events
-            .publish(job, note.warning, note.reason, note.message)
-            .await;
+            .publish(job, note.warning, note.reason, note.message);
     }
     if let Some(clean) = plan.clean_up {
         clean_up(ctx, job, clean).await?;
