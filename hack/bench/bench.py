@@ -18,7 +18,7 @@ import report
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ENV = os.environ.get
-SIZES = [int(x) for x in ENV("BENCH_SIZES", "1000,5000").split(",")]
+SIZES = [int(x) for x in ENV("BENCH_SIZES", "1000,5000").split(",") if x]  # "": none
 RATES = [float(x) for x in ENV("BENCH_RATES", "10,0").split(",")]  # Jobs/s; 0: all at once
 QPS_MODES = ENV("BENCH_QPS", "default,matched").split(",")
 REPEAT = int(ENV("BENCH_REPEAT", "2"))

@@ -85,6 +85,8 @@ def plot(out, path):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     cases = sorted({(r["n"], r["rate"], r["qps"]) for r in out["runs"]})
+    if not cases:
+        return  # no throughput runs (BENCH_SIZES empty): no latencies to plot
     fig, axes = plt.subplots(1, len(cases), figsize=(5 * len(cases), 4), squeeze=False)
     for ax, (n, rate, qps) in zip(axes[0], cases):
         for system in out["config"]["systems"]:
@@ -123,7 +125,7 @@ def write(out):
           "API req/job counts the system's own components in the API server's audit log "
           "(Baton: controller + runners; batch/v1: job-controller; Tekton: its controller) "
           "during the run; shared req/job is kube-scheduler + KWOK (same work for all).", "",
-          table, "", f"![latency distributions]({date}.png)", ""]
+          table, ""] + ([f"![latency distributions]({date}.png)", ""] if out["runs"] else [])
     for system in c["systems"]:
         md += [f"Top API requests per job, {system}:", "", md_table(["user verb resource", "per job"],
                                                                      top_calls(out, system)), ""]

@@ -57,7 +57,7 @@ start_control_plane() {
     --audit-policy-file "$BENCH_HERE/audit-policy.yaml" --audit-log-path "$STATE/audit/audit.log" \
     --audit-log-maxsize 4096 --audit-log-maxbackup 1 --audit-log-mode blocking \
     --max-requests-inflight 800 --max-mutating-requests-inflight 400 \
-    --profiling=false --v=1
+    --profiling="${BENCH_APISERVER_PPROF:-false}" --v=1
   wait_for "kube-apiserver /readyz" kube-apiserver apiserver_ready
   start_kcm
   start_daemon kube-scheduler "$K8S_BIN/kube-scheduler" \
