@@ -345,21 +345,37 @@ mod tests {
         >();
         let events = Events::new(Client::new(svc, "default"));
         let before = Timestamp::now();
-        events.publish(&job("a"), false, "Started", "runner r1 at epoch 1".into());
-        // Published and returned: the API server has not even been asked yet.
-        let (req, _unanswered) = api.next_request().await.expect("the Event is sent");
-        assert_eq!(req.method(), "POST");
-        assert_eq!(
-            req.uri().path(),
-            "/apis/events.k8s.io/v1/namespaces/ns/events"
-        );
-        let body = req.into_body().collect_bytes().await.expect("the body");
+        for i in 0..=IN_FLIGHT {
+            events.publish(&job(&format!("j{i}")), false, "Started", "n".into());
+        }
+        let published = Timestamp::now();
+        // All returned at once; IN_FLIGHT are sent and stay unanswered, the
+        // last one waits in the queue meanwhile.
+        let mut unanswered = Vec::new();
+        for _ in 0..IN_FLIGHT {
+            let (req, send) = api.next_request().await.expect("an Event in flight");
+            assert_eq!(req.method(), "POST");
+            assert_eq!(
+                req.uri().path(),
+                "/apis/events.k8s.io/v1/namespaces/ns/events"
+            );
+            unanswered.push(send);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let waited = Timestamp::now();
+        let refused = http::Response::builder().status(500);
+        let refused = refused
+            .body(kube::client::Body::empty())
+            .expect("a response");
+        unanswered.pop().expect("one").send_response(refused);
+        let (last, _unanswered) = api.next_request().await.expect("the queued Event");
+        let body = last.into_body().collect_bytes().await.expect("the body");
         let event: Event = serde_json::from_slice(&body).expect("an Event");
         assert_eq!(event.reason.as_deref(), Some("Started"));
         let at = event.event_time.expect("its time").0;
         assert!(
-            at >= before && at <= Timestamp::now(),
-            "{at} is the publish time"
+            before <= at && at <= published && at < waited,
+            "{at}: published between {before} and {published}, sent after {waited}"
         );
     }
 

@@ -2,8 +2,8 @@
 //! a thousand assigned Jobs would otherwise list pods once per Job, and each
 //! of those lists makes the API server filter every pod of the namespace:
 //! work that grows with the square of the Jobs. Instead it lists every pod
-//! with a Job's label once, before it starts those runs, and each run's
-//! discover takes its Job's pods from here.
+//! with a Job's label once, as it starts those runs (the list is taken while
+//! they claim), and each run's discover waits for it and takes its Job's pods.
 //!
 //! Valid only for Jobs with no run in this process when the list was taken:
 //! their pods are then made only by their own run, after its discover, so a
