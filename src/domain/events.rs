@@ -337,13 +337,21 @@ mod tests {
         job
     }
 
+    type ApiHandle = tower_test::mock::Handle<
+        http::Request<kube::client::Body>,
+        http::Response<kube::client::Body>,
+    >;
+
+    /// A client whose API server is the test, request by request.
+    fn mocked_api() -> (Client, ApiHandle) {
+        let (svc, api) = tower_test::mock::pair();
+        (Client::new(svc, "default"), api)
+    }
+
     #[tokio::test]
     async fn publishing_waits_for_no_answer_and_the_event_keeps_its_time() {
-        let (svc, mut api) = tower_test::mock::pair::<
-            http::Request<kube::client::Body>,
-            http::Response<kube::client::Body>,
-        >();
-        let events = Events::new(Client::new(svc, "default"));
+        let (client, mut api) = mocked_api();
+        let events = Events::new(client);
         let before = Timestamp::now();
         for i in 0..=IN_FLIGHT {
             events.publish(&job(&format!("j{i}")), false, "Started", "n".into());
@@ -381,11 +389,8 @@ mod tests {
 
     #[tokio::test]
     async fn a_full_queue_drops_what_does_not_fit_without_waiting() {
-        let (svc, mut api) = tower_test::mock::pair::<
-            http::Request<kube::client::Body>,
-            http::Response<kube::client::Body>,
-        >();
-        let events = Events::bounded(Client::new(svc, "default"), 1);
+        let (client, mut api) = mocked_api();
+        let events = Events::bounded(client, 1);
         // No await in between: the sending task takes nothing meanwhile, so
         // one waits in the queue and nine are dropped, and none of it blocks.
         for i in 0..10 {
