@@ -115,6 +115,12 @@ pub fn runner_secrets(tokens: &Store<RunnerToken>, ns: &str) -> BTreeSet<String>
 #[instrument(skip_all, fields(kind = "Job", namespace = job.namespace().unwrap_or_default(), name = job.name_any()))]
 pub async fn reconcile(job: Arc<Job>, ctx: Arc<Context>) -> Result<Action, Error> {
     job.namespace().ok_or(Error::NoNamespace)?;
+    // A Job reconciled again (a kick, the queue's upkeep) before the watch shows
+    // this process's own last write of it: deciding on it would only meet a
+    // conflict. The watch event that brings the write reconciles it.
+    if ctx.landed.wrote_since(&job) {
+        return Ok(Action::await_change());
+    }
     let phase = job
         .status
         .as_ref()

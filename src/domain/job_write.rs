@@ -138,6 +138,16 @@ impl Landed {
         }
     }
 
+    /// Whether this process landed a write of `job` later than `job` itself
+    /// (and recently): a decision made on `job` is made on stale data, and the
+    /// watch event that brings the write is still to come.
+    pub fn wrote_since(&self, job: &Job) -> bool {
+        let key = (job.namespace().unwrap_or_default(), job.name_any());
+        lock(&self.writes)
+            .get(&key)
+            .is_some_and(|(written, at)| at.elapsed() < TRUSTED_FOR && is_newer(written, Some(job)))
+    }
+
     fn cached(&self, (ns, name): &JobKey) -> Option<Arc<Job>> {
         self.cache.get(&ObjectRef::new(name).within(ns))
     }
@@ -232,6 +242,23 @@ mod tests {
             version(landed.newest("ns", "a")),
             Some("12".into()),
             "a late response of an older write"
+        );
+    }
+
+    #[test]
+    fn a_job_older_than_a_landed_write_is_stale_until_the_watch_shows_the_write() {
+        let (landed, mut cache) = landed();
+        let read = job("a", "5");
+        deliver(&landed, &mut cache, read.clone());
+        assert!(!landed.wrote_since(&read), "nothing written yet");
+        landed.record(job("a", "7"));
+        assert!(landed.wrote_since(&read));
+        assert!(!landed.wrote_since(&job("a", "7")), "the write itself");
+        assert!(!landed.wrote_since(&job("b", "5")), "another Job");
+        deliver(&landed, &mut cache, job("a", "7"));
+        assert!(
+            !landed.wrote_since(&read),
+            "the watch caught up: the entry is gone"
         );
     }
 
