@@ -1,8 +1,9 @@
 //! The queue's upkeep, on the leader: one task that, a moment after anything
 //! that may move a namespace's queue (a Job created, assigned, finished or
 //! deleted; a runner changed), plans that queue once, writes
-//! `status.queuePosition` only where it changed (a batch, a few writes at a
-//! time) and reconciles only the Jobs whose decision changed. A Job waiting for
+//! `status.queuePosition` only where what a Job shows is off (exact for the
+//! first ten, within a quarter further back: `queue::worth_writing`), a bounded
+//! batch a pass, front first, and reconciles only the Jobs whose decision changed. A Job waiting for
 //! a runner has no timer of its own, so an idle queue costs nothing however
 //! long it is.
 
@@ -30,6 +31,10 @@ pub const DEBOUNCE: Duration = Duration::from_secs(1);
 pub const SAFETY_PASS: Duration = Duration::from_secs(60);
 /// Position writes in flight at once.
 const WRITES_AT_ONCE: usize = 8;
+/// Position writes per pass at most, front of the queue first; the rest wait
+/// for the next pass (one is due at once). Bounds what a deep queue that drains
+/// fast costs the API server: before this cap, each pass rewrote every place.
+const WRITES_PER_PASS: usize = 64;
 
 /// One namespace's queue, planned.
 #[derive(Debug)]
@@ -151,7 +156,11 @@ async fn pass(ctx: &Context, ns: &str) {
     let shown: Vec<Shown> = (plan.queue.iter())
         .map(|q| jobs.get(&q.name).map(|j| shown(j)).unwrap_or_default())
         .collect();
-    let todo = upkeep(&plan.queue, &plan.decisions, &shown, &plan.runners);
+    let mut todo = upkeep(&plan.queue, &plan.decisions, &shown, &plan.runners);
+    if todo.positions.len() > WRITES_PER_PASS {
+        todo.positions.truncate(WRITES_PER_PASS);
+        ctx.kick.board().touch(ns);
+    }
     debug!(
         namespace = ns,
         queued = plan.queue.len(),

@@ -328,7 +328,8 @@ pub struct Shown {
 /// reconcile now.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Upkeep {
-    /// (Job, its 1-based position), only where it differs from what it shows.
+    /// (Job, its 1-based position), in queue order, only where what it shows
+    /// is off ([`worth_writing`]).
     pub positions: Vec<(String, i32)>,
     /// Jobs the plan assigns, Jobs whose wait reason changed, and on-demand
     /// Jobs whose own runner has room.
@@ -358,11 +359,28 @@ pub fn upkeep(
         }
         ahead += 1;
         let position = i32::try_from(ahead).unwrap_or(i32::MAX);
-        if shown.position != Some(position) {
+        if worth_writing(shown.position, position) {
             out.positions.push((job.name.clone(), position));
         }
     }
     out
+}
+
+/// Positions up to this are kept exact: the Jobs about to run.
+pub const EXACT_HEAD: i32 = 10;
+
+/// Whether a Job showing `shown` needs `position` written. Exact at the head;
+/// further back only once the shown place is off by more than a quarter, so a
+/// Job deep in a draining queue is rewritten a few times on its way forward,
+/// not once per pass (a queue of thousands moving by one each second).
+pub fn worth_writing(shown: Option<i32>, position: i32) -> bool {
+    match shown {
+        None => true,
+        Some(shown) if position <= EXACT_HEAD => shown != position,
+        Some(shown) => {
+            i64::from(shown).abs_diff(i64::from(position)) * 4 > position.unsigned_abs().into()
+        }
+    }
 }
 
 /// An on-demand Job, planned without its pod: only its own runner says it can go.

@@ -210,6 +210,47 @@ fn positions_are_written_only_where_they_differ() {
 }
 
 #[test]
+fn places_are_exact_at_the_head_and_within_a_quarter_behind_it() {
+    assert!(worth_writing(None, 5_000), "a Job with no place gets one");
+    assert!(worth_writing(Some(3), 2), "exact at the head");
+    assert!(worth_writing(Some(11), 10), "10 is in the head");
+    assert!(!worth_writing(Some(10), 10));
+    assert!(!worth_writing(Some(100), 80), "off by 20 of 80: a quarter");
+    assert!(worth_writing(Some(100), 79), "off by 21 of 79: more");
+    assert!(!worth_writing(Some(60), 75), "moved back by 15 of 75");
+    assert!(worth_writing(Some(60), 81), "moved back by 21 of 81");
+    assert!(!worth_writing(Some(i32::MAX), i32::MAX));
+    assert!(worth_writing(Some(i32::MIN), i32::MAX), "no overflow");
+}
+
+#[test]
+fn a_deep_queue_moving_up_by_one_is_rewritten_at_the_head_only() {
+    let queue: Vec<Queued> = (0..1_000)
+        .map(|i| job(&format!("j{i}"), 0, i, pool("a")))
+        .collect();
+    let runners = [runner("r1", "a", 0)];
+    let decided = decisions(&queue, &runners);
+    let Decision::Wait { reason, message } = &decided[0] else {
+        panic!("{:?}", decided[0])
+    };
+    // Each Job shows the place it had before the one ahead of it left.
+    let shown: Vec<Shown> = (2..)
+        .take(queue.len())
+        .map(|p| Shown {
+            position: Some(p),
+            waiting: Some(((*reason).to_owned(), message.clone())),
+        })
+        .collect();
+    let todo = upkeep(&queue, &decided, &shown, &runners);
+    let written: Vec<i32> = todo.positions.iter().map(|(_, p)| *p).collect();
+    assert_eq!(
+        written,
+        (1..=EXACT_HEAD).collect::<Vec<_>>(),
+        "1 of 1,000 left"
+    );
+}
+
+#[test]
 fn a_job_the_plan_assigns_gets_no_position_and_those_behind_move_up() {
     let queue = vec![
         job("j1", 0, 0, pool("a")),
