@@ -8,7 +8,8 @@ set -euo pipefail
 . "$(dirname "${BASH_SOURCE[0]}")/lib.sh"   # BENCH_HERE: this directory (HERE is hack/cluster's)
 
 cd "$REPO"
-cargo build --release --bin baton
+# A build of the tree only when it is what runs (BATON_BIN unset).
+[[ $BATON_BIN != "$REPO/target/release/baton" ]] || cargo build --release --bin baton
 "$BENCH_HERE/up.sh"
 finish() { [[ ${BENCH_KEEP:-0} == 1 ]] || "$BENCH_HERE/down.sh"; }
 trap finish EXIT
