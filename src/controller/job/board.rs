@@ -3,9 +3,9 @@
 //! deleted; a runner changed), plans that queue once, writes
 //! `status.queuePosition` only where what a Job shows is off (exact for the
 //! first ten, within a quarter further back: `queue::worth_writing`), a bounded
-//! batch a pass, front first, and reconciles only the Jobs whose decision changed. A Job waiting for
-//! a runner has no timer of its own, so an idle queue costs nothing however
-//! long it is.
+//! batch a pass, front first, and reconciles only the Jobs whose decision
+//! changed. A Job waiting for a runner has no timer of its own, so an idle
+//! queue costs nothing however long it is.
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
