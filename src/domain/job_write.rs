@@ -127,15 +127,7 @@ impl Landed {
     pub fn newest(&self, ns: &str, name: &str) -> Option<Arc<Job>> {
         let key = (ns.to_owned(), name.to_owned());
         let cached = self.cached(&key);
-        let writes = lock(&self.writes);
-        match writes.get(&key) {
-            Some((written, at))
-                if at.elapsed() < TRUSTED_FOR && is_newer(written, cached.as_deref()) =>
-            {
-                Some(written.clone())
-            }
-            _ => cached,
-        }
+        self.written_after(&key, cached.as_deref()).or(cached)
     }
 
     /// Whether this process landed a write of `job` later than `job` itself
@@ -143,9 +135,15 @@ impl Landed {
     /// watch event that brings the write is still to come.
     pub fn wrote_since(&self, job: &Job) -> bool {
         let key = (job.namespace().unwrap_or_default(), job.name_any());
-        lock(&self.writes)
-            .get(&key)
-            .is_some_and(|(written, at)| at.elapsed() < TRUSTED_FOR && is_newer(written, Some(job)))
+        self.written_after(&key, Some(job)).is_some()
+    }
+
+    /// This process's last write of `key`, if it is still trusted and later
+    /// than `than`.
+    fn written_after(&self, key: &JobKey, than: Option<&Job>) -> Option<Arc<Job>> {
+        let writes = lock(&self.writes);
+        let (written, at) = writes.get(key)?;
+        (at.elapsed() < TRUSTED_FOR && is_newer(written, than)).then(|| written.clone())
     }
 
     fn cached(&self, (ns, name): &JobKey) -> Option<Arc<Job>> {
