@@ -514,6 +514,12 @@ pub struct JobStatus {
     /// Written in batches, only when it changes: it may lag a second or two.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub queue_position: Option<i32>,
+    /// Not part of the resource: true on the controller's cached copy of a
+    /// finished Job whose conditions it dropped (`controller::job::retained`),
+    /// so that no status is ever written from that copy.
+    #[serde(skip)]
+    #[schemars(skip)]
+    pub conditions_cut: bool,
 }
 
 /// Observed state of one step.

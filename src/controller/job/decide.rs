@@ -157,8 +157,12 @@ pub fn decide(job: &Job, seen: &Observed, now: Timestamp) -> JobPlan {
 }
 
 fn finished(job: &Job, seen: &Observed, now: Timestamp) -> JobPlan {
-    let mut plan =
-        JobPlan::new(Requeue::OnChange).write(job, job_status::next(job, Transition::Settle, now));
+    let mut plan = JobPlan::new(Requeue::OnChange);
+    // The cache cuts a finished Job's conditions only once it is settled: a
+    // status without them is never written back.
+    if !super::retained::conditions_cut(job) {
+        plan = plan.write(job, job_status::next(job, Transition::Settle, now));
+    }
     // Its runner has room again: the queue may move.
     plan.kick_namespace = true;
     plan.forget_away = true;

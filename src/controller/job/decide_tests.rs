@@ -398,6 +398,25 @@ fn finished_jobs() {
 }
 
 #[test]
+fn a_finished_job_the_cache_cut_plans_what_the_whole_one_does_but_no_write() {
+    use crate::controller::job::retained;
+    for phase in [JobPhase::Succeeded, JobPhase::Failed, JobPhase::Cancelled] {
+        let mut j = job(phase, false, true);
+        j.spec.ttl_seconds_after_finished = Some(30);
+        j.status = Some(crate::crd::job_status::next(&j, Transition::Settle, now()));
+        let whole = describe(&decide(&j, &seen(None, None), now()));
+        retained::retain(&mut j);
+        assert!(retained::conditions_cut(&j), "{phase:?}: settled, so cut");
+        let plan = decide(&j, &seen(None, None), now());
+        assert!(
+            plan.status.is_none(),
+            "{phase:?}: nothing written from a cut status"
+        );
+        assert_eq!(describe(&plan), whole, "{phase:?}");
+    }
+}
+
+#[test]
 fn a_job_being_deleted_is_left_alone() {
     let mut j = job(JobPhase::Running, true, true);
     j.metadata.deletion_timestamp = Some(Time(now()));

@@ -13,17 +13,34 @@
 //! this form are safe: a write to the status subresource ignores the spec. A
 //! claim, the one reader of a whole spec, reads a Job the cache shows finished
 //! from the API server (and is refused: a finished Job is not claimed).
+//!
+//! Of its status, the conditions go too (a third of what a finished Job costs:
+//! five conditions of four strings each), but only once the status is settled
+//! ([`job_status::settle`] would write nothing): the controller's reconcile of a
+//! finished Job writes nothing else, and a runner's writes are refused once a
+//! Job ends, so nothing is ever written from a status without its conditions
+//! ([`conditions_cut`]). A later change (a `spec.cancel` after the end moves the
+//! generation) arrives whole through the watch, unsettled, and is kept whole
+//! until its settling write comes back. The dashboard reads conditions of
+//! queued Jobs only; `kubectl` and kstatus read the API server.
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+use k8s_openapi::jiff::Timestamp;
 
 use crate::crd::job::{Job, JobSpec, Step};
+use crate::crd::job_status::{self, Transition};
 
-/// Cuts a finished Job's spec down to what is read after the end (module doc);
-/// any other Job is left whole.
+/// Cuts a finished Job's spec down to what is read after the end, and a settled
+/// one's conditions (module doc); any other Job is left whole.
 pub fn retain(job: &mut Job) {
-    let finished = job.status.as_ref().and_then(|s| s.phase);
-    if !finished.unwrap_or_default().is_finished() {
+    if !finished(job) {
         return;
+    }
+    if settled(job)
+        && let Some(status) = job.status.as_mut()
+    {
+        status.conditions = Vec::new();
+        status.conditions_cut = true;
     }
     let spec = std::mem::take(&mut job.spec);
     job.spec = JobSpec {
@@ -37,6 +54,24 @@ pub fn retain(job: &mut Job) {
         cancel: spec.cancel,
         ..JobSpec::default()
     };
+}
+
+/// Whether `job` is the cache's copy of a finished Job whose conditions were
+/// cut: nothing may be written from it. (A whole Job without conditions, one
+/// never settled, is not: settling it is what gives it them.)
+pub fn conditions_cut(job: &Job) -> bool {
+    job.status.as_ref().is_some_and(|s| s.conditions_cut)
+}
+
+fn finished(job: &Job) -> bool {
+    let phase = job.status.as_ref().and_then(|s| s.phase);
+    phase.unwrap_or_default().is_finished()
+}
+
+/// Settling the status would write nothing (the time only stamps a change).
+fn settled(job: &Job) -> bool {
+    let settled = job_status::next(job, Transition::Settle, Timestamp::now());
+    job.status.as_ref() == Some(&settled)
 }
 
 fn step(s: Step) -> Step {
@@ -121,8 +156,62 @@ mod tests {
                 (s.timeout.clone(), s.retries, s.priority),
                 (None, None, None)
             );
+            // Never settled (no conditions yet): its status is kept whole.
             assert_eq!((kept.metadata, kept.status), (whole.metadata, whole.status));
         }
+    }
+
+    /// `job(phase)` as the writer that ended it left it: settled.
+    fn settled(phase: JobPhase) -> Job {
+        let mut j = job(phase);
+        j.metadata.generation = Some(1);
+        j.status = Some(job_status::next(&j, Transition::Settle, Timestamp::now()));
+        j
+    }
+
+    #[test]
+    fn a_settled_finished_job_loses_its_conditions_and_nothing_else_of_its_status() {
+        for phase in [JobPhase::Succeeded, JobPhase::Failed, JobPhase::Cancelled] {
+            let whole = settled(phase);
+            assert!(!whole.status.as_ref().unwrap().conditions.is_empty());
+            assert!(!conditions_cut(&whole), "a whole Job is not cut");
+            let kept = retained(&whole);
+            assert!(conditions_cut(&kept), "{phase:?}");
+            let mut expected = whole.status.clone().unwrap();
+            expected.conditions.clear();
+            expected.conditions_cut = true;
+            assert_eq!(kept.status, Some(expected), "{phase:?}");
+            assert_eq!(kept.metadata, whole.metadata);
+        }
+    }
+
+    #[test]
+    fn an_unsettled_finished_job_keeps_its_conditions_until_its_settling_write() {
+        // A `spec.cancel` after the end moved the generation: the reconcile
+        // still has observedGeneration to write, from the whole status.
+        let mut moved = settled(JobPhase::Succeeded);
+        moved.metadata.generation = Some(2);
+        let kept = retained(&moved);
+        assert_eq!(kept.status, moved.status);
+        assert!(!conditions_cut(&kept));
+    }
+
+    #[test]
+    fn a_job_without_conditions_is_not_taken_for_a_cut_one() {
+        for phase in [JobPhase::Queued, JobPhase::Running, JobPhase::Succeeded] {
+            let j = retained(&job(phase));
+            assert!(j.status.as_ref().unwrap().conditions.is_empty());
+            assert!(!conditions_cut(&j), "{phase:?}: never settled, not cut");
+        }
+    }
+
+    #[test]
+    fn the_cut_mark_never_leaves_the_process() {
+        let kept = retained(&settled(JobPhase::Failed));
+        let wire = serde_json::to_value(&kept).unwrap();
+        assert!(!wire.to_string().contains("conditionsCut"), "{wire}");
+        let back: Job = serde_json::from_value(wire).unwrap();
+        assert!(!conditions_cut(&back));
     }
 
     #[test]
