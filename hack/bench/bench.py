@@ -13,7 +13,7 @@ import time
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 
-from kube import STATE, Kube, Watch, pid_of, proc
+from kube import STATE, Kube, Watch, pid_of, proc, rss_parts
 import report
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -257,11 +257,31 @@ def memory(kube, system):
     rss, hwm, cpu = proc(pid)
     obs.stop()
     r = {"system": system, "finished": len(obs.done), "running": MEM_RUNNING, "rss_mib": rss,
-         "peak_rss_mib": hwm, "start_rss_mib": hwm0, "cpu_s": cpu - cpu0, "idle_cpu_pct": idle}
+         "peak_rss_mib": hwm, "start_rss_mib": hwm0, "cpu_s": cpu - cpu0, "idle_cpu_pct": idle,
+         **rss_parts(pid)}
     if system == "baton":
         r["heap_mib"] = baton_heap()
     print(f"  {r}", flush=True)
-    cleanup(kube, system)
+    r["restarted"] = restarted(system, name)
+    if ENV("BENCH_MEM_KEEP", "0") != "1":
+        cleanup(kube, system)
+    return r
+
+
+def restarted(system, name):
+    """The controller restarted with the Jobs still there: a fresh process's peak while
+    it lists and resyncs them, and what it holds a minute later (Baton's runners
+    restart too and resume the running Jobs)."""
+    ctl("restart-" + system)
+    time.sleep(30)
+    pid = pid_of(name)
+    idle = settle(pid, 30)
+    rss, hwm, cpu = proc(pid)
+    r = {"rss_mib": rss, "peak_rss_mib": hwm, "cpu_s": cpu, "idle_cpu_pct": idle,
+         **rss_parts(pid)}
+    if system == "baton":
+        r["heap_mib"] = baton_heap()
+    print(f"  restarted: {r}", flush=True)
     return r
 
 

@@ -108,3 +108,10 @@ def proc(pid):
     tick = os.sysconf("SC_CLK_TCK")
     return (int(status["VmRSS"].split()[0]) / 1024, int(status["VmHWM"].split()[0]) / 1024,
             (int(fields[11]) + int(fields[12])) / tick)
+
+
+def rss_parts(pid):
+    """A live process's resident memory by kind, MiB: anonymous (heap, stacks) and
+    file-backed (the binary's and libraries' pages)."""
+    status = dict(line.split(":", 1) for line in open(f"/proc/{pid}/status"))
+    return {k: round(int(status[k].split()[0]) / 1024, 1) for k in ("RssAnon", "RssFile")}

@@ -136,11 +136,22 @@ def write(out):
                         [[x["system"], x["finished"], x["running"], f"{x['peak_rss_mib']:.1f}",
                           f"{x['rss_mib']:.1f}", f"{x['cpu_s']:.1f}", f"{x['idle_cpu_pct']:.1f}"]
                          for x in out["memory"]]), ""]
+        restarted = [x for x in out["memory"] if "restarted" in x]
+        if restarted:
+            md += ["The same controller restarted with those Jobs retained (a fresh process: "
+                   "its peak while it lists and resyncs them, and what it holds a minute later):",
+                   "", md_table(["system", "peak RSS MiB", "RSS MiB", "anon / file MiB", "CPU s",
+                                 "idle CPU %"],
+                                [[x["system"], f"{r['peak_rss_mib']:.1f}", f"{r['rss_mib']:.1f}",
+                                  f"{r.get('RssAnon', '?')} / {r.get('RssFile', '?')}",
+                                  f"{r['cpu_s']:.1f}", f"{r['idle_cpu_pct']:.1f}"]
+                                 for x in restarted for r in [x["restarted"]]]), ""]
         for x in out["memory"]:
-            if x.get("heap_mib"):
-                h = x["heap_mib"]
-                md += [f"{x['system']} heap after the phase, jemalloc's counts (MiB): "
-                       + ", ".join(f"{k} {v}" for k, v in h.items()) + ".", ""]
+            for when, h in (("after the phase", x.get("heap_mib")),
+                            ("restarted", x.get("restarted", {}).get("heap_mib"))):
+                if h:
+                    md += [f"{x['system']} heap {when}, jemalloc's counts (MiB): "
+                           + ", ".join(f"{k} {v}" for k, v in h.items()) + ".", ""]
     if "idle" in out:
         i = out["idle"]
         md += [f"Baton controller idle CPU: {i['cpu_pct_empty']:.1f} % with no Jobs, "
