@@ -1,6 +1,7 @@
 //! `baton controller`: the RunnerToken and Runner reconcilers, their watch caches
 //! (shared with the runner API), and the runner API server, under one shutdown.
 
+mod api_client;
 #[cfg(test)]
 mod fixtures;
 pub mod job;
@@ -410,7 +411,7 @@ pub async fn run(
         .transpose()
         .map_err(server::ServerError::from)?;
     let logs_dir = server::log_dir::prepare(config.data_dir.as_deref())?;
-    let client = Client::try_default().await.map_err(StartError::Client)?;
+    let client = api_client::connect().await.map_err(StartError::Client)?;
     let scope = config.api.namespaces.clone();
     let elector = elector(&client, &config)?;
     let readiness = Readiness::default();

@@ -59,11 +59,18 @@ pub enum Registration {
     Pending(RegisterResponse),
 }
 
+/// Short calls (list, claim, report, log append) under way at once, at most.
+/// Without the bound, a runner resuming hundreds of Jobs after a restart opened
+/// a connection per Job to the controller, which held each one's buffers (150
+/// MiB for a thousand, issue 14); the calls now queue here instead.
+pub const CALLS_IN_FLIGHT: usize = 16;
+
 /// HTTP client of one server.
 #[derive(Clone)]
 pub struct Client {
     http: reqwest::Client,
     base: String,
+    calls: std::sync::Arc<tokio::sync::Semaphore>,
 }
 
 impl Client {
@@ -108,6 +115,7 @@ impl Client {
         Ok(Self {
             http,
             base: server.trim_end_matches('/').to_owned(),
+            calls: std::sync::Arc::new(tokio::sync::Semaphore::new(CALLS_IN_FLIGHT)),
         })
     }
 
@@ -256,6 +264,11 @@ impl Client {
             .map_err(|source| ClientError::Unreachable { doing, source })
     }
 
+    /// A place among the [`CALLS_IN_FLIGHT`], held until the reply is read.
+    async fn slot(&self) -> Option<tokio::sync::SemaphorePermit<'_>> {
+        self.calls.acquire().await.ok() // never closed
+    }
+
     /// Jobs assigned to this runner.
     pub async fn assignments(
         &self,
@@ -263,6 +276,7 @@ impl Client {
         namespace: &str,
         token: &str,
     ) -> Result<Vec<Assignment>, ClientError> {
+        let _slot = self.slot().await;
         let res = self
             .http
             .get(format!("{}/v1/jobs", self.base))
@@ -282,6 +296,7 @@ impl Client {
         req: &ClaimRequest,
         token: &str,
     ) -> Result<ClaimResponse, ClientError> {
+        let _slot = self.slot().await;
         let res = self
             .http
             .post(format!("{}/v1/jobs/{namespace}/{name}/claim", self.base))
@@ -301,6 +316,7 @@ impl Client {
         report: &StatusReport,
         token: &str,
     ) -> Result<(), ClientError> {
+        let _slot = self.slot().await;
         let res = self
             .http
             .post(format!("{}/v1/jobs/{namespace}/{name}/status", self.base))
@@ -380,6 +396,7 @@ impl Client {
         bytes: Vec<u8>,
         token: &str,
     ) -> Result<AppendResponse, ClientError> {
+        let _slot = self.slot().await;
         let res = self
             .http
             .post(format!("{}/v1/jobs/{namespace}/{name}/logs", self.base))
@@ -549,3 +566,7 @@ mod tests {
         assert_eq!(evs[0].data, "a\nb");
     }
 }
+
+#[cfg(test)]
+#[path = "client_bound_tests.rs"]
+mod bound_tests;
