@@ -3,12 +3,12 @@
 //!
 //! Without the bound, a burst of requests opens a connection each: after a
 //! restart, the runners' claims of a thousand resumed Jobs each read the Job
-//! (`server::job_api`), and the controller held a thousand TLS connections at
-//! once, about 90 KiB of buffers apiece: 150 MiB for ten seconds where it
-//! otherwise holds 60 (issue 14, `make bench`'s restarted-controller figure).
-//! With it, the burst queues and reuses a few connections. The bound counts a
-//! request until its response head arrives, so a watch holds no slot while it
-//! streams.
+//! (`server::job_api`), so the controller opened hundreds of connections to
+//! the API server and kept them idle afterwards, 14 MiB of its 77 (issue 14,
+//! `make bench`'s restarted-controller figure; the runners' own bound,
+//! `runner::client`, is what removed that restart's peak). With it, the burst
+//! queues and reuses a few connections. The bound counts a request until its
+//! response head arrives, so a watch holds no slot while it streams.
 
 use kube::client::ClientBuilder;
 use kube::{Client, Config};
