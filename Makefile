@@ -89,7 +89,7 @@ bench-local: ## Executor (200 trivial steps in a wide DAG), Job cache footprint,
 	  env_=$$(hack/s3/weed.sh start $$dir) && eval "$$env_" && $(CARGO) bench --bench archive; \
 	  rc=$$?; hack/s3/weed.sh stop $$dir; rm -rf $$dir; exit $$rc
 
-bench-on-demand: cluster-up images kstatus ## 30 one-step Jobs at once on the real node: Baton on-demand runner pods vs batch/v1 Jobs, 3 rounds each (not in CI)
+bench-on-demand: cluster-up images kstatus ## 30 one-step Jobs at once on the real node: Baton on-demand runner pods vs batch/v1 Jobs, and copies of Baton's pods without Baton, 3 rounds each (not in CI)
 	KUBECONFIG=$(KUBECONFIG_E2E) $(CARGO) test --release --test e2e -- --ignored --exact on_demand_bench::bench_on_demand_against_batch_jobs --nocapture
 
 bench-dashboard: cluster-up release kstatus browser ## A 200-step Job's page and a 20,000-line log in headless Chromium (release build): bench/results/DATE-dashboard-render.md

@@ -27,6 +27,7 @@ mod kstatus;
 mod namespaces;
 mod on_demand;
 mod on_demand_bench;
+mod on_demand_shapes;
 mod pods;
 mod procs;
 mod registry;
