@@ -37,7 +37,10 @@ def machine():
     return {"nproc": os.cpu_count(), "cpu": cpu, "mem_total": mem.split(":")[1].strip(),
             "kernel": platform.release(), "python": platform.python_version(),
             "baton_commit": sh("git", "-C", REPO, "rev-parse", "--short", "HEAD"),
-            "baton_version": sh(os.path.join(REPO, "target/release/baton"), "--version"),
+            # The binary that ran: BATON_BIN when set (then the commit is only the tree's).
+            "baton_bin": os.environ.get("BATON_BIN", ""),
+            "baton_version": sh(os.environ.get("BATON_BIN")
+                                or os.path.join(REPO, "target/release/baton"), "--version"),
             **versions}
 
 
@@ -119,7 +122,8 @@ def write(out):
     md = [f"# Bench results {date}", "",
           f"Machine: {m['nproc']} CPUs ({m['cpu']}), {m['mem_total']} memory, kernel {m['kernel']}; "
           f"Kubernetes {m.get('K8S_VERSION')}, etcd {m.get('ETCD_VERSION')}, KWOK {m.get('KWOK_VERSION')}, "
-          f"Tekton Pipelines {m.get('TEKTON_VERSION')}, {m['baton_version']} (commit {m['baton_commit']}).",
+          f"Tekton Pipelines {m.get('TEKTON_VERSION')}, {m['baton_version']} (commit {m['baton_commit']}"
+          f"{', binary ' + m['baton_bin'] if m.get('baton_bin') else ''}).",
           "", f"Settings: {json.dumps(c)}", "",
           "Latency is Job created → step pod created, both seen by one observer's watches. "
           "API req/job counts the system's own components in the API server's audit log "
