@@ -6,8 +6,8 @@
 #                                  (kill: SIGKILL)
 #   ctl.sh restart-tekton          Tekton's controller, fresh, at the last start's QPS
 #   ctl.sh stop                    stop Baton's and Tekton's processes
-# BENCH_MATCHED_QPS (default 50): the client QPS (= burst) of "matched". Baton's kube-rs
-# clients have no client-side limit, so "matched" lowers nothing of Baton's.
+# BENCH_MATCHED_QPS (default 50): the client QPS (= burst) of "matched", Baton's controller's
+# --kube-api-qps too (its runners have no such flag: 2 requests per Job across all four).
 # BENCH_RUNNERS (default 4) runners of BENCH_RUNNER_SLOTS (default 1000) Jobs each.
 set -euo pipefail
 # shellcheck source=lib.sh
@@ -37,8 +37,10 @@ start_tekton() {
 
 start_baton() {
   mkdir -p "$STATE/baton"
+  local limit=()
+  [[ $(cat "$STATE/qps-mode" 2>/dev/null) == matched ]] && limit=(--kube-api-qps "$MATCHED_QPS")
   as baton-controller start_daemon baton@controller "$BATON_BIN" controller \
-    --listen "127.0.0.1:$BATON_PORT" --namespace "$NS" --data-dir "$STATE/baton/data"
+    --listen "127.0.0.1:$BATON_PORT" --namespace "$NS" --data-dir "$STATE/baton/data" "${limit[@]}"
   wait_for "baton controller /readyz" baton@controller curl -sf "http://127.0.0.1:$BATON_PORT/readyz"
   local i name tok
   for ((i = 0; i < RUNNERS; i++)); do

@@ -71,6 +71,11 @@ pub struct ControllerArgs {
     /// 429 with Retry-After.
     #[arg(long, value_name = "N", default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..), env = "BATON_REGISTER_RATE")]
     pub register_rate: u32,
+    /// Requests to the API server this controller starts per second, at most
+    /// (counted in one-second windows), like kube-controller-manager's
+    /// --kube-api-qps. Unset: no client-side limit.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..), env = "BATON_KUBE_API_QPS")]
+    pub kube_api_qps: Option<u32>,
     /// Where step logs are stored, under DIR/logs (mode 0700). Default:
     /// $TMPDIR/baton-data, which must then be this user's own directory (it is
     /// created 0700, and group or other permissions on it are removed).
@@ -339,6 +344,7 @@ pub async fn controller(args: ControllerArgs) -> anyhow::Result<i32> {
         },
         leader_election,
         tls: args.tls.files()?,
+        kube_api_qps: args.kube_api_qps.and_then(std::num::NonZeroU32::new),
     };
     controller::run(config, shutdown_signal()).await?;
     Ok(0)
@@ -442,6 +448,28 @@ mod tests {
         for (args, want) in cases {
             let got = namespaces(args).map(|s| s.to_string());
             assert_eq!(got.ok().as_deref(), Some(*want), "{args:?}");
+        }
+    }
+
+    fn kube_api_qps(args: &[&str]) -> anyhow::Result<Option<u32>> {
+        let cli = Cli::try_parse_from([&["baton", "controller"], args].concat())?;
+        let Command::Controller(args) = cli.command else {
+            anyhow::bail!("not the controller command");
+        };
+        Ok(args.kube_api_qps)
+    }
+
+    #[test]
+    fn kube_api_qps_is_unset_by_default_and_refuses_what_is_no_rate() {
+        assert_eq!(kube_api_qps(&[]).ok(), Some(None));
+        assert_eq!(kube_api_qps(&["--kube-api-qps", "50"]).ok(), Some(Some(50)));
+        for bad in ["0", "-1", "2.5", "fast", "", "4294967296"] {
+            let got = kube_api_qps(&[&format!("--kube-api-qps={bad}")]);
+            assert!(
+                got.as_ref()
+                    .is_err_and(|e| e.to_string().contains("--kube-api-qps")),
+                "{bad:?}: {got:?}"
+            );
         }
     }
 

@@ -9,24 +9,41 @@
 //! `runner::client`, is what removed that restart's peak). With it, the burst
 //! queues and reuses a few connections. The bound counts a request until its
 //! response head arrives, so a watch holds no slot while it streams.
+//!
+//! `--kube-api-qps` adds what kube-controller-manager and Tekton have and kube-rs
+//! has not: a client-side rate, requests started per one-second window. Off by
+//! default. It protects a shared API server, and makes `make bench`'s "matched
+//! QPS" hold Baton as it holds its peers.
+
+use std::num::NonZeroU32;
+use std::time::Duration;
 
 use kube::client::ClientBuilder;
 use kube::{Client, Config};
-use tower::limit::ConcurrencyLimitLayer;
+use tower::limit::{ConcurrencyLimitLayer, RateLimitLayer};
+
+use super::StartError;
 
 /// Requests to the API server in flight at once, at most. Ample for the
 /// controller's steady work (a one-step Job costs about seven requests over its
 /// life), and what a 2-core API server serves at once anyway.
 pub const IN_FLIGHT: usize = 32;
 
-/// The client from the environment's configuration, bounded by [`IN_FLIGHT`].
-pub async fn connect() -> Result<Client, kube::Error> {
-    let config = Config::infer().await.map_err(kube::Error::InferConfig)?;
-    Ok(bounded(ClientBuilder::try_from(config)?, IN_FLIGHT))
+/// The client from the environment's configuration, bounded by [`IN_FLIGHT`]
+/// and, given `qps`, to that many requests started per second.
+pub async fn connect(qps: Option<NonZeroU32>) -> Result<Client, StartError> {
+    let config = Config::infer().await.map_err(kube::Error::InferConfig);
+    let builder = config.and_then(ClientBuilder::try_from);
+    Ok(bounded(
+        builder.map_err(StartError::Client)?,
+        IN_FLIGHT,
+        qps,
+    ))
 }
 
-/// `builder`'s client, with at most `in_flight` requests under way at once.
-fn bounded<S, B>(builder: ClientBuilder<S>, in_flight: usize) -> Client
+/// `builder`'s client, with at most `in_flight` requests under way at once and,
+/// given `qps`, at most `qps` started in any one-second window.
+fn bounded<S, B>(builder: ClientBuilder<S>, in_flight: usize, qps: Option<NonZeroU32>) -> Client
 where
     S: tower::Service<http::Request<kube::client::Body>, Response = http::Response<B>>
         + Send
@@ -36,16 +53,19 @@ where
     B: http_body::Body<Data = bytes::Bytes> + Send + 'static,
     B::Error: Into<tower::BoxError>,
 {
-    builder
-        .with_layer(&ConcurrencyLimitLayer::new(in_flight))
-        .build()
+    let in_flight = ConcurrencyLimitLayer::new(in_flight);
+    match qps {
+        Some(qps) => {
+            let rate = RateLimitLayer::new(qps.get().into(), Duration::from_secs(1));
+            builder.with_layer(&rate).with_layer(&in_flight).build()
+        }
+        None => builder.with_layer(&in_flight).build(),
+    }
 }
 
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
-    use std::time::Duration;
-
     use http::{Request, Response};
     use k8s_openapi::api::core::v1::ConfigMap;
     use kube::Api;
@@ -57,7 +77,7 @@ mod tests {
     #[tokio::test]
     async fn requests_past_the_bound_wait_until_one_is_answered() {
         let (svc, mut api) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
-        let client = bounded(ClientBuilder::new(svc, "default"), 3);
+        let client = bounded(ClientBuilder::new(svc, "default"), 3, None);
         let maps: Api<ConfigMap> = Api::namespaced(client, "default");
         let gets: Vec<_> = (0..5)
             .map(|i| {
@@ -74,13 +94,8 @@ mod tests {
             more.is_err(),
             "a fourth request got through with three in flight"
         );
-        let answer = |name: &str| {
-            let body = serde_json::json!({"apiVersion": "v1", "kind": "ConfigMap",
-                "metadata": {"name": name, "namespace": "default"}});
-            Response::new(Body::from(serde_json::to_vec(&body).unwrap()))
-        };
         let (first, send) = held.remove(0);
-        send.send_response(answer(first.uri().path().rsplit('/').next().unwrap()));
+        send.send_response(answer(&first));
         let (fourth, send4) = api.next_request().await.unwrap();
         assert!(
             tokio::time::timeout(Duration::from_millis(300), api.next_request())
@@ -88,14 +103,53 @@ mod tests {
                 .is_err(),
             "one answer let one request in, not two"
         );
-        send4.send_response(answer(fourth.uri().path().rsplit('/').next().unwrap()));
+        send4.send_response(answer(&fourth));
         for (req, send) in held {
-            send.send_response(answer(req.uri().path().rsplit('/').next().unwrap()));
+            send.send_response(answer(&req));
         }
         let (last, send5) = api.next_request().await.unwrap();
-        send5.send_response(answer(last.uri().path().rsplit('/').next().unwrap()));
+        send5.send_response(answer(&last));
         for get in gets {
             assert!(get.await.unwrap().is_ok());
         }
+    }
+
+    /// With a rate, requests past it in one second wait for the next second,
+    /// even with room in flight; without one, none waits.
+    #[tokio::test(start_paused = true)]
+    async fn requests_past_the_rate_wait_for_the_next_second() {
+        let (svc, mut api) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+        let client = bounded(ClientBuilder::new(svc, "default"), 32, NonZeroU32::new(2));
+        let maps: Api<ConfigMap> = Api::namespaced(client, "default");
+        let start = tokio::time::Instant::now();
+        let gets: Vec<_> = (0..3)
+            .map(|i| {
+                let maps = maps.clone();
+                tokio::spawn(async move { maps.get(&format!("m{i}")).await })
+            })
+            .collect();
+        for _ in 0..2 {
+            let (req, send) = api.next_request().await.unwrap();
+            send.send_response(answer(&req));
+        }
+        let third = tokio::time::timeout(Duration::from_millis(900), api.next_request()).await;
+        assert!(third.is_err(), "a third request started within the second");
+        let (req, send) = api.next_request().await.unwrap();
+        assert!(
+            start.elapsed() >= Duration::from_secs(1),
+            "{:?}",
+            start.elapsed()
+        );
+        send.send_response(answer(&req));
+        for get in gets {
+            assert!(get.await.unwrap().is_ok());
+        }
+    }
+
+    fn answer(req: &Request<Body>) -> Response<Body> {
+        let name = req.uri().path().rsplit('/').next().unwrap();
+        let body = serde_json::json!({"apiVersion": "v1", "kind": "ConfigMap",
+            "metadata": {"name": name, "namespace": "default"}});
+        Response::new(Body::from(serde_json::to_vec(&body).unwrap()))
     }
 }

@@ -33,6 +33,7 @@ pub fn mocked_context(name: &str) -> (Arc<Context>, ApiHandle) {
         on_demand: Default::default(),
         leader_election: None,
         tls: None,
+        kube_api_qps: None,
     };
     let caches = Caches::new();
     let logs = super::stores(

@@ -14,10 +14,7 @@ mod sweep;
 pub mod token;
 mod watches;
 
-use std::future::Future;
-use std::net::SocketAddr;
-use std::sync::Arc;
-use std::time::Duration;
+use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
 
 use futures::FutureExt;
 use k8s_openapi::api::core::v1::Pod;
@@ -225,6 +222,8 @@ pub struct Config {
     pub leader_election: Option<leader::LeaderConfig>,
     /// Serve the runner API over HTTPS with these files (re-read when they change).
     pub tls: Option<server::tls::TlsFiles>,
+    /// Requests to the API server started per second, at most; `None`: no limit.
+    pub kube_api_qps: Option<std::num::NonZeroU32>,
 }
 
 /// The watch caches: read by the reconcilers and the runner API, written by the
@@ -411,7 +410,7 @@ pub async fn run(
         .transpose()
         .map_err(server::ServerError::from)?;
     let logs_dir = server::log_dir::prepare(config.data_dir.as_deref())?;
-    let client = api_client::connect().await.map_err(StartError::Client)?;
+    let client = api_client::connect(config.kube_api_qps).await?;
     let scope = config.api.namespaces.clone();
     let elector = elector(&client, &config)?;
     let readiness = Readiness::default();
