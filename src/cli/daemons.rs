@@ -73,7 +73,8 @@ pub struct ControllerArgs {
     pub register_rate: u32,
     /// Requests to the API server this controller starts per second, at most
     /// (counted in one-second windows), like kube-controller-manager's
-    /// --kube-api-qps. Unset: no client-side limit.
+    /// --kube-api-qps; leader election's Lease requests are not held. Unset: no
+    /// client-side limit.
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..), env = "BATON_KUBE_API_QPS")]
     pub kube_api_qps: Option<u32>,
     /// Where step logs are stored, under DIR/logs (mode 0700). Default:

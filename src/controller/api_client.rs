@@ -29,16 +29,43 @@ use super::StartError;
 /// life), and what a 2-core API server serves at once anyway.
 pub const IN_FLIGHT: usize = 32;
 
-/// The client from the environment's configuration, bounded by [`IN_FLIGHT`]
-/// and, given `qps`, to that many requests started per second.
-pub async fn connect(qps: Option<NonZeroU32>) -> Result<Client, StartError> {
+/// The controller's clients from the environment's configuration, each bounded
+/// by [`IN_FLIGHT`]: the first for its work, held to `qps` requests started per
+/// second when given; the second for its Lease, never held, so that a backlog
+/// of work cannot delay a renewal past the lease's deadline (kube-controller-
+/// manager gives leader election a client of its own for the same reason).
+pub async fn connect(qps: Option<NonZeroU32>) -> Result<(Client, Client), StartError> {
     let config = Config::infer().await.map_err(kube::Error::InferConfig);
-    let builder = config.and_then(ClientBuilder::try_from);
-    Ok(bounded(
-        builder.map_err(StartError::Client)?,
-        IN_FLIGHT,
-        qps,
-    ))
+    let config = config.map_err(StartError::Client)?;
+    let builder = |c| ClientBuilder::try_from(c).map_err(StartError::Client);
+    Ok(match qps {
+        Some(_) => work_and_lease(builder(config.clone())?, builder(config)?, qps),
+        None => {
+            let client = bounded(builder(config)?, IN_FLIGHT, None);
+            (client.clone(), client)
+        }
+    })
+}
+
+/// The work client (held to `qps`) and the Lease's (not held), from two builders.
+fn work_and_lease<S, B>(
+    work: ClientBuilder<S>,
+    lease: ClientBuilder<S>,
+    qps: Option<NonZeroU32>,
+) -> (Client, Client)
+where
+    S: tower::Service<http::Request<kube::client::Body>, Response = http::Response<B>>
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<tower::BoxError>,
+    B: http_body::Body<Data = bytes::Bytes> + Send + 'static,
+    B::Error: Into<tower::BoxError>,
+{
+    (
+        bounded(work, IN_FLIGHT, qps),
+        bounded(lease, IN_FLIGHT, None),
+    )
 }
 
 /// `builder`'s client, with at most `in_flight` requests under way at once and,
@@ -115,11 +142,17 @@ mod tests {
     }
 
     /// With a rate, requests past it in one second wait for the next second,
-    /// even with room in flight; without one, none waits.
+    /// even with room in flight; the Lease's client is not held by the work's
+    /// backlog.
     #[tokio::test(start_paused = true)]
     async fn requests_past_the_rate_wait_for_the_next_second() {
         let (svc, mut api) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
-        let client = bounded(ClientBuilder::new(svc, "default"), 32, NonZeroU32::new(2));
+        let (lease_svc, mut lease_api) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+        let (client, lease) = work_and_lease(
+            ClientBuilder::new(svc, "default"),
+            ClientBuilder::new(lease_svc, "default"),
+            NonZeroU32::new(2),
+        );
         let maps: Api<ConfigMap> = Api::namespaced(client, "default");
         let start = tokio::time::Instant::now();
         let gets: Vec<_> = (0..3)
@@ -134,6 +167,14 @@ mod tests {
         }
         let third = tokio::time::timeout(Duration::from_millis(900), api.next_request()).await;
         assert!(third.is_err(), "a third request started within the second");
+        let renew = tokio::spawn(async move {
+            let leases: Api<ConfigMap> = Api::namespaced(lease, "default");
+            leases.get("lease").await
+        });
+        let (req, send) = lease_api.next_request().await.unwrap();
+        assert!(start.elapsed() < Duration::from_secs(1), "the Lease waited");
+        send.send_response(answer(&req));
+        assert!(renew.await.unwrap().is_ok());
         let (req, send) = api.next_request().await.unwrap();
         assert!(
             start.elapsed() >= Duration::from_secs(1),

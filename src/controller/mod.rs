@@ -222,7 +222,7 @@ pub struct Config {
     pub leader_election: Option<leader::LeaderConfig>,
     /// Serve the runner API over HTTPS with these files (re-read when they change).
     pub tls: Option<server::tls::TlsFiles>,
-    /// Requests to the API server started per second, at most; `None`: no limit.
+    /// Requests to the API server started per second, at most (not the Lease's).
     pub kube_api_qps: Option<std::num::NonZeroU32>,
 }
 
@@ -410,9 +410,9 @@ pub async fn run(
         .transpose()
         .map_err(server::ServerError::from)?;
     let logs_dir = server::log_dir::prepare(config.data_dir.as_deref())?;
-    let client = api_client::connect(config.kube_api_qps).await?;
+    let (client, lease_client) = api_client::connect(config.kube_api_qps).await?;
     let scope = config.api.namespaces.clone();
-    let elector = elector(&client, &config)?;
+    let elector = elector(&lease_client, &config)?;
     let readiness = Readiness::default();
     readiness.require("crds", "not checked yet");
     let hub = Arc::new(Hub::default());
