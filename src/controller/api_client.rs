@@ -38,19 +38,17 @@ pub async fn connect(qps: Option<NonZeroU32>) -> Result<(Client, Client), StartE
     let config = Config::infer().await.map_err(kube::Error::InferConfig);
     let config = config.map_err(StartError::Client)?;
     let builder = |c| ClientBuilder::try_from(c).map_err(StartError::Client);
-    Ok(match qps {
-        Some(_) => work_and_lease(builder(config.clone())?, builder(config)?, qps),
-        None => {
-            let client = bounded(builder(config)?, IN_FLIGHT, None);
-            (client.clone(), client)
-        }
-    })
+    let (work, lease) = (builder(config.clone())?, builder(config)?);
+    Ok(clients(work, lease, IN_FLIGHT, qps))
 }
 
-/// The work client (held to `qps`) and the Lease's (not held), from two builders.
-fn work_and_lease<S, B>(
+/// The work client and the Lease's, each with at most `in_flight` requests
+/// under way at once; the work client, given `qps`, with at most `qps` started
+/// in any one-second window.
+fn clients<S, B>(
     work: ClientBuilder<S>,
     lease: ClientBuilder<S>,
+    in_flight: usize,
     qps: Option<NonZeroU32>,
 ) -> (Client, Client)
 where
@@ -62,32 +60,16 @@ where
     B: http_body::Body<Data = bytes::Bytes> + Send + 'static,
     B::Error: Into<tower::BoxError>,
 {
-    (
-        bounded(work, IN_FLIGHT, qps),
-        bounded(lease, IN_FLIGHT, None),
-    )
-}
-
-/// `builder`'s client, with at most `in_flight` requests under way at once and,
-/// given `qps`, at most `qps` started in any one-second window.
-fn bounded<S, B>(builder: ClientBuilder<S>, in_flight: usize, qps: Option<NonZeroU32>) -> Client
-where
-    S: tower::Service<http::Request<kube::client::Body>, Response = http::Response<B>>
-        + Send
-        + 'static,
-    S::Future: Send + 'static,
-    S::Error: Into<tower::BoxError>,
-    B: http_body::Body<Data = bytes::Bytes> + Send + 'static,
-    B::Error: Into<tower::BoxError>,
-{
     let in_flight = ConcurrencyLimitLayer::new(in_flight);
-    match qps {
+    let lease = lease.with_layer(&in_flight).build();
+    let work = match qps {
         Some(qps) => {
             let rate = RateLimitLayer::new(qps.get().into(), Duration::from_secs(1));
-            builder.with_layer(&rate).with_layer(&in_flight).build()
+            work.with_layer(&rate).with_layer(&in_flight).build()
         }
-        None => builder.with_layer(&in_flight).build(),
-    }
+        None => work.with_layer(&in_flight).build(),
+    };
+    (work, lease)
 }
 
 #[cfg(test)]
@@ -104,7 +86,9 @@ mod tests {
     #[tokio::test]
     async fn requests_past_the_bound_wait_until_one_is_answered() {
         let (svc, mut api) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
-        let client = bounded(ClientBuilder::new(svc, "default"), 3, None);
+        let (lease_svc, _) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+        let lease = ClientBuilder::new(lease_svc, "default");
+        let (client, _) = clients(ClientBuilder::new(svc, "default"), lease, 3, None);
         let maps: Api<ConfigMap> = Api::namespaced(client, "default");
         let gets: Vec<_> = (0..5)
             .map(|i| {
@@ -148,9 +132,10 @@ mod tests {
     async fn requests_past_the_rate_wait_for_the_next_second() {
         let (svc, mut api) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
         let (lease_svc, mut lease_api) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
-        let (client, lease) = work_and_lease(
+        let (client, lease) = clients(
             ClientBuilder::new(svc, "default"),
             ClientBuilder::new(lease_svc, "default"),
+            32,
             NonZeroU32::new(2),
         );
         let maps: Api<ConfigMap> = Api::namespaced(client, "default");
