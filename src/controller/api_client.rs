@@ -1,5 +1,6 @@
-//! The controller's client of the API server: the usual one (kubeconfig or
-//! in-cluster), with a bound on its requests in flight.
+//! The controller's clients of the API server: the usual one (kubeconfig or
+//! in-cluster), with a bound on its requests in flight, twice: one for its
+//! work, one for its leader-election Lease.
 //!
 //! Without the bound, a burst of requests opens a connection each: after a
 //! restart, the runners' claims of a thousand resumed Jobs each read the Job
